@@ -1,0 +1,75 @@
+//! Builds the C compute library (`compute-daemon/src`) with `cc` and, with the
+//! `regen-bindings` feature, regenerates `src/ffi/bindings.rs` from
+//! `include/weaver_compute.h` with bindgen.
+//!
+//! The bindings are committed so that a machine without libclang builds. With
+//! the feature on, a committed file that differs from the fresh output fails
+//! the build (CI runs this), unless `WEAVER_BLESS_BINDINGS=1` asks to rewrite it.
+
+use std::path::Path;
+
+/// Library sources; `main.c` is compiled too (it exports `wc_daemon_main`),
+/// `entry.c` (the plain C `main`) is only for `make -C compute-daemon`.
+const C_SOURCES: &[&str] = &["frame.c", "socket.c", "ops.c", "render.c", "loop.c", "main.c"];
+
+fn main() {
+    let src = Path::new("compute-daemon/src");
+    let mut build = cc::Build::new();
+    build
+        .std("c11")
+        .include("include")
+        .warnings(true)
+        .extra_warnings(true)
+        .warnings_into_errors(true)
+        .flag("-ffp-contract=off")
+        .flag("-pthread");
+    for f in C_SOURCES {
+        let p = src.join(f);
+        build.file(&p);
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    for entry in std::fs::read_dir(src).expect("compute-daemon/src exists") {
+        let p = entry.expect("readable dir entry").path();
+        if p.extension().is_some_and(|e| e == "h") {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+    println!("cargo:rerun-if-changed=include/weaver_compute.h");
+    build.compile("weaver_compute");
+    println!("cargo:rustc-link-lib=pthread");
+
+    #[cfg(feature = "regen-bindings")]
+    regen_bindings();
+}
+
+#[cfg(feature = "regen-bindings")]
+fn regen_bindings() {
+    println!("cargo:rerun-if-env-changed=WEAVER_BLESS_BINDINGS");
+    let fresh = bindgen::Builder::default()
+        .header("include/weaver_compute.h")
+        .allowlist_function("wc_.*|socket_connect")
+        .allowlist_type("wc_.*")
+        .allowlist_var("WC_.*")
+        .rustified_enum("wc_serve_result|wc_decode_result")
+        .constified_enum_module("wc_frame_kind|wc_op|wc_status")
+        .derive_default(true)
+        .derive_eq(true)
+        .layout_tests(true)
+        .formatter(bindgen::Formatter::Prettyplease)
+        .generate()
+        .expect("bindgen could not parse include/weaver_compute.h (is libclang-dev installed?)")
+        .to_string();
+    let committed_path = Path::new("src/ffi/bindings.rs");
+    let committed = std::fs::read_to_string(committed_path).unwrap_or_default();
+    if committed != fresh {
+        if std::env::var_os("WEAVER_BLESS_BINDINGS").is_some() {
+            std::fs::write(committed_path, &fresh).expect("write src/ffi/bindings.rs");
+        } else {
+            panic!(
+                "src/ffi/bindings.rs is stale: include/weaver_compute.h changed. \
+                 Regenerate it with `WEAVER_BLESS_BINDINGS=1 cargo build --features regen-bindings` \
+                 and commit the result."
+            );
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! weaver: the conductor of a constrained GPU host.
+//!
+//! One per-user daemon, started on demand, owns every resource: its sockets,
+//! the C compute daemon it spawns, and the processes it supervises.
+//!
+//! Invariants (each module keeps its share):
+//! - weaver creates every socket before it spawns the process that uses it.
+//! - A child never outlives weaver: parent-death signal + stdin pipe + socket
+//!   EOF, any one suffices.
+//! - Every request gets exactly one reply: success, error, cancel, or
+//!   "compute died".
+//! - Memory per client and per request is bounded; a slow client cannot stall
+//!   anyone else.
+
+pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
+pub mod wire; // compute wire frames (encode, decode, HELLO), pure
