@@ -14,3 +14,13 @@
 
 pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
 pub mod wire; // compute wire frames (encode, decode, HELLO), pure
+pub mod cli; // clap definitions only
+pub mod client; // blocking control-socket client
+pub mod daemon; // the daemon: startup order, reactor, compute, mux
+pub mod error; // error kind + message; exit codes
+pub mod frame; // control-socket framing, pure
+pub mod launch; // connect-or-start, readiness pipe
+pub mod logging; // env_logger set-up for the daemon
+pub mod pidfile; // pid files with process start times
+pub mod protocol; // client <-> daemon messages
+pub mod runtime_dir; // runtime dir checks and paths

@@ -1,0 +1,82 @@
+//! Command-line definitions (clap). No logic here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "weaver", version, about = "Conductor of a GPU host: one per-user daemon that owns the compute worker", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Runtime directory (sockets, lock, pid file, log). Default:
+    /// $XDG_RUNTIME_DIR/weaver, else /tmp/weaver-<uid>.
+    #[arg(long, global = true, env = "WEAVER_RUNTIME_DIR", value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Compute daemon executable (default: compute-daemon beside weaver).
+    #[arg(long, global = true, env = "WEAVER_COMPUTE_BIN", value_name = "PATH")]
+    pub compute_bin: Option<PathBuf>,
+    /// Worker threads for the compute daemon (default: its own, the CPU count).
+    #[arg(long, global = true, env = "WEAVER_COMPUTE_WORKERS", value_name = "N")]
+    pub compute_workers: Option<u32>,
+    /// Never start a daemon: fail if none runs.
+    #[arg(long, global = true)]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show daemon and compute state.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Wait until compute is connected (or has failed) before answering.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Run one compute request through the daemon.
+    Compute(ComputeArgs),
+    /// Stop the daemon gracefully; returns once it and its children are gone.
+    Shutdown,
+    /// Run the daemon (detached unless --foreground).
+    Daemon {
+        /// Stay in the foreground and log to stderr (systemd, containers, debugging).
+        #[arg(long)]
+        foreground: bool,
+        /// Report readiness on this inherited fd (used by the auto-start).
+        #[arg(long, hide = true, value_name = "FD")]
+        ready_fd: Option<i32>,
+        /// Where stderr goes, for `status` (used by the auto-start).
+        #[arg(long, hide = true, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ComputeArgs {
+    /// The op: echo, render, sleep, info, or any op the compute daemon serves.
+    pub op: String,
+    /// Input bytes given inline.
+    #[arg(long, conflicts_with = "input", value_name = "TEXT")]
+    pub data: Option<String>,
+    /// Input read from a file, or - for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub input: Option<PathBuf>,
+    /// Where the reply goes: a file, or - for stdout (default).
+    #[arg(long, value_name = "FILE|-")]
+    pub output: Option<PathBuf>,
+    /// Fail the request if no reply comes within this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub timeout: Option<u64>,
+    /// Op parameters (e.g. width=640 iterations=500), sent as the input
+    /// when neither --data nor --input is given.
+    #[arg(value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+}

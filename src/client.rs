@@ -1,0 +1,153 @@
+//! Blocking client of the daemon's control socket: handshake, tagged
+//! requests (pipelining allowed), replies matched by tag.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use crate::error::{Error, Kind, Result};
+use crate::frame;
+use crate::protocol::{
+    self, ClientMsg, Handshake, Request, Response, ServerMsg, HANDSHAKE_MAGIC, PROTOCOL_VERSION,
+};
+
+pub struct Client {
+    stream: UnixStream,
+    dec: frame::Decoder,
+    next_tag: u64,
+    /// The daemon's side of the handshake.
+    pub server: Handshake,
+}
+
+/// A reply: the message and the frame payload.
+#[derive(Debug)]
+pub struct Reply {
+    pub tag: u64,
+    pub resp: Response,
+    pub payload: Vec<u8>,
+}
+
+fn daemon_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(Kind::Daemon, format!("{what}: {e}"))
+}
+
+impl Client {
+    /// Connect and exchange handshakes. `shutdown` asks the daemon to stop
+    /// even if its protocol differs (the way out of a version mismatch).
+    pub fn connect(path: &Path, shutdown: bool) -> io::Result<std::result::Result<Client, Error>> {
+        let stream = UnixStream::connect(path)?;
+        Ok(Self::handshake(stream, path, shutdown))
+    }
+
+    fn handshake(mut stream: UnixStream, path: &Path, shutdown: bool) -> Result<Client> {
+        let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(|e| daemon_err("cannot read the daemon's credentials", e))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if cred.uid() != me {
+            return Err(Error::new(
+                Kind::Daemon,
+                format!(
+                    "{} is served by uid {}, not by you (uid {me}); refusing to talk to it. \
+                     Check who owns the runtime directory",
+                    path.display(),
+                    cred.uid()
+                ),
+            ));
+        }
+        let hs = protocol::encode(&Handshake::new(shutdown));
+        frame::write_to(&mut stream, &hs, &[]).map_err(|e| daemon_err("cannot send handshake", e))?;
+        let mut dec = frame::Decoder::new();
+        let f = dec
+            .read_frame(&mut stream)
+            .map_err(|e| daemon_err("cannot read the daemon's handshake", e))?
+            .ok_or_else(|| {
+                Error::new(Kind::Daemon, "the daemon closed the connection during the handshake")
+            })?;
+        let server: Handshake = protocol::decode(&f.meta, "handshake").map_err(|e| {
+            Error::new(Kind::Mismatch, format!("{e}: the process behind {} is not a weaver daemon of a compatible release", path.display()))
+        })?;
+        if server.magic != HANDSHAKE_MAGIC {
+            return Err(Error::new(Kind::Mismatch, format!("{} is not a weaver control socket", path.display())));
+        }
+        if !server.refusal.is_empty() {
+            return Err(Error::new(Kind::Mismatch, server.refusal));
+        }
+        if server.protocol != PROTOCOL_VERSION && !shutdown {
+            return Err(Error::new(Kind::Mismatch, mismatch_message(&server)));
+        }
+        Ok(Client { stream, dec, next_tag: 1, server })
+    }
+
+    /// Send a request; returns its tag.
+    pub fn send(&mut self, req: Request, payload: &[u8]) -> io::Result<u64> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let meta = protocol::encode(&ClientMsg { tag, req });
+        frame::write_to(&mut self.stream, &meta, payload)?;
+        Ok(tag)
+    }
+
+    /// Receive the next reply, whatever its tag. `Ok(None)` on EOF.
+    pub fn recv(&mut self) -> io::Result<Option<Reply>> {
+        let Some(f) = self.dec.read_frame(&mut self.stream)? else { return Ok(None) };
+        let msg: ServerMsg = protocol::decode(&f.meta, "reply")
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Some(Reply { tag: msg.tag, resp: msg.resp, payload: f.payload }))
+    }
+
+    /// Send one request and wait for its reply; an error reply becomes an
+    /// `Error`.
+    pub fn call(&mut self, req: Request, payload: &[u8]) -> Result<Reply> {
+        let tag = self.send(req, payload).map_err(|e| daemon_err("cannot send request to the daemon", e))?;
+        loop {
+            let r = self
+                .recv()
+                .map_err(|e| daemon_err("lost the connection to the daemon", e))?
+                .ok_or_else(|| Error::new(Kind::Daemon, "the daemon closed the connection before answering; see its log (`weaver status` shows where)"))?;
+            if r.tag != tag {
+                continue;
+            }
+            if let Response::Error(e) = r.resp {
+                return Err(e.into());
+            }
+            return Ok(r);
+        }
+    }
+
+    /// Block until the daemon closes the connection (it has stopped).
+    pub fn wait_closed(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The raw stream (tests and benches write malformed bytes through it).
+    pub fn stream(&mut self) -> &mut UnixStream {
+        &mut self.stream
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// The message for a daemon of another protocol version.
+pub fn mismatch_message(server: &Handshake) -> String {
+    format!(
+        "the running weaver daemon (pid {}, release {}, protocol {}) does not speak this \
+         client's protocol {} (release {}). Stop it with `weaver shutdown` (works across \
+         versions); the next command starts a daemon of this release",
+        server.pid,
+        server.release,
+        server.protocol,
+        PROTOCOL_VERSION,
+        protocol::RELEASE
+    )
+}

@@ -1,0 +1,140 @@
+//! The daemon, started in order: lock, bind, signals, pid file, ready, then
+//! the reactor (which spawns compute) until a graceful stop, then cleanup.
+
+pub mod client_conn;
+pub mod compute;
+pub mod mux;
+pub mod outq;
+pub mod reactor;
+pub mod timers;
+pub mod token;
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, Kind, Result};
+use crate::launch;
+use crate::pidfile::{self, PidRecord};
+use crate::runtime_dir::RuntimeDir;
+
+pub struct Options {
+    pub dir: RuntimeDir,
+    pub compute_bin: PathBuf,
+    pub compute_workers: Option<u32>,
+    /// Inherited fd to report readiness on (auto-start).
+    pub ready_fd: Option<i32>,
+    /// Where our stderr goes, for `status`.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Run the daemon in this process until it is stopped.
+pub fn run(o: Options) -> Result<()> {
+    // The readiness fd must not leak into compute.
+    if let Some(fd) = o.ready_fd {
+        // SAFETY: fcntl on an inherited fd.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    match start(&o) {
+        Ok(r) => r,
+        Err(e) => {
+            launch::notify(o.ready_fd, &format!("error {e}"));
+            Err(e)
+        }
+    }
+}
+
+fn start(o: &Options) -> Result<Result<()>> {
+    let dir = &o.dir;
+    let lock_path = dir.daemon_lock();
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|e| Error::io(Kind::RuntimeDir, "open", &lock_path, &e))?;
+    let lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = pidfile::live_pid(&dir.pid_file())
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "a starting daemon".into());
+            let msg = format!("another weaver daemon ({holder}) already runs for {}", dir.path().display());
+            launch::notify(o.ready_fd, &format!("busy {msg}"));
+            return Ok(Err(Error::new(Kind::Daemon, msg)));
+        }
+        Err((_, e)) => return Err(Error::new(Kind::RuntimeDir, format!("cannot lock {}: {e}", lock_path.display()))),
+    };
+    // We hold the lock: whatever sockets are there are stale.
+    let control_path = dir.control_socket();
+    let compute_path = dir.compute_socket();
+    remove_stale(&control_path)?;
+    remove_stale(&compute_path)?;
+    let control = bind(&control_path)?;
+    let compute_listener = bind(&compute_path)?;
+    let pid_path = dir.pid_file();
+    let me = PidRecord::of(std::process::id()).ok_or_else(|| Error::new(Kind::Io, "cannot read our own /proc entry"))?;
+    pidfile::write(&pid_path, me).map_err(|e| Error::io(Kind::RuntimeDir, "write", &pid_path, &e))?;
+    // Orphaned descendants of our children come to us, so they can be reaped
+    // and stopped too.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let compute = compute::Compute::new(o.compute_bin.clone(), compute_path.clone(), o.compute_workers);
+    let setup = reactor::Setup {
+        dir: dir.clone(),
+        control,
+        compute_listener,
+        compute,
+        log_file: o.log_file.clone(),
+    };
+    let mut reactor = reactor::Reactor::new(setup).map_err(|e| Error::new(Kind::Io, format!("cannot set up the event loop: {e}")))?;
+    info!("weaver daemon {} ready: pid {}, runtime dir {}", crate::protocol::RELEASE, me.pid, dir.path().display());
+    launch::notify(o.ready_fd, &format!("ready {}", me.pid));
+    let result = reactor.run().map_err(|e| Error::new(Kind::Io, format!("event loop failed: {e}")));
+    drop(reactor);
+    for p in [&control_path, &compute_path] {
+        let _ = fs::remove_file(p);
+    }
+    if pidfile::read(&pid_path).is_ok_and(|(pid, _)| pid == me.pid) {
+        let _ = fs::remove_file(&pid_path);
+    }
+    drop(lock);
+    Ok(result)
+}
+
+/// Remove a socket left by a daemon that died; only called under the lock.
+fn remove_stale(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !md.file_type().is_socket() {
+                return Err(Error::new(
+                    Kind::RuntimeDir,
+                    format!("{} exists and is not a socket; weaver will not remove it. Move it away", p.display()),
+                ));
+            }
+            warn!("removing stale socket {}", p.display());
+            fs::remove_file(p).map_err(|e| Error::io(Kind::RuntimeDir, "remove stale socket", p, &e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(Kind::RuntimeDir, "inspect", p, &e)),
+    }
+}
+
+/// Bind a listening socket that only we can use (0600).
+fn bind(p: &Path) -> Result<mio::net::UnixListener> {
+    // SAFETY: umask is process-wide; the daemon is single-threaded here.
+    let old = unsafe { libc::umask(0o177) };
+    let l = mio::net::UnixListener::bind(p);
+    unsafe { libc::umask(old) };
+    let l = l.map_err(|e| Error::io(Kind::RuntimeDir, "bind socket", p, &e))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(Kind::RuntimeDir, "chmod", p, &e))?;
+    Ok(l)
+}

@@ -1,0 +1,121 @@
+//! A write queue for a non-blocking socket: write first, keep only what the
+//! socket did not take, and say when WRITABLE interest is needed.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    bufs: VecDeque<Vec<u8>>,
+    /// Bytes of the front buffer already written.
+    offset: usize,
+    /// Bytes queued and not yet written.
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn push(&mut self, buf: Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        self.bytes += buf.len();
+        self.bufs.push_back(buf);
+    }
+
+    /// Write as much as the socket takes. `Ok(true)` when everything went
+    /// out, `Ok(false)` when the socket is full (arm WRITABLE).
+    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<bool> {
+        while !self.bufs.is_empty() {
+            let mut slices: [IoSlice<'_>; 16] = [IoSlice::new(&[]); 16];
+            let mut n = 0;
+            for (i, b) in self.bufs.iter().take(16).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+                n += 1;
+            }
+            match w.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let front = self.bufs.front().expect("consumed bytes were queued").len() - self.offset;
+            if n >= front {
+                n -= front;
+                self.offset = 0;
+                self.bufs.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then WouldBlock.
+    struct Trickle {
+        out: Vec<u8>,
+        cap: usize,
+        calls: usize,
+        block_every: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % self.block_every == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.cap);
+            self.out.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_order_and_count() {
+        let mut q = OutQueue::new();
+        let mut expect = Vec::new();
+        for i in 0..50u8 {
+            let b = vec![i; (i as usize * 37) % 200 + 1];
+            expect.extend_from_slice(&b);
+            q.push(b);
+        }
+        let mut w = Trickle { out: Vec::new(), cap: 13, calls: 0, block_every: 7 };
+        let mut rounds = 0;
+        while !q.flush(&mut w).unwrap() {
+            rounds += 1;
+            assert_eq!(q.len(), expect.len() - w.out.len());
+        }
+        assert!(rounds > 0);
+        assert!(q.is_empty());
+        assert_eq!(w.out, expect);
+    }
+}

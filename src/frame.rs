@@ -1,0 +1,255 @@
+//! Control-socket framing: length-prefixed frames, pure.
+//!
+//! ```text
+//!   u32 LE  len        bytes after this field (4 + meta_len + payload len)
+//!   u32 LE  meta_len   length of the postcard-encoded message
+//!   meta               the message (protocol.rs)
+//!   payload            raw bytes (compute input/output), never re-encoded
+//! ```
+//! Keeping bulk data out of the serde encoding lets a 16 MiB payload cross
+//! weaver with plain copies. The decoder holds at most one partial frame, so
+//! a client costs at most [`MAX_CONTROL_FRAME`] bytes of read buffer.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use crate::wire;
+
+/// Largest control frame after its length field: one maximal compute
+/// payload plus room for the message around it.
+pub const MAX_CONTROL_FRAME: usize = wire::MAX_PAYLOAD + MAX_META + 4;
+/// Largest encoded message.
+pub const MAX_META: usize = 1024 * 1024;
+
+/// A frame that cannot be trusted; the connection is closed after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    TooLarge(u64),
+    BadMeta { len: u32, meta_len: u32 },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge(n) => write!(
+                f,
+                "control frame of {n} bytes is over the {MAX_CONTROL_FRAME}-byte limit \
+                 (compute payloads are at most {} bytes)",
+                wire::MAX_PAYLOAD
+            ),
+            FrameError::BadMeta { len, meta_len } => {
+                write!(f, "control frame of {len} bytes claims a {meta_len}-byte message")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// One decoded frame: the encoded message and the raw payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub meta: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Encode a frame's 8-byte prefix for a message and payload of these sizes.
+pub fn prefix(meta_len: usize, payload_len: usize) -> [u8; 8] {
+    let len = 4 + meta_len + payload_len;
+    let mut p = [0u8; 8];
+    p[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    p[4..8].copy_from_slice(&(meta_len as u32).to_le_bytes());
+    p
+}
+
+/// Append a whole frame to `out`.
+pub fn push(out: &mut Vec<u8>, meta: &[u8], payload: &[u8]) {
+    out.reserve(8 + meta.len() + payload.len());
+    out.extend_from_slice(&prefix(meta.len(), payload.len()));
+    out.extend_from_slice(meta);
+    out.extend_from_slice(payload);
+}
+
+/// Write a whole frame to a blocking writer without copying the payload.
+pub fn write_to<W: Write>(w: &mut W, meta: &[u8], payload: &[u8]) -> io::Result<()> {
+    if payload.len() <= 64 * 1024 {
+        let mut buf = Vec::with_capacity(8 + meta.len() + payload.len());
+        push(&mut buf, meta, payload);
+        return w.write_all(&buf);
+    }
+    let mut head = Vec::with_capacity(8 + meta.len());
+    head.extend_from_slice(&prefix(meta.len(), payload.len()));
+    head.extend_from_slice(meta);
+    w.write_all(&head)?;
+    w.write_all(payload)
+}
+
+/// Incremental decoder.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    prefix: [u8; 8],
+    prefix_len: usize,
+    /// (len, meta_len) once the prefix is complete.
+    sizes: Option<(u32, u32)>,
+    body: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when no partial frame is held.
+    pub fn is_idle(&self) -> bool {
+        self.prefix_len == 0 && self.sizes.is_none()
+    }
+
+    fn check(&mut self) -> Result<(), FrameError> {
+        let len = u32::from_le_bytes(self.prefix[0..4].try_into().expect("4 bytes"));
+        let meta_len = u32::from_le_bytes(self.prefix[4..8].try_into().expect("4 bytes"));
+        if len as usize > MAX_CONTROL_FRAME {
+            return Err(FrameError::TooLarge(len as u64));
+        }
+        if len < 4 || meta_len > len - 4 || meta_len as usize > MAX_META {
+            return Err(FrameError::BadMeta { len, meta_len });
+        }
+        self.sizes = Some((len, meta_len));
+        self.body = Vec::with_capacity(len as usize - 4);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> RawFrame {
+        let (_, meta_len) = self.sizes.take().expect("sizes known");
+        self.prefix_len = 0;
+        let mut body = std::mem::take(&mut self.body);
+        let payload = body.split_off(meta_len as usize);
+        RawFrame { meta: body, payload }
+    }
+
+    /// Consume bytes from `data`: returns how many were used and a frame if
+    /// one completed.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(usize, Option<RawFrame>), FrameError> {
+        let mut used = 0;
+        if self.sizes.is_none() {
+            let take = (8 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
+            self.prefix_len += take;
+            used = take;
+            if self.prefix_len < 8 {
+                return Ok((used, None));
+            }
+            self.check()?;
+        }
+        let (len, _) = self.sizes.expect("sizes known");
+        let want = len as usize - 4 - self.body.len();
+        let take = want.min(data.len() - used);
+        self.body.extend_from_slice(&data[used..used + take]);
+        used += take;
+        if self.body.len() == len as usize - 4 {
+            return Ok((used, Some(self.finish())));
+        }
+        Ok((used, None))
+    }
+
+    /// Read one frame from a blocking reader; `Ok(None)` on EOF between
+    /// frames. Payload bytes are read straight into place.
+    pub fn read_frame<R: Read>(&mut self, r: &mut R) -> io::Result<Option<RawFrame>> {
+        let bad = |e: FrameError| io::Error::new(io::ErrorKind::InvalidData, e);
+        loop {
+            if let Some((len, _)) = self.sizes {
+                let total = len as usize - 4;
+                let start = self.body.len();
+                if start == total {
+                    return Ok(Some(self.finish()));
+                }
+                self.body.resize(total, 0);
+                let n = r.read(&mut self.body[start..])?;
+                self.body.truncate(start + n);
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a frame",
+                    ));
+                }
+                continue;
+            }
+            let n = r.read(&mut self.prefix[self.prefix_len..])?;
+            if n == 0 {
+                if self.prefix_len == 0 {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame prefix",
+                ));
+            }
+            self.prefix_len += n;
+            if self.prefix_len == 8 {
+                self.check().map_err(bad)?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let mut wire = Vec::new();
+        push(&mut wire, b"meta", b"payload");
+        push(&mut wire, b"", b"");
+        push(&mut wire, b"m2", &[7u8; 100_000]);
+        for chunk in [1usize, 3, 8, 1000, wire.len()] {
+            let mut d = Decoder::new();
+            let mut frames = Vec::new();
+            for piece in wire.chunks(chunk) {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let (n, f) = d.feed(rest).unwrap();
+                    rest = &rest[n..];
+                    frames.extend(f);
+                }
+            }
+            assert_eq!(frames.len(), 3, "chunk {chunk}");
+            assert_eq!(frames[0], RawFrame { meta: b"meta".to_vec(), payload: b"payload".to_vec() });
+            assert!(frames[1].meta.is_empty() && frames[1].payload.is_empty());
+            assert_eq!(frames[2].payload.len(), 100_000);
+            assert!(d.is_idle());
+        }
+    }
+
+    #[test]
+    fn rejects_oversized_and_inconsistent_prefixes() {
+        let mut d = Decoder::new();
+        let mut p = [0u8; 8];
+        p[0..4].copy_from_slice(&(MAX_CONTROL_FRAME as u32 + 1).to_le_bytes());
+        assert!(matches!(d.feed(&p), Err(FrameError::TooLarge(_))));
+        let mut d = Decoder::new();
+        assert!(matches!(d.feed(&prefix_raw(10, 7)), Err(FrameError::BadMeta { .. })));
+        let mut d = Decoder::new();
+        assert!(matches!(d.feed(&prefix_raw(2, 0)), Err(FrameError::BadMeta { .. })));
+    }
+
+    fn prefix_raw(len: u32, meta_len: u32) -> [u8; 8] {
+        let mut p = [0u8; 8];
+        p[0..4].copy_from_slice(&len.to_le_bytes());
+        p[4..8].copy_from_slice(&meta_len.to_le_bytes());
+        p
+    }
+
+    #[test]
+    fn blocking_read_and_write_agree() {
+        let mut wire = Vec::new();
+        write_to(&mut wire, b"x", &vec![1u8; 200_000]).unwrap();
+        write_to(&mut wire, b"y", b"small").unwrap();
+        let mut r = &wire[..];
+        let mut d = Decoder::new();
+        assert_eq!(d.read_frame(&mut r).unwrap().unwrap().payload.len(), 200_000);
+        assert_eq!(d.read_frame(&mut r).unwrap().unwrap().payload, b"small");
+        assert!(d.read_frame(&mut r).unwrap().is_none());
+        let mut r = &wire[..5];
+        assert_eq!(d.read_frame(&mut r).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,222 @@
+//! Connect to the daemon, starting it first if none runs.
+//!
+//! Start-up races are named cases, not hopes:
+//! - Racing first commands serialise on `launch.lock` (a blocking flock: the
+//!   kernel wakes the waiters, nobody polls). The winner starts the daemon;
+//!   the others find it answering once they get the lock.
+//! - The daemon reports readiness on an inherited pipe once its sockets are
+//!   bound ("ready PID"), or why it could not start ("error ..."); EOF
+//!   without a line means it died, and the log says why.
+//! - A daemon started another way (`weaver daemon --foreground`) may hold
+//!   the daemon lock without answering yet; then the new daemon says
+//!   "busy" and the command retries its connect for a bounded time.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::client::Client;
+use crate::error::{Error, Kind, Result};
+use crate::runtime_dir::RuntimeDir;
+
+/// The fd number the daemon finds its readiness pipe on.
+pub const READY_FD: i32 = 3;
+/// How long a command waits for a new daemon to report readiness.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to start a daemon if none runs.
+pub struct Launch<'a> {
+    pub dir: &'a RuntimeDir,
+    /// Global options to pass on to the daemon (compute binary, workers...).
+    pub daemon_args: Vec<OsString>,
+    /// Do not start one: fail if none runs.
+    pub no_start: bool,
+}
+
+/// What happened on the way to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A daemon was already running.
+    Connected,
+    /// This command started the daemon.
+    Started(u32),
+}
+
+fn is_absent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED))
+}
+
+/// Connect to the running daemon, starting one if needed.
+pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
+    let sock = l.dir.control_socket();
+    match Client::connect(&sock, false) {
+        Ok(c) => return c.map(|c| (c, Outcome::Connected)),
+        Err(e) if is_absent(&e) => {}
+        Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
+    }
+    if l.no_start {
+        return Err(Error::new(Kind::Daemon, format!("no weaver daemon is running for {}", l.dir.path().display())));
+    }
+    let lock_path = l.dir.launch_lock();
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|e| Error::io(Kind::RuntimeDir, "open", &lock_path, &e))?;
+    let _guard = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::new(Kind::RuntimeDir, format!("cannot lock {}: {e}", lock_path.display())))?;
+    // Someone may have started it while we waited for the lock.
+    match Client::connect(&sock, false) {
+        Ok(c) => return c.map(|c| (c, Outcome::Connected)),
+        Err(e) if is_absent(&e) => {}
+        Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
+    }
+    match spawn_daemon(l)? {
+        Ready::Pid(pid) => {
+            let c = Client::connect(&sock, false)
+                .map_err(|e| Error::io(Kind::Daemon, "connect to the new daemon at", &sock, &e))??;
+            Ok((c, Outcome::Started(pid)))
+        }
+        Ready::Busy(msg) => connect_retrying(&sock, &msg).map(|c| (c, Outcome::Connected)),
+    }
+}
+
+/// Bounded retry for the one case where a daemon holds the lock but may not
+/// have bound its socket yet.
+fn connect_retrying(sock: &Path, why: &str) -> Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match Client::connect(sock, false) {
+            Ok(c) => return c,
+            Err(e) if is_absent(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Daemon,
+                    format!("{why}, but {} does not answer ({e}); if that daemon is stuck, stop it (its pid is in weaver.pid) and retry", sock.display()),
+                ))
+            }
+        }
+    }
+}
+
+enum Ready {
+    Pid(u32),
+    Busy(String),
+}
+
+fn spawn_daemon(l: &Launch) -> Result<Ready> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(Kind::Daemon, format!("cannot find the weaver executable to start the daemon: {e}")))?;
+    let log_path = l.dir.log_file();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&log_path)
+        .map_err(|e| Error::io(Kind::RuntimeDir, "open the daemon log", &log_path, &e))?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::new(Kind::Daemon, format!("cannot create the readiness pipe: {e}")))?;
+    let wr_raw = wr.as_raw_fd();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--runtime-dir")
+        .arg(l.dir.path())
+        .args(&l.daemon_args)
+        .arg("daemon")
+        .arg("--foreground")
+        .arg("--ready-fd")
+        .arg(READY_FD.to_string())
+        .arg("--log-file")
+        .arg(&log_path)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| Error::io(Kind::Io, "duplicate", &log_path, &e))?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if wr_raw == READY_FD {
+                // dup2 onto itself would keep close-on-exec set.
+                if libc::fcntl(READY_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(wr_raw, READY_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        Error::new(Kind::Daemon, format!("cannot start the daemon ({}): {e}", exe.display()))
+    })?;
+    drop(wr);
+    let pid = child.id();
+    // The daemon runs on detached; it is reaped by whoever adopts it.
+    drop(child);
+    read_ready(rd, pid, &log_path)
+}
+
+fn read_ready(rd: OwnedFd, pid: u32, log_path: &Path) -> Result<Ready> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut pfd = [nix::poll::PollFd::new(rd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) if left.is_zero() => {
+                return Err(Error::new(
+                    Kind::Daemon,
+                    format!("the daemon (pid {pid}) did not report readiness within {READY_TIMEOUT:?}; see {}", log_path.display()),
+                ))
+            }
+            Ok(0) => continue,
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::new(Kind::Daemon, format!("waiting for the daemon: {e}"))),
+        }
+    }
+    let mut line = String::new();
+    BufReader::new(File::from(rd))
+        .read_line(&mut line)
+        .map_err(|e| Error::new(Kind::Daemon, format!("reading the daemon's readiness: {e}")))?;
+    let line = line.trim_end();
+    if let Some(p) = line.strip_prefix("ready ") {
+        return Ok(Ready::Pid(p.parse().unwrap_or(pid)));
+    }
+    if let Some(msg) = line.strip_prefix("busy ") {
+        return Ok(Ready::Busy(msg.to_string()));
+    }
+    if let Some(msg) = line.strip_prefix("error ") {
+        return Err(Error::new(Kind::Daemon, format!("the daemon could not start: {msg}")));
+    }
+    Err(Error::new(
+        Kind::Daemon,
+        format!("the daemon (pid {pid}) exited before it was ready; its log {} says why", log_path.display()),
+    ))
+}
+
+/// Tell the process that started us (through `--ready-fd`) how start-up went.
+pub fn notify(fd: Option<i32>, line: &str) {
+    let Some(fd) = fd else { return };
+    // SAFETY: the fd was handed to us by our parent for this one purpose and
+    // is used exactly once, here.
+    let f = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut f = File::from(f);
+    let _ = io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+}
