@@ -45,7 +45,12 @@ fn main() {
 #[cfg(feature = "regen-bindings")]
 fn regen_bindings() {
     println!("cargo:rerun-if-env-changed=WEAVER_BLESS_BINDINGS");
+    // Pin the Rust target to the crate's rust-version: bindgen's default is the
+    // toolchain running the build, which would make the committed file depend
+    // on whoever last blessed it (and use syntax newer than rust-version).
+    let target = bindgen::RustTarget::stable(75, 0).expect("bindgen knows Rust 1.75");
     let fresh = bindgen::Builder::default()
+        .rust_target(target)
         .header("include/weaver_compute.h")
         .allowlist_function("wc_.*|socket_connect")
         .allowlist_type("wc_.*")

@@ -1,0 +1,194 @@
+/*
+ * frame.c -- the 24-byte frame header, encoded and decoded byte by byte
+ * (little-endian whatever the host), and the static texts for its fields.
+ * Pure: no I/O, no allocation, no state.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "wc_internal.h"
+
+void wc_header_encode(const struct wc_header *h, uint8_t out[WC_HEADER_SIZE])
+{
+    wc_put_u32le(out + 0, h->magic);
+    wc_put_u16le(out + 4, h->version);
+    wc_put_u16le(out + 6, h->kind);
+    wc_put_u64le(out + 8, h->request_id);
+    wc_put_u32le(out + 16, h->code);
+    wc_put_u32le(out + 20, h->payload_len);
+}
+
+enum wc_decode_result wc_header_decode(const uint8_t *in, size_t len, struct wc_header *h)
+{
+    memset(h, 0, sizeof *h);
+    if (in == NULL || len < WC_HEADER_SIZE)
+        return WC_DECODE_SHORT;
+    h->magic = wc_get_u32le(in + 0);
+    h->version = wc_get_u16le(in + 4);
+    h->kind = wc_get_u16le(in + 6);
+    h->request_id = wc_get_u64le(in + 8);
+    h->code = wc_get_u32le(in + 16);
+    h->payload_len = wc_get_u32le(in + 20);
+    if (h->magic != WC_MAGIC)
+        return WC_DECODE_BAD_MAGIC;
+    if (h->version != WC_PROTOCOL_VERSION)
+        return WC_DECODE_BAD_VERSION;
+    if (h->kind < WC_FRAME_HELLO || h->kind > WC_FRAME_SHUTDOWN)
+        return WC_DECODE_BAD_KIND;
+    if (h->payload_len > WC_MAX_PAYLOAD)
+        return WC_DECODE_TOO_LARGE;
+    return WC_DECODE_OK;
+}
+
+const char *wc_decode_result_str(enum wc_decode_result r)
+{
+    switch (r) {
+    case WC_DECODE_OK:
+        return "ok";
+    case WC_DECODE_SHORT:
+        return "fewer than 24 header bytes";
+    case WC_DECODE_BAD_MAGIC:
+        return "bad magic (not a weaver compute frame)";
+    case WC_DECODE_BAD_VERSION:
+        return "unsupported protocol version";
+    case WC_DECODE_BAD_KIND:
+        return "unknown frame kind";
+    case WC_DECODE_TOO_LARGE:
+        return "frame larger than the 16 MiB maximum";
+    }
+    return "unknown decode result";
+}
+
+const char *wc_status_str(uint32_t status)
+{
+    switch (status) {
+    case WC_STATUS_OK:
+        return "ok";
+    case WC_STATUS_UNKNOWN_OP:
+        return "unknown op";
+    case WC_STATUS_BAD_REQUEST:
+        return "bad request";
+    case WC_STATUS_TOO_LARGE:
+        return "too large";
+    case WC_STATUS_CANCELLED:
+        return "cancelled";
+    case WC_STATUS_BUSY:
+        return "busy";
+    case WC_STATUS_INTERNAL:
+        return "internal error";
+    default:
+        return "unknown status";
+    }
+}
+
+const char *wc_op_name(uint32_t op)
+{
+    switch (op) {
+    case WC_OP_ECHO:
+        return "echo";
+    case WC_OP_RENDER:
+        return "render";
+    case WC_OP_SLEEP:
+        return "sleep";
+    case WC_OP_INFO:
+        return "info";
+    default:
+        return "unknown op";
+    }
+}
+
+const char *wc_kind_str(uint32_t kind)
+{
+    switch (kind) {
+    case WC_FRAME_HELLO:
+        return "HELLO";
+    case WC_FRAME_REQUEST:
+        return "REQUEST";
+    case WC_FRAME_RESPONSE:
+        return "RESPONSE";
+    case WC_FRAME_CANCEL:
+        return "CANCEL";
+    case WC_FRAME_PING:
+        return "PING";
+    case WC_FRAME_PONG:
+        return "PONG";
+    case WC_FRAME_SHUTDOWN:
+        return "SHUTDOWN";
+    default:
+        return "unknown kind";
+    }
+}
+
+const char *wc_errno_name(int e, char buf[24])
+{
+    switch (e) {
+    case ENOENT:
+        return "ENOENT";
+    case EACCES:
+        return "EACCES";
+    case EPERM:
+        return "EPERM";
+    case ECONNREFUSED:
+        return "ECONNREFUSED";
+    case ENOTDIR:
+        return "ENOTDIR";
+    case ENAMETOOLONG:
+        return "ENAMETOOLONG";
+    case EPROTOTYPE:
+        return "EPROTOTYPE";
+    case ENOTSOCK:
+        return "ENOTSOCK";
+    case ELOOP:
+        return "ELOOP";
+    case EAGAIN:
+        return "EAGAIN";
+    case EINVAL:
+        return "EINVAL";
+    case EMFILE:
+        return "EMFILE";
+    case ENFILE:
+        return "ENFILE";
+    case ENOMEM:
+        return "ENOMEM";
+    case ECONNRESET:
+        return "ECONNRESET";
+    case EPIPE:
+        return "EPIPE";
+    case ETIMEDOUT:
+        return "ETIMEDOUT";
+    default:
+        snprintf(buf, 24, "errno %d", e);
+        return buf;
+    }
+}
+
+void wc_errf(char *err, size_t err_len, const char *fmt, ...)
+{
+    if (err == NULL || err_len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+}
+
+const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len)
+{
+    size_t o = 0;
+    size_t room = out_len - 4; /* keep space for "..." and the NUL */
+    for (size_t i = 0; i < len; i++) {
+        if (o >= room) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        uint8_t c = in[i];
+        out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    out[o] = '\0';
+    return out;
+}

@@ -1,0 +1,330 @@
+/*
+ * ops.c -- the table of ops { id, name, handler } and their parameters.
+ *
+ * A handler runs on a worker thread with one struct wc_call: it reads the
+ * request payload (bounded, never NUL-terminated), and sets status and out.
+ * Parameters are `key=value` tokens separated by spaces, tabs, CR or LF;
+ * unknown, duplicate, empty, unparsable or out-of-range values give
+ * WC_STATUS_BAD_REQUEST with a message that names the key.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wc_internal.h"
+
+/* ---- Call helpers ------------------------------------------------------ */
+
+int wc_call_cancelled(const struct wc_call *call)
+{
+    return call->cancel != NULL && atomic_load(call->cancel) != 0;
+}
+
+void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...)
+{
+    free(call->out);
+    call->out = NULL;
+    call->out_len = 0;
+    call->status = status;
+
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    int n = vasprintf(&msg, fmt, ap);
+    va_end(ap);
+    if (n >= 0) {
+        call->out = (uint8_t *)msg;
+        call->out_len = (size_t)n;
+    }
+}
+
+static void call_cancelled(struct wc_call *call)
+{
+    wc_call_fail(call, WC_STATUS_CANCELLED, "request %llu (%s) cancelled while running",
+                 (unsigned long long)call->request_id, wc_op_name(call->op));
+}
+
+/* ---- Parameter parsing ------------------------------------------------- */
+
+enum param_type { PARAM_U32, PARAM_F64 };
+
+struct param {
+    const char *key;
+    enum param_type type;
+    uint32_t min, max; /* PARAM_U32 only */
+    void *dst;         /* uint32_t * or double * */
+    int required;
+    int seen;
+};
+
+/* Longest value text accepted (a double needs far less). */
+#define PARAM_VALUE_MAX 64
+
+static int is_sep(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static void list_keys(const struct param *ps, size_t np, char *buf, size_t len)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < np && o < len; i++) {
+        int n = snprintf(buf + o, len - o, "%s%s", i ? ", " : "", ps[i].key);
+        if (n < 0)
+            break;
+        o += (size_t)n;
+    }
+}
+
+static int parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out)
+{
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
+    for (const char *c = text; *c; c++)
+        if (*c < '0' || *c > '9')
+            return -1;
+    errno = 0;
+    unsigned long long v = strtoull(text, NULL, 10);
+    if (errno == ERANGE || v < min || v > max)
+        return -2;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_f64(const char *text, double *out)
+{
+    char *end = NULL;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0')
+        return -1;
+    if (!isfinite(v))
+        return -2;
+    *out = v;
+    return 0;
+}
+
+/* Parse call->payload against `ps`. Returns 0, or -1 after failing the call
+ * with BAD_REQUEST. */
+static int parse_params(struct wc_call *call, struct param *ps, size_t np)
+{
+    const char *op = wc_op_name(call->op);
+    const uint8_t *p = call->payload;
+    const uint8_t *end = p + call->payload_len;
+    char keys[128];
+    char shown[48];
+    list_keys(ps, np, keys, sizeof keys);
+
+    while (p < end) {
+        while (p < end && is_sep(*p))
+            p++;
+        if (p == end)
+            break;
+        const uint8_t *tok = p;
+        while (p < end && !is_sep(*p))
+            p++;
+        size_t tok_len = (size_t)(p - tok);
+        const uint8_t *eq = memchr(tok, '=', tok_len);
+        if (eq == NULL) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: parameter '%s' has no '=': expected key=value (keys: %s)",
+                         op, wc_sanitize(shown, sizeof shown, tok, tok_len), keys);
+            return -1;
+        }
+        size_t key_len = (size_t)(eq - tok);
+        const uint8_t *val = eq + 1;
+        size_t val_len = tok_len - key_len - 1;
+
+        struct param *hit = NULL;
+        for (size_t i = 0; i < np; i++)
+            if (strlen(ps[i].key) == key_len && memcmp(ps[i].key, tok, key_len) == 0)
+                hit = &ps[i];
+        if (hit == NULL) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: unknown key '%s' (keys: %s)", op,
+                         wc_sanitize(shown, sizeof shown, tok, key_len), keys);
+            return -1;
+        }
+        if (hit->seen) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: duplicate key '%s'", op, hit->key);
+            return -1;
+        }
+        hit->seen = 1;
+        if (val_len == 0) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: empty value for key '%s'", op, hit->key);
+            return -1;
+        }
+        if (val_len >= PARAM_VALUE_MAX) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: value for key '%s' is too long (%zu bytes)", op, hit->key,
+                         val_len);
+            return -1;
+        }
+        char text[PARAM_VALUE_MAX];
+        memcpy(text, val, val_len);
+        text[val_len] = '\0';
+        if (memchr(text, '\0', val_len) != NULL) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: value for key '%s' contains a NUL byte", op, hit->key);
+            return -1;
+        }
+
+        int r;
+        if (hit->type == PARAM_U32) {
+            r = parse_u32(text, hit->min, hit->max, hit->dst);
+            if (r == -1) {
+                wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: %s='%s' is not a whole number", op, hit->key,
+                             wc_sanitize(shown, sizeof shown, val, val_len));
+                return -1;
+            }
+            if (r == -2) {
+                wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: %s=%s is out of range (%u..%u)", op, hit->key,
+                             wc_sanitize(shown, sizeof shown, val, val_len), hit->min, hit->max);
+                return -1;
+            }
+        } else {
+            r = parse_f64(text, hit->dst);
+            if (r == -1) {
+                wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: %s='%s' is not a number", op, hit->key,
+                             wc_sanitize(shown, sizeof shown, val, val_len));
+                return -1;
+            }
+            if (r == -2) {
+                wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: %s=%s is out of range (must be finite)", op,
+                             hit->key, wc_sanitize(shown, sizeof shown, val, val_len));
+                return -1;
+            }
+        }
+    }
+    for (size_t i = 0; i < np; i++) {
+        if (ps[i].required && !ps[i].seen) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: missing key '%s'", op, ps[i].key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- The ops ----------------------------------------------------------- */
+
+static void op_echo(struct wc_call *call)
+{
+    /* Reply with the request's own buffer: no copy. */
+    call->status = WC_STATUS_OK;
+    call->out = call->payload;
+    call->out_len = call->payload_len;
+    call->payload = NULL;
+    call->payload_len = 0;
+}
+
+static void op_render(struct wc_call *call)
+{
+    struct wc_render_params rp = {
+        .width = 256,
+        .height = 256,
+        .iterations = 256,
+        .x_min = -2.5,
+        .x_max = 1.0,
+        .y_min = -1.25,
+        .y_max = 1.25,
+    };
+    struct param ps[] = {
+        {"width", PARAM_U32, 1, 4096, &rp.width, 0, 0},
+        {"height", PARAM_U32, 1, 4096, &rp.height, 0, 0},
+        {"iterations", PARAM_U32, 1, 100000, &rp.iterations, 0, 0},
+        {"x_min", PARAM_F64, 0, 0, &rp.x_min, 0, 0},
+        {"x_max", PARAM_F64, 0, 0, &rp.x_max, 0, 0},
+        {"y_min", PARAM_F64, 0, 0, &rp.y_min, 0, 0},
+        {"y_max", PARAM_F64, 0, 0, &rp.y_max, 0, 0},
+    };
+    if (parse_params(call, ps, sizeof ps / sizeof ps[0]) != 0)
+        return;
+
+    size_t size = wc_render_size(&rp);
+    if (size > WC_MAX_PAYLOAD) {
+        wc_call_fail(call, WC_STATUS_TOO_LARGE,
+                     "render: a %ux%u image is %zu bytes, over the %u-byte payload limit: ask for fewer pixels",
+                     rp.width, rp.height, size, (unsigned)WC_MAX_PAYLOAD);
+        return;
+    }
+    uint8_t *img = malloc(size);
+    if (img == NULL) {
+        wc_call_fail(call, WC_STATUS_INTERNAL, "render: out of memory for %zu bytes", size);
+        return;
+    }
+    if (wc_render(&rp, img, size, call->cancel) != 0) {
+        free(img);
+        call_cancelled(call);
+        return;
+    }
+    call->status = WC_STATUS_OK;
+    call->out = img;
+    call->out_len = size;
+}
+
+static void op_sleep(struct wc_call *call)
+{
+    uint32_t ms = 0;
+    struct param ps[] = {
+        {"ms", PARAM_U32, 0, 3600000, &ms, 1, 0},
+    };
+    if (parse_params(call, ps, sizeof ps / sizeof ps[0]) != 0)
+        return;
+    if (wc_call_sleep_ms(call, ms) != 0) {
+        call_cancelled(call);
+        return;
+    }
+    call->status = WC_STATUS_OK;
+}
+
+static void op_info(struct wc_call *call)
+{
+    for (size_t i = 0; i < call->payload_len; i++) {
+        if (!is_sep(call->payload[i])) {
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "info: takes no parameters");
+            return;
+        }
+    }
+    char ops[128];
+    size_t o = 0;
+    ops[0] = '\0';
+    for (size_t i = 0; i < wc_ops_count; i++) {
+        int n = snprintf(ops + o, sizeof ops - o, "%s\"%s\"", i ? "," : "", wc_ops[i].name);
+        if (n < 0 || (size_t)n >= sizeof ops - o)
+            break;
+        o += (size_t)n;
+    }
+    char *json = NULL;
+    int n = asprintf(&json,
+                     "{\"pid\":%u,\"version\":\"%s\",\"protocol\":%u,\"workers\":%u,\"max_frame\":%u,"
+                     "\"ops\":[%s]}\n",
+                     call->pid, WC_DAEMON_VERSION, (unsigned)WC_PROTOCOL_VERSION, call->workers,
+                     (unsigned)WC_MAX_FRAME, ops);
+    if (n < 0) {
+        wc_call_fail(call, WC_STATUS_INTERNAL, "info: out of memory");
+        return;
+    }
+    call->status = WC_STATUS_OK;
+    call->out = (uint8_t *)json;
+    call->out_len = (size_t)n;
+}
+
+/* ---- The table --------------------------------------------------------- */
+
+const struct wc_op_entry wc_ops[] = {
+    {WC_OP_ECHO, "echo", op_echo},
+    {WC_OP_RENDER, "render", op_render},
+    {WC_OP_SLEEP, "sleep", op_sleep},
+    {WC_OP_INFO, "info", op_info},
+};
+
+const size_t wc_ops_count = sizeof wc_ops / sizeof wc_ops[0];
+
+const struct wc_op_entry *wc_op_find(uint32_t op)
+{
+    for (size_t i = 0; i < wc_ops_count; i++)
+        if (wc_ops[i].id == op)
+            return &wc_ops[i];
+    return NULL;
+}

@@ -1,0 +1,152 @@
+/*
+ * wc_internal.h -- declarations shared by the compute daemon's C files.
+ *
+ * Not part of the wire contract (that is include/weaver_compute.h). Nothing
+ * here is global mutable state: the op table is const, everything else lives
+ * in structs owned by the caller.
+ */
+#ifndef WC_INTERNAL_H
+#define WC_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "weaver_compute.h"
+
+/** Version reported by --version and the info op (matches Cargo.toml). */
+#define WC_DAEMON_VERSION "0.1.0"
+
+/* ---- Resource bounds of one wc_serve call ------------------------------ */
+
+/** Most requests accepted and not yet fully answered (queued, running, or
+ *  reply waiting to be written). One more is answered WC_STATUS_BUSY. */
+#define WC_QUEUE_MAX_REQUESTS 1024u
+/** Most bytes held for accepted requests (their payloads, then their
+ *  replies until written). A request that would go over gets BUSY. */
+#define WC_QUEUE_MAX_BYTES (256u * 1024u * 1024u)
+/** While more reply bytes than this wait to be written, the socket is not
+ *  read: a peer that does not read its replies stops being read. */
+#define WC_OUT_HIGH_WATER (32u * 1024u * 1024u)
+/** Most worker threads of one wc_serve call. */
+#define WC_MAX_WORKERS 256u
+/** How long SHUTDOWN and a stop request spend flushing the last replies. */
+#define WC_FLUSH_MS 500
+
+/* ---- Little-endian helpers (the only way bytes reach the wire) --------- */
+
+static inline void wc_put_u16le(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v & 0xffu);
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void wc_put_u32le(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v & 0xffu);
+    p[1] = (uint8_t)((v >> 8) & 0xffu);
+    p[2] = (uint8_t)((v >> 16) & 0xffu);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static inline void wc_put_u64le(uint8_t *p, uint64_t v)
+{
+    wc_put_u32le(p, (uint32_t)(v & 0xffffffffu));
+    wc_put_u32le(p + 4, (uint32_t)(v >> 32));
+}
+
+static inline uint16_t wc_get_u16le(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline uint32_t wc_get_u32le(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static inline uint64_t wc_get_u64le(const uint8_t *p)
+{
+    return (uint64_t)wc_get_u32le(p) | ((uint64_t)wc_get_u32le(p + 4) << 32);
+}
+
+/* ---- frame.c: text helpers --------------------------------------------- */
+
+/** Static name of a frame kind ("REQUEST", ...), "unknown kind" otherwise. */
+const char *wc_kind_str(uint32_t kind);
+/** Symbolic name of an errno value ("ENOENT"), "errno N" style otherwise
+ *  (written into `buf`, which must hold 24 bytes). */
+const char *wc_errno_name(int e, char buf[24]);
+/** snprintf into a caller's error buffer; does nothing when err_len is 0. */
+void wc_errf(char *err, size_t err_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/** Copy `len` untrusted bytes into `out` (size `out_len` > 4) as printable
+ *  ASCII: other bytes become '?', a cut-off ends in "...". Returns `out`. */
+const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len);
+
+/* ---- ops.c: the op table and one call of an op ------------------------- */
+
+struct wc_server; /* loop.c */
+
+/** One request as a handler sees it. The handler fills status/out. */
+struct wc_call {
+    uint64_t request_id;
+    uint32_t op;
+    /** Request payload, owned by the call (not NUL-terminated). A handler
+     *  may take it (set to NULL) to reply with the same buffer. */
+    uint8_t *payload;
+    size_t payload_len;
+    /** Non-zero once CANCEL or SHUTDOWN reached this request. */
+    atomic_int *cancel;
+    /** For wc_call_sleep_ms; NULL makes sleeps plain (tests of ops only). */
+    struct wc_server *server;
+    /** Facts for the info op. */
+    uint32_t pid;
+    uint32_t workers;
+    /** Result: a WC_STATUS_* and its payload (malloc'd, or NULL). */
+    uint32_t status;
+    uint8_t *out;
+    size_t out_len;
+};
+
+typedef void (*wc_op_handler)(struct wc_call *call);
+
+/** One row of the op table. */
+struct wc_op_entry {
+    uint32_t id;          /**< enum wc_op */
+    const char *name;     /**< as sent in HELLO and info */
+    wc_op_handler handler;
+};
+
+/** The ops this daemon serves, in HELLO order. */
+extern const struct wc_op_entry wc_ops[];
+extern const size_t wc_ops_count;
+/** The table row for `op`, or NULL. */
+const struct wc_op_entry *wc_op_find(uint32_t op);
+
+/** Non-zero once the call was cancelled. */
+int wc_call_cancelled(const struct wc_call *call);
+/** Finish the call with a non-OK status and a formatted message payload. */
+void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- loop.c: cancellable waiting for ops ------------------------------- */
+
+/** Wait `ms` milliseconds unless the call is cancelled first.
+ *  Returns 0 after the full wait, 1 when cancelled. */
+int wc_call_sleep_ms(struct wc_call *call, uint64_t ms);
+
+/* ---- render.c: the Mandelbrot op's pixels ------------------------------ */
+
+struct wc_render_params {
+    uint32_t width;      /**< 1..4096 */
+    uint32_t height;     /**< 1..4096 */
+    uint32_t iterations; /**< 1..100000 */
+    double x_min, x_max, y_min, y_max;
+};
+
+/** Bytes of the PPM image for `p` (header + pixels). */
+size_t wc_render_size(const struct wc_render_params *p);
+/** Write the PPM image into `out` (exactly wc_render_size bytes).
+ *  Returns 0 when complete, 1 when `cancel` became non-zero first. */
+int wc_render(const struct wc_render_params *p, uint8_t *out, size_t out_len, const atomic_int *cancel);
+
+#endif /* WC_INTERNAL_H */
