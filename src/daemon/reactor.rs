@@ -763,8 +763,12 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
         self.compute.hello = None;
-        let msg = format!("{why}; the request was lost, retry it (weaver restarts compute)");
-        for d in self.mux.fail_in_flight(ErrorKind::ComputeDown, &msg) {
+        let (kind, msg) = if self.stopping {
+            (ErrorKind::ShuttingDown, format!("weaver is shutting down and compute stopped ({why})"))
+        } else {
+            (ErrorKind::ComputeDown, format!("{why}; the request was lost, retry it (weaver restarts compute)"))
+        };
+        for d in self.mux.fail_in_flight(kind, &msg) {
             self.deliver(d);
         }
         // While stopping, compute closing its end is the expected goodbye:
