@@ -85,7 +85,8 @@ pub fn socket_connect(path: &Path) -> Result<OwnedFd, (i32, String)> {
     })?;
     let mut err = [0u8; ERR_LEN];
     // SAFETY: c_path is NUL-terminated; err is writable for err.len() bytes.
-    let fd = unsafe { bindings::socket_connect(c_path.as_ptr(), err.as_mut_ptr().cast(), err.len()) };
+    let fd =
+        unsafe { bindings::socket_connect(c_path.as_ptr(), err.as_mut_ptr().cast(), err.len()) };
     if fd < 0 {
         return Err((-fd, message(&err)));
     }
