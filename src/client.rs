@@ -40,8 +40,9 @@ impl Client {
     }
 
     fn handshake(mut stream: UnixStream, path: &Path, shutdown: bool) -> Result<Client> {
-        let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-            .map_err(|e| daemon_err("cannot read the daemon's credentials", e))?;
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|e| daemon_err("cannot read the daemon's credentials", e))?;
         let me = nix::unistd::geteuid().as_raw();
         if cred.uid() != me {
             return Err(Error::new(
@@ -55,7 +56,8 @@ impl Client {
             ));
         }
         let hs = protocol::encode(&Handshake::new(shutdown));
-        frame::write_to(&mut stream, &hs, &[]).map_err(|e| daemon_err("cannot send handshake", e))?;
+        frame::write_to(&mut stream, &hs, &[])
+            .map_err(|e| daemon_err("cannot send handshake", e))?;
         let mut dec = frame::Decoder::new();
         let f = dec
             .read_frame(&mut stream)
@@ -64,10 +66,19 @@ impl Client {
                 Error::new(Kind::Daemon, "the daemon closed the connection during the handshake")
             })?;
         let server: Handshake = protocol::decode(&f.meta, "handshake").map_err(|e| {
-            Error::new(Kind::Mismatch, format!("{e}: the process behind {} is not a weaver daemon of a compatible release", path.display()))
+            Error::new(
+                Kind::Mismatch,
+                format!(
+                    "{e}: the process behind {} is not a weaver daemon of a compatible release",
+                    path.display()
+                ),
+            )
         })?;
         if server.magic != HANDSHAKE_MAGIC {
-            return Err(Error::new(Kind::Mismatch, format!("{} is not a weaver control socket", path.display())));
+            return Err(Error::new(
+                Kind::Mismatch,
+                format!("{} is not a weaver control socket", path.display()),
+            ));
         }
         if !server.refusal.is_empty() {
             return Err(Error::new(Kind::Mismatch, server.refusal));
@@ -98,7 +109,9 @@ impl Client {
     /// Send one request and wait for its reply; an error reply becomes an
     /// `Error`.
     pub fn call(&mut self, req: Request, payload: &[u8]) -> Result<Reply> {
-        let tag = self.send(req, payload).map_err(|e| daemon_err("cannot send request to the daemon", e))?;
+        let tag = self
+            .send(req, payload)
+            .map_err(|e| daemon_err("cannot send request to the daemon", e))?;
         loop {
             let r = self
                 .recv()

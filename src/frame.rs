@@ -213,7 +213,10 @@ mod tests {
                 }
             }
             assert_eq!(frames.len(), 3, "chunk {chunk}");
-            assert_eq!(frames[0], RawFrame { meta: b"meta".to_vec(), payload: b"payload".to_vec() });
+            assert_eq!(
+                frames[0],
+                RawFrame { meta: b"meta".to_vec(), payload: b"payload".to_vec() }
+            );
             assert!(frames[1].meta.is_empty() && frames[1].payload.is_empty());
             assert_eq!(frames[2].payload.len(), 100_000);
             assert!(d.is_idle());

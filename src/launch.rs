@@ -63,7 +63,10 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
         Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
     }
     if l.no_start {
-        return Err(Error::new(Kind::Daemon, format!("no weaver daemon is running for {}", l.dir.path().display())));
+        return Err(Error::new(
+            Kind::Daemon,
+            format!("no weaver daemon is running for {}", l.dir.path().display()),
+        ));
     }
     let lock_path = l.dir.launch_lock();
     let lock_file = OpenOptions::new()
@@ -74,8 +77,9 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&lock_path)
         .map_err(|e| Error::io(Kind::RuntimeDir, "open", &lock_path, &e))?;
-    let _guard = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| Error::new(Kind::RuntimeDir, format!("cannot lock {}: {e}", lock_path.display())))?;
+    let _guard = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| {
+        Error::new(Kind::RuntimeDir, format!("cannot lock {}: {e}", lock_path.display()))
+    })?;
     // Someone may have started it while we waited for the lock.
     match Client::connect(&sock, false) {
         Ok(c) => return c.map(|c| (c, Outcome::Connected)),
@@ -84,8 +88,9 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
     }
     match spawn_daemon(l)? {
         Ready::Pid(pid) => {
-            let c = Client::connect(&sock, false)
-                .map_err(|e| Error::io(Kind::Daemon, "connect to the new daemon at", &sock, &e))??;
+            let c = Client::connect(&sock, false).map_err(|e| {
+                Error::io(Kind::Daemon, "connect to the new daemon at", &sock, &e)
+            })??;
             Ok((c, Outcome::Started(pid)))
         }
         Ready::Busy(msg) => connect_retrying(&sock, &msg).map(|c| (c, Outcome::Connected)),
@@ -118,8 +123,12 @@ enum Ready {
 }
 
 fn spawn_daemon(l: &Launch) -> Result<Ready> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::new(Kind::Daemon, format!("cannot find the weaver executable to start the daemon: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        Error::new(
+            Kind::Daemon,
+            format!("cannot find the weaver executable to start the daemon: {e}"),
+        )
+    })?;
     let log_path = l.dir.log_file();
     let log = OpenOptions::new()
         .create(true)
@@ -207,7 +216,10 @@ fn read_ready(rd: OwnedFd, pid: u32, log_path: &Path) -> Result<Ready> {
     }
     Err(Error::new(
         Kind::Daemon,
-        format!("the daemon (pid {pid}) exited before it was ready; its log {} says why", log_path.display()),
+        format!(
+            "the daemon (pid {pid}) exited before it was ready; its log {} says why",
+            log_path.display()
+        ),
     ))
 }
 

@@ -12,15 +12,15 @@
 //! - Memory per client and per request is bounded; a slow client cannot stall
 //!   anyone else.
 
-pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
-pub mod wire; // compute wire frames (encode, decode, HELLO), pure
 pub mod cli; // clap definitions only
 pub mod client; // blocking control-socket client
 pub mod daemon; // the daemon: startup order, reactor, compute, mux
 pub mod error; // error kind + message; exit codes
+pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
 pub mod frame; // control-socket framing, pure
 pub mod launch; // connect-or-start, readiness pipe
 pub mod logging; // env_logger set-up for the daemon
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
-pub mod runtime_dir; // runtime dir checks and paths
+pub mod runtime_dir;
+pub mod wire; // compute wire frames (encode, decode, HELLO), pure // runtime dir checks and paths

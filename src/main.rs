@@ -105,12 +105,18 @@ fn unexpected(r: &Response) -> Error {
 fn compute(g: &Global, dir: &RuntimeDir, a: ComputeArgs) -> Result<()> {
     let payload = if let Some(d) = a.data {
         if !a.params.is_empty() {
-            return Err(Error::new(Kind::Usage, "give either --data/--input or KEY=VALUE parameters, not both"));
+            return Err(Error::new(
+                Kind::Usage,
+                "give either --data/--input or KEY=VALUE parameters, not both",
+            ));
         }
         d.into_bytes()
     } else if let Some(p) = a.input {
         if !a.params.is_empty() {
-            return Err(Error::new(Kind::Usage, "give either --data/--input or KEY=VALUE parameters, not both"));
+            return Err(Error::new(
+                Kind::Usage,
+                "give either --data/--input or KEY=VALUE parameters, not both",
+            ));
         }
         let mut buf = Vec::new();
         let res = if p.as_os_str() == "-" {
@@ -131,7 +137,11 @@ fn compute(g: &Global, dir: &RuntimeDir, a: ComputeArgs) -> Result<()> {
     if payload.len() > weaver::wire::MAX_PAYLOAD {
         return Err(Error::new(
             Kind::Usage,
-            format!("input of {} bytes is over the {}-byte limit of one request; split it", payload.len(), weaver::wire::MAX_PAYLOAD),
+            format!(
+                "input of {} bytes is over the {}-byte limit of one request; split it",
+                payload.len(),
+                weaver::wire::MAX_PAYLOAD
+            ),
         ));
     }
     let (mut c, _) = connect(g, dir)?;
@@ -139,14 +149,13 @@ fn compute(g: &Global, dir: &RuntimeDir, a: ComputeArgs) -> Result<()> {
         .call(Request::Compute { op: a.op.clone(), timeout_ms: a.timeout }, &payload)
         .map_err(|e| Error::new(e.kind, format!("compute {} failed: {}", a.op, e.message)))?;
     match a.output {
-        Some(p) if p.as_os_str() != "-" => {
-            std::fs::write(&p, &r.payload).map_err(|e| Error::io(Kind::Io, "write output to", &p, &e))
-        }
+        Some(p) if p.as_os_str() != "-" => std::fs::write(&p, &r.payload)
+            .map_err(|e| Error::io(Kind::Io, "write output to", &p, &e)),
         _ => {
             let mut out = std::io::stdout().lock();
-            out.write_all(&r.payload).and_then(|_| out.flush()).map_err(|e| {
-                Error::new(Kind::Io, format!("cannot write the reply to stdout: {e}"))
-            })
+            out.write_all(&r.payload)
+                .and_then(|_| out.flush())
+                .map_err(|e| Error::new(Kind::Io, format!("cannot write the reply to stdout: {e}")))
         }
     }
 }
@@ -162,7 +171,8 @@ fn shutdown(dir: &RuntimeDir) -> Result<()> {
         Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
     };
     let pid = c.server.pid;
-    c.wait_closed().map_err(|e| Error::new(Kind::Daemon, format!("waiting for the daemon to stop: {e}")))?;
+    c.wait_closed()
+        .map_err(|e| Error::new(Kind::Daemon, format!("waiting for the daemon to stop: {e}")))?;
     println!("weaver daemon (pid {pid}) stopped");
     Ok(())
 }

@@ -70,7 +70,8 @@ pub fn write(path: &Path, rec: PidRecord) -> io::Result<()> {
 pub fn read(path: &Path) -> io::Result<(u32, Option<u64>)> {
     let text = fs::read_to_string(path)?;
     let mut it = text.split_whitespace();
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("{} holds no pid", path.display()));
+    let bad =
+        || io::Error::new(io::ErrorKind::InvalidData, format!("{} holds no pid", path.display()));
     let pid: u32 = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
     if pid == 0 {
         return Err(bad());

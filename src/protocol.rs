@@ -190,10 +190,8 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let m = ClientMsg {
-            tag: 9,
-            req: Request::Compute { op: "echo".into(), timeout_ms: Some(5) },
-        };
+        let m =
+            ClientMsg { tag: 9, req: Request::Compute { op: "echo".into(), timeout_ms: Some(5) } };
         assert_eq!(decode::<ClientMsg>(&encode(&m), "request").unwrap(), m);
         assert!(decode::<ClientMsg>(&[0xff, 0xff], "request").unwrap_err().contains("malformed"));
     }

@@ -32,7 +32,9 @@ impl RuntimeDir {
             path.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|e| Error::new(Kind::RuntimeDir, format!("cannot resolve {}: {e}", path.display())))?
+                .map_err(|e| {
+                    Error::new(Kind::RuntimeDir, format!("cannot resolve {}: {e}", path.display()))
+                })?
                 .join(path)
         };
         match fs::DirBuilder::new().mode(0o700).create(&path) {
@@ -101,7 +103,9 @@ pub fn check(path: &Path) -> Result<()> {
     if !md.is_dir() {
         return Err(Error::new(
             Kind::RuntimeDir,
-            format!("runtime directory {p} is not a directory; remove it or pick another --runtime-dir"),
+            format!(
+                "runtime directory {p} is not a directory; remove it or pick another --runtime-dir"
+            ),
         ));
     }
     let me = nix::unistd::geteuid().as_raw();

@@ -242,7 +242,10 @@ impl FrameDecoder {
                 let n = r.read(&mut self.payload[start..])?;
                 self.payload.truncate(start + n);
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a frame",
+                    ));
                 }
                 continue;
             }
@@ -252,7 +255,10 @@ impl FrameDecoder {
                 if self.header_len == 0 {
                     return Ok(None);
                 }
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame header"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame header",
+                ));
             }
             if let (_, Some(f)) = self.feed(&buf[..n]).map_err(invalid)? {
                 return Ok(Some(f));
@@ -303,7 +309,8 @@ impl Hello {
             let id = u32le(take(4, "op id")?);
             let len = take(1, "op name length")?[0] as usize;
             let name = take(len, "op name")?;
-            let name = std::str::from_utf8(name).map_err(|_| "HELLO op name is not UTF-8".to_string())?;
+            let name =
+                std::str::from_utf8(name).map_err(|_| "HELLO op name is not UTF-8".to_string())?;
             ops.push((id, name.to_string()));
         }
         if !r.is_empty() {
@@ -341,7 +348,12 @@ mod tests {
 
     #[test]
     fn header_round_trip_is_little_endian() {
-        let h = Header { kind: kind::REQUEST, request_id: 0x0102030405060708, code: op::ECHO, payload_len: 5 };
+        let h = Header {
+            kind: kind::REQUEST,
+            request_id: 0x0102030405060708,
+            code: op::ECHO,
+            payload_len: 5,
+        };
         let b = h.encode();
         assert_eq!(&b[0..4], b"WVRC");
         assert_eq!(b[8], 0x08);
@@ -399,7 +411,13 @@ mod tests {
 
     #[test]
     fn hello_round_trip_and_truncation() {
-        let h = Hello { version: VERSION, pid: 42, max_frame: MAX_FRAME as u32, workers: 2, ops: vec![(1, "echo".into()), (2, "render".into())] };
+        let h = Hello {
+            version: VERSION,
+            pid: 42,
+            max_frame: MAX_FRAME as u32,
+            workers: 2,
+            ops: vec![(1, "echo".into()), (2, "render".into())],
+        };
         let p = h.encode();
         assert_eq!(Hello::parse(&p), Ok(h.clone()));
         assert_eq!(h.op_id("render"), Some(2));

@@ -111,7 +111,8 @@ fn echo_is_byte_exact_from_empty_to_the_maximum() {
     env.status();
     let mut c = env.client();
     assert_eq!(echo(&mut c, b""), b"");
-    let mib: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mib: Vec<u8> =
+        (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     assert_eq!(echo(&mut c, &mib), mib);
     let max: Vec<u8> = (0..MAX_PAYLOAD as u32).map(|i| (i ^ (i >> 9)) as u8).collect();
     assert!(echo(&mut c, &max) == max, "16 MiB - header payload differs");
@@ -124,7 +125,14 @@ fn echo_is_byte_exact_from_empty_to_the_maximum() {
     let input = env.tmp.path().join("in.bin");
     let output = env.tmp.path().join("out.bin");
     std::fs::write(&input, &mib).unwrap();
-    env.ok(&["compute", "echo", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    env.ok(&[
+        "compute",
+        "echo",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
     assert!(std::fs::read(&output).unwrap() == mib);
     assert_eq!(env.ok(&["compute", "echo", "--data", "hi"]), "hi");
     env.ok(&["shutdown"]);
@@ -134,9 +142,24 @@ fn echo_is_byte_exact_from_empty_to_the_maximum() {
 fn render_through_weaver_matches_the_reference() {
     let env = TestEnv::new();
     let out = env.tmp.path().join("m.ppm");
-    env.ok(&["compute", "render", "--output", out.to_str().unwrap(), "width=96", "height=64", "iterations=200", "x_min=-2", "x_max=0.5", "y_min=-1", "y_max=1"]);
+    env.ok(&[
+        "compute",
+        "render",
+        "--output",
+        out.to_str().unwrap(),
+        "width=96",
+        "height=64",
+        "iterations=200",
+        "x_min=-2",
+        "x_max=0.5",
+        "y_min=-1",
+        "y_max=1",
+    ]);
     let got = std::fs::read(&out).unwrap();
-    assert!(got == render_reference(96, 64, 200, [-2.0, 0.5, -1.0, 1.0]), "render differs from the reference");
+    assert!(
+        got == render_reference(96, 64, 200, [-2.0, 0.5, -1.0, 1.0]),
+        "render differs from the reference"
+    );
     // Bad parameters: a clear error naming the key, exit code 1.
     let bad = env.run(&["compute", "render", "width=abc"]);
     assert_eq!(bad.status.code(), Some(1));
@@ -209,7 +232,10 @@ fn compute_killed_mid_request_fails_in_flight_and_restarts() {
     env.status();
     let old = env.compute_pid();
     let mut c = env.client();
-    let tags = [c.send(compute_req("sleep"), b"ms=20000").unwrap(), c.send(compute_req("sleep"), b"ms=20000").unwrap()];
+    let tags = [
+        c.send(compute_req("sleep"), b"ms=20000").unwrap(),
+        c.send(compute_req("sleep"), b"ms=20000").unwrap(),
+    ];
     assert!(wait_for(Duration::from_secs(10), || env.status()["compute"]["in_flight"] == 2));
     signal(old, Signal::SIGKILL);
     for _ in tags {
@@ -264,7 +290,10 @@ fn graceful_stop_on(sig: Signal) {
     }
     let log = env.log();
     assert!(log.contains(&format!("stopping: {sig} received")), "{log}");
-    assert!(log.contains(&format!("compute (pid {compute}) exited with code 0")), "compute did not stop gracefully:\n{log}");
+    assert!(
+        log.contains(&format!("compute (pid {compute}) exited with code 0")),
+        "compute did not stop gracefully:\n{log}"
+    );
 }
 
 #[test]
@@ -425,9 +454,12 @@ fn a_stranger_on_the_compute_socket_is_refused() {
         workers: 1,
         ops: vec![(1, "echo".into())],
     };
-    let _ = s.write_all(&weaver::wire::encode_frame(weaver::wire::kind::HELLO, 0, 0, &hello.encode()));
+    let _ =
+        s.write_all(&weaver::wire::encode_frame(weaver::wire::kind::HELLO, 0, 0, &hello.encode()));
     assert!(read_to_eof(&mut s).is_empty(), "the daemon must close a stranger's connection");
-    assert!(wait_for(Duration::from_secs(2), || env.log().contains("refused a connection on the compute socket")));
+    assert!(wait_for(Duration::from_secs(2), || env
+        .log()
+        .contains("refused a connection on the compute socket")));
     assert_eq!(env.ok(&["compute", "echo", "--data", "ok"]), "ok");
     env.ok(&["shutdown"]);
 }

@@ -65,11 +65,19 @@ fn start(o: &Options) -> Result<Result<()>> {
             let holder = pidfile::live_pid(&dir.pid_file())
                 .map(|p| format!("pid {p}"))
                 .unwrap_or_else(|| "a starting daemon".into());
-            let msg = format!("another weaver daemon ({holder}) already runs for {}", dir.path().display());
+            let msg = format!(
+                "another weaver daemon ({holder}) already runs for {}",
+                dir.path().display()
+            );
             launch::notify(o.ready_fd, &format!("busy {msg}"));
             return Ok(Err(Error::new(Kind::Daemon, msg)));
         }
-        Err((_, e)) => return Err(Error::new(Kind::RuntimeDir, format!("cannot lock {}: {e}", lock_path.display()))),
+        Err((_, e)) => {
+            return Err(Error::new(
+                Kind::RuntimeDir,
+                format!("cannot lock {}: {e}", lock_path.display()),
+            ))
+        }
     };
     // We hold the lock: whatever sockets are there are stale.
     let control_path = dir.control_socket();
@@ -79,13 +87,16 @@ fn start(o: &Options) -> Result<Result<()>> {
     let control = bind(&control_path)?;
     let compute_listener = bind(&compute_path)?;
     let pid_path = dir.pid_file();
-    let me = PidRecord::of(std::process::id()).ok_or_else(|| Error::new(Kind::Io, "cannot read our own /proc entry"))?;
-    pidfile::write(&pid_path, me).map_err(|e| Error::io(Kind::RuntimeDir, "write", &pid_path, &e))?;
+    let me = PidRecord::of(std::process::id())
+        .ok_or_else(|| Error::new(Kind::Io, "cannot read our own /proc entry"))?;
+    pidfile::write(&pid_path, me)
+        .map_err(|e| Error::io(Kind::RuntimeDir, "write", &pid_path, &e))?;
     // Orphaned descendants of our children come to us, so they can be reaped
     // and stopped too.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let compute = compute::Compute::new(o.compute_bin.clone(), compute_path.clone(), o.compute_workers);
+    let compute =
+        compute::Compute::new(o.compute_bin.clone(), compute_path.clone(), o.compute_workers);
     let setup = reactor::Setup {
         dir: dir.clone(),
         control,
@@ -93,8 +104,14 @@ fn start(o: &Options) -> Result<Result<()>> {
         compute,
         log_file: o.log_file.clone(),
     };
-    let mut reactor = reactor::Reactor::new(setup).map_err(|e| Error::new(Kind::Io, format!("cannot set up the event loop: {e}")))?;
-    info!("weaver daemon {} ready: pid {}, runtime dir {}", crate::protocol::RELEASE, me.pid, dir.path().display());
+    let mut reactor = reactor::Reactor::new(setup)
+        .map_err(|e| Error::new(Kind::Io, format!("cannot set up the event loop: {e}")))?;
+    info!(
+        "weaver daemon {} ready: pid {}, runtime dir {}",
+        crate::protocol::RELEASE,
+        me.pid,
+        dir.path().display()
+    );
     launch::notify(o.ready_fd, &format!("ready {}", me.pid));
     let result = reactor.run().map_err(|e| Error::new(Kind::Io, format!("event loop failed: {e}")));
     drop(reactor);
@@ -116,11 +133,15 @@ fn remove_stale(p: &Path) -> Result<()> {
             if !md.file_type().is_socket() {
                 return Err(Error::new(
                     Kind::RuntimeDir,
-                    format!("{} exists and is not a socket; weaver will not remove it. Move it away", p.display()),
+                    format!(
+                        "{} exists and is not a socket; weaver will not remove it. Move it away",
+                        p.display()
+                    ),
                 ));
             }
             warn!("removing stale socket {}", p.display());
-            fs::remove_file(p).map_err(|e| Error::io(Kind::RuntimeDir, "remove stale socket", p, &e))
+            fs::remove_file(p)
+                .map_err(|e| Error::io(Kind::RuntimeDir, "remove stale socket", p, &e))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(Kind::RuntimeDir, "inspect", p, &e)),

@@ -28,12 +28,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            window: 256,
-            window_bytes: 64 << 20,
-            queue_len: 4096,
-            queue_bytes: 256 << 20,
-        }
+        Limits { window: 256, window_bytes: 64 << 20, queue_len: 4096, queue_bytes: 256 << 20 }
     }
 }
 
@@ -274,7 +269,11 @@ impl Mux {
             ErrorKind::Timeout,
             format!(
                 "no reply within {after_ms} ms ({}); raise --timeout or check `weaver status`",
-                if sent { "compute was still working on it, now cancelled" } else { "it was still waiting for compute" }
+                if sent {
+                    "compute was still working on it, now cancelled"
+                } else {
+                    "it was still waiting for compute"
+                }
             ),
         );
         self.stats.timed_out += 1;
@@ -289,7 +288,8 @@ impl Mux {
 
     /// compute died: every sent request fails now.
     pub fn fail_in_flight(&mut self, kind: ErrorKind, message: &str) -> Vec<Deliver> {
-        let ids: Vec<u64> = self.entries.iter().filter(|(_, e)| e.sent).map(|(&id, _)| id).collect();
+        let ids: Vec<u64> =
+            self.entries.iter().filter(|(_, e)| e.sent).map(|(&id, _)| id).collect();
         self.fail_ids(ids, kind, message)
     }
 

@@ -137,7 +137,8 @@ impl Reactor {
                 return Err(e);
             }
             for ev in events.iter() {
-                let (readable, writable) = (ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable());
+                let (readable, writable) =
+                    (ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable());
                 self.dispatch(ev.token(), readable, writable);
             }
             self.fire_timers();
@@ -191,7 +192,10 @@ impl Reactor {
                     return;
                 }
             };
-            let cred = match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+            let cred = match nix::sys::socket::getsockopt(
+                &stream,
+                nix::sys::socket::sockopt::PeerCredentials,
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     warn!("refused a control connection: cannot read its credentials: {e}");
@@ -209,7 +213,11 @@ impl Reactor {
             }
             let id = self.next_client;
             self.next_client += 1;
-            if let Err(e) = self.poll.registry().register(&mut stream, token::client_token(id), Interest::READABLE) {
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token::client_token(id),
+                Interest::READABLE,
+            ) {
                 warn!("cannot watch client {id}: {e}");
                 continue;
             }
@@ -263,7 +271,12 @@ impl Reactor {
         }
         if let Some(why) = bad {
             warn!("client {id}: {why}; closing its connection");
-            self.reply_error(id, 0, ErrorKind::BadRequest, format!("{why}; closing this connection"));
+            self.reply_error(
+                id,
+                0,
+                ErrorKind::BadRequest,
+                format!("{why}; closing this connection"),
+            );
             self.close_after_flush(id);
         }
         if gone {
@@ -280,7 +293,12 @@ impl Reactor {
             Ok(m) => m,
             Err(e) => {
                 warn!("client {id}: {e}; closing its connection");
-                self.reply_error(id, 0, ErrorKind::BadRequest, format!("{e}; closing this connection"));
+                self.reply_error(
+                    id,
+                    0,
+                    ErrorKind::BadRequest,
+                    format!("{e}; closing this connection"),
+                );
                 return self.close_after_flush(id);
             }
         };
@@ -293,7 +311,9 @@ impl Reactor {
                     self.reply(id, msg.tag, Response::Status(s), Vec::new());
                 }
             }
-            Request::Compute { op, timeout_ms } => self.submit(id, msg.tag, op, f.payload, timeout_ms),
+            Request::Compute { op, timeout_ms } => {
+                self.submit(id, msg.tag, op, f.payload, timeout_ms)
+            }
             Request::Shutdown => {
                 self.reply(id, msg.tag, Response::ShutdownStarted, Vec::new());
                 if let Some(c) = self.clients.get_mut(&id) {
@@ -324,7 +344,10 @@ impl Reactor {
                 hs.protocol,
                 hs.release
             );
-            warn!("client {id} (release {}, protocol {}) refused: protocol mismatch", hs.release, hs.protocol);
+            warn!(
+                "client {id} (release {}, protocol {}) refused: protocol mismatch",
+                hs.release, hs.protocol
+            );
         }
         let refused = !mine.refusal.is_empty();
         if let Some(c) = self.clients.get_mut(&id) {
@@ -361,17 +384,24 @@ impl Reactor {
     fn check_submit(&self, op: &str, len: usize) -> Result<(), ErrorReply> {
         let e = |kind, message: String| Err(ErrorReply { kind, message });
         if self.stopping {
-            return e(ErrorKind::ShuttingDown, "weaver is shutting down; retry once it has restarted".into());
+            return e(
+                ErrorKind::ShuttingDown,
+                "weaver is shutting down; retry once it has restarted".into(),
+            );
         }
         if len > wire::MAX_PAYLOAD {
             return e(
                 ErrorKind::TooLarge,
-                format!("input of {len} bytes is over the {}-byte limit; split it", wire::MAX_PAYLOAD),
+                format!(
+                    "input of {len} bytes is over the {}-byte limit; split it",
+                    wire::MAX_PAYLOAD
+                ),
             );
         }
         match self.compute.state {
             State::Backoff { until } => {
-                let why = self.compute.last_error.clone().or_else(|| self.compute.last_exit.clone());
+                let why =
+                    self.compute.last_error.clone().or_else(|| self.compute.last_exit.clone());
                 return e(
                     ErrorKind::ComputeDown,
                     format!(
@@ -431,7 +461,11 @@ impl Reactor {
             Ok(true) => {
                 if c.writable_armed {
                     c.writable_armed = false;
-                    let _ = self.poll.registry().reregister(&mut c.stream, token::client_token(id), Interest::READABLE);
+                    let _ = self.poll.registry().reregister(
+                        &mut c.stream,
+                        token::client_token(id),
+                        Interest::READABLE,
+                    );
                 }
                 if c.close_after_flush && !c.awaits_exit {
                     self.close_client(id, "closed after its last reply");
@@ -599,24 +633,34 @@ impl Reactor {
                     return;
                 }
             };
-            let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+            let cred =
+                nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
             let me = nix::unistd::geteuid().as_raw();
             let expected = self.compute.pid();
             let refusal = match (&cred, expected) {
                 (Err(e), _) => Some(format!("cannot read its credentials: {e}")),
-                (Ok(c), _) if c.uid() != me => Some(format!("pid {} runs as uid {}, not {me}", c.pid(), c.uid())),
-                (Ok(c), Some(p)) if c.pid() as u32 != p => {
-                    Some(format!("pid {} is not the compute daemon weaver started (pid {p})", c.pid()))
+                (Ok(c), _) if c.uid() != me => {
+                    Some(format!("pid {} runs as uid {}, not {me}", c.pid(), c.uid()))
                 }
-                (Ok(c), None) => Some(format!("pid {}: no compute daemon is being started", c.pid())),
-                (Ok(_), Some(_)) if self.compute.conn.is_some() => Some("compute is already connected".into()),
+                (Ok(c), Some(p)) if c.pid() as u32 != p => Some(format!(
+                    "pid {} is not the compute daemon weaver started (pid {p})",
+                    c.pid()
+                )),
+                (Ok(c), None) => {
+                    Some(format!("pid {}: no compute daemon is being started", c.pid()))
+                }
+                (Ok(_), Some(_)) if self.compute.conn.is_some() => {
+                    Some("compute is already connected".into())
+                }
                 _ => None,
             };
             if let Some(why) = refusal {
                 warn!("refused a connection on the compute socket: {why}");
                 continue;
             }
-            if let Err(e) = self.poll.registry().register(&mut stream, token::COMPUTE_CONN, Interest::READABLE) {
+            if let Err(e) =
+                self.poll.registry().register(&mut stream, token::COMPUTE_CONN, Interest::READABLE)
+            {
                 warn!("cannot watch the compute connection: {e}");
                 continue;
             }
@@ -676,7 +720,8 @@ impl Reactor {
                 Completion::Unknown => warn!("compute answered unknown request {}", h.request_id),
             },
             kind::HELLO if self.compute.hello.is_none() => {
-                let hello = Hello::parse(&f.payload).map_err(|e| format!("compute sent a bad HELLO: {e}"))?;
+                let hello = Hello::parse(&f.payload)
+                    .map_err(|e| format!("compute sent a bad HELLO: {e}"))?;
                 if hello.version != wire::VERSION {
                     return Err(format!(
                         "compute speaks protocol {}, weaver {}: rebuild it from this release",
@@ -685,7 +730,12 @@ impl Reactor {
                     ));
                 }
                 let ops: Vec<&str> = hello.ops.iter().map(|(_, n)| n.as_str()).collect();
-                info!("compute ready: pid {}, {} workers, ops {}", hello.pid, hello.workers, ops.join(", "));
+                info!(
+                    "compute ready: pid {}, {} workers, ops {}",
+                    hello.pid,
+                    hello.workers,
+                    ops.join(", ")
+                );
                 self.compute.hello = Some(hello);
                 if self.compute.state == State::Starting {
                     self.compute.state = State::Ready;
@@ -720,8 +770,12 @@ impl Reactor {
                     sent = true;
                 }
                 None => {
-                    let msg = unknown_op(&out.op, self.compute.hello.as_ref().expect("ready has hello"));
-                    if let Completion::Deliver(d) = self.mux.fail(out.id, ErrorReply { kind: ErrorKind::UnknownOp, message: msg }) {
+                    let msg =
+                        unknown_op(&out.op, self.compute.hello.as_ref().expect("ready has hello"));
+                    if let Completion::Deliver(d) = self
+                        .mux
+                        .fail(out.id, ErrorReply { kind: ErrorKind::UnknownOp, message: msg })
+                    {
                         self.deliver(d);
                     }
                 }
@@ -737,7 +791,11 @@ impl Reactor {
         match conn.out.flush(&mut conn.stream) {
             Ok(true) if conn.writable_armed => {
                 conn.writable_armed = false;
-                let _ = self.poll.registry().reregister(&mut conn.stream, token::COMPUTE_CONN, Interest::READABLE);
+                let _ = self.poll.registry().reregister(
+                    &mut conn.stream,
+                    token::COMPUTE_CONN,
+                    Interest::READABLE,
+                );
             }
             Ok(true) => {}
             Ok(false) if !conn.writable_armed => {
@@ -764,9 +822,15 @@ impl Reactor {
         }
         self.compute.hello = None;
         let (kind, msg) = if self.stopping {
-            (ErrorKind::ShuttingDown, format!("weaver is shutting down and compute stopped ({why})"))
+            (
+                ErrorKind::ShuttingDown,
+                format!("weaver is shutting down and compute stopped ({why})"),
+            )
         } else {
-            (ErrorKind::ComputeDown, format!("{why}; the request was lost, retry it (weaver restarts compute)"))
+            (
+                ErrorKind::ComputeDown,
+                format!("{why}; the request was lost, retry it (weaver restarts compute)"),
+            )
         };
         for d in self.mux.fail_in_flight(kind, &msg) {
             self.deliver(d);
@@ -829,7 +893,9 @@ impl Reactor {
                     let Some(pid) = ws.pid() else { continue };
                     let raw = match ws {
                         WaitStatus::Exited(_, code) => (code & 0xff) << 8,
-                        WaitStatus::Signaled(_, sig, core) => sig as i32 | if core { 0x80 } else { 0 },
+                        WaitStatus::Signaled(_, sig, core) => {
+                            sig as i32 | if core { 0x80 } else { 0 }
+                        }
                         _ => continue,
                     };
                     let status = <std::process::ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(raw);
@@ -866,7 +932,10 @@ impl Reactor {
                     }
                 }
                 Timer::ComputeHello { pid } => {
-                    if self.compute.pid() == Some(pid) && self.compute.hello.is_none() && !self.stopping {
+                    if self.compute.pid() == Some(pid)
+                        && self.compute.hello.is_none()
+                        && !self.stopping
+                    {
                         self.compute_lost(&format!(
                             "compute (pid {pid}) did not connect and say HELLO within {HELLO_TIMEOUT:?}"
                         ));
@@ -965,7 +1034,10 @@ impl Reactor {
 
     /// After the loop: fail what is left, flush what clients can take.
     fn finish(&mut self) {
-        for d in self.mux.fail_in_flight(ErrorKind::ShuttingDown, "weaver stopped before compute answered") {
+        for d in self
+            .mux
+            .fail_in_flight(ErrorKind::ShuttingDown, "weaver stopped before compute answered")
+        {
             self.deliver(d);
         }
         for d in self.mux.fail_queued(ErrorKind::ShuttingDown, "weaver stopped") {

@@ -74,7 +74,8 @@ impl TestEnv {
 
     /// Run weaver with `args`, at most 60 s, and record the daemon's pid.
     pub fn run(&self, args: &[&str]) -> Output {
-        let child = self.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let child =
+            self.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let out = wait_output(child, Duration::from_secs(60));
         self.track_daemon();
         out
@@ -96,7 +97,8 @@ impl TestEnv {
 
     /// `status --json --wait`, parsed; records the daemon and compute pids.
     pub fn status(&self) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["status", "--json", "--wait"])).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["status", "--json", "--wait"])).unwrap();
         if let Some(p) = v["compute"]["pid"].as_u64() {
             self.track(p as u32);
         }
@@ -148,10 +150,17 @@ impl Drop for TestEnv {
         let pids = self.pids.lock().unwrap().clone();
         for &p in &pids {
             if pidfile::alive(p) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
-        let left: Vec<u32> = pids.iter().copied().filter(|&p| !wait_for(Duration::from_secs(5), || !pidfile::alive(p))).collect();
+        let left: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| !wait_for(Duration::from_secs(5), || !pidfile::alive(p)))
+            .collect();
         if !left.is_empty() && !std::thread::panicking() {
             panic!("processes left behind: {left:?}");
         }
