@@ -1,0 +1,177 @@
+//! Client-side measurement helpers for the echo benches: one request in
+//! flight (latency) and a window of requests in flight (throughput), over
+//! any byte stream and any framing that implements [`EchoWire`]. The direct
+//! bench uses [`ComputeWire`] against the compute daemon; a relay bench can
+//! reuse the same loops with its own framing.
+
+#![allow(dead_code)]
+
+use std::io::{self, BufReader, Read, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use weaver::wire::{self, kind, op, status};
+
+/// How one echo request is framed and its reply read.
+pub trait EchoWire: Sync {
+    /// Append the request `id` carrying `payload` to `out`.
+    fn encode_request(&self, id: u64, payload: &[u8], out: &mut Vec<u8>);
+    /// Read one whole reply; its request id, with the payload left in `buf`.
+    fn read_reply(&self, r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<u64>;
+}
+
+/// The compute wire (`include/weaver_compute.h`): REQUEST echo, RESPONSE OK.
+pub struct ComputeWire;
+
+impl EchoWire for ComputeWire {
+    fn encode_request(&self, id: u64, payload: &[u8], out: &mut Vec<u8>) {
+        wire::push_frame(out, kind::REQUEST, id, op::ECHO, payload);
+    }
+
+    fn read_reply(&self, r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<u64> {
+        loop {
+            let mut hdr = [0u8; wire::HEADER_SIZE];
+            r.read_exact(&mut hdr)?;
+            let h = wire::Header::decode(&hdr)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            buf.resize(h.payload_len as usize, 0);
+            r.read_exact(buf)?;
+            if h.kind != kind::RESPONSE {
+                continue; // HELLO, PONG: not an echo reply
+            }
+            if h.code != status::OK {
+                let msg = String::from_utf8_lossy(buf).into_owned();
+                return Err(io::Error::other(format!("echo {} failed: {msg}", h.request_id)));
+            }
+            return Ok(h.request_id);
+        }
+    }
+}
+
+/// The bytes a request of `len` bytes carries (a repeating pattern).
+pub fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// `n` sequential round trips of a `payload_len`-byte echo, one in flight;
+/// the time of each. Request ids start at `first_id`.
+pub fn round_trips<S, W>(
+    stream: &mut S,
+    wire: &W,
+    payload_len: usize,
+    n: usize,
+    first_id: u64,
+) -> io::Result<Vec<Duration>>
+where
+    S: Read + Write,
+    W: EchoWire,
+{
+    let body = payload(payload_len);
+    let mut frame = Vec::with_capacity(payload_len + 64);
+    let mut buf = Vec::with_capacity(payload_len);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        frame.clear();
+        wire.encode_request(first_id + i, &body, &mut frame);
+        let t0 = Instant::now();
+        stream.write_all(&frame)?;
+        let id = wire.read_reply(stream, &mut buf)?;
+        times.push(t0.elapsed());
+        if id != first_id + i || buf.len() != payload_len {
+            return Err(io::Error::other(format!(
+                "reply {id} ({} bytes) does not match request {} ({payload_len} bytes)",
+                buf.len(),
+                first_id + i
+            )));
+        }
+    }
+    Ok(times)
+}
+
+/// Send `n` echo requests of `payload_len` bytes keeping `window` in
+/// flight (a writer thread and this thread reading), and return the time
+/// from the first write to the last reply. `writer` and `reader` are two
+/// handles on the same connection (e.g. `&UnixStream` twice).
+pub fn pipelined<Wr, Rd, W>(
+    writer: Wr,
+    reader: Rd,
+    wire: &W,
+    payload_len: usize,
+    window: usize,
+    n: usize,
+    first_id: u64,
+) -> io::Result<Duration>
+where
+    Wr: Write + Send,
+    Rd: Read,
+    W: EchoWire,
+{
+    assert!(window > 0);
+    let body = payload(payload_len);
+    let (credit_tx, credit_rx) = mpsc::channel::<()>();
+    let t0 = Instant::now();
+    std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(move || -> io::Result<()> {
+            let mut writer = writer;
+            let mut frame = Vec::with_capacity(payload_len + 64);
+            for i in 0..n {
+                if i >= window && credit_rx.recv().is_err() {
+                    return Ok(()); // the reader stopped; it reports why
+                }
+                frame.clear();
+                wire.encode_request(first_id + i as u64, &body, &mut frame);
+                writer.write_all(&frame)?;
+            }
+            Ok(())
+        });
+        let mut reader = BufReader::with_capacity(256 * 1024, reader);
+        let mut buf = Vec::with_capacity(payload_len);
+        let mut result = Ok(());
+        for _ in 0..n {
+            match wire.read_reply(&mut reader, &mut buf) {
+                Ok(_) if buf.len() == payload_len => {
+                    let _ = credit_tx.send(());
+                }
+                Ok(id) => {
+                    result = Err(io::Error::other(format!("reply {id} has {} bytes", buf.len())));
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(credit_tx);
+        let elapsed = t0.elapsed();
+        let written = writer_thread.join().expect("writer thread panicked");
+        result.and(written).map(|()| elapsed)
+    })
+}
+
+/// The `p`-th percentile (0..=100) of `times` (sorted in place).
+pub fn percentile(times: &mut [Duration], p: f64) -> Duration {
+    assert!(!times.is_empty());
+    times.sort_unstable();
+    let rank = ((p / 100.0) * (times.len() - 1) as f64).round() as usize;
+    times[rank.min(times.len() - 1)]
+}
+
+/// Iteration counts shrink under `WEAVER_BENCH_QUICK=1` (CI smoke runs).
+pub fn quick() -> bool {
+    std::env::var_os("WEAVER_BENCH_QUICK").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// `full`, or a small fraction of it in quick mode.
+pub fn iterations(full: usize) -> usize {
+    if quick() {
+        (full / 50).max(50)
+    } else {
+        full
+    }
+}
+
+/// A duration in microseconds with two decimals.
+pub fn micros(d: Duration) -> String {
+    format!("{:.2} us", d.as_secs_f64() * 1e6)
+}
