@@ -45,6 +45,8 @@ fn main() {
 #[cfg(feature = "regen-bindings")]
 fn regen_bindings() {
     println!("cargo:rerun-if-env-changed=WEAVER_BLESS_BINDINGS");
+    // A hand edit of the committed file must be caught too.
+    println!("cargo:rerun-if-changed=src/ffi/bindings.rs");
     // Pin the Rust target to the crate's rust-version: bindgen's default is the
     // toolchain running the build, which would make the committed file depend
     // on whoever last blessed it (and use syntax newer than rust-version).
