@@ -23,4 +23,5 @@ pub mod logging; // env_logger set-up for the daemon
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
 pub mod runtime_dir;
+pub mod supervise; // supervised processes: config, order, lifecycle; pure
 pub mod wire; // compute wire frames (encode, decode, HELLO), pure // runtime dir checks and paths

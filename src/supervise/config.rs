@@ -1,0 +1,1959 @@
+//! `weaver.toml`: the processes weaver supervises besides compute.
+//!
+//! Parsed with spans, validated with every error collected (each one with
+//! file, line and column), then expanded into concrete instances. No I/O
+//! except [`load`] (reads one file) and [`locate`] (reads the environment
+//! and checks that a file exists).
+//!
+//! ```toml
+//! [compute]
+//! command = ["/opt/weaver/compute-daemon"]  # default: the bundled daemon
+//! env = { RUST_LOG = "info" }
+//! workers = 4
+//! max_restarts = 0                          # + the other restart fields
+//!
+//! [[process]]
+//! name = "db"                     # required, [A-Za-z0-9_-], unique
+//! command = ["postgres", "-D", "/var/lib/pg"]   # argv, no shell
+//! priority = -10                  # start order: lower first; stop reversed
+//! stop_signal = "INT"             # SIGINT; default SIGTERM
+//! stop_timeout = "10s"            # then SIGKILL; default 2s
+//! [process.detectors.ready]
+//! command = ["pg_isready"]        # or pid_file = "..." or log_pattern = "..."
+//! interval = "500ms"              # default 1s
+//! timeout = "1m"                  # default 30s
+//!
+//! [[process]]
+//! name = "migrate"
+//! command = "psql -f schema.sql && echo done"
+//! shell = true                    # command is one string for /bin/sh -c
+//! after = [{ name = "db", condition = "ready" }]
+//! auto_restart = false            # a one-shot job
+//!
+//! [[process]]
+//! name = "worker"
+//! command = ["python", "worker.py", "--shard", "{instance}"]
+//! work_dir = "/srv/worker"
+//! env = { LOG = "/tmp/worker-{instance}.log" }
+//! instances = 4                   # worker.0 .. worker.3
+//! gpus = [0, 1]                   # worker.0 -> "0", worker.1 -> "1", worker.2 -> "0", ...
+//! after = ["db", { name = "migrate", condition = "exited_ok" }]
+//! retry_count = 3                 # failed starts retried ...
+//! retry_interval = "1s"           # ... this far apart
+//! start_duration = "2s"           # up this long = started; default 1s
+//! restart_interval = "1s"         # first restart delay; default 1s
+//! backoff_factor = 2.0            # default 2.0
+//! backoff_cap = "30s"             # default 30s
+//! backoff_jitter = 0.1            # +-10 %; default 0.1
+//! stable_after = "10s"            # a run this long resets the backoff
+//! max_restarts = 10               # 0 = never give up; default 10
+//! output = { ring_bytes = 1048576, file = "/tmp/worker-{instance}.out", max_file_bytes = 10485760, keep_files = 3 }
+//! [process.hooks.pre_start]
+//! command = ["./fetch-model.sh"]
+//! timeout = "5m"                  # default 30s
+//! failure_mode = "retry"          # ignore | fail | retry
+//! run_mode = "blocking"           # blocking | async
+//!
+//! [[process]]
+//! name = "legacy"
+//! command = ["legacyd", "--daemonize"]
+//! detached = true                 # forks away; tracked through its pid file
+//! pid_file = "/run/user/1000/legacyd.pid"
+//! detectors = { alive = { pid_file = "/run/user/1000/legacyd.pid", interval = "2s" } }
+//! ```
+//!
+//! Durations are strings of a number and a unit (`ms`, `s`, `m`, `h`), with
+//! an optional fraction and optionally several in a row (`"500ms"`, `"2s"`,
+//! `"1.5s"`, `"1m30s"`), or integers counting milliseconds (`1500`).
+//!
+//! Instances: `instances = N` (default 1) makes N copies; with N > 1 they
+//! are named `name.0` .. `name.N-1` (with N = 1 the name stays `name`).
+//! `{instance}` (the index) is replaced in every argument, env value,
+//! `work_dir`, `pid_file`, `output.file`, and in detector and hook commands,
+//! env values and work dirs. Paths that each instance writes (`pid_file`,
+//! `output.file`) must contain `{instance}` when N > 1.
+//!
+//! GPUs: `gpus` is a list whose entries are a device number or a list of
+//! device numbers. Instance i gets entry `i % len` (so entries are reused
+//! round-robin when there are more instances than entries), written to
+//! `CUDA_VISIBLE_DEVICES` joined with commas: `gpus = [[0, 1], [2, 3]]` gives
+//! instance 0 `"0,1"` and instance 1 `"2,3"`.
+//!
+//! Every process also sees `WEAVER_PROCESS` (its `name`) and
+//! `WEAVER_INSTANCE` (its index) in its environment, and so do its hooks and
+//! probes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use toml_edit::{ImDocument, Item, TableLike, Value};
+
+use super::graph;
+
+// ---------------------------------------------------------------- types
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub compute: ComputeSpec,
+    /// In declaration order.
+    pub processes: Vec<ProcessSpec>,
+}
+
+/// `[compute]`: how the compute daemon is run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputeSpec {
+    /// argv; `None`: the bundled compute daemon.
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub workers: Option<u32>,
+    pub restart: RestartPolicy,
+}
+
+impl Default for ComputeSpec {
+    fn default() -> Self {
+        ComputeSpec {
+            command: None,
+            env: BTreeMap::new(),
+            workers: None,
+            restart: RestartPolicy::COMPUTE,
+        }
+    }
+}
+
+/// What happens after a process that had started exits on its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartPolicy {
+    /// Restart after any exit nobody asked for (exit code 0 included).
+    pub auto_restart: bool,
+    /// Delay before the first restart of a streak.
+    pub restart_interval: Duration,
+    /// Each further restart of a streak waits this many times longer.
+    pub backoff_factor: f64,
+    /// No delay is longer than this.
+    pub backoff_cap: Duration,
+    /// Each delay is moved by up to this fraction either way (0..=1).
+    pub backoff_jitter: f64,
+    /// A run this long ends the streak: the next delay is the first again.
+    pub stable_after: Duration,
+    /// Give up (state `failed`) after this many restarts in a row without a
+    /// stable run; 0 = never give up.
+    pub max_restarts: u32,
+}
+
+impl RestartPolicy {
+    /// Defaults for `[[process]]`.
+    pub const PROCESS: RestartPolicy = RestartPolicy {
+        auto_restart: true,
+        restart_interval: Duration::from_secs(1),
+        backoff_factor: 2.0,
+        backoff_cap: Duration::from_secs(30),
+        backoff_jitter: 0.1,
+        stable_after: Duration::from_secs(10),
+        max_restarts: 10,
+    };
+    /// Defaults for `[compute]`: quick restarts, never give up.
+    pub const COMPUTE: RestartPolicy = RestartPolicy {
+        auto_restart: true,
+        restart_interval: Duration::from_millis(100),
+        backoff_factor: 2.0,
+        backoff_cap: Duration::from_secs(10),
+        backoff_jitter: 0.1,
+        stable_after: Duration::from_secs(10),
+        max_restarts: 0,
+    };
+}
+
+/// What counts as a start, and how failed starts are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPolicy {
+    /// A process must stay up this long to count as started; one that exits
+    /// sooner (or cannot be spawned) is a failed start.
+    pub start_duration: Duration,
+    /// Failed starts retried before giving up (state `failed`).
+    pub retry_count: u32,
+    /// Delay between failed start attempts.
+    pub retry_interval: Duration,
+}
+
+impl Default for StartPolicy {
+    fn default() -> Self {
+        StartPolicy {
+            start_duration: Duration::from_secs(1),
+            retry_count: 3,
+            retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What an `after` entry waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// Every instance counts as started (up for `start_duration`).
+    Started,
+    /// Every instance is ready (its ready probe passed; without a probe,
+    /// started).
+    Ready,
+    /// Every instance exited with code 0 and is not restarting.
+    ExitedOk,
+}
+
+impl Condition {
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::Started => "started",
+            Condition::Ready => "ready",
+            Condition::ExitedOk => "exited_ok",
+        }
+    }
+}
+
+/// One `after` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// A process name (all its instances).
+    pub name: String,
+    pub condition: Condition,
+}
+
+/// How to tell that a process still lives (needed for `detached` ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AliveCheck {
+    /// The pid in this file is a live process.
+    PidFile(PathBuf),
+    /// This command exits 0.
+    Command(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliveDetector {
+    pub check: AliveCheck,
+    /// Default 1s.
+    pub interval: Duration,
+}
+
+/// How to tell that a process is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyCheck {
+    /// This command exits 0.
+    Command(Vec<String>),
+    /// This file exists.
+    PidFile(PathBuf),
+    /// A line of output (stdout or stderr) contains this text (plain
+    /// substring, no regex).
+    LogPattern(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyProbe {
+    pub check: ReadyCheck,
+    /// Between probe attempts; default 1s.
+    pub interval: Duration,
+    /// Not ready this long after counting as started: a failed start;
+    /// default 30s.
+    pub timeout: Duration,
+}
+
+/// Where output goes besides the in-memory ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Bytes of recent output kept in memory; default 1 MiB.
+    pub ring_bytes: usize,
+    /// Also append every line to this file.
+    pub file: Option<PathBuf>,
+    /// Rotate the file when it would grow past this; default 10 MiB.
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`file.1` .. `file.N`); default 3.
+    pub keep_files: u32,
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        OutputSpec { ring_bytes: 1 << 20, file: None, max_file_bytes: 10 << 20, keep_files: 3 }
+    }
+}
+
+/// Which hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookKind {
+    PreStart,
+    PostStart,
+    PreStop,
+    PostStop,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 4] =
+        [HookKind::PreStart, HookKind::PostStart, HookKind::PreStop, HookKind::PostStop];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::PreStart => "pre_start",
+            HookKind::PostStart => "post_start",
+            HookKind::PreStop => "pre_stop",
+            HookKind::PostStop => "post_stop",
+        }
+    }
+}
+
+/// What a failed hook does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Carry on as if it had succeeded.
+    Ignore,
+    /// The process goes `failed` with the hook's failure as reason.
+    Fail,
+    /// Run the hook again, per the process's `retry_count` and
+    /// `retry_interval`; then as `Fail`.
+    Retry,
+}
+
+/// Whether the lifecycle waits for a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Blocking,
+    Async,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSpec {
+    pub command: Vec<String>,
+    /// Default: the process's `work_dir`.
+    pub work_dir: Option<PathBuf>,
+    /// Added to the process's environment.
+    pub env: BTreeMap<String, String>,
+    /// Default 30s; then the hook is killed and counts as failed.
+    pub timeout: Duration,
+    /// Default: `fail` for pre_start, `ignore` for the others.
+    pub failure_mode: FailureMode,
+    /// Default `blocking`.
+    pub run_mode: RunMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hooks {
+    pub pre_start: Option<HookSpec>,
+    pub post_start: Option<HookSpec>,
+    pub pre_stop: Option<HookSpec>,
+    pub post_stop: Option<HookSpec>,
+}
+
+impl Hooks {
+    pub fn get(&self, kind: HookKind) -> Option<&HookSpec> {
+        match kind {
+            HookKind::PreStart => self.pre_start.as_ref(),
+            HookKind::PostStart => self.post_start.as_ref(),
+            HookKind::PreStop => self.pre_stop.as_ref(),
+            HookKind::PostStop => self.post_stop.as_ref(),
+        }
+    }
+
+    fn get_mut(&mut self, kind: HookKind) -> &mut Option<HookSpec> {
+        match kind {
+            HookKind::PreStart => &mut self.pre_start,
+            HookKind::PostStart => &mut self.post_start,
+            HookKind::PreStop => &mut self.pre_stop,
+            HookKind::PostStop => &mut self.post_stop,
+        }
+    }
+}
+
+/// One `[[process]]` as written (before instance expansion).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSpec {
+    pub name: String,
+    /// argv; with `shell`, a single element: the script for `/bin/sh -c`.
+    pub command: Vec<String>,
+    pub shell: bool,
+    pub work_dir: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    /// Non-detached: weaver writes the pid there (and removes it after the
+    /// exit). Detached: the program writes it and weaver reads it.
+    pub pid_file: Option<PathBuf>,
+    /// Start order among processes free to start: lower first. Default 0.
+    pub priority: i64,
+    pub after: Vec<Dependency>,
+    pub start: StartPolicy,
+    pub restart: RestartPolicy,
+    /// Default 1.
+    pub instances: u32,
+    /// Entry i % len for instance i; empty: `CUDA_VISIBLE_DEVICES` untouched.
+    pub gpus: Vec<Vec<u32>>,
+    /// The program daemonizes itself.
+    pub detached: bool,
+    /// For detached processes, defaults to checking `pid_file`.
+    pub alive: Option<AliveDetector>,
+    pub ready: Option<ReadyProbe>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub output: OutputSpec,
+    pub hooks: Hooks,
+}
+
+/// One concrete process: a `[[process]]` with `{instance}` replaced, the
+/// shell applied and the GPUs chosen. Everything the lifecycle and the
+/// reactor need to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSpec {
+    /// `name`, or `name.i` when the process has several instances.
+    pub name: String,
+    /// The `[[process]]` name.
+    pub process: String,
+    pub index: u32,
+    /// Ready to exec: `["/bin/sh", "-c", script]` for shell commands.
+    pub argv: Vec<String>,
+    pub work_dir: Option<PathBuf>,
+    /// The full environment to add (includes `WEAVER_PROCESS`,
+    /// `WEAVER_INSTANCE` and, with `gpus`, `CUDA_VISIBLE_DEVICES`).
+    pub env: BTreeMap<String, String>,
+    pub pid_file: Option<PathBuf>,
+    /// The devices this instance is pinned to.
+    pub gpus: Option<Vec<u32>>,
+    pub priority: i64,
+    pub after: Vec<Dependency>,
+    pub start: StartPolicy,
+    pub restart: RestartPolicy,
+    pub detached: bool,
+    pub alive: Option<AliveDetector>,
+    pub ready: Option<ReadyProbe>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub output: OutputSpec,
+    /// Commands, work dirs and env already expanded; `env` is the full
+    /// environment for the hook (the instance's plus the hook's own) and
+    /// `work_dir` defaults to the instance's.
+    pub hooks: Hooks,
+}
+
+// ---------------------------------------------------------------- errors
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the problem is the file as a whole.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------- finding and loading
+
+/// Where the configuration is: `explicit` (`--config FILE`), else
+/// `$WEAVER_CONFIG`, else `$XDG_CONFIG_HOME/weaver/weaver.toml` (or
+/// `~/.config/weaver/weaver.toml` when `XDG_CONFIG_HOME` is unset or not
+/// absolute) if that file exists. `None`: no file, so no processes. A
+/// named file (flag or variable) is returned even if missing, so that
+/// [`load`] reports it.
+pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+    locate_in(
+        explicit,
+        std::env::var_os("WEAVER_CONFIG"),
+        std::env::var_os("XDG_CONFIG_HOME"),
+        std::env::var_os("HOME"),
+        |p| p.is_file(),
+    )
+}
+
+/// [`locate`] with the environment and the file system passed in.
+pub fn locate_in(
+    explicit: Option<&Path>,
+    weaver_config: Option<OsString>,
+    xdg_config_home: Option<OsString>,
+    home: Option<OsString>,
+    exists: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = weaver_config.filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let base = match xdg_config_home.map(PathBuf::from).filter(|p| p.is_absolute()) {
+        Some(xdg) => xdg,
+        None => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".config"),
+    };
+    let candidate = base.join("weaver").join(FILE_NAME);
+    exists(&candidate).then_some(candidate)
+}
+
+/// The default file name.
+pub const FILE_NAME: &str = "weaver.toml";
+
+/// Read and parse `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &name),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: name,
+            line: 0,
+            col: 0,
+            message: format!("cannot read the configuration: {e}"),
+        }])),
+    }
+}
+
+/// Parse and validate `text`; `file_name` only labels the errors.
+pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
+    let doc = match ImDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let mut p = Parser::new(text, file_name);
+            let message = e.message().trim().replace('\n', "; ");
+            p.error(e.span().map(|s| s.start), format!("invalid TOML: {message}"));
+            return Err(p.finish());
+        }
+    };
+    let mut p = Parser::new(text, file_name);
+    let config = p.document(doc.as_table());
+    if p.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(p.finish())
+    }
+}
+
+// ---------------------------------------------------------------- durations and signals
+
+/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m30s"`, `"2h"`, `"0"`: a number and a
+/// unit (`ms`, `s`, `m`, `h`), repeated; a bare `0` is allowed.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "bad duration \"{s}\": write a number and a unit (ms, s, m, h) like \"500ms\", \
+             \"1.5s\" or \"1m30s\", or an integer of milliseconds"
+        )
+    };
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+            return Err(bad());
+        }
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// `"SIGTERM"`, `"TERM"`, `"term"`: a signal by name.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let upper = s.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&full).map_err(|_| {
+        format!("unknown signal \"{s}\": use a name like \"SIGTERM\", \"TERM\" or \"INT\"")
+    })
+}
+
+// ---------------------------------------------------------------- expansion
+
+const INSTANCE: &str = "{instance}";
+
+fn subst(s: &str, index: u32) -> String {
+    s.replace(INSTANCE, &index.to_string())
+}
+
+fn subst_path(p: &Path, index: u32) -> PathBuf {
+    PathBuf::from(subst(&p.to_string_lossy(), index))
+}
+
+fn subst_all(v: &[String], index: u32) -> Vec<String> {
+    v.iter().map(|s| subst(s, index)).collect()
+}
+
+impl ProcessSpec {
+    /// The name of instance `index`.
+    pub fn instance_name(&self, index: u32) -> String {
+        if self.instances > 1 {
+            format!("{}.{index}", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// The devices of instance `index`: entry `index % len` of `gpus`.
+    pub fn gpus_for(&self, index: u32) -> Option<Vec<u32>> {
+        if self.gpus.is_empty() {
+            return None;
+        }
+        Some(self.gpus[index as usize % self.gpus.len()].clone())
+    }
+
+    /// Instance `index` made concrete.
+    pub fn instance(&self, index: u32) -> InstanceSpec {
+        let argv = if self.shell {
+            vec!["/bin/sh".into(), "-c".into(), subst(&self.command[0], index)]
+        } else {
+            subst_all(&self.command, index)
+        };
+        let mut env: BTreeMap<String, String> =
+            self.env.iter().map(|(k, v)| (k.clone(), subst(v, index))).collect();
+        env.insert("WEAVER_PROCESS".into(), self.name.clone());
+        env.insert("WEAVER_INSTANCE".into(), index.to_string());
+        let gpus = self.gpus_for(index);
+        if let Some(g) = &gpus {
+            let list: Vec<String> = g.iter().map(u32::to_string).collect();
+            env.insert("CUDA_VISIBLE_DEVICES".into(), list.join(","));
+        }
+        let work_dir = self.work_dir.as_deref().map(|p| subst_path(p, index));
+        let mut hooks = Hooks::default();
+        for kind in HookKind::ALL {
+            if let Some(h) = self.hooks.get(kind) {
+                let mut henv = env.clone();
+                henv.extend(h.env.iter().map(|(k, v)| (k.clone(), subst(v, index))));
+                *hooks.get_mut(kind) = Some(HookSpec {
+                    command: subst_all(&h.command, index),
+                    work_dir: h
+                        .work_dir
+                        .as_deref()
+                        .map(|p| subst_path(p, index))
+                        .or(work_dir.clone()),
+                    env: henv,
+                    ..h.clone()
+                });
+            }
+        }
+        let alive = self.alive.as_ref().map(|a| AliveDetector {
+            check: match &a.check {
+                AliveCheck::PidFile(p) => AliveCheck::PidFile(subst_path(p, index)),
+                AliveCheck::Command(c) => AliveCheck::Command(subst_all(c, index)),
+            },
+            interval: a.interval,
+        });
+        let ready = self.ready.as_ref().map(|r| ReadyProbe {
+            check: match &r.check {
+                ReadyCheck::Command(c) => ReadyCheck::Command(subst_all(c, index)),
+                ReadyCheck::PidFile(p) => ReadyCheck::PidFile(subst_path(p, index)),
+                ReadyCheck::LogPattern(s) => ReadyCheck::LogPattern(s.clone()),
+            },
+            ..r.clone()
+        });
+        InstanceSpec {
+            name: self.instance_name(index),
+            process: self.name.clone(),
+            index,
+            argv,
+            work_dir,
+            env,
+            pid_file: self.pid_file.as_deref().map(|p| subst_path(p, index)),
+            gpus,
+            priority: self.priority,
+            after: self.after.clone(),
+            start: self.start,
+            restart: self.restart,
+            detached: self.detached,
+            alive,
+            ready,
+            stop_signal: self.stop_signal,
+            stop_timeout: self.stop_timeout,
+            output: OutputSpec {
+                file: self.output.file.as_deref().map(|p| subst_path(p, index)),
+                ..self.output.clone()
+            },
+            hooks,
+        }
+    }
+}
+
+impl Config {
+    /// Every instance of every process, in declaration order.
+    pub fn expand(&self) -> Vec<InstanceSpec> {
+        self.processes.iter().flat_map(|p| (0..p.instances).map(move |i| p.instance(i))).collect()
+    }
+
+    pub fn process(&self, name: &str) -> Option<&ProcessSpec> {
+        self.processes.iter().find(|p| p.name == name)
+    }
+}
+
+// ---------------------------------------------------------------- the parser
+
+const TOP_KEYS: &[&str] = &["compute", "process"];
+const RESTART_KEYS: &[&str] = &[
+    "auto_restart",
+    "restart_interval",
+    "backoff_factor",
+    "backoff_cap",
+    "backoff_jitter",
+    "stable_after",
+    "max_restarts",
+];
+const COMPUTE_KEYS: &[&str] = &["command", "env", "workers"];
+const PROCESS_KEYS: &[&str] = &[
+    "name",
+    "command",
+    "shell",
+    "work_dir",
+    "env",
+    "pid_file",
+    "priority",
+    "after",
+    "retry_count",
+    "retry_interval",
+    "start_duration",
+    "instances",
+    "gpus",
+    "detached",
+    "detectors",
+    "stop_signal",
+    "stop_timeout",
+    "output",
+    "hooks",
+];
+const DETECTOR_KEYS: &[&str] = &["alive", "ready"];
+const ALIVE_KEYS: &[&str] = &["pid_file", "command", "interval"];
+const READY_KEYS: &[&str] = &["command", "pid_file", "log_pattern", "interval", "timeout"];
+const OUTPUT_KEYS: &[&str] = &["ring_bytes", "file", "max_file_bytes", "keep_files"];
+const HOOKS_KEYS: &[&str] = &["pre_start", "post_start", "pre_stop", "post_stop"];
+const HOOK_KEYS: &[&str] = &["command", "work_dir", "env", "timeout", "failure_mode", "run_mode"];
+const AFTER_KEYS: &[&str] = &["name", "condition"];
+
+/// A table being read: the table, where it starts (for errors about it as
+/// a whole) and how errors name it (`[[process]] "web"`).
+#[derive(Clone, Copy)]
+struct Tbl<'d> {
+    t: &'d dyn TableLike,
+    at: usize,
+    what: &'d str,
+}
+
+/// A value being read: the item, where it is, and its name for messages.
+#[derive(Clone, Copy)]
+struct Field<'d> {
+    item: &'d Item,
+    at: usize,
+    key: &'d str,
+    what: &'d str,
+}
+
+impl<'d> Field<'d> {
+    fn value(&self) -> Option<&'d Value> {
+        self.item.as_value()
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self.item {
+            Item::None => "nothing",
+            Item::Value(v) => v.type_name(),
+            Item::Table(_) => "table",
+            Item::ArrayOfTables(_) => "array of tables",
+        }
+    }
+}
+
+/// Where each process was declared, for errors found after reading.
+struct Declared {
+    at: usize,
+    name_at: usize,
+    /// The `after` entries with where each is.
+    after_at: Vec<usize>,
+    what: String,
+}
+
+struct Parser<'a> {
+    file: &'a str,
+    /// Byte offset of each line start.
+    lines: Vec<usize>,
+    text: &'a str,
+    errors: Vec<(usize, ConfigError)>,
+}
+
+fn span_start(span: Option<Range<usize>>) -> Option<usize> {
+    span.map(|s| s.start)
+}
+
+/// Edit distance counting a swap of neighbours as one edit (optimal string
+/// alignment), for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The closest of `known` to `word`, if close enough to be a typo.
+pub fn suggest<'k>(word: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
+    let limit = (word.chars().count() / 3).clamp(1, 3);
+    known
+        .into_iter()
+        .map(|k| (distance(word, k), k))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+fn did_you_mean(s: Option<&str>) -> String {
+    s.map(|k| format!(" (did you mean \"{k}\"?)")).unwrap_or_default()
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str, file: &'a str) -> Self {
+        let mut lines = vec![0];
+        lines.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Parser { file, lines, text, errors: Vec::new() }
+    }
+
+    /// 1-based line and character column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.lines.partition_point(|&s| s <= offset);
+        let start = self.lines[line - 1];
+        let col = self.text.get(start..offset).map_or(1, |s| s.chars().count() + 1);
+        (line, col)
+    }
+
+    fn error(&mut self, at: Option<usize>, message: String) {
+        let offset = at.unwrap_or(0);
+        let (line, col) = self.position(offset);
+        self.errors.push((offset, ConfigError { file: self.file.into(), line, col, message }));
+    }
+
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|(offset, _)| *offset);
+        ConfigErrors(self.errors.into_iter().map(|(_, e)| e).collect())
+    }
+
+    // ---- tables and fields
+
+    fn check_keys(&mut self, tbl: Tbl<'_>, allowed: &[&[&str]]) {
+        for (key, _) in tbl.t.iter() {
+            if allowed.iter().any(|set| set.contains(&key)) {
+                continue;
+            }
+            let at = tbl.t.key(key).and_then(|k| span_start(k.span())).unwrap_or(tbl.at);
+            let hint = suggest(key, allowed.iter().flat_map(|s| s.iter().copied()));
+            self.error(
+                Some(at),
+                format!("unknown key \"{key}\" in {}{}", tbl.what, did_you_mean(hint)),
+            );
+        }
+    }
+
+    fn field<'d>(&self, tbl: Tbl<'d>, key: &'d str) -> Option<Field<'d>> {
+        let (k, item) = tbl.t.get_key_value(key)?;
+        let at = span_start(item.span()).or(span_start(k.span())).unwrap_or(tbl.at);
+        Some(Field { item, at, key, what: tbl.what })
+    }
+
+    fn wrong_type(&mut self, f: Field<'_>, want: &str) {
+        let found = f.type_name();
+        self.error(Some(f.at), format!("{} in {} must be {want}, not {found}", f.key, f.what));
+    }
+
+    fn invalid(&mut self, f: Field<'_>, why: impl fmt::Display) {
+        self.error(Some(f.at), format!("{} in {}: {why}", f.key, f.what));
+    }
+
+    fn sub<'d>(&mut self, tbl: Tbl<'d>, key: &'d str, what: &'d str) -> Option<Tbl<'d>> {
+        let f = self.field(tbl, key)?;
+        match f.item.as_table_like() {
+            Some(t) => Some(Tbl { t, at: f.at, what }),
+            None => {
+                self.wrong_type(f, "a table");
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, tbl: Tbl<'_>, key: &str) -> Option<String> {
+        let f = self.field(tbl, key)?;
+        match f.value().and_then(Value::as_str) {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.wrong_type(f, "a string");
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, tbl: Tbl<'_>, key: &str) -> Option<PathBuf> {
+        let f = self.field(tbl, key)?;
+        let s = self.string(tbl, key)?;
+        if s.is_empty() {
+            self.invalid(f, "must not be empty");
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn boolean(&mut self, tbl: Tbl<'_>, key: &str) -> Option<bool> {
+        let f = self.field(tbl, key)?;
+        let b = f.value().and_then(Value::as_bool);
+        if b.is_none() {
+            self.wrong_type(f, "true or false");
+        }
+        b
+    }
+
+    fn int(&mut self, tbl: Tbl<'_>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let f = self.field(tbl, key)?;
+        let Some(n) = f.value().and_then(Value::as_integer) else {
+            self.wrong_type(f, "an integer");
+            return None;
+        };
+        if n < min || n > max {
+            self.invalid(f, format!("{n} is out of range ({min}..={max})"));
+            return None;
+        }
+        Some(n)
+    }
+
+    fn u32(&mut self, tbl: Tbl<'_>, key: &str, min: u32) -> Option<u32> {
+        self.int(tbl, key, min.into(), u32::MAX.into()).map(|n| n as u32)
+    }
+
+    fn u64(&mut self, tbl: Tbl<'_>, key: &str, min: u64) -> Option<u64> {
+        self.int(tbl, key, min as i64, i64::MAX).map(|n| n as u64)
+    }
+
+    fn float(&mut self, tbl: Tbl<'_>, key: &str, min: f64, max: f64) -> Option<f64> {
+        let f = self.field(tbl, key)?;
+        let v = f.value();
+        let Some(x) =
+            v.and_then(Value::as_float).or(v.and_then(Value::as_integer).map(|i| i as f64))
+        else {
+            self.wrong_type(f, "a number");
+            return None;
+        };
+        if !(min..=max).contains(&x) {
+            let max = if max.is_finite() { max.to_string() } else { String::new() };
+            self.invalid(f, format!("{x} is out of range ({min}..{max})"));
+            return None;
+        }
+        Some(x)
+    }
+
+    fn duration(&mut self, tbl: Tbl<'_>, key: &str) -> Option<Duration> {
+        let f = self.field(tbl, key)?;
+        match f.value() {
+            Some(Value::String(s)) => match parse_duration(s.value()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.invalid(f, e);
+                    None
+                }
+            },
+            Some(Value::Integer(i)) if *i.value() >= 0 => {
+                Some(Duration::from_millis(*i.value() as u64))
+            }
+            Some(Value::Integer(_)) => {
+                self.invalid(f, "a duration cannot be negative");
+                None
+            }
+            _ => {
+                self.wrong_type(f, "a duration (\"2s\", \"500ms\") or milliseconds");
+                None
+            }
+        }
+    }
+
+    /// An argv: a non-empty array of strings, the first non-empty.
+    fn argv(&mut self, f: Field<'_>) -> Option<Vec<String>> {
+        let Some(arr) = f.value().and_then(Value::as_array) else {
+            let hint = if f.value().is_some_and(Value::is_str) {
+                "an array of strings (or set shell = true to run a string with /bin/sh -c)"
+            } else {
+                "an array of strings"
+            };
+            self.wrong_type(f, hint);
+            return None;
+        };
+        let mut out = Vec::new();
+        for v in arr.iter() {
+            match v.as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => {
+                    let at = span_start(v.span()).unwrap_or(f.at);
+                    let found = v.type_name();
+                    self.error(
+                        Some(at),
+                        format!("{} in {} must hold only strings, not {found}", f.key, f.what),
+                    );
+                    return None;
+                }
+            }
+        }
+        if out.first().map_or(true, |s| s.is_empty()) {
+            self.invalid(f, "the command is empty");
+            return None;
+        }
+        Some(out)
+    }
+
+    fn env(&mut self, tbl: Tbl<'_>, key: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(f) = self.field(tbl, key) else { return out };
+        let Some(t) = f.item.as_table_like() else {
+            self.wrong_type(f, "a table of strings");
+            return out;
+        };
+        for (k, item) in t.iter() {
+            let at = span_start(item.span()).or(t.key(k).and_then(|k| span_start(k.span())));
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                self.error(at, format!("bad variable name \"{k}\" in {key} of {}", f.what));
+                continue;
+            }
+            match item.as_str() {
+                Some(v) => {
+                    out.insert(k.to_string(), v.to_string());
+                }
+                None => {
+                    let found = item.type_name();
+                    self.error(
+                        at,
+                        format!("{key}.{k} in {} must be a string, not {found}", f.what),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    // ---- the document
+
+    fn document(&mut self, root: &toml_edit::Table) -> Config {
+        let top = Tbl { t: root, at: 0, what: "the top level" };
+        self.check_keys(top, &[TOP_KEYS]);
+        let mut config = Config::default();
+        if let Some(t) = self.sub(top, "compute", "[compute]") {
+            config.compute = self.compute(t);
+        }
+        let mut declared = Vec::new();
+        for (t, at) in self.process_tables(top) {
+            let what = match t.get("name").and_then(Item::as_str) {
+                Some(n) => format!("[[process]] \"{n}\""),
+                None => format!("[[process]] #{}", declared.len() + 1),
+            };
+            let tbl = Tbl { t, at, what: &what };
+            let (spec, after_at, name_at) = self.process(tbl);
+            config.processes.push(spec);
+            declared.push(Declared { at, name_at, after_at, what: what.clone() });
+        }
+        self.cross_check(&config, &declared);
+        config
+    }
+
+    /// The `[[process]]` tables (or an inline `process = [{...}]`).
+    fn process_tables<'d>(&mut self, top: Tbl<'d>) -> Vec<(&'d dyn TableLike, usize)> {
+        let Some(f) = self.field(top, "process") else { return Vec::new() };
+        match f.item {
+            Item::ArrayOfTables(aot) => aot
+                .iter()
+                .map(|t| (t as &dyn TableLike, span_start(t.span()).unwrap_or(f.at)))
+                .collect(),
+            Item::Value(Value::Array(arr)) if arr.iter().all(Value::is_inline_table) => arr
+                .iter()
+                .filter_map(|v| {
+                    let t = v.as_inline_table()?;
+                    Some((t as &dyn TableLike, span_start(v.span()).unwrap_or(f.at)))
+                })
+                .collect(),
+            _ => {
+                self.wrong_type(f, "an array of tables ([[process]])");
+                Vec::new()
+            }
+        }
+    }
+
+    fn compute(&mut self, tbl: Tbl<'_>) -> ComputeSpec {
+        self.check_keys(tbl, &[COMPUTE_KEYS, RESTART_KEYS]);
+        let command = self.field(tbl, "command").and_then(|f| self.argv(f));
+        let env = self.env(tbl, "env");
+        let workers = self.u32(tbl, "workers", 1);
+        let restart = self.restart(tbl, RestartPolicy::COMPUTE);
+        ComputeSpec { command, env, workers, restart }
+    }
+
+    fn restart(&mut self, tbl: Tbl<'_>, d: RestartPolicy) -> RestartPolicy {
+        RestartPolicy {
+            auto_restart: self.boolean(tbl, "auto_restart").unwrap_or(d.auto_restart),
+            restart_interval: self.duration(tbl, "restart_interval").unwrap_or(d.restart_interval),
+            backoff_factor: self
+                .float(tbl, "backoff_factor", 1.0, f64::INFINITY)
+                .unwrap_or(d.backoff_factor),
+            backoff_cap: self.duration(tbl, "backoff_cap").unwrap_or(d.backoff_cap),
+            backoff_jitter: self.float(tbl, "backoff_jitter", 0.0, 1.0).unwrap_or(d.backoff_jitter),
+            stable_after: self.duration(tbl, "stable_after").unwrap_or(d.stable_after),
+            max_restarts: self.u32(tbl, "max_restarts", 0).unwrap_or(d.max_restarts),
+        }
+    }
+
+    /// One `[[process]]`; also returns where each `after` entry is and where
+    /// the name is.
+    fn process(&mut self, tbl: Tbl<'_>) -> (ProcessSpec, Vec<usize>, usize) {
+        self.check_keys(tbl, &[PROCESS_KEYS, RESTART_KEYS]);
+        let name_at = self.field(tbl, "name").map_or(tbl.at, |f| f.at);
+        let name = match self.string(tbl, "name") {
+            Some(n) if valid_name(&n) => n,
+            Some(n) => {
+                self.error(
+                    Some(name_at),
+                    format!(
+                        "bad process name \"{n}\": use letters, digits, '_' and '-' only \
+                         (instances add \".N\")"
+                    ),
+                );
+                n
+            }
+            None => {
+                if self.field(tbl, "name").is_none() {
+                    self.error(Some(tbl.at), format!("{} has no name", tbl.what));
+                }
+                String::new()
+            }
+        };
+        let shell = self.boolean(tbl, "shell").unwrap_or(false);
+        let command = self.command(tbl, shell);
+        let (after, after_at) = self.after(tbl);
+        let instances = self.u32(tbl, "instances", 1).unwrap_or(1);
+        let start = StartPolicy {
+            start_duration: self
+                .duration(tbl, "start_duration")
+                .unwrap_or(StartPolicy::default().start_duration),
+            retry_count: self
+                .u32(tbl, "retry_count", 0)
+                .unwrap_or(StartPolicy::default().retry_count),
+            retry_interval: self
+                .duration(tbl, "retry_interval")
+                .unwrap_or(StartPolicy::default().retry_interval),
+        };
+        let stop_signal = self.field(tbl, "stop_signal").and_then(|f| {
+            let s = self.string(tbl, "stop_signal")?;
+            parse_signal(&s).map_err(|e| self.invalid(f, e)).ok()
+        });
+        let mut spec = ProcessSpec {
+            name,
+            command,
+            shell,
+            work_dir: self.path(tbl, "work_dir"),
+            env: self.env(tbl, "env"),
+            pid_file: self.path(tbl, "pid_file"),
+            priority: self.int(tbl, "priority", i64::MIN, i64::MAX).unwrap_or(0),
+            after,
+            start,
+            restart: self.restart(tbl, RestartPolicy::PROCESS),
+            instances,
+            gpus: self.gpus(tbl),
+            detached: self.boolean(tbl, "detached").unwrap_or(false),
+            alive: None,
+            ready: None,
+            stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
+            stop_timeout: self.duration(tbl, "stop_timeout").unwrap_or(Duration::from_secs(2)),
+            output: OutputSpec::default(),
+            hooks: Hooks::default(),
+        };
+        let what = tbl.what;
+        let det_what = format!("{what} detectors");
+        if let Some(d) = self.sub(tbl, "detectors", &det_what) {
+            self.check_keys(d, &[DETECTOR_KEYS]);
+            let alive_what = format!("{what} detectors.alive");
+            if let Some(a) = self.sub(d, "alive", &alive_what) {
+                spec.alive = self.alive(a);
+            }
+            let ready_what = format!("{what} detectors.ready");
+            if let Some(r) = self.sub(d, "ready", &ready_what) {
+                spec.ready = self.ready(r);
+            }
+        }
+        let out_what = format!("{what} output");
+        if let Some(o) = self.sub(tbl, "output", &out_what) {
+            spec.output = self.output(o);
+        }
+        let hooks_what = format!("{what} hooks");
+        if let Some(h) = self.sub(tbl, "hooks", &hooks_what) {
+            self.check_keys(h, &[HOOKS_KEYS]);
+            for kind in HookKind::ALL {
+                let hook_what = format!("{what} hooks.{}", kind.name());
+                if let Some(t) = self.sub(h, kind.name(), &hook_what) {
+                    *spec.hooks.get_mut(kind) = self.hook(t, kind);
+                }
+            }
+        }
+        self.process_rules(tbl, &mut spec);
+        (spec, after_at, name_at)
+    }
+
+    fn command(&mut self, tbl: Tbl<'_>, shell: bool) -> Vec<String> {
+        let Some(f) = self.field(tbl, "command") else {
+            self.error(Some(tbl.at), format!("{} has no command", tbl.what));
+            return Vec::new();
+        };
+        if !shell {
+            return self.argv(f).unwrap_or_default();
+        }
+        match f.value().and_then(Value::as_str) {
+            Some(s) if s.trim().is_empty() => {
+                self.invalid(f, "the command is empty");
+                Vec::new()
+            }
+            Some(s) => vec![s.to_string()],
+            None => {
+                self.wrong_type(f, "a string when shell = true");
+                Vec::new()
+            }
+        }
+    }
+
+    fn after(&mut self, tbl: Tbl<'_>) -> (Vec<Dependency>, Vec<usize>) {
+        let (mut deps, mut ats) = (Vec::new(), Vec::new());
+        let Some(f) = self.field(tbl, "after") else { return (deps, ats) };
+        let Some(arr) = f.value().and_then(Value::as_array) else {
+            self.wrong_type(f, "an array of names or { name, condition } tables");
+            return (deps, ats);
+        };
+        for v in arr.iter() {
+            let at = span_start(v.span()).unwrap_or(f.at);
+            if let Some(s) = v.as_str() {
+                deps.push(Dependency { name: s.to_string(), condition: Condition::Started });
+                ats.push(at);
+                continue;
+            }
+            let Some(t) = v.as_inline_table() else {
+                let found = v.type_name();
+                self.error(
+                    Some(at),
+                    format!(
+                        "after in {} must hold names or {{ name, condition }} tables, not {found}",
+                        f.what
+                    ),
+                );
+                continue;
+            };
+            let what = format!("an after entry of {}", f.what);
+            let entry = Tbl { t, at, what: &what };
+            self.check_keys(entry, &[AFTER_KEYS]);
+            let name = self.string(entry, "name");
+            if name.is_none() && self.field(entry, "name").is_none() {
+                self.error(Some(at), format!("{what} has no name"));
+            }
+            let condition = match self.field(entry, "condition") {
+                None => Some(Condition::Started),
+                Some(cf) => match self.string(entry, "condition").as_deref() {
+                    Some("started") => Some(Condition::Started),
+                    Some("ready") => Some(Condition::Ready),
+                    Some("exited_ok") => Some(Condition::ExitedOk),
+                    Some(other) => {
+                        let hint = suggest(other, ["started", "ready", "exited_ok"]);
+                        self.invalid(
+                            cf,
+                            format!(
+                                "unknown condition \"{other}\": use started, ready or \
+                                 exited_ok{}",
+                                did_you_mean(hint)
+                            ),
+                        );
+                        None
+                    }
+                    None => None,
+                },
+            };
+            if let (Some(name), Some(condition)) = (name, condition) {
+                deps.push(Dependency { name, condition });
+                ats.push(at);
+            }
+        }
+        (deps, ats)
+    }
+
+    fn gpus(&mut self, tbl: Tbl<'_>) -> Vec<Vec<u32>> {
+        let Some(f) = self.field(tbl, "gpus") else { return Vec::new() };
+        let want = "a list of device numbers or of lists of device numbers";
+        let Some(arr) = f.value().and_then(Value::as_array) else {
+            self.wrong_type(f, want);
+            return Vec::new();
+        };
+        let device = |v: &Value| v.as_integer().and_then(|i| u32::try_from(i).ok());
+        let mut out = Vec::new();
+        for v in arr.iter() {
+            let at = span_start(v.span()).unwrap_or(f.at);
+            let entry: Option<Vec<u32>> = match v.as_array() {
+                Some(inner) if !inner.is_empty() => inner.iter().map(device).collect(),
+                Some(_) => None,
+                None => device(v).map(|d| vec![d]),
+            };
+            match entry {
+                Some(e) => out.push(e),
+                None => self.error(
+                    Some(at),
+                    format!("gpus in {}: each entry must be {want} (>= 0, non-empty)", f.what),
+                ),
+            }
+        }
+        if arr.is_empty() {
+            self.invalid(f, "the list is empty (leave gpus out to not pin devices)");
+        }
+        out
+    }
+
+    fn alive(&mut self, tbl: Tbl<'_>) -> Option<AliveDetector> {
+        self.check_keys(tbl, &[ALIVE_KEYS]);
+        let interval = self.duration(tbl, "interval").unwrap_or(Duration::from_secs(1));
+        let pid_file = self.path(tbl, "pid_file");
+        let command = self.field(tbl, "command").and_then(|f| self.argv(f));
+        let check = match (pid_file, command) {
+            (Some(p), None) => AliveCheck::PidFile(p),
+            (None, Some(c)) => AliveCheck::Command(c),
+            (Some(_), Some(_)) => {
+                self.error(
+                    Some(tbl.at),
+                    format!("{}: give pid_file or command, not both", tbl.what),
+                );
+                return None;
+            }
+            (None, None) => {
+                if self.field(tbl, "pid_file").is_none() && self.field(tbl, "command").is_none() {
+                    self.error(Some(tbl.at), format!("{}: give pid_file or command", tbl.what));
+                }
+                return None;
+            }
+        };
+        Some(AliveDetector { check, interval })
+    }
+
+    fn ready(&mut self, tbl: Tbl<'_>) -> Option<ReadyProbe> {
+        self.check_keys(tbl, &[READY_KEYS]);
+        let interval = self.duration(tbl, "interval").unwrap_or(Duration::from_secs(1));
+        let timeout = self.duration(tbl, "timeout").unwrap_or(Duration::from_secs(30));
+        let given: Vec<&str> = ["command", "pid_file", "log_pattern"]
+            .into_iter()
+            .filter(|k| tbl.t.contains_key(k))
+            .collect();
+        if given.len() != 1 {
+            self.error(
+                Some(tbl.at),
+                format!(
+                    "{}: give exactly one of command, pid_file, log_pattern (found {})",
+                    tbl.what,
+                    if given.is_empty() { "none".to_string() } else { given.join(", ") }
+                ),
+            );
+            return None;
+        }
+        let check = match given[0] {
+            "command" => {
+                ReadyCheck::Command(self.field(tbl, "command").and_then(|f| self.argv(f))?)
+            }
+            "pid_file" => ReadyCheck::PidFile(self.path(tbl, "pid_file")?),
+            _ => {
+                let f = self.field(tbl, "log_pattern")?;
+                let s = self.string(tbl, "log_pattern")?;
+                if s.is_empty() {
+                    self.invalid(f, "must not be empty");
+                    return None;
+                }
+                ReadyCheck::LogPattern(s)
+            }
+        };
+        Some(ReadyProbe { check, interval, timeout })
+    }
+
+    fn output(&mut self, tbl: Tbl<'_>) -> OutputSpec {
+        self.check_keys(tbl, &[OUTPUT_KEYS]);
+        let d = OutputSpec::default();
+        OutputSpec {
+            ring_bytes: self.u64(tbl, "ring_bytes", 1024).map_or(d.ring_bytes, |n| n as usize),
+            file: self.path(tbl, "file"),
+            max_file_bytes: self.u64(tbl, "max_file_bytes", 1).unwrap_or(d.max_file_bytes),
+            keep_files: self.u32(tbl, "keep_files", 0).unwrap_or(d.keep_files),
+        }
+    }
+
+    fn hook(&mut self, tbl: Tbl<'_>, kind: HookKind) -> Option<HookSpec> {
+        self.check_keys(tbl, &[HOOK_KEYS]);
+        let command = match self.field(tbl, "command") {
+            Some(f) => self.argv(f),
+            None => {
+                self.error(Some(tbl.at), format!("{} has no command", tbl.what));
+                None
+            }
+        };
+        let failure_mode = match self.field(tbl, "failure_mode") {
+            None if kind == HookKind::PreStart => Some(FailureMode::Fail),
+            None => Some(FailureMode::Ignore),
+            Some(f) => match self.string(tbl, "failure_mode").as_deref() {
+                Some("ignore") => Some(FailureMode::Ignore),
+                Some("fail") => Some(FailureMode::Fail),
+                Some("retry") => Some(FailureMode::Retry),
+                Some(other) => {
+                    let hint = suggest(other, ["ignore", "fail", "retry"]);
+                    let msg = format!(
+                        "unknown mode \"{other}\": use ignore, fail or retry{}",
+                        did_you_mean(hint)
+                    );
+                    self.invalid(f, msg);
+                    None
+                }
+                None => None,
+            },
+        };
+        let run_mode = match self.field(tbl, "run_mode") {
+            None => Some(RunMode::Blocking),
+            Some(f) => match self.string(tbl, "run_mode").as_deref() {
+                Some("blocking") => Some(RunMode::Blocking),
+                Some("async") => Some(RunMode::Async),
+                Some(other) => {
+                    let hint = suggest(other, ["blocking", "async"]);
+                    let msg = format!(
+                        "unknown mode \"{other}\": use blocking or async{}",
+                        did_you_mean(hint)
+                    );
+                    self.invalid(f, msg);
+                    None
+                }
+                None => None,
+            },
+        };
+        let work_dir = self.path(tbl, "work_dir");
+        let env = self.env(tbl, "env");
+        let timeout = self.duration(tbl, "timeout").unwrap_or(Duration::from_secs(30));
+        Some(HookSpec {
+            command: command?,
+            work_dir,
+            env,
+            timeout,
+            failure_mode: failure_mode?,
+            run_mode: run_mode?,
+        })
+    }
+
+    /// Rules about one process as a whole.
+    fn process_rules(&mut self, tbl: Tbl<'_>, spec: &mut ProcessSpec) {
+        let what = tbl.what;
+        if spec.detached && spec.alive.is_none() {
+            match &spec.pid_file {
+                Some(p) => {
+                    spec.alive = Some(AliveDetector {
+                        check: AliveCheck::PidFile(p.clone()),
+                        interval: Duration::from_secs(1),
+                    })
+                }
+                None => {
+                    let at = self.field(tbl, "detached").map_or(tbl.at, |f| f.at);
+                    self.error(
+                        Some(at),
+                        format!(
+                            "{what} is detached but has no pid_file or detectors.alive: weaver \
+                             could not tell whether it runs"
+                        ),
+                    );
+                }
+            }
+        }
+        if spec.instances > 1 {
+            let own_files = [
+                ("pid_file", spec.pid_file.clone(), self.field(tbl, "pid_file").map(|f| f.at)),
+                ("output.file", spec.output.file.clone(), None),
+            ];
+            for (key, path, at) in own_files {
+                if path.is_some_and(|p| !p.to_string_lossy().contains(INSTANCE)) {
+                    self.error(
+                        Some(at.unwrap_or(tbl.at)),
+                        format!(
+                            "{key} in {what} must contain {{instance}}: its {} instances would \
+                             share one file",
+                            spec.instances
+                        ),
+                    );
+                }
+            }
+        }
+        if spec.detached
+            && spec.ready.as_ref().is_some_and(|r| matches!(r.check, ReadyCheck::LogPattern(_)))
+        {
+            self.error(
+                Some(tbl.at),
+                format!("{what}: log_pattern cannot work for a detached process (its output is not ours)"),
+            );
+        }
+    }
+
+    /// Rules across processes: unique names, known `after` names, no cycles.
+    fn cross_check(&mut self, config: &Config, declared: &[Declared]) {
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in config.processes.iter().enumerate() {
+            if p.name.is_empty() {
+                continue;
+            }
+            if let Some(&j) = first.get(p.name.as_str()) {
+                let (line, _) = self.position(declared[j].at);
+                self.error(
+                    Some(declared[i].name_at),
+                    format!(
+                        "duplicate process name \"{}\" (first declared on line {line})",
+                        p.name
+                    ),
+                );
+            } else {
+                first.insert(&p.name, i);
+            }
+        }
+        let names: Vec<&str> = first.keys().copied().collect();
+        let mut waits = vec![Vec::new(); config.processes.len()];
+        for (i, p) in config.processes.iter().enumerate() {
+            for (dep, &at) in p.after.iter().zip(&declared[i].after_at) {
+                match first.get(dep.name.as_str()) {
+                    Some(&j) => waits[i].push(j),
+                    None => {
+                        let mut sorted = names.clone();
+                        sorted.sort_unstable();
+                        let hint = suggest(&dep.name, sorted);
+                        self.error(
+                            Some(at),
+                            format!(
+                                "{} waits for unknown process \"{}\"{}",
+                                declared[i].what,
+                                dep.name,
+                                did_you_mean(hint)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for cycle in graph::find_cycles(&waits) {
+            let path: Vec<&str> =
+                cycle.iter().map(|&i| config.processes[i].name.as_str()).collect();
+            let start = cycle[0];
+            let next = cycle.get(1).copied().unwrap_or(start);
+            let at = config.processes[start]
+                .after
+                .iter()
+                .zip(&declared[start].after_at)
+                .find(|(d, _)| first.get(d.name.as_str()) == Some(&next))
+                .map_or(declared[start].at, |(_, &at)| at);
+            self.error(Some(at), format!("cycle: {}", graph::cycle_path(&path)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text, "weaver.toml").unwrap_err().0.iter().map(ToString::to_string).collect()
+    }
+
+    const FULL: &str = r#"
+[compute]
+command = ["/opt/compute", "--fast"]
+env = { A = "1" }
+workers = 4
+max_restarts = 0
+restart_interval = "250ms"
+
+[[process]]
+name = "db"
+command = ["postgres", "-D", "/data"]
+priority = -10
+stop_signal = "INT"
+stop_timeout = "10s"
+pid_file = "/run/db.pid"
+[process.detectors.ready]
+command = ["pg_isready"]
+interval = "500ms"
+timeout = "1m"
+
+[[process]]
+name = "web"
+command = ["web", "--port", "80{instance}"]
+work_dir = "/srv/{instance}"
+env = { LOG = "/tmp/web-{instance}.log", PLAIN = "x" }
+instances = 3
+gpus = [[0, 1], [2, 3]]
+after = ["db", { name = "migrate", condition = "exited_ok" }]
+retry_count = 5
+retry_interval = 2000
+start_duration = "1.5s"
+auto_restart = true
+restart_interval = "2s"
+backoff_factor = 3
+backoff_cap = "1m30s"
+backoff_jitter = 0.25
+stable_after = "20s"
+max_restarts = 0
+output = { ring_bytes = 4096, file = "/tmp/web-{instance}.out", max_file_bytes = 100, keep_files = 2 }
+[process.hooks.pre_start]
+command = ["fetch", "{instance}"]
+failure_mode = "retry"
+run_mode = "async"
+timeout = "5m"
+env = { H = "h{instance}" }
+[process.hooks.post_stop]
+command = ["cleanup"]
+
+[[process]]
+name = "migrate"
+command = "psql -f schema.sql && echo {instance}"
+shell = true
+auto_restart = false
+
+[[process]]
+name = "legacy"
+command = ["legacyd"]
+detached = true
+pid_file = "/run/legacy.pid"
+gpus = [1, 0]
+"#;
+
+    #[test]
+    fn a_full_file_parses_into_every_field() {
+        let c = parse(FULL, "weaver.toml").unwrap();
+        assert_eq!(c.compute.command.as_deref().unwrap(), ["/opt/compute", "--fast"]);
+        assert_eq!(c.compute.workers, Some(4));
+        assert_eq!(c.compute.restart.max_restarts, 0);
+        assert_eq!(c.compute.restart.restart_interval, Duration::from_millis(250));
+        assert_eq!(c.compute.restart.backoff_cap, RestartPolicy::COMPUTE.backoff_cap);
+        assert_eq!(c.compute.env["A"], "1");
+        let names: Vec<&str> = c.processes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["db", "web", "migrate", "legacy"]);
+
+        let db = &c.processes[0];
+        assert_eq!(db.priority, -10);
+        assert_eq!(db.stop_signal, Signal::SIGINT);
+        assert_eq!(db.stop_timeout, Duration::from_secs(10));
+        let ready = db.ready.as_ref().unwrap();
+        assert_eq!(ready.check, ReadyCheck::Command(vec!["pg_isready".into()]));
+        assert_eq!(
+            (ready.interval, ready.timeout),
+            (Duration::from_millis(500), Duration::from_secs(60))
+        );
+        assert_eq!(db.restart, RestartPolicy::PROCESS);
+        assert_eq!(db.start, StartPolicy::default());
+
+        let web = &c.processes[1];
+        assert_eq!(web.instances, 3);
+        assert_eq!(
+            web.after[1],
+            Dependency { name: "migrate".into(), condition: Condition::ExitedOk }
+        );
+        assert_eq!(web.after[0].condition, Condition::Started);
+        assert_eq!(
+            web.start,
+            StartPolicy {
+                start_duration: Duration::from_millis(1500),
+                retry_count: 5,
+                retry_interval: Duration::from_secs(2)
+            }
+        );
+        let r = web.restart;
+        assert_eq!(r.backoff_factor, 3.0);
+        assert_eq!(r.backoff_cap, Duration::from_secs(90));
+        assert_eq!(r.backoff_jitter, 0.25);
+        assert_eq!(r.stable_after, Duration::from_secs(20));
+        assert_eq!(r.max_restarts, 0);
+        assert_eq!(web.output.ring_bytes, 4096);
+        assert_eq!(web.output.keep_files, 2);
+        let pre = web.hooks.pre_start.as_ref().unwrap();
+        assert_eq!(pre.failure_mode, FailureMode::Retry);
+        assert_eq!(pre.run_mode, RunMode::Async);
+        assert_eq!(pre.timeout, Duration::from_secs(300));
+        let post = web.hooks.post_stop.as_ref().unwrap();
+        assert_eq!((post.failure_mode, post.run_mode), (FailureMode::Ignore, RunMode::Blocking));
+        assert_eq!(post.timeout, Duration::from_secs(30));
+
+        let migrate = &c.processes[2];
+        assert!(migrate.shell && !migrate.restart.auto_restart);
+
+        let legacy = &c.processes[3];
+        assert!(legacy.detached);
+        let alive = legacy.alive.as_ref().unwrap();
+        assert_eq!(
+            alive.check,
+            AliveCheck::PidFile("/run/legacy.pid".into()),
+            "defaults to pid_file"
+        );
+    }
+
+    #[test]
+    fn instances_are_expanded_with_their_index_and_gpus() {
+        let c = parse(FULL, "weaver.toml").unwrap();
+        let all = c.expand();
+        let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["db", "web.0", "web.1", "web.2", "migrate", "legacy"]);
+        let web2 = &all[3];
+        assert_eq!((web2.process.as_str(), web2.index), ("web", 2));
+        assert_eq!(web2.argv, ["web", "--port", "802"]);
+        assert_eq!(web2.work_dir.as_deref(), Some(Path::new("/srv/2")));
+        assert_eq!(web2.env["LOG"], "/tmp/web-2.log");
+        assert_eq!(web2.env["PLAIN"], "x");
+        assert_eq!(web2.env["WEAVER_PROCESS"], "web");
+        assert_eq!(web2.env["WEAVER_INSTANCE"], "2");
+        // gpus = [[0, 1], [2, 3]]: instance i gets entry i % 2.
+        assert_eq!(all[1].env["CUDA_VISIBLE_DEVICES"], "0,1");
+        assert_eq!(all[2].env["CUDA_VISIBLE_DEVICES"], "2,3");
+        assert_eq!(web2.env["CUDA_VISIBLE_DEVICES"], "0,1");
+        assert_eq!(web2.gpus.as_deref(), Some(&[0, 1][..]));
+        assert_eq!(web2.output.file.as_deref(), Some(Path::new("/tmp/web-2.out")));
+        let pre = web2.hooks.pre_start.as_ref().unwrap();
+        assert_eq!(pre.command, ["fetch", "2"]);
+        assert_eq!(pre.env["H"], "h2");
+        assert_eq!(pre.env["LOG"], "/tmp/web-2.log", "hooks see the instance's env");
+        assert_eq!(pre.work_dir.as_deref(), Some(Path::new("/srv/2")), "and its work_dir");
+        // A single instance keeps its name; a shell command is wrapped.
+        let migrate = &all[4];
+        assert_eq!(migrate.argv, ["/bin/sh", "-c", "psql -f schema.sql && echo 0"]);
+        assert!(!all[0].env.contains_key("CUDA_VISIBLE_DEVICES"));
+        // gpus = [1, 0]: a plain list pins one device per instance.
+        assert_eq!(all[5].env["CUDA_VISIBLE_DEVICES"], "1");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_location() {
+        let text = r#"[[process]]
+name = "web"
+comand = ["x"]
+instances = 0
+stop_signal = "SIGFOO"
+stop_timeout = "2 seconds"
+after = ["dbb"]
+
+[[process]]
+name = "db"
+command = []
+
+[[process]]
+name = "web"
+command = ["y"]
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "weaver.toml:1:1: [[process]] \"web\" has no command",
+                "weaver.toml:3:1: unknown key \"comand\" in [[process]] \"web\" (did you mean \"command\"?)",
+                "weaver.toml:4:13: instances in [[process]] \"web\": 0 is out of range (1..=4294967295)",
+                "weaver.toml:5:15: stop_signal in [[process]] \"web\": unknown signal \"SIGFOO\": use a name like \"SIGTERM\", \"TERM\" or \"INT\"",
+                "weaver.toml:6:16: stop_timeout in [[process]] \"web\": bad duration \"2 seconds\": write a number and a unit (ms, s, m, h) like \"500ms\", \"1.5s\" or \"1m30s\", or an integer of milliseconds",
+                "weaver.toml:7:10: [[process]] \"web\" waits for unknown process \"dbb\" (did you mean \"db\"?)",
+                "weaver.toml:11:11: command in [[process]] \"db\": the command is empty",
+                "weaver.toml:14:8: duplicate process name \"web\" (first declared on line 1)",
+            ]
+        );
+    }
+
+    #[test]
+    fn cycles_are_reported_with_their_path() {
+        let text = r#"
+[[process]]
+name = "a"
+command = ["a"]
+after = ["b"]
+[[process]]
+name = "b"
+command = ["b"]
+after = [{ name = "c", condition = "ready" }]
+[[process]]
+name = "c"
+command = ["c"]
+after = ["a"]
+[[process]]
+name = "self"
+command = ["s"]
+after = ["self"]
+"#;
+        assert_eq!(
+            errors(text),
+            ["weaver.toml:5:10: cycle: a -> b -> c -> a", "weaver.toml:17:10: cycle: self -> self"]
+        );
+    }
+
+    #[test]
+    fn nested_tables_and_values_are_checked() {
+        let text = r#"
+[[process]]
+name = "x y"
+command = "run me"
+env = { GOOD = "1", BAD = 2 }
+gpus = [0, -1, []]
+detached = true
+after = [{ name = "x", conditon = "ready" }, { name = "x", condition = "up" }, 3]
+output = { ring_bytes = 10, colour = true }
+[process.detectors]
+ready = { log_pattern = "up", command = ["probe"] }
+alive = { interval = "1s" }
+[process.hooks]
+pre_stat = { command = ["x"] }
+post_stop = { command = ["y"], failure_mode = "retyr", run_mode = "sync", timeout = -5 }
+
+[compute]
+workers = 0
+backoff_jitter = 1.5
+backoff_factor = 0.5
+bogus = 1
+
+[extra]
+"#;
+        let got = errors(text);
+        let want = [
+            "weaver.toml:3:8: bad process name \"x y\": use letters, digits, '_' and '-' only (instances add \".N\")",
+            "weaver.toml:4:11: command in [[process]] \"x y\" must be an array of strings (or set shell = true to run a string with /bin/sh -c), not string",
+            "weaver.toml:5:27: env.BAD in [[process]] \"x y\" must be a string, not integer",
+            "weaver.toml:6:12: gpus in [[process]] \"x y\": each entry must be a list of device numbers or of lists of device numbers (>= 0, non-empty)",
+            "weaver.toml:6:16: gpus in [[process]] \"x y\": each entry must be a list of device numbers or of lists of device numbers (>= 0, non-empty)",
+            "weaver.toml:7:12: [[process]] \"x y\" is detached but has no pid_file or detectors.alive: weaver could not tell whether it runs",
+            "weaver.toml:8:10: [[process]] \"x y\" waits for unknown process \"x\"",
+            "weaver.toml:8:24: unknown key \"conditon\" in an after entry of [[process]] \"x y\" (did you mean \"condition\"?)",
+            "weaver.toml:8:72: condition in an after entry of [[process]] \"x y\": unknown condition \"up\": use started, ready or exited_ok",
+            "weaver.toml:8:80: after in [[process]] \"x y\" must hold names or { name, condition } tables, not integer",
+            "weaver.toml:9:25: ring_bytes in [[process]] \"x y\" output: 10 is out of range (1024..=9223372036854775807)",
+            "weaver.toml:9:29: unknown key \"colour\" in [[process]] \"x y\" output",
+            "weaver.toml:11:9: [[process]] \"x y\" detectors.ready: give exactly one of command, pid_file, log_pattern (found command, log_pattern)",
+            "weaver.toml:12:9: [[process]] \"x y\" detectors.alive: give pid_file or command",
+            "weaver.toml:14:1: unknown key \"pre_stat\" in [[process]] \"x y\" hooks (did you mean \"pre_start\"?)",
+            "weaver.toml:15:47: failure_mode in [[process]] \"x y\" hooks.post_stop: unknown mode \"retyr\": use ignore, fail or retry (did you mean \"retry\"?)",
+            "weaver.toml:15:67: run_mode in [[process]] \"x y\" hooks.post_stop: unknown mode \"sync\": use blocking or async (did you mean \"async\"?)",
+            "weaver.toml:15:85: timeout in [[process]] \"x y\" hooks.post_stop: a duration cannot be negative",
+            "weaver.toml:18:11: workers in [compute]: 0 is out of range (1..=4294967295)",
+            "weaver.toml:19:18: backoff_jitter in [compute]: 1.5 is out of range (0..1)",
+            "weaver.toml:20:18: backoff_factor in [compute]: 0.5 is out of range (1..)",
+            "weaver.toml:21:1: unknown key \"bogus\" in [compute]",
+            "weaver.toml:23:2: unknown key \"extra\" in the top level",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn files_shared_by_instances_and_syntax_errors_are_reported() {
+        let text = "[[process]]\nname = \"w\"\ncommand = [\"w\"]\ninstances = 2\npid_file = \"/run/w.pid\"\n";
+        assert_eq!(
+            errors(text),
+            ["weaver.toml:5:12: pid_file in [[process]] \"w\" must contain {instance}: its 2 instances would share one file"]
+        );
+        let e = errors("[[process]]\nname = \"w\ncommand = 1\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("weaver.toml:2:"), "{e:?}");
+        assert!(e[0].contains("invalid TOML"), "{e:?}");
+    }
+
+    #[test]
+    fn no_file_means_no_processes_and_an_empty_file_is_valid() {
+        assert_eq!(parse("", "weaver.toml").unwrap(), Config::default());
+        let missing = load(Path::new("/nonexistent/weaver.toml")).unwrap_err();
+        assert_eq!(missing.0.len(), 1);
+        assert!(
+            missing.to_string().starts_with("/nonexistent/weaver.toml: cannot read"),
+            "{missing}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weaver.toml");
+        std::fs::write(&p, "[[process]]\nname = \"a\"\ncommand = [\"true\"]\n").unwrap();
+        assert_eq!(load(&p).unwrap().processes[0].name, "a");
+    }
+
+    #[test]
+    fn the_file_is_located_by_flag_then_variable_then_xdg_then_home() {
+        let os = |s: &str| Some(OsString::from(s));
+        let yes = |_: &Path| true;
+        let no = |_: &Path| false;
+        let flag = Path::new("/flag.toml");
+        assert_eq!(locate_in(Some(flag), os("/env.toml"), None, None, no), Some(flag.into()));
+        assert_eq!(locate_in(None, os("/env.toml"), None, None, no), Some("/env.toml".into()));
+        assert_eq!(
+            locate_in(None, os(""), os("/xdg"), os("/home/u"), yes),
+            Some("/xdg/weaver/weaver.toml".into())
+        );
+        assert_eq!(
+            locate_in(None, None, os("relative"), os("/home/u"), yes),
+            Some("/home/u/.config/weaver/weaver.toml".into())
+        );
+        assert_eq!(locate_in(None, None, None, os("/home/u"), no), None, "no file: no processes");
+        assert_eq!(locate_in(None, None, None, None, yes), None);
+    }
+
+    #[test]
+    fn durations_and_signals_parse() {
+        let ms = |s: &str| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("2s"), Ok(2000));
+        assert_eq!(ms("1.5s"), Ok(1500));
+        assert_eq!(ms("1m"), Ok(60_000));
+        assert_eq!(ms("1m30s"), Ok(90_000));
+        assert_eq!(ms("1h"), Ok(3_600_000));
+        assert_eq!(ms("0"), Ok(0));
+        for bad in ["", "5", "s", "1.s", ".5s", "2 s", "-1s", "3d", "1e3ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("term"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("INT"), Ok(Signal::SIGINT));
+        assert!(parse_signal("SIGNOPE").is_err());
+    }
+
+    #[test]
+    fn suggestions_need_a_close_match() {
+        assert_eq!(suggest("comand", PROCESS_KEYS.iter().copied()), Some("command"));
+        assert_eq!(suggest("workdir", PROCESS_KEYS.iter().copied()), Some("work_dir"));
+        assert_eq!(suggest("zzzzzz", PROCESS_KEYS.iter().copied()), None);
+    }
+}

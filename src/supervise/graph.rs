@@ -1,0 +1,305 @@
+//! Dependency order, without I/O. A node "waits for" the nodes in its
+//! `after` list; an edge `a -> b` reads "a waits for b".
+//!
+//! - Start order: a node comes after everything it waits for; among nodes
+//!   free to go, the lower `priority` first, then the order of declaration.
+//! - Stop order: the start order reversed, so nothing is stopped while
+//!   something that waits for it still runs.
+//! - Cycles are reported with their path: `cycle: a -> b -> c -> a`.
+//!
+//! At the instance level `after = ["db"]` means every instance of `db`
+//! (`db.0`, `db.1`, ...).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use super::config::{Condition, InstanceSpec};
+
+/// Every cycle found through a back edge of a depth-first search over
+/// `waits_for` (node i waits for each node in `waits_for[i]`), each as the
+/// path of node indices from its first node back to (not repeating) it.
+/// Deterministic: nodes and edges are visited in index order. Each back
+/// edge gives one cycle, so every cycle is broken by removing the edges
+/// reported (not every elementary cycle is listed).
+pub fn find_cycles(waits_for: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnStack,
+        Done,
+    }
+    fn visit(
+        n: usize,
+        adj: &[Vec<usize>],
+        mark: &mut [Mark],
+        stack: &mut Vec<usize>,
+        out: &mut Vec<Vec<usize>>,
+    ) {
+        mark[n] = Mark::OnStack;
+        stack.push(n);
+        for &m in &adj[n] {
+            match mark[m] {
+                Mark::New => visit(m, adj, mark, stack, out),
+                Mark::OnStack => {
+                    let from = stack.iter().position(|&s| s == m).expect("m is on the stack");
+                    out.push(stack[from..].to_vec());
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        mark[n] = Mark::Done;
+    }
+    let mut mark = vec![Mark::New; waits_for.len()];
+    let mut out = Vec::new();
+    for n in 0..waits_for.len() {
+        if mark[n] == Mark::New {
+            visit(n, waits_for, &mut mark, &mut Vec::new(), &mut out);
+        }
+    }
+    out
+}
+
+/// Start order: a topological order of `waits_for` in which, among the
+/// nodes whose waits are all placed, the lowest `(priority, index)` goes
+/// first. `Err` holds a cycle when there is one.
+pub fn start_order(waits_for: &[Vec<usize>], priority: &[i64]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = waits_for.len();
+    let mut missing: Vec<usize> =
+        waits_for.iter().map(|deps| deps.iter().collect::<BTreeSet<_>>().len()).collect();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, deps) in waits_for.iter().enumerate() {
+        for &d in deps.iter().collect::<BTreeSet<_>>() {
+            dependents[d].push(i);
+        }
+    }
+    let mut free: BTreeSet<(i64, usize)> =
+        (0..n).filter(|&i| missing[i] == 0).map(|i| (priority[i], i)).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some((p, i)) = free.iter().next().copied() {
+        free.remove(&(p, i));
+        order.push(i);
+        for &d in &dependents[i] {
+            missing[d] -= 1;
+            if missing[d] == 0 {
+                free.insert((priority[d], d));
+            }
+        }
+    }
+    if order.len() == n {
+        Ok(order)
+    } else {
+        Err(find_cycles(waits_for).into_iter().next().unwrap_or_default())
+    }
+}
+
+/// `a -> b -> a` for a cycle given as names.
+pub fn cycle_path(names: &[&str]) -> String {
+    let mut s = names.join(" -> ");
+    if let Some(first) = names.first() {
+        s.push_str(" -> ");
+        s.push_str(first);
+    }
+    s
+}
+
+/// Why a set of instances cannot be ordered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphError {
+    /// `instance` waits for a process that does not exist.
+    UnknownDependency { instance: String, name: String },
+    /// The names along a cycle, first not repeated.
+    Cycle(Vec<String>),
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphError::UnknownDependency { instance, name } => {
+                write!(f, "{instance} waits for unknown process \"{name}\"")
+            }
+            GraphError::Cycle(path) => {
+                let names: Vec<&str> = path.iter().map(String::as_str).collect();
+                write!(f, "cycle: {}", cycle_path(&names))
+            }
+        }
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+/// The instances of a configuration as a graph, indexed like the slice it
+/// was built from.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    /// What each instance waits for, and for what condition.
+    deps: Vec<Vec<(usize, Condition)>>,
+    /// Who waits for each instance.
+    dependents: Vec<Vec<usize>>,
+    start: Vec<usize>,
+}
+
+impl Graph {
+    /// Build from expanded instances; `after` names are process names and
+    /// stand for all their instances.
+    pub fn new(instances: &[InstanceSpec]) -> Result<Graph, GraphError> {
+        let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
+        let index: HashMap<String, usize> =
+            names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        let mut by_process: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, inst) in instances.iter().enumerate() {
+            by_process.entry(inst.process.as_str()).or_default().push(i);
+        }
+        let mut deps = vec![Vec::new(); instances.len()];
+        let mut dependents = vec![Vec::new(); instances.len()];
+        for (i, inst) in instances.iter().enumerate() {
+            for dep in &inst.after {
+                let Some(targets) = by_process.get(dep.name.as_str()) else {
+                    return Err(GraphError::UnknownDependency {
+                        instance: inst.name.clone(),
+                        name: dep.name.clone(),
+                    });
+                };
+                for &t in targets {
+                    deps[i].push((t, dep.condition));
+                    if !dependents[t].contains(&i) {
+                        dependents[t].push(i);
+                    }
+                }
+            }
+        }
+        let waits: Vec<Vec<usize>> =
+            deps.iter().map(|d| d.iter().map(|&(t, _)| t).collect()).collect();
+        let priority: Vec<i64> = instances.iter().map(|i| i.priority).collect();
+        let start = start_order(&waits, &priority).map_err(|cycle| {
+            GraphError::Cycle(cycle.iter().map(|&i| names[i].clone()).collect())
+        })?;
+        Ok(Graph { names, index, deps, dependents, start })
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Indices in start order.
+    pub fn start_order(&self) -> &[usize] {
+        &self.start
+    }
+
+    /// Indices in stop order (start order reversed).
+    pub fn stop_order(&self) -> Vec<usize> {
+        self.start.iter().rev().copied().collect()
+    }
+
+    /// What `i` waits for.
+    pub fn deps(&self, i: usize) -> &[(usize, Condition)] {
+        &self.deps[i]
+    }
+
+    /// Who waits for `i`.
+    pub fn dependents(&self, i: usize) -> &[usize] {
+        &self.dependents[i]
+    }
+
+    /// `set` plus everything it waits for, transitively.
+    pub fn with_dependencies(&self, set: &[usize]) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        let mut todo: Vec<usize> = set.to_vec();
+        while let Some(i) = todo.pop() {
+            if out.insert(i) {
+                todo.extend(self.deps[i].iter().map(|&(d, _)| d));
+            }
+        }
+        out
+    }
+
+    /// `set` in start order.
+    pub fn sort_for_start(&self, set: &BTreeSet<usize>) -> Vec<usize> {
+        self.start.iter().copied().filter(|i| set.contains(i)).collect()
+    }
+
+    /// `set` in stop order.
+    pub fn sort_for_stop(&self, set: &BTreeSet<usize>) -> Vec<usize> {
+        self.start.iter().rev().copied().filter(|i| set.contains(i)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::config::parse;
+
+    fn graph(toml: &str) -> Result<Graph, GraphError> {
+        Graph::new(&parse(toml, "t.toml").unwrap().expand())
+    }
+
+    fn names(g: &Graph, order: &[usize]) -> Vec<String> {
+        order.iter().map(|&i| g.name(i).to_string()).collect()
+    }
+
+    #[test]
+    fn cycles_are_found_with_their_path() {
+        // 0 -> 1 -> 2 -> 0, and 3 -> 3.
+        let adj = vec![vec![1], vec![2], vec![0], vec![3]];
+        assert_eq!(find_cycles(&adj), vec![vec![0, 1, 2], vec![3]]);
+        assert_eq!(cycle_path(&["a", "b", "c"]), "a -> b -> c -> a");
+        assert!(find_cycles(&[vec![1, 2], vec![2], vec![]]).is_empty(), "a diamond is no cycle");
+    }
+
+    #[test]
+    fn start_order_respects_waits_then_priority_then_declaration() {
+        // 0 waits for 2; 1 has the lowest priority; 3 is free with priority 0.
+        let adj = vec![vec![2], vec![], vec![], vec![]];
+        let prio = vec![-10, -5, 0, 0];
+        // 0 cannot go before 2 despite its priority.
+        assert_eq!(start_order(&adj, &prio).unwrap(), vec![1, 2, 0, 3]);
+        assert_eq!(start_order(&[vec![1], vec![0]], &[0, 0]).unwrap_err(), vec![0, 1]);
+    }
+
+    #[test]
+    fn instances_wait_for_every_instance_of_a_dependency() {
+        let g = graph(
+            r#"
+            [[process]]
+            name = "web"
+            command = ["web"]
+            instances = 2
+            after = ["db"]
+            [[process]]
+            name = "db"
+            command = ["db"]
+            instances = 2
+            priority = 5
+            [[process]]
+            name = "early"
+            command = ["x"]
+            priority = -1
+            "#,
+        )
+        .unwrap();
+        assert_eq!(names(&g, g.start_order()), ["early", "db.0", "db.1", "web.0", "web.1"]);
+        assert_eq!(names(&g, &g.stop_order()), ["web.1", "web.0", "db.1", "db.0", "early"]);
+        let web0 = g.index("web.0").unwrap();
+        let deps: Vec<&str> = g.deps(web0).iter().map(|&(d, _)| g.name(d)).collect();
+        assert_eq!(deps, ["db.0", "db.1"]);
+        let db1 = g.index("db.1").unwrap();
+        assert_eq!(names(&g, g.dependents(db1)), ["web.0", "web.1"]);
+        let all = g.with_dependencies(&[web0]);
+        assert_eq!(names(&g, &g.sort_for_start(&all)), ["db.0", "db.1", "web.0"]);
+        assert_eq!(names(&g, &g.sort_for_stop(&all)), ["web.0", "db.1", "db.0"]);
+    }
+}

@@ -1,0 +1,4 @@
+//! Supervised processes (placeholder doc, rewritten below).
+
+pub mod config;
+pub mod graph;
