@@ -1563,6 +1563,21 @@ impl<'a> Parser<'a> {
         for (i, p) in config.processes.iter().enumerate() {
             for (dep, &at) in p.after.iter().zip(&declared[i].after_at) {
                 match first.get(dep.name.as_str()) {
+                    Some(&j)
+                        if dep.condition == Condition::ExitedOk
+                            && config.processes[j].restart.auto_restart =>
+                    {
+                        waits[i].push(j);
+                        self.error(
+                            Some(at),
+                            format!(
+                                "{} waits for \"{}\" to exit with code 0, but it has \
+                                 auto_restart = true, so it never stays exited (set \
+                                 auto_restart = false on it)",
+                                declared[i].what, dep.name
+                            ),
+                        );
+                    }
                     Some(&j) => waits[i].push(j),
                     None => {
                         let mut sorted = names.clone();
@@ -1889,6 +1904,12 @@ bogus = 1
         assert_eq!(
             errors(text),
             ["weaver.toml:5:12: pid_file in [[process]] \"w\" must contain {instance}: its 2 instances would share one file"]
+        );
+        let text = "[[process]]\nname = \"a\"\ncommand = [\"a\"]\nafter = [{ name = \"b\", condition = \"exited_ok\" }]\n\
+                    [[process]]\nname = \"b\"\ncommand = [\"b\"]\n";
+        assert_eq!(
+            errors(text),
+            ["weaver.toml:4:10: [[process]] \"a\" waits for \"b\" to exit with code 0, but it has auto_restart = true, so it never stays exited (set auto_restart = false on it)"]
         );
         let e = errors("[[process]]\nname = \"w\ncommand = 1\n");
         assert_eq!(e.len(), 1);
