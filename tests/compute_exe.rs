@@ -2,6 +2,7 @@
 //! socket first (as weaver does), spawns the program with a stdin pipe it
 //! holds, checks who connected, reads HELLO, serves a request, then ends it
 //! each way it can end. Every spawned process is killed on failure.
+//! `WEAVER_COMPUTE_DAEMON=PATH` runs the same tests against another build.
 
 mod common_compute;
 
@@ -18,7 +19,14 @@ use weaver::wire::{kind, op, status, Hello};
 
 use common_compute::{describe, pid_alive, text, wait_until, ChildGuard, Peer};
 
-const EXE: &str = env!("CARGO_BIN_EXE_compute-daemon");
+/// The executable under test: the Cargo binary, or another build of the same
+/// program named by `WEAVER_COMPUTE_DAEMON` (e.g. the plain C build,
+/// `compute-daemon/build/compute-daemon` from `make -C compute-daemon`).
+fn exe() -> PathBuf {
+    std::env::var_os("WEAVER_COMPUTE_DAEMON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_compute-daemon")))
+}
 /// The contract: the daemon is gone within 2 s of losing weaver.
 const EXIT_WITHIN: Duration = Duration::from_secs(2);
 
@@ -68,7 +76,7 @@ fn start_with(stdin: Stdio) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("compute.sock");
     let listener = UnixListener::bind(&path).unwrap(); // the socket exists first
-    let child = Command::new(EXE)
+    let child = Command::new(exe())
         .arg("--socket-path")
         .arg(&path)
         .args(["--workers", "2"])
@@ -119,7 +127,7 @@ fn assert_exit_ok(status: Option<ExitStatus>, what: &str, took: Duration) {
 
 /// Run the executable to completion with `args`, with a 10 s cap.
 fn run_to_exit(args: &[&str], env_remove: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(EXE);
+    let mut cmd = Command::new(exe());
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for k in env_remove {
         cmd.env_remove(k);
@@ -222,7 +230,7 @@ fn dies_with_its_parent() {
     let shell = Command::new("/bin/sh")
         .arg("-c")
         .arg("\"$0\" --socket-path \"$1\" --workers 1 & wait")
-        .arg(EXE)
+        .arg(exe())
         .arg(&path)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -266,8 +274,11 @@ fn without_socket_path_the_default_needs_xdg_runtime_dir() {
 
     // With it set, the default path is used (and does not exist here).
     let dir = tempfile::tempdir().unwrap();
-    let out =
-        Command::new(EXE).env("XDG_RUNTIME_DIR", dir.path()).stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(exe())
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(ffi::WC_EXIT_CONNECT as i32), "{err}");
     let want = Path::new(dir.path()).join("weaver/compute.sock");
