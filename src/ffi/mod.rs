@@ -19,6 +19,12 @@ mod bindings;
 
 pub use bindings::*;
 
+/// Every generated item under its C name, including the raw functions that
+/// the safe wrappers below shadow (`raw::socket_connect`).
+pub mod raw {
+    pub use super::bindings::*;
+}
+
 use std::ffi::{c_char, CStr, CString, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
