@@ -146,6 +146,12 @@ impl Client {
         &mut self.stream
     }
 
+    /// The connection itself, after the handshake (benches drive the
+    /// framing by hand). Nothing is buffered: frames are read exactly.
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
     }

@@ -175,3 +175,146 @@ pub fn iterations(full: usize) -> usize {
 pub fn micros(d: Duration) -> String {
     format!("{:.2} us", d.as_secs_f64() * 1e6)
 }
+
+/// A compute daemon started by a bench; killed and reaped however the bench
+/// ends.
+pub struct ComputeChild(pub std::process::Child);
+
+impl Drop for ComputeChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `exe` as weaver does (listener first, then the process with
+/// `--socket-path` and a stdin pipe), accept its connection and read its
+/// HELLO.
+pub fn spawn_compute(
+    exe: &str,
+    dir: &std::path::Path,
+) -> (ComputeChild, std::os::unix::net::UnixStream, wire::Hello) {
+    use std::process::{Command, Stdio};
+    let path = dir.join("compute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let child = Command::new(exe)
+        .arg("--socket-path")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn compute-daemon");
+    let mut daemon = ComputeChild(child);
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("blocking stream");
+                break s;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        if let Some(status) = daemon.0.try_wait().expect("try_wait") {
+            panic!("compute-daemon exited before connecting: {status}");
+        }
+        assert!(Instant::now() < end, "compute-daemon did not connect within 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let hello = wire::FrameDecoder::new()
+        .read_frame(&mut stream)
+        .expect("read HELLO")
+        .expect("HELLO before end of file");
+    assert_eq!(hello.header.kind, kind::HELLO);
+    let hello = wire::Hello::parse(&hello.payload).expect("valid HELLO");
+    (daemon, stream, hello)
+}
+
+/// Figures of one payload size.
+pub struct Figures {
+    pub label: &'static str,
+    pub len: usize,
+    pub rt_n: usize,
+    pub rt_p50: Duration,
+    pub rt_p99: Duration,
+    pub rt_rps: f64,
+    pub pipe_n: usize,
+    pub pipe_rps: f64,
+}
+
+/// In flight when pipelining.
+pub const WINDOW: usize = 64;
+
+/// The standard echo suite over one connection: a warm-up, then for 64 B
+/// and 64 KiB, round trips with one in flight and pipelined throughput with
+/// [`WINDOW`] in flight. `scale` divides the iteration counts (a relay run
+/// interleaves with a direct one).
+pub fn echo_suite<W: EchoWire>(
+    stream: &std::os::unix::net::UnixStream,
+    wire: &W,
+    next_id: &mut u64,
+    scale: usize,
+) -> Vec<Figures> {
+    let mut s = stream;
+    let warm = iterations(2_000 / scale);
+    round_trips(&mut s, wire, 64, warm, *next_id).expect("warm-up");
+    *next_id += warm as u64;
+    let mut out = Vec::new();
+    for (label, len, rt_full, pipe_full) in
+        [("64 B", 64usize, 20_000usize, 200_000usize), ("64 KiB", 64 * 1024, 20_000, 50_000)]
+    {
+        let rt_n = iterations(rt_full / scale);
+        let t0 = Instant::now();
+        let mut times = round_trips(&mut s, wire, len, rt_n, *next_id).expect("round trips");
+        let total = t0.elapsed();
+        *next_id += rt_n as u64;
+        let pipe_n = iterations(pipe_full / scale);
+        let elapsed =
+            pipelined(stream, stream, wire, len, WINDOW, pipe_n, *next_id).expect("pipelined echo");
+        *next_id += pipe_n as u64;
+        out.push(Figures {
+            label,
+            len,
+            rt_n,
+            rt_p50: percentile(&mut times, 50.0),
+            rt_p99: percentile(&mut times, 99.0),
+            rt_rps: rt_n as f64 / total.as_secs_f64(),
+            pipe_n,
+            pipe_rps: pipe_n as f64 / elapsed.as_secs_f64(),
+        });
+    }
+    out
+}
+
+/// Print figures as a table.
+pub fn print_table(title: &str, figs: &[Figures]) {
+    println!("{title}");
+    println!(
+        "{:>9}  {:<9} {:>8}  {:>11}  {:>11}  {:>11}  {:>9}",
+        "payload", "in flight", "n", "p50", "p99", "req/s", "MB/s"
+    );
+    for f in figs {
+        println!(
+            "{:>9}  {:<9} {:>8}  {:>11}  {:>11}  {:>11.0}  {:>9.1}",
+            f.label,
+            "1",
+            f.rt_n,
+            micros(f.rt_p50),
+            micros(f.rt_p99),
+            f.rt_rps,
+            f.rt_rps * f.len as f64 / 1e6
+        );
+        println!(
+            "{:>9}  {:<9} {:>8}  {:>11}  {:>11}  {:>11.0}  {:>9.1}",
+            f.label,
+            WINDOW,
+            f.pipe_n,
+            "-",
+            "-",
+            f.pipe_rps,
+            f.pipe_rps * f.len as f64 / 1e6
+        );
+    }
+}

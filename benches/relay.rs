@@ -1,0 +1,110 @@
+//! `cargo bench --bench relay`: echo through weaver (client -> weaver ->
+//! compute -> weaver -> client) against the same echo straight to a compute
+//! daemon, both measured in this run, printed as ratios:
+//! - one in flight, round trip p50 (goal: relay at most 2.2x direct);
+//! - 64 in flight, throughput for 64 B and 64 KiB (goal: at least 0.6x).
+//! `WEAVER_BENCH_QUICK=1` shrinks the iteration counts.
+
+mod common;
+
+use std::io::{self, Read};
+use std::process::{Command, Stdio};
+
+use common::{echo_suite, print_table, spawn_compute, ComputeWire, EchoWire, Figures};
+use weaver::client::Client;
+use weaver::frame;
+use weaver::protocol::{self, ClientMsg, Request, Response, ServerMsg};
+
+const WEAVER: &str = env!("CARGO_BIN_EXE_weaver");
+const COMPUTE: &str = env!("CARGO_BIN_EXE_compute-daemon");
+
+/// weaver's control protocol: tag = request id, reply payload = echo.
+struct ControlWire;
+
+impl EchoWire for ControlWire {
+    fn encode_request(&self, id: u64, payload: &[u8], out: &mut Vec<u8>) {
+        let meta = protocol::encode(&ClientMsg {
+            tag: id,
+            req: Request::Compute { op: "echo".into(), timeout_ms: None },
+        });
+        frame::push(out, &meta, payload);
+    }
+
+    fn read_reply(&self, r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<u64> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        let mut body = std::mem::take(buf);
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+        let meta_len = u32::from_le_bytes(body[0..4].try_into().unwrap()) as usize;
+        let msg: ServerMsg = protocol::decode(&body[4..4 + meta_len], "reply")
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if let Response::Error(e) = msg.resp {
+            return Err(io::Error::other(e.message));
+        }
+        body.drain(..4 + meta_len);
+        *buf = body;
+        Ok(msg.tag)
+    }
+}
+
+fn main() {
+    let dir = tempfile::Builder::new().prefix("wvr").tempdir_in("/tmp").unwrap();
+    let rt = dir.path().join("rt");
+    let st = Command::new(WEAVER)
+        .args(["status", "--wait"])
+        .env("WEAVER_RUNTIME_DIR", &rt)
+        .env("WEAVER_COMPUTE_BIN", COMPUTE)
+        .env("WEAVER_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "weaver did not start");
+    let client = Client::connect(&rt.join("control.sock"), false).unwrap().unwrap();
+    let relay_stream = client.into_stream();
+    let (_direct_child, direct_stream, _hello) = spawn_compute(COMPUTE, dir.path());
+
+    // Interleave: direct, relay, direct, relay, and keep each side's best
+    // (least disturbed) round, so drift on a shared machine hits both.
+    let rounds = 2;
+    let (mut direct, mut relay): (Vec<Vec<Figures>>, Vec<Vec<Figures>>) = (Vec::new(), Vec::new());
+    let (mut did, mut rid) = (1u64, 1u64);
+    for _ in 0..rounds {
+        direct.push(echo_suite(&direct_stream, &ComputeWire, &mut did, rounds));
+        relay.push(echo_suite(&relay_stream, &ControlWire, &mut rid, rounds));
+    }
+    let best = |runs: Vec<Vec<Figures>>| -> Vec<Figures> {
+        let mut it = runs.into_iter();
+        let mut best = it.next().unwrap();
+        for run in it {
+            for (b, f) in best.iter_mut().zip(run) {
+                b.rt_p50 = b.rt_p50.min(f.rt_p50);
+                b.rt_p99 = b.rt_p99.min(f.rt_p99);
+                b.rt_rps = b.rt_rps.max(f.rt_rps);
+                b.pipe_rps = b.pipe_rps.max(f.pipe_rps);
+            }
+        }
+        best
+    };
+    let (direct, relay) = (best(direct), best(relay));
+    print_table("direct (client -> compute):", &direct);
+    print_table("relay (client -> weaver -> compute):", &relay);
+    println!("ratios, relay / direct:");
+    for (d, r) in direct.iter().zip(&relay) {
+        println!(
+            "{:>9}  round trip p50 {:.2}x (goal <= 2.2x), p99 {:.2}x | throughput with {} in flight {:.2}x (goal >= 0.6x)",
+            d.label,
+            r.rt_p50.as_secs_f64() / d.rt_p50.as_secs_f64(),
+            r.rt_p99.as_secs_f64() / d.rt_p99.as_secs_f64(),
+            common::WINDOW,
+            r.pipe_rps / d.pipe_rps
+        );
+    }
+    drop(relay_stream);
+    let _ = Command::new(WEAVER)
+        .arg("shutdown")
+        .env("WEAVER_RUNTIME_DIR", &rt)
+        .stdout(Stdio::null())
+        .status();
+}
