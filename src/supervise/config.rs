@@ -1490,24 +1490,30 @@ impl<'a> Parser<'a> {
     /// Rules about one process as a whole.
     fn process_rules(&mut self, tbl: Tbl<'_>, spec: &mut ProcessSpec) {
         let what = tbl.what;
-        if spec.detached && spec.alive.is_none() {
-            match &spec.pid_file {
-                Some(p) => {
+        if spec.detached {
+            let at = self.field(tbl, "detached").map_or(tbl.at, |f| f.at);
+            match (&spec.alive, &spec.pid_file) {
+                (Some(AliveDetector { check: AliveCheck::PidFile(_), .. }), _) => {}
+                (Some(AliveDetector { check: AliveCheck::Command(_), .. }), _) => self.error(
+                    Some(at),
+                    format!(
+                        "{what} is detached: it is found, watched and stopped through a pid \
+                         file, so detectors.alive must be a pid_file, not a command"
+                    ),
+                ),
+                (None, Some(p)) => {
                     spec.alive = Some(AliveDetector {
                         check: AliveCheck::PidFile(p.clone()),
                         interval: Duration::from_secs(1),
                     })
                 }
-                None => {
-                    let at = self.field(tbl, "detached").map_or(tbl.at, |f| f.at);
-                    self.error(
-                        Some(at),
-                        format!(
-                            "{what} is detached but has no pid_file or detectors.alive: weaver \
-                             could not tell whether it runs"
-                        ),
-                    );
-                }
+                (None, None) => self.error(
+                    Some(at),
+                    format!(
+                        "{what} is detached but has no pid_file: weaver could not find, watch \
+                         or stop it"
+                    ),
+                ),
             }
         }
         if spec.instances > 1 {
@@ -1876,7 +1882,7 @@ bogus = 1
             "weaver.toml:5:27: env.BAD in [[process]] \"x y\" must be a string, not integer",
             "weaver.toml:6:12: gpus in [[process]] \"x y\": each entry must be a list of device numbers or of lists of device numbers (>= 0, non-empty)",
             "weaver.toml:6:16: gpus in [[process]] \"x y\": each entry must be a list of device numbers or of lists of device numbers (>= 0, non-empty)",
-            "weaver.toml:7:12: [[process]] \"x y\" is detached but has no pid_file or detectors.alive: weaver could not tell whether it runs",
+            "weaver.toml:7:12: [[process]] \"x y\" is detached but has no pid_file: weaver could not find, watch or stop it",
             "weaver.toml:8:10: [[process]] \"x y\" waits for unknown process \"x\"",
             "weaver.toml:8:24: unknown key \"conditon\" in an after entry of [[process]] \"x y\" (did you mean \"condition\"?)",
             "weaver.toml:8:72: condition in an after entry of [[process]] \"x y\": unknown condition \"up\": use started, ready or exited_ok",

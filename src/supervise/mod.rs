@@ -4,7 +4,9 @@ pub mod backoff;
 pub mod config;
 pub mod events;
 pub mod graph;
+pub mod machine;
 pub mod ring;
+pub mod supervisor;
 
 use std::time::Duration;
 
