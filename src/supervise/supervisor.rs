@@ -455,7 +455,7 @@ impl Supervisor {
                 break;
             }
         }
-        self.retiring.retain(Instance::is_down);
+        self.retiring.retain(|r| !r.is_down());
     }
 
     fn release_stops(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -467,10 +467,13 @@ impl Supervisor {
             if !self.stop_queue.contains(&name) {
                 continue;
             }
-            let blocked = self.graph.dependents(i).iter().any(|&d| {
-                self.stop_queue.contains(self.graph.name(d))
-                    || matches!(self.instances[d].state(), State::Stopping(_))
-            });
+            // Something not running is "stopped" at once; a running one
+            // waits for its dependents that are stopping too.
+            let blocked = self.instances[i].state().is_up()
+                && self.graph.dependents(i).iter().any(|&d| {
+                    self.stop_queue.contains(self.graph.name(d))
+                        || matches!(self.instances[d].state(), State::Stopping(_))
+                });
             if !blocked {
                 self.stop_queue.remove(&name);
                 self.step(Slot::Live(i), Input::Stop, now, out);
@@ -519,5 +522,470 @@ impl Supervisor {
             };
             self.step(Slot::Live(i), input, now, out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::supervise::config::parse;
+    use crate::supervise::events::EventKind;
+    use crate::supervise::machine::Check;
+
+    /// Plays the reactor: spawns succeed at once with fresh pids (unless
+    /// told otherwise), timers fire when the clock passes them, file
+    /// probes are answered from a set of paths that "exist".
+    struct World {
+        sup: Supervisor,
+        now: Instant,
+        timers: BTreeMap<(Instant, u64), TimerKey>,
+        next_pid: u32,
+        pids: HashMap<String, u32>,
+        cannot_spawn: BTreeSet<String>,
+        files: BTreeSet<String>,
+        /// Hook runs in flight: run -> (instance, hook name).
+        hooks: BTreeMap<RunId, (String, &'static str)>,
+        /// Command probes in flight: run -> instance.
+        probes: BTreeMap<RunId, String>,
+        log: Vec<String>,
+    }
+
+    impl World {
+        fn new(toml: &str) -> World {
+            let config = parse(toml, "t.toml").unwrap();
+            let t0 = Instant::now();
+            World {
+                sup: Supervisor::new(config, 7).unwrap(),
+                now: t0,
+                timers: BTreeMap::new(),
+                next_pid: 100,
+                pids: HashMap::new(),
+                cannot_spawn: BTreeSet::new(),
+                files: BTreeSet::new(),
+                hooks: BTreeMap::new(),
+                probes: BTreeMap::new(),
+                log: Vec::new(),
+            }
+        }
+
+        /// Perform actions the way the reactor would, feeding answers back.
+        fn run(&mut self, actions: Vec<Action>) {
+            let mut queue: VecDeque<Action> = actions.into();
+            while let Some(a) = queue.pop_front() {
+                let more = match a {
+                    Action::Spawn { spec } => {
+                        if self.cannot_spawn.contains(&spec.name) {
+                            self.sup.on_spawn_failed(&spec.name, "ENOENT".into(), self.now)
+                        } else {
+                            let pid = self.next_pid;
+                            self.next_pid += 1;
+                            self.pids.insert(spec.name.clone(), pid);
+                            self.sup.on_spawned(&spec.name, pid, self.now)
+                        }
+                    }
+                    Action::ArmTimer { key, at } => {
+                        self.timers.insert((at, key.token), key);
+                        vec![]
+                    }
+                    Action::CancelTimer { key } => {
+                        self.timers.retain(|_, k| *k != key);
+                        vec![]
+                    }
+                    Action::Signal { instance, signal, .. } => {
+                        self.log.push(format!("{instance} <- {}", signal.as_str()));
+                        vec![]
+                    }
+                    Action::RunHook { run, instance, hook, .. } => {
+                        self.log.push(format!("{instance} hook {}", hook.name()));
+                        self.hooks.insert(run, (instance, hook.name()));
+                        vec![]
+                    }
+                    Action::Probe { run, instance, check, .. } => match check {
+                        Check::FileExists(p) | Check::PidFileLive(p) => {
+                            let ok = self.files.contains(p.to_str().unwrap());
+                            let outcome = ProbeOutcome { ok, pid: ok.then_some(999) };
+                            self.sup.on_probe(run, outcome, self.now)
+                        }
+                        Check::Command { .. } => {
+                            self.probes.insert(run, instance);
+                            vec![]
+                        }
+                    },
+                    Action::Emit { instance, kind } => {
+                        let what = match kind {
+                            EventKind::Failed { reason } => format!("failed: {reason}"),
+                            EventKind::Exited { code } => format!("exited {code}"),
+                            EventKind::Output { .. } => "output".into(),
+                            other => other.name().into(),
+                        };
+                        self.log.push(format!("{instance} {what}"));
+                        vec![]
+                    }
+                    Action::KillHook { .. }
+                    | Action::KillProbe { .. }
+                    | Action::WritePidFile { .. }
+                    | Action::RemovePidFile { .. } => vec![],
+                };
+                queue.extend(more);
+            }
+        }
+
+        /// Advance the clock, firing timers in order.
+        fn advance(&mut self, d: Duration) {
+            let end = self.now + d;
+            while let Some((&(at, token), _)) = self.timers.iter().next() {
+                if at > end {
+                    break;
+                }
+                let key = self.timers.remove(&(at, token)).unwrap();
+                self.now = self.now.max(at);
+                let out = self.sup.on_timer(&key, self.now);
+                self.run(out);
+            }
+            self.now = end;
+        }
+
+        fn exit(&mut self, name: &str, exit: Exit) {
+            let pid = self.pids[name];
+            let out = self.sup.on_exit(pid, exit, self.now);
+            self.run(out);
+        }
+
+        fn hook_done(&mut self, name: &str, ok: bool) {
+            let run = self.hooks.iter().find(|(_, (n, _))| n == name).map(|(&r, _)| r).unwrap();
+            self.hooks.remove(&run);
+            let out = self.sup.on_hook_exit(run, ok, "exited with code 1".into(), self.now);
+            self.run(out);
+        }
+
+        fn probe_done(&mut self, name: &str, ok: bool) {
+            let run = self.probes.iter().find(|(_, n)| *n == name).map(|(&r, _)| r).unwrap();
+            self.probes.remove(&run);
+            let out = self.sup.on_probe(run, ProbeOutcome { ok, pid: None }, self.now);
+            self.run(out);
+        }
+
+        fn take_log(&mut self) -> Vec<String> {
+            std::mem::take(&mut self.log)
+        }
+
+        fn state(&self, name: &str) -> String {
+            self.sup.instance(name).unwrap().state().label()
+        }
+
+        fn names(v: &[&str]) -> Vec<String> {
+            v.iter().map(|s| s.to_string()).collect()
+        }
+    }
+
+    const STACK: &str = r#"
+[[process]]
+name = "web"
+command = ["web"]
+instances = 2
+after = [{ name = "db", condition = "ready" }, { name = "migrate", condition = "exited_ok" }]
+
+[[process]]
+name = "migrate"
+command = ["migrate"]
+auto_restart = false
+start_duration = 0
+after = ["db"]
+
+[[process]]
+name = "db"
+command = ["db"]
+priority = 5
+[process.detectors.ready]
+command = ["pg_isready"]
+
+[[process]]
+name = "cache"
+command = ["cache"]
+priority = -1
+"#;
+
+    const S1: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn start_all_follows_priority_then_dependencies_and_their_conditions() {
+        let mut w = World::new(STACK);
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        // Free to go now: cache (priority -1) before db (5); the rest wait.
+        assert_eq!(w.take_log(), ["cache started", "db started"]);
+        assert_eq!(w.state("web.0"), "waiting");
+        assert_eq!(w.state("migrate"), "waiting");
+        w.advance(S1);
+        // db started: migrate (after db, started) goes; web waits for ready.
+        assert_eq!(
+            w.take_log(),
+            ["cache running", "db running", "migrate started", "migrate running"]
+        );
+        w.probe_done("db", true);
+        assert_eq!(w.take_log(), ["db ready"]);
+        assert_eq!(w.state("web.0"), "waiting", "migrate has not exited yet");
+        w.exit("migrate", Exit::Code(0));
+        assert_eq!(w.take_log(), ["migrate exited 0", "web.0 started", "web.1 started"]);
+        let row = &w.sup.ps(w.now)[0];
+        assert_eq!(
+            (row.name.as_str(), row.state.as_str(), row.pid),
+            ("web.0", "starting", Some(103))
+        );
+        assert_eq!(w.sup.by_pid(103), Some("web.0"));
+        assert_eq!(w.sup.by_pid(1), None);
+        assert!(w.sup.on_exit(1, Exit::Code(0), w.now).is_empty(), "unknown pids are ignored");
+    }
+
+    #[test]
+    fn a_waiter_fails_when_its_dependency_cannot_succeed() {
+        let mut w = World::new(STACK);
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        w.advance(S1);
+        w.probe_done("db", true);
+        w.take_log();
+        w.exit("migrate", Exit::Code(1));
+        assert_eq!(
+            w.take_log(),
+            [
+                "migrate exited 1",
+                "web.0 failed: cannot start: migrate exited with code 1",
+                "web.1 failed: cannot start: migrate exited with code 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn stop_all_stops_dependents_first_and_waits_for_them() {
+        let mut w = World::new(STACK);
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        w.advance(S1);
+        w.probe_done("db", true);
+        w.exit("migrate", Exit::Code(0));
+        w.advance(S1);
+        w.take_log();
+        let out = w.sup.stop_all(w.now);
+        w.run(out);
+        // web.* wait for nobody; db waits for web.*; cache is independent.
+        assert_eq!(
+            w.take_log(),
+            [
+                "web.1 stopping",
+                "web.1 <- SIGTERM",
+                "web.0 stopping",
+                "web.0 <- SIGTERM",
+                "migrate stopped",
+                "cache stopping",
+                "cache <- SIGTERM"
+            ]
+        );
+        w.exit("web.0", Exit::Code(0));
+        assert_eq!(w.take_log(), ["web.0 exited 0", "web.0 stopped"]);
+        assert!(!w.sup.all_down());
+        w.exit("web.1", Exit::Code(0));
+        assert_eq!(
+            w.take_log(),
+            ["web.1 exited 0", "web.1 stopped", "db stopping", "db <- SIGTERM"]
+        );
+        w.exit("db", Exit::Code(0));
+        w.exit("cache", Exit::Code(0));
+        assert!(w.sup.all_down());
+        assert!(w.timers.is_empty(), "{:?}", w.timers);
+    }
+
+    #[test]
+    fn starting_one_pulls_in_what_it_waits_for_and_names_are_checked() {
+        let mut w = World::new(STACK);
+        let out = w.sup.start(&World::names(&["migrate"]), w.now).unwrap();
+        w.run(out);
+        assert_eq!(w.take_log(), ["db started"]);
+        w.advance(S1);
+        assert_eq!(w.take_log(), ["db running", "migrate started", "migrate running"]);
+        assert_eq!(w.state("cache"), "stopped");
+        assert_eq!(w.state("web.0"), "stopped");
+        let err = w.sup.start(&World::names(&["wbe"]), w.now).unwrap_err();
+        assert_eq!(err, "no process named \"wbe\" (did you mean \"web\"?)");
+        assert_eq!(w.sup.resolve(&World::names(&["web", "db"])).unwrap(), ["db", "web.0", "web.1"]);
+        assert_eq!(w.sup.resolve(&World::names(&["web.1"])).unwrap(), ["web.1"]);
+    }
+
+    #[test]
+    fn restart_stops_in_reverse_order_and_starts_in_order() {
+        let toml = r#"
+[[process]]
+name = "a"
+command = ["a"]
+[[process]]
+name = "b"
+command = ["b"]
+after = ["a"]
+"#;
+        let mut w = World::new(toml);
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        w.advance(S1);
+        w.take_log();
+        let out = w.sup.restart(&[], w.now).unwrap();
+        w.run(out);
+        assert_eq!(w.take_log(), ["b stopping", "b <- SIGTERM"]);
+        w.exit("b", Exit::Signal(15));
+        assert_eq!(w.take_log(), ["b killed", "b stopped", "a stopping", "a <- SIGTERM"]);
+        w.exit("a", Exit::Signal(15));
+        assert_eq!(w.take_log(), ["a killed", "a stopped", "a started"]);
+        w.advance(S1);
+        assert_eq!(w.take_log(), ["a running", "b started"]);
+    }
+
+    #[test]
+    fn spawn_failures_are_retried_and_timers_that_were_replaced_are_ignored() {
+        let toml = "[[process]]\nname = \"x\"\ncommand = [\"nope\"]\nretry_count = 1\n";
+        let mut w = World::new(toml);
+        w.cannot_spawn.insert("x".into());
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        assert_eq!(w.take_log(), ["x warning", "x restarting"]);
+        let stale = w.timers.values().next().unwrap().clone();
+        w.advance(S1);
+        assert_eq!(
+            w.take_log(),
+            ["x warning", "x failed: failed to start: cannot spawn nope: ENOENT (2 attempts)"]
+        );
+        assert!(w.sup.on_timer(&stale, w.now).is_empty(), "a fired timer cannot fire twice");
+        let row = &w.sup.ps(w.now)[0];
+        assert_eq!(row.state, "failed");
+        assert!(row.reason.as_deref().unwrap().contains("ENOENT"));
+    }
+
+    #[test]
+    fn output_goes_to_the_ring_and_a_log_pattern_makes_it_ready() {
+        let toml = "[[process]]\nname = \"s\"\ncommand = [\"s\"]\nstart_duration = 0\n\
+                    [process.detectors.ready]\nlog_pattern = \"READY\"\n";
+        let mut w = World::new(toml);
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        w.advance(Duration::ZERO);
+        w.take_log();
+        let out = w.sup.on_output("s", Stream::Stderr, b"warming up\nRE", 10, w.now);
+        w.run(out);
+        let out = w.sup.on_output("s", Stream::Stderr, b"ADY\npartial", 11, w.now);
+        w.run(out);
+        assert_eq!(w.take_log(), ["s output", "s output", "s ready"]);
+        let out = w.sup.on_output_eof("s", Stream::Stderr, 12, w.now);
+        w.run(out);
+        let logs = w.sup.logs("s", 0, 10).unwrap();
+        let texts: Vec<&[u8]> = logs.lines.iter().map(|l| l.bytes.as_slice()).collect();
+        assert_eq!(texts, [&b"warming up"[..], b"READY", b"partial"]);
+        assert!(logs.lines[2].cut);
+        assert_eq!(w.sup.logs("s", logs.next, 10).unwrap().lines.len(), 0);
+        assert!(w.sup.logs("nope", 0, 1).is_none());
+    }
+
+    #[test]
+    fn a_blocking_pre_start_hook_holds_back_dependents() {
+        let toml = r#"
+[[process]]
+name = "a"
+command = ["a"]
+[process.hooks.pre_start]
+command = ["prep"]
+[[process]]
+name = "b"
+command = ["b"]
+after = ["a"]
+"#;
+        let mut w = World::new(toml);
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        assert_eq!(w.take_log(), ["a hook pre_start"]);
+        w.advance(Duration::from_secs(5));
+        assert!(w.take_log().is_empty());
+        w.hook_done("a", true);
+        assert_eq!(w.take_log(), ["a hook", "a started"]);
+        w.advance(S1);
+        assert_eq!(w.take_log(), ["a running", "b started"]);
+    }
+
+    #[test]
+    fn a_reload_is_planned_by_instance_and_applied_in_order() {
+        let old_toml = r#"
+[[process]]
+name = "db"
+command = ["db"]
+[[process]]
+name = "web"
+command = ["web", "--v1"]
+after = ["db"]
+[[process]]
+name = "old"
+command = ["old"]
+[[process]]
+name = "idle"
+command = ["idle"]
+auto_restart = false
+"#;
+        let new_toml = r#"
+[[process]]
+name = "db"
+command = ["db"]
+[[process]]
+name = "web"
+command = ["web", "--v2"]
+after = ["db"]
+[[process]]
+name = "fresh"
+command = ["fresh"]
+after = ["web"]
+[[process]]
+name = "idle"
+command = ["idle", "--changed"]
+auto_restart = false
+[compute]
+workers = 2
+"#;
+        let old = parse(old_toml, "t").unwrap();
+        let new = parse(new_toml, "t").unwrap();
+        let plan = plan_reload(&old, &new);
+        assert_eq!(
+            plan,
+            ReloadPlan {
+                added: vec!["fresh".into()],
+                removed: vec!["old".into()],
+                changed: vec!["web".into(), "idle".into()],
+                unchanged: vec!["db".into()],
+                compute_changed: true,
+            }
+        );
+        let mut w = World::new(old_toml);
+        let out = w.sup.start(&World::names(&["db", "web", "old"]), w.now).unwrap();
+        w.run(out);
+        w.advance(S1);
+        let db_pid = w.pids["db"];
+        w.take_log();
+        let (_, out) = w.sup.reload(new, w.now).unwrap();
+        w.run(out);
+        // old is stopped; web (running, changed) is restarted; fresh waits
+        // for web; db and idle (stopped, changed) are left alone.
+        assert_eq!(
+            w.take_log(),
+            ["old stopping", "old <- SIGTERM", "web stopping", "web <- SIGTERM"]
+        );
+        assert_eq!(w.state("fresh"), "waiting");
+        assert_eq!(w.state("idle"), "stopped");
+        assert_eq!(w.sup.instance("idle").unwrap().spec().argv, ["idle", "--changed"]);
+        w.exit("web", Exit::Code(0));
+        assert_eq!(w.take_log(), ["web exited 0", "web stopped", "web started"]);
+        assert_eq!(w.sup.instance("web").unwrap().spec().argv, ["web", "--v2"]);
+        w.exit("old", Exit::Code(0));
+        assert_eq!(w.take_log(), ["old exited 0", "old stopped"]);
+        assert!(w.sup.instance("old").is_none(), "gone once down");
+        w.advance(S1);
+        assert_eq!(w.take_log(), ["web running", "fresh started"]);
+        assert_eq!(w.pids["db"], db_pid, "db was not touched");
+        assert_eq!(w.state("db"), "running");
     }
 }
