@@ -1964,6 +1964,75 @@ mod tests {
     }
 
     #[test]
+    fn a_blocking_post_start_hook_delays_running_and_its_failure_stops_the_process() {
+        let mut t =
+            T::new("[process.hooks.post_start]\ncommand = [\"warm\"]\nfailure_mode = \"fail\"");
+        t.up();
+        let out = t.fire(TimerKind::StartDuration);
+        assert_eq!(hook_runs(&out)[0].1, HookKind::PostStart);
+        assert_eq!(t.state(), State::Starting(StartPhase::PostStart));
+        assert_eq!(t.inst.satisfies(Condition::Started), Satisfied::NotYet);
+        let out =
+            t.step(Input::HookDone { hook: HookKind::PostStart, ok: true, detail: String::new() });
+        assert_eq!(events(&out), ["hook post_start true ", "running"]);
+        // Next start: the hook fails, so the process is stopped and failed.
+        t.step(Input::Restart);
+        t.step(Input::Exited(Exit::Code(0)));
+        t.step(Input::Spawned { pid: 200 });
+        t.fire(TimerKind::StartDuration);
+        let out =
+            t.step(Input::HookDone { hook: HookKind::PostStart, ok: false, detail: "bad".into() });
+        assert_eq!(signals(&out), [(200, true, Signal::SIGTERM)]);
+        let out = t.step(Input::Exited(Exit::Code(0)));
+        assert_eq!(events(&out), ["exited 0", "failed: post_start hook failed: bad"]);
+    }
+
+    #[test]
+    fn a_failed_pre_stop_with_fail_mode_still_stops_but_ends_failed() {
+        let mut t =
+            T::new("[process.hooks.pre_stop]\ncommand = [\"drain\"]\nfailure_mode = \"fail\"");
+        t.up();
+        t.step(Input::Stop);
+        let out =
+            t.step(Input::HookDone { hook: HookKind::PreStop, ok: false, detail: "x".into() });
+        assert_eq!(signals(&out).len(), 1, "the stop goes on");
+        let out = t.step(Input::Exited(Exit::Code(0)));
+        assert_eq!(events(&out), ["exited 0", "failed: pre_stop hook failed: x"]);
+    }
+
+    #[test]
+    fn requests_during_post_stop_change_what_follows_it() {
+        let mut t = T::new("[process.hooks.post_stop]\ncommand = [\"cleanup\"]");
+        t.up();
+        t.fire(TimerKind::StartDuration);
+        t.step(Input::Stop);
+        t.step(Input::Exited(Exit::Code(0)));
+        assert_eq!(t.state(), State::Stopping(StopPhase::PostStop));
+        // Started while post_stop runs: start once it is done.
+        t.step(Input::Start);
+        let out =
+            t.step(Input::HookDone { hook: HookKind::PostStop, ok: true, detail: String::new() });
+        assert_eq!(spawns(&out), 1);
+        // And a late answer for a hook that is not in flight changes nothing.
+        let out =
+            t.step(Input::HookDone { hook: HookKind::PostStop, ok: false, detail: String::new() });
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_reloaded_spec_is_taken_up_at_the_next_start_only() {
+        let mut t = T::new("");
+        t.up();
+        let mut new = spec("");
+        new.argv = vec!["prog".into(), "--v2".into()];
+        t.inst.set_spec(new.clone());
+        assert_eq!(t.inst.spec().argv, ["prog"], "the running process keeps its spec");
+        t.step(Input::Restart);
+        let out = t.step(Input::Exited(Exit::Code(0)));
+        assert!(out.iter().any(|a| matches!(a, Action::Spawn { spec } if spec.argv == new.argv)));
+    }
+
+    #[test]
     fn exits_are_described_and_labels_read_well() {
         use std::process::ExitStatus;
         assert_eq!(Exit::from_status(ExitStatus::from_raw(3 << 8)), Exit::Code(3));

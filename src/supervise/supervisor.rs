@@ -170,7 +170,12 @@ impl Supervisor {
         for i in self.graph.sort_for_start(&with_deps) {
             let name = self.graph.name(i).to_string();
             self.stop_queue.remove(&name);
-            self.step(Slot::Live(i), Input::Queue, now, &mut out);
+            if matches!(self.instances[i].state(), State::Stopping(_)) {
+                // Start it again once this stop is over.
+                self.restart_queue.insert(name);
+            } else {
+                self.step(Slot::Live(i), Input::Queue, now, &mut out);
+            }
         }
         self.pump(now, &mut out);
         Ok(out)
@@ -908,6 +913,28 @@ after = ["a"]
         assert_eq!(w.take_log(), ["a hook", "a started"]);
         w.advance(S1);
         assert_eq!(w.take_log(), ["a running", "b started"]);
+    }
+
+    #[test]
+    fn a_start_while_stopping_starts_again_once_stopped() {
+        let mut w = World::new("[[process]]\nname = \"a\"\ncommand = [\"a\"]\n");
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        let out = w.sup.stop(&[], w.now).unwrap();
+        w.run(out);
+        let out = w.sup.start(&[], w.now).unwrap();
+        w.run(out);
+        w.take_log();
+        w.exit("a", Exit::Code(0));
+        assert_eq!(w.take_log(), ["a exited 0", "a stopped", "a started"]);
+        // Stopping a waiting or backing-off instance is immediate.
+        w.advance(S1);
+        w.exit("a", Exit::Code(1));
+        assert_eq!(w.take_log(), ["a running", "a exited 1", "a restarting"]);
+        let out = w.sup.stop(&[], w.now).unwrap();
+        w.run(out);
+        assert_eq!(w.take_log(), ["a stopped"]);
+        assert!(w.sup.all_down() && w.timers.is_empty());
     }
 
     #[test]
