@@ -1689,6 +1689,29 @@ gpus = [1, 0]
 "#;
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let source = include_str!("config.rs");
+        let mut example = String::new();
+        let mut inside = false;
+        for line in source.lines().map_while(|l| l.strip_prefix("//!")) {
+            let line = line.strip_prefix(' ').unwrap_or(line);
+            match (inside, line) {
+                (false, "```toml") => inside = true,
+                (true, "```") => break,
+                (true, _) => example.push_str(&format!("{line}\n")),
+                _ => {}
+            }
+        }
+        let c = parse(&example, "example.toml").unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = c.expand().into_iter().map(|i| i.name).collect();
+        assert_eq!(
+            names,
+            ["db", "migrate", "worker.0", "worker.1", "worker.2", "worker.3", "legacy"]
+        );
+        assert_eq!(c.compute.workers, Some(4));
+    }
+
+    #[test]
     fn a_full_file_parses_into_every_field() {
         let c = parse(FULL, "weaver.toml").unwrap();
         assert_eq!(c.compute.command.as_deref().unwrap(), ["/opt/compute", "--fast"]);

@@ -261,8 +261,10 @@ impl Supervisor {
         }
         for name in &plan.changed {
             let i = self.graph.index(name).expect("changed names are in the new graph");
+            // Running or on its way up (not already being stopped by
+            // someone): restart it with the new spec.
             let st = self.instances[i].state();
-            if st.is_up() || *st == State::Waiting {
+            if matches!(st, State::Starting(_) | State::Running | State::Ready | State::Waiting) {
                 self.stop_queue.insert(name.clone());
                 self.restart_queue.insert(name.clone());
             }
