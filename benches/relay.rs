@@ -3,6 +3,7 @@
 //! daemon, both measured in this run, printed as ratios:
 //! - one in flight, round trip p50 (goal: relay at most 2.2x direct);
 //! - 64 in flight, throughput for 64 B and 64 KiB (goal: at least 0.6x).
+//!
 //! `WEAVER_BENCH_QUICK=1` shrinks the iteration counts.
 
 mod common;
@@ -10,7 +11,7 @@ mod common;
 use std::io::{self, Read};
 use std::process::{Command, Stdio};
 
-use common::{echo_suite, print_table, spawn_compute, ComputeWire, EchoWire, Figures};
+use common::{echo_suite, print_table, spawn_compute, ComputeWire, EchoWire};
 use weaver::client::Client;
 use weaver::frame;
 use weaver::protocol::{self, ClientMsg, Request, Response, ServerMsg};
@@ -65,40 +66,43 @@ fn main() {
     let relay_stream = client.into_stream();
     let (_direct_child, direct_stream, _hello) = spawn_compute(COMPUTE, dir.path());
 
-    // Interleave: direct, relay, direct, relay, and keep each side's best
-    // (least disturbed) round, so drift on a shared machine hits both.
-    let rounds = 2;
-    let (mut direct, mut relay): (Vec<Vec<Figures>>, Vec<Vec<Figures>>) = (Vec::new(), Vec::new());
+    // Interleave direct and relay rounds and take the median of the
+    // per-round ratios: drift on a shared machine hits both sides alike.
+    let rounds = if common::quick() { 1 } else { 5 };
     let (mut did, mut rid) = (1u64, 1u64);
+    let mut ratios: Vec<[f64; 6]> = Vec::new();
+    let mut last = None;
     for _ in 0..rounds {
-        direct.push(echo_suite(&direct_stream, &ComputeWire, &mut did, rounds));
-        relay.push(echo_suite(&relay_stream, &ControlWire, &mut rid, rounds));
+        let d = echo_suite(&direct_stream, &ComputeWire, &mut did, rounds);
+        let r = echo_suite(&relay_stream, &ControlWire, &mut rid, rounds);
+        let q = |i: usize| {
+            [
+                r[i].rt_p50.as_secs_f64() / d[i].rt_p50.as_secs_f64(),
+                r[i].rt_p99.as_secs_f64() / d[i].rt_p99.as_secs_f64(),
+                r[i].pipe_rps / d[i].pipe_rps,
+            ]
+        };
+        let (a, b) = (q(0), q(1));
+        ratios.push([a[0], a[1], a[2], b[0], b[1], b[2]]);
+        last = Some((d, r));
     }
-    let best = |runs: Vec<Vec<Figures>>| -> Vec<Figures> {
-        let mut it = runs.into_iter();
-        let mut best = it.next().unwrap();
-        for run in it {
-            for (b, f) in best.iter_mut().zip(run) {
-                b.rt_p50 = b.rt_p50.min(f.rt_p50);
-                b.rt_p99 = b.rt_p99.min(f.rt_p99);
-                b.rt_rps = b.rt_rps.max(f.rt_rps);
-                b.pipe_rps = b.pipe_rps.max(f.pipe_rps);
-            }
-        }
-        best
+    let (direct, relay) = last.expect("at least one round");
+    print_table("direct (client -> compute), last round:", &direct);
+    print_table("relay (client -> weaver -> compute), last round:", &relay);
+    let median = |k: usize| {
+        let mut v: Vec<f64> = ratios.iter().map(|r| r[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
-    let (direct, relay) = (best(direct), best(relay));
-    print_table("direct (client -> compute):", &direct);
-    print_table("relay (client -> weaver -> compute):", &relay);
-    println!("ratios, relay / direct:");
-    for (d, r) in direct.iter().zip(&relay) {
+    println!("ratios relay / direct, median of {rounds} interleaved rounds:");
+    for (i, f) in direct.iter().enumerate() {
         println!(
             "{:>9}  round trip p50 {:.2}x (goal <= 2.2x), p99 {:.2}x | throughput with {} in flight {:.2}x (goal >= 0.6x)",
-            d.label,
-            r.rt_p50.as_secs_f64() / d.rt_p50.as_secs_f64(),
-            r.rt_p99.as_secs_f64() / d.rt_p99.as_secs_f64(),
+            f.label,
+            median(3 * i),
+            median(3 * i + 1),
             common::WINDOW,
-            r.pipe_rps / d.pipe_rps
+            median(3 * i + 2)
         );
     }
     drop(relay_stream);

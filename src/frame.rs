@@ -84,15 +84,20 @@ pub fn write_to<W: Write>(w: &mut W, meta: &[u8], payload: &[u8]) -> io::Result<
     w.write_all(payload)
 }
 
-/// Incremental decoder.
+/// Incremental decoder: prefix, then the message, then the payload, each
+/// into its own buffer (no copy to split them apart).
 #[derive(Debug, Default)]
 pub struct Decoder {
     prefix: [u8; 8],
     prefix_len: usize,
-    /// (len, meta_len) once the prefix is complete.
-    sizes: Option<(u32, u32)>,
-    body: Vec<u8>,
+    /// (meta_len, payload_len) once the prefix is complete.
+    sizes: Option<(usize, usize)>,
+    meta: Vec<u8>,
+    payload: Vec<u8>,
 }
+
+/// Payloads with at least this much left are read straight into place.
+pub const DIRECT_MIN: usize = 4096;
 
 impl Decoder {
     pub fn new() -> Self {
@@ -113,17 +118,24 @@ impl Decoder {
         if len < 4 || meta_len > len - 4 || meta_len as usize > MAX_META {
             return Err(FrameError::BadMeta { len, meta_len });
         }
-        self.sizes = Some((len, meta_len));
-        self.body = Vec::with_capacity(len as usize - 4);
+        let (meta_len, payload_len) = (meta_len as usize, (len - 4 - meta_len) as usize);
+        self.sizes = Some((meta_len, payload_len));
+        self.meta = Vec::with_capacity(meta_len);
+        self.payload = Vec::with_capacity(payload_len);
         Ok(())
     }
 
-    fn finish(&mut self) -> RawFrame {
-        let (_, meta_len) = self.sizes.take().expect("sizes known");
+    fn complete(&mut self) -> Option<RawFrame> {
+        let (meta_len, payload_len) = self.sizes?;
+        if self.meta.len() < meta_len || self.payload.len() < payload_len {
+            return None;
+        }
+        self.sizes = None;
         self.prefix_len = 0;
-        let mut body = std::mem::take(&mut self.body);
-        let payload = body.split_off(meta_len as usize);
-        RawFrame { meta: body, payload }
+        Some(RawFrame {
+            meta: std::mem::take(&mut self.meta),
+            payload: std::mem::take(&mut self.payload),
+        })
     }
 
     /// Consume bytes from `data`: returns how many were used and a frame if
@@ -140,36 +152,56 @@ impl Decoder {
             }
             self.check()?;
         }
-        let (len, _) = self.sizes.expect("sizes known");
-        let want = len as usize - 4 - self.body.len();
-        let take = want.min(data.len() - used);
-        self.body.extend_from_slice(&data[used..used + take]);
+        let (meta_len, payload_len) = self.sizes.expect("sizes known");
+        let take = (meta_len - self.meta.len()).min(data.len() - used);
+        self.meta.extend_from_slice(&data[used..used + take]);
         used += take;
-        if self.body.len() == len as usize - 4 {
-            return Ok((used, Some(self.finish())));
+        let take = (payload_len - self.payload.len()).min(data.len() - used);
+        self.payload.extend_from_slice(&data[used..used + take]);
+        used += take;
+        Ok((used, self.complete()))
+    }
+
+    /// While a large payload is arriving: the buffer to read straight into
+    /// (its spare capacity is exactly what the frame still needs).
+    pub fn direct_target(&mut self) -> Option<&mut Vec<u8>> {
+        let (meta_len, payload_len) = self.sizes?;
+        if self.meta.len() == meta_len && payload_len - self.payload.len() >= DIRECT_MIN {
+            return Some(&mut self.payload);
         }
-        Ok((used, None))
+        None
+    }
+
+    /// After a direct read: the frame, if it is now complete.
+    pub fn direct_done(&mut self) -> Option<RawFrame> {
+        self.complete()
     }
 
     /// Read one frame from a blocking reader; `Ok(None)` on EOF between
     /// frames. Payload bytes are read straight into place.
     pub fn read_frame<R: Read>(&mut self, r: &mut R) -> io::Result<Option<RawFrame>> {
         let bad = |e: FrameError| io::Error::new(io::ErrorKind::InvalidData, e);
+        let eof = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed inside a frame {what}"),
+            )
+        };
         loop {
-            if let Some((len, _)) = self.sizes {
-                let total = len as usize - 4;
-                let start = self.body.len();
-                if start == total {
-                    return Ok(Some(self.finish()));
-                }
-                self.body.resize(total, 0);
-                let n = r.read(&mut self.body[start..])?;
-                self.body.truncate(start + n);
+            if let Some((meta_len, payload_len)) = self.sizes {
+                let (buf, want) = if self.meta.len() < meta_len {
+                    (&mut self.meta, meta_len)
+                } else if self.payload.len() < payload_len {
+                    (&mut self.payload, payload_len)
+                } else {
+                    return Ok(self.complete());
+                };
+                let start = buf.len();
+                buf.resize(want, 0);
+                let n = r.read(&mut buf[start..])?;
+                buf.truncate(start + n);
                 if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed inside a frame",
-                    ));
+                    return Err(eof("body"));
                 }
                 continue;
             }
@@ -178,10 +210,7 @@ impl Decoder {
                 if self.prefix_len == 0 {
                     return Ok(None);
                 }
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed inside a frame prefix",
-                ));
+                return Err(eof("prefix"));
             }
             self.prefix_len += n;
             if self.prefix_len == 8 {
@@ -189,6 +218,21 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Read from `fd` into the spare capacity of `v` (never past it).
+/// Returns the bytes read; 0 means EOF.
+pub fn read_spare(fd: std::os::fd::RawFd, v: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = v.capacity() - v.len();
+    // SAFETY: the kernel writes at most `spare` bytes into the vector's
+    // reserved, unused capacity; only the bytes it reports are then
+    // counted as initialised.
+    let n = unsafe { libc::read(fd, v.as_mut_ptr().add(v.len()).cast(), spare) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    unsafe { v.set_len(v.len() + n as usize) };
+    Ok(n as usize)
 }
 
 #[cfg(test)]
@@ -240,6 +284,31 @@ mod tests {
         p[0..4].copy_from_slice(&len.to_le_bytes());
         p[4..8].copy_from_slice(&meta_len.to_le_bytes());
         p
+    }
+
+    #[test]
+    fn direct_reads_fill_the_payload_in_place() {
+        let mut wire = Vec::new();
+        let body: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
+        push(&mut wire, b"meta", &body);
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::thread::spawn(move || std::io::Write::write_all(&mut &a, &wire).unwrap());
+        let mut d = Decoder::new();
+        let mut small = [0u8; 100];
+        let n = std::io::Read::read(&mut &b, &mut small).unwrap();
+        let (used, f) = d.feed(&small[..n]).unwrap();
+        assert_eq!((used, f), (n, None));
+        let mut got = None;
+        while got.is_none() {
+            let v = d.direct_target().expect("a large payload is pending");
+            let before = v.len();
+            assert!(read_spare(std::os::fd::AsRawFd::as_raw_fd(&b), v).unwrap() > 0);
+            assert!(v.len() > before && v.len() <= v.capacity());
+            got = d.direct_done();
+        }
+        let f = got.unwrap();
+        assert_eq!((f.meta.as_slice(), f.payload), (&b"meta"[..], body));
+        assert!(d.is_idle() && d.direct_target().is_none());
     }
 
     #[test]

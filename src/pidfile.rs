@@ -60,8 +60,9 @@ pub fn write(path: &Path, rec: PidRecord) -> io::Result<()> {
         .open(&tmp)?;
     writeln!(f, "{} {}", rec.pid, rec.start_time)?;
     drop(f);
-    fs::rename(&tmp, path).inspect_err(|_| {
+    fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
+        e
     })
 }
 

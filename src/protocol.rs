@@ -75,7 +75,7 @@ pub struct ServerMsg {
 /// What the daemon answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// The compute op succeeded; the frame payload is its output.
     ComputeOk,
     /// The daemon is stopping.

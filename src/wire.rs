@@ -215,6 +215,27 @@ impl FrameDecoder {
         Ok((used, None))
     }
 
+    /// While a large payload is arriving: the buffer to read straight into
+    /// (its spare capacity is exactly what the frame still needs).
+    pub fn direct_target(&mut self) -> Option<&mut Vec<u8>> {
+        let h = self.current?;
+        if h.payload_len as usize - self.payload.len() >= crate::frame::DIRECT_MIN {
+            return Some(&mut self.payload);
+        }
+        None
+    }
+
+    /// After a direct read: the frame, if it is now complete.
+    pub fn direct_done(&mut self) -> Option<Frame> {
+        let h = self.current?;
+        if self.payload.len() < h.payload_len as usize {
+            return None;
+        }
+        self.current = None;
+        self.header_len = 0;
+        Some(Frame { header: h, payload: std::mem::take(&mut self.payload) })
+    }
+
     /// Decode every whole frame in `data`, appending them to `out`.
     pub fn feed_all(&mut self, mut data: &[u8], out: &mut Vec<Frame>) -> Result<(), DecodeError> {
         while !data.is_empty() {

@@ -40,12 +40,11 @@ impl ClientConn {
         }
     }
 
-    /// Queue one frame; the payload is queued as its own buffer (no copy).
+    /// Queue one frame; a large payload is queued as its own buffer (no
+    /// copy).
     pub fn queue(&mut self, meta: &[u8], payload: Vec<u8>) {
-        let mut head = Vec::with_capacity(8 + meta.len());
-        head.extend_from_slice(&frame::prefix(meta.len(), payload.len()));
-        head.extend_from_slice(meta);
-        self.out.push(head);
+        self.out.push_slice(&frame::prefix(meta.len(), payload.len()));
+        self.out.push_slice(meta);
         self.out.push(payload);
     }
 }

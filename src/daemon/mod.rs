@@ -91,6 +91,12 @@ fn start(o: &Options) -> Result<Result<()>> {
         .ok_or_else(|| Error::new(Kind::Io, "cannot read our own /proc entry"))?;
     pidfile::write(&pid_path, me)
         .map_err(|e| Error::io(Kind::RuntimeDir, "write", &pid_path, &e))?;
+    // Payload buffers come and go by the megabyte: keep up to 8 MiB of
+    // freed heap instead of returning it to the kernel after every burst and
+    // faulting it back in on the next (large payloads are mmapped and
+    // returned at once regardless).
+    // SAFETY: plain mallopt before any thread exists.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20) };
     // Orphaned descendants of our children come to us, so they can be reaped
     // and stopped too.
     // SAFETY: plain prctl.

@@ -191,7 +191,11 @@ impl Mux {
         self.in_flight_bytes += len;
         let e = self.entries.get_mut(&id).expect("queued ids have entries");
         e.sent = true;
-        Some(Outgoing { id, op: e.op.clone(), payload: std::mem::take(&mut e.payload) })
+        Some(Outgoing {
+            id,
+            op: std::mem::take(&mut e.op),
+            payload: std::mem::take(&mut e.payload),
+        })
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry> {

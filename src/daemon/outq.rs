@@ -4,6 +4,11 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
+/// Buffers up to this size are merged rather than queued apart.
+const COALESCE: usize = 16 * 1024;
+/// Buffers handed to one writev.
+const MAX_IOV: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct OutQueue {
     bufs: VecDeque<Vec<u8>>,
@@ -27,21 +32,40 @@ impl OutQueue {
         self.bytes
     }
 
+    /// Queue a buffer without copying it; a small one is appended to a
+    /// small last buffer instead, so many small frames become one write.
     pub fn push(&mut self, buf: Vec<u8>) {
-        if buf.is_empty() {
-            return;
+        if buf.len() < COALESCE {
+            return self.push_slice(&buf);
         }
         self.bytes += buf.len();
         self.bufs.push_back(buf);
+    }
+
+    /// Queue a copy of `data`, appended to the last buffer while that stays
+    /// small.
+    pub fn push_slice(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.bytes += data.len();
+        match self.bufs.back_mut() {
+            Some(last) if last.len() + data.len() <= COALESCE => last.extend_from_slice(data),
+            _ => {
+                let mut v = Vec::with_capacity(data.len().max(256));
+                v.extend_from_slice(data);
+                self.bufs.push_back(v);
+            }
+        }
     }
 
     /// Write as much as the socket takes. `Ok(true)` when everything went
     /// out, `Ok(false)` when the socket is full (arm WRITABLE).
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<bool> {
         while !self.bufs.is_empty() {
-            let mut slices: [IoSlice<'_>; 16] = [IoSlice::new(&[]); 16];
+            let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
-            for (i, b) in self.bufs.iter().take(16).enumerate() {
+            for (i, b) in self.bufs.iter().take(MAX_IOV).enumerate() {
                 slices[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
                 n += 1;
             }
@@ -104,11 +128,16 @@ mod tests {
         let mut q = OutQueue::new();
         let mut expect = Vec::new();
         for i in 0..50u8 {
-            let b = vec![i; (i as usize * 37) % 200 + 1];
+            // Small and large buffers, merged and not.
+            let b = vec![i; (i as usize * 3701) % 40_000 + 1];
             expect.extend_from_slice(&b);
-            q.push(b);
+            if i % 3 == 0 {
+                q.push_slice(&b);
+            } else {
+                q.push(b);
+            }
         }
-        let mut w = Trickle { out: Vec::new(), cap: 13, calls: 0, block_every: 7 };
+        let mut w = Trickle { out: Vec::new(), cap: 1300, calls: 0, block_every: 7 };
         let mut rounds = 0;
         while !q.flush(&mut w).unwrap() {
             rounds += 1;

@@ -24,7 +24,7 @@ use crate::daemon::compute::{self, Compute, Conn, State, HELLO_TIMEOUT, STOP_GRA
 use crate::daemon::mux::{Completion, Deliver, Limits, Mux};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
-use crate::frame::RawFrame;
+use crate::frame::{self, RawFrame};
 use crate::protocol::{
     self, ClientMsg, ComputeStatus, DaemonStatus, ErrorKind, ErrorReply, Handshake, Request,
     Response, ServerMsg, StatusReport, HANDSHAKE_MAGIC, PROTOCOL_VERSION,
@@ -88,6 +88,12 @@ pub struct Setup {
     pub compute: Compute,
     pub log_file: Option<PathBuf>,
 }
+
+/// Socket reads through the scratch buffer take at most this much, so that
+/// a large payload is soon read straight into its own buffer (see
+/// `direct_target`) instead of being copied out of scratch; small frames
+/// still arrive by the hundred per read.
+const SCRATCH_READ: usize = 8 * 1024;
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
@@ -233,7 +239,26 @@ impl Reactor {
         {
             let Some(c) = self.clients.get_mut(&id) else { return };
             'read: loop {
-                match c.stream.read(&mut self.read_buf) {
+                if let Some(v) = c.dec.direct_target() {
+                    match frame::read_spare(c.stream.as_raw_fd(), v) {
+                        Ok(0) => {
+                            gone = true;
+                            break;
+                        }
+                        Ok(_) => {
+                            frames.extend(c.dec.direct_done());
+                            continue;
+                        }
+                        Err(e) if would_block(&e) => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            debug!("client {id}: read failed: {e}");
+                            gone = true;
+                            break;
+                        }
+                    }
+                }
+                match c.stream.read(&mut self.read_buf[..SCRATCH_READ]) {
                     Ok(0) => {
                         gone = true;
                         break;
@@ -308,7 +333,7 @@ impl Reactor {
                     self.status_waiters.push((id, msg.tag));
                 } else {
                     let s = self.status();
-                    self.reply(id, msg.tag, Response::Status(s), Vec::new());
+                    self.reply(id, msg.tag, Response::Status(Box::new(s)), Vec::new());
                 }
             }
             Request::Compute { op, timeout_ms } => {
@@ -680,7 +705,25 @@ impl Reactor {
         {
             let Some(conn) = self.compute.conn.as_mut() else { return };
             'read: loop {
-                match conn.stream.read(&mut self.read_buf) {
+                if let Some(v) = conn.dec.direct_target() {
+                    match frame::read_spare(conn.stream.as_raw_fd(), v) {
+                        Ok(0) => {
+                            lost = Some("compute closed its connection".to_string());
+                            break;
+                        }
+                        Ok(_) => {
+                            frames.extend(conn.dec.direct_done());
+                            continue;
+                        }
+                        Err(e) if would_block(&e) => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            lost = Some(format!("compute connection failed: {e}"));
+                            break;
+                        }
+                    }
+                }
+                match conn.stream.read(&mut self.read_buf[..SCRATCH_READ]) {
                     Ok(0) => {
                         lost = Some("compute closed its connection".to_string());
                         break;
@@ -752,7 +795,7 @@ impl Reactor {
     fn send_compute(&mut self, kind: u16, id: u64, code: u32, payload: Vec<u8>) {
         let Some(conn) = self.compute.conn.as_mut() else { return };
         let h = wire::Header { kind, request_id: id, code, payload_len: payload.len() as u32 };
-        conn.out.push(h.encode().to_vec());
+        conn.out.push_slice(&h.encode());
         conn.out.push(payload);
     }
 
@@ -998,7 +1041,7 @@ impl Reactor {
         }
         let s = self.status();
         for (id, tag) in std::mem::take(&mut self.status_waiters) {
-            self.reply(id, tag, Response::Status(s.clone()), Vec::new());
+            self.reply(id, tag, Response::Status(Box::new(s.clone())), Vec::new());
         }
     }
 
