@@ -67,12 +67,17 @@
  *           Deterministic: pixel (px, py) samples
  *             cx = x_min + (px + 0.5) * (x_max - x_min) / width
  *             cy = y_max - (py + 0.5) * (y_max - y_min) / height
- *           and iterates z = z^2 + c from 0 while |z|^2 <= 4 for at most
- *           `iterations` steps (IEEE double, no fused multiply-add). A point
- *           that never escapes is black (0,0,0); one escaping after n steps
- *           gets t = n * 255 / iterations (integer division) and colour
+ *           and iterates from zx = zy = 0, n = 0:
+ *             while (n < iterations && zx*zx + zy*zy <= 4.0) {
+ *                 nx = (zx*zx - zy*zy) + cx;  zy = ((2.0*zx)*zy) + cy;
+ *                 zx = nx;  n++;
+ *             }
+ *           in IEEE double, evaluated in exactly that order, no fused
+ *           multiply-add. If zx*zx + zy*zy <= 4.0 still holds the point is
+ *           black (0,0,0); otherwise it escaped after n steps and gets
+ *           t = n * 255 / iterations (integer division) and colour
  *           (t, (t * 7) & 255, 255 - t).
- *   sleep   Keys: ms (0..3600000). Holds a worker for that long, then
+ *   sleep   Keys: ms (0..3600000, required). Holds a worker for that long, then
  *           replies with an empty payload. Cancellable while it sleeps.
  *   info    No parameters. Reply: one line of JSON with pid, version,
  *           protocol, workers, max_frame and ops.
