@@ -28,6 +28,11 @@ pub struct Global {
     /// Never start a daemon: fail if none runs.
     #[arg(long, global = true)]
     pub no_start: bool,
+    /// Configuration file (default: $WEAVER_CONFIG, else
+    /// $XDG_CONFIG_HOME/weaver/weaver.toml; none: compute alone). Read by
+    /// the daemon when it starts and on `reload`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +50,59 @@ pub enum Command {
     Compute(ComputeArgs),
     /// Stop the daemon gracefully; returns once it and its children are gone.
     Shutdown,
+    /// List supervised processes.
+    Ps {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start processes (and what they wait for).
+    Start(Targets),
+    /// Stop processes (dependents first).
+    Stop(Targets),
+    /// Stop, then start processes again.
+    Restart(Targets),
+    /// Output of a process or instance.
+    Logs {
+        /// Process instance, e.g. web or web.1.
+        name: String,
+        /// Keep printing lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines (default: all kept, or 10 with --follow).
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<u32>,
+        /// Only this stream.
+        #[arg(long, value_parser = ["stdout", "stderr"])]
+        stream: Option<String>,
+        /// Start after this sequence number (resume a follow).
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// JSON lines with sequence numbers, streams and times.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lifecycle events as they happen (JSON lines with --json).
+    Events {
+        /// Only these processes or instances.
+        names: Vec<String>,
+        /// Include output lines.
+        #[arg(long)]
+        output: bool,
+        /// Recent events to show first.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        history: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the configuration and apply what changed.
+    Reload {
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the daemon (detached unless --foreground).
     Daemon {
         /// Stay in the foreground and log to stderr (systemd, containers, debugging).
@@ -57,6 +115,19 @@ pub enum Command {
         #[arg(long, hide = true, value_name = "PATH")]
         log_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct Targets {
+    /// Processes or instances (web, web.1).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub names: Vec<String>,
+    /// Every process.
+    #[arg(long)]
+    pub all: bool,
+    /// Print what was acted on as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use weaver::cli::{Cli, Command, ComputeArgs, Global};
+use weaver::cli::{Cli, Command, ComputeArgs, Global, Targets};
 use weaver::client::Client;
 use weaver::error::{Error, Kind, Result};
 use weaver::launch::{self, Launch, Outcome};
-use weaver::protocol::{Request, Response, StatusReport};
+use weaver::protocol::{
+    EventRecord, LogChunk, LogQuery, ProcRow, ReloadReport, Request, Response, StatusReport, Verb,
+};
 use weaver::runtime_dir::{self, RuntimeDir};
 use weaver::{daemon, logging};
 
@@ -37,6 +39,7 @@ fn run(cli: Cli) -> Result<()> {
                 dir,
                 compute_bin: compute_bin(&g)?,
                 compute_workers: g.compute_workers,
+                config: weaver::supervise::locate(g.config.as_deref()),
                 ready_fd,
                 log_file,
             };
@@ -63,6 +66,270 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compute(args) => compute(&g, &dir, args),
         Command::Shutdown => shutdown(&dir),
+        Command::Ps { json } => {
+            let (mut c, _) = connect(&g, &dir)?;
+            let r = c.call(Request::Ps, &[])?;
+            let Response::Ps(rows) = r.resp else { return Err(unexpected(&r.resp)) };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
+            } else {
+                print_ps(&rows);
+            }
+            Ok(())
+        }
+        Command::Start(t) => control(&g, &dir, Verb::Start, t),
+        Command::Stop(t) => control(&g, &dir, Verb::Stop, t),
+        Command::Restart(t) => control(&g, &dir, Verb::Restart, t),
+        Command::Logs { name, follow, lines, stream, since, json } => {
+            let tail = lines.or(if follow && since.is_none() { Some(10) } else { None });
+            logs(&g, &dir, name, follow, tail, stream, since.unwrap_or(0), json)
+        }
+        Command::Events { names, output, history, json } => {
+            let (mut c, _) = connect(&g, &dir)?;
+            let tag = c
+                .send(Request::Events { names, output, history }, &[])
+                .map_err(|e| Error::new(Kind::Daemon, format!("cannot send request: {e}")))?;
+            let mut out = std::io::stdout().lock();
+            loop {
+                let r = match c.recv() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        return Err(Error::new(Kind::Daemon, format!("lost the daemon: {e}")))
+                    }
+                };
+                if r.tag != tag {
+                    continue;
+                }
+                match r.resp {
+                    Response::Event(e) => {
+                        let line = if json { json_line(&e) } else { event_text(&e) };
+                        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Response::Error(e) => return Err(e.into()),
+                    other => return Err(unexpected(&other)),
+                }
+            }
+        }
+        Command::Reload { dry_run, json } => {
+            let (mut c, _) = connect(&g, &dir)?;
+            let r = c.call(Request::Reload { dry_run }, &[])?;
+            let Response::Reload(rep) = r.resp else { return Err(unexpected(&r.resp)) };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep).expect("report serialises"));
+            } else {
+                print_reload(&rep);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn control(g: &Global, dir: &RuntimeDir, verb: Verb, t: Targets) -> Result<()> {
+    let (mut c, _) = connect(g, dir)?;
+    let names = if t.all { Vec::new() } else { t.names };
+    let r = c.call(Request::Control { verb, names }, &[])?;
+    let Response::Done { instances } = r.resp else { return Err(unexpected(&r.resp)) };
+    if t.json {
+        println!("{}", serde_json::to_string(&instances).expect("names serialise"));
+    } else {
+        let what = match verb {
+            Verb::Start => "starting",
+            Verb::Stop => "stopping",
+            Verb::Restart => "restarting",
+        };
+        println!(
+            "{what}: {}",
+            if instances.is_empty() { "nothing".to_string() } else { instances.join(", ") }
+        );
+    }
+    Ok(())
+}
+
+/// One JSON object on a line, without null fields.
+fn json_line<T: serde::Serialize>(v: &T) -> String {
+    let mut v = serde_json::to_value(v).expect("serialisable");
+    if let serde_json::Value::Object(m) = &mut v {
+        m.retain(|_, x| !x.is_null());
+    }
+    v.to_string()
+}
+
+fn event_text(e: &EventRecord) -> String {
+    let mut s = format!("{} {} {}", e.seq, e.instance, e.event);
+    if let Some(p) = e.pid {
+        s += &format!(" pid={p}");
+    }
+    if let Some(c) = e.code {
+        s += &format!(" code={c}");
+    }
+    if let Some(sig) = &e.signal {
+        s += &format!(" signal={sig}");
+    }
+    if let Some(d) = e.delay_ms {
+        s += &format!(" in={d}ms attempt={}", e.attempt.unwrap_or(0));
+    }
+    if let Some(d) = &e.detail {
+        s += &format!(": {d}");
+    }
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+fn logs(
+    g: &Global,
+    dir: &RuntimeDir,
+    name: String,
+    follow: bool,
+    tail: Option<u32>,
+    stream: Option<String>,
+    mut after: u64,
+    json: bool,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut tail = tail;
+    let mut reconnects = 0;
+    loop {
+        let (mut c, _) = match connect(g, dir) {
+            Ok(c) => c,
+            Err(e) if reconnects > 0 && reconnects < 50 => {
+                reconnects += 1;
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let req = Request::Logs(LogQuery {
+            name: name.clone(),
+            after,
+            tail: tail.take(),
+            stream: stream.clone(),
+            follow,
+        });
+        let tag = c
+            .send(req, &[])
+            .map_err(|e| Error::new(Kind::Daemon, format!("cannot send request: {e}")))?;
+        loop {
+            let r = match c.recv() {
+                Ok(Some(r)) => r,
+                // The daemon went away while following: resume where we
+                // were once it is back.
+                Ok(None) | Err(_) if follow => break,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Error::new(Kind::Daemon, format!("lost the daemon: {e}"))),
+            };
+            if r.tag != tag {
+                continue;
+            }
+            let chunk: LogChunk = match r.resp {
+                Response::Logs(c) => c,
+                Response::Error(e) => return Err(e.into()),
+                other => return Err(unexpected(&other)),
+            };
+            after = chunk.next;
+            reconnects = 0;
+            if print_chunk(&mut out, &chunk, json).is_err() {
+                return Ok(()); // stdout closed (a pager quit)
+            }
+            if !follow {
+                return Ok(());
+            }
+        }
+        reconnects += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn print_chunk(out: &mut impl Write, c: &LogChunk, json: bool) -> std::io::Result<()> {
+    if c.lost > 0 {
+        if json {
+            writeln!(out, "{}", serde_json::json!({"instance": c.instance, "lost": c.lost}))?;
+        } else {
+            writeln!(
+                out,
+                "[weaver: {} line(s) of {} were dropped before they could be shown]",
+                c.lost, c.instance
+            )?;
+        }
+    }
+    for l in &c.lines {
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"instance": c.instance, "seq": l.seq, "stream": l.stream, "time_ms": l.time_ms, "text": l.text})
+            )?;
+        } else {
+            writeln!(out, "{}", l.text)?;
+        }
+    }
+    out.flush()
+}
+
+fn ms_text(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 120_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m", ms / 60_000)
+    }
+}
+
+fn print_ps(rows: &[ProcRow]) {
+    if rows.is_empty() {
+        println!("no supervised processes (declare them in weaver.toml)");
+        return;
+    }
+    println!("{:<20} {:<14} {:>8} {:>8} {:>8}  INFO", "NAME", "STATE", "PID", "RESTARTS", "UPTIME");
+    for r in rows {
+        let mut info = Vec::new();
+        if let Some(ms) = r.next_restart_ms {
+            info.push(format!("restart in {}", ms_text(ms)));
+        }
+        if let Some(e) = &r.last_exit {
+            info.push(format!("last: {e}"));
+        }
+        if let Some(e) = &r.reason {
+            info.push(e.clone());
+        }
+        if let Some(g) = &r.gpus {
+            info.push(format!(
+                "gpus {}",
+                g.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+            ));
+        }
+        println!(
+            "{:<20} {:<14} {:>8} {:>8} {:>8}  {}",
+            r.name,
+            r.state,
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.restarts,
+            r.uptime_ms.map(ms_text).unwrap_or_else(|| "-".into()),
+            info.join("; ")
+        );
+    }
+}
+
+fn print_reload(r: &ReloadReport) {
+    let verb = if r.applied { "applied" } else { "plan (dry run, nothing changed)" };
+    println!("reload {verb}: {}", r.config.as_deref().unwrap_or("no configuration file"));
+    for (label, names) in [
+        ("added", &r.added),
+        ("removed", &r.removed),
+        ("changed", &r.changed),
+        ("unchanged", &r.unchanged),
+    ] {
+        println!(
+            "  {label:<9} {}",
+            if names.is_empty() { "-".to_string() } else { names.join(", ") }
+        );
+    }
+    if r.compute_changed {
+        println!("  compute   changed{}", if r.applied { ": restarted" } else { "" });
     }
 }
 
@@ -75,6 +342,10 @@ fn connect(g: &Global, dir: &RuntimeDir) -> Result<(Client, Outcome)> {
     if let Some(w) = g.compute_workers {
         daemon_args.push("--compute-workers".into());
         daemon_args.push(w.to_string().into());
+    }
+    if let Some(c) = &g.config {
+        daemon_args.push("--config".into());
+        daemon_args.push(absolute(c)?.into());
     }
     launch::connect_or_start(&Launch { dir, daemon_args, no_start: g.no_start })
 }

@@ -63,6 +63,29 @@ pub enum Request {
     /// Graceful stop. The reply comes at once; the connection then stays
     /// open until the daemon has stopped, so EOF means "gone".
     Shutdown,
+    /// Supervised processes, one row per instance.
+    Ps,
+    /// Start, stop or restart processes or instances (empty: all).
+    Control { verb: Verb, names: Vec<String> },
+    /// Output lines of one process or instance after sequence number
+    /// `after` (0: from the oldest kept; with `tail`, only the last `tail`).
+    /// With `follow`, more `Logs` replies with the same tag come as lines
+    /// arrive, until the client closes the connection.
+    Logs(LogQuery),
+    /// Lifecycle events as they happen (replies with the same tag until the
+    /// client closes), after up to `history` recent ones.
+    Events { names: Vec<String>, output: bool, history: u32 },
+    /// Re-read the configuration; with `dry_run`, only say what would
+    /// change. A bad configuration changes nothing.
+    Reload { dry_run: bool },
+}
+
+/// What `Control` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verb {
+    Start,
+    Stop,
+    Restart,
 }
 
 /// A reply with the request's tag.
@@ -81,6 +104,97 @@ pub enum Response {
     /// The daemon is stopping.
     ShutdownStarted,
     Error(ErrorReply),
+    Ps(Vec<ProcRow>),
+    /// A control request was taken: the instances it applies to.
+    Done {
+        instances: Vec<String>,
+    },
+    Logs(LogChunk),
+    Event(EventRecord),
+    Reload(ReloadReport),
+}
+
+/// What `Request::Logs` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    pub name: String,
+    pub after: u64,
+    pub tail: Option<u32>,
+    pub stream: Option<String>,
+    pub follow: bool,
+}
+
+/// `weaver ps`, one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRow {
+    pub name: String,
+    pub process: String,
+    /// stopped | waiting | starting | running | ready | stopping |
+    /// exited(N) | killed(SIG) | failed
+    pub state: String,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+    /// While backing off: milliseconds until the next start.
+    pub next_restart_ms: Option<u64>,
+    pub last_exit: Option<String>,
+    pub uptime_ms: Option<u64>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    pub gpus: Option<Vec<u32>>,
+}
+
+/// Output lines of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub instance: String,
+    pub lines: Vec<LogLine>,
+    /// Lines after the cursor that were dropped from the ring before they
+    /// could be sent.
+    pub lost: u64,
+    /// Resume with `after = next` to continue without gaps or repeats.
+    pub next: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub seq: u64,
+    /// stdout | stderr
+    pub stream: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub text: String,
+}
+
+/// One lifecycle event (or, with `event = "lost"`, how many a slow
+/// subscriber missed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub instance: String,
+    /// started | running | ready | output | exited | killed | vanished |
+    /// restarting | stopping | stopped | failed | hook | warning | lost
+    pub event: String,
+    pub pid: Option<u32>,
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub delay_ms: Option<u64>,
+    pub attempt: Option<u32>,
+    /// Reason, hook detail, warning, or the output line.
+    pub detail: Option<String>,
+    pub lost: Option<u64>,
+}
+
+/// What a reload changes (and whether it was applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub config: Option<String>,
+    pub applied: bool,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub compute_changed: bool,
 }
 
 /// Why a request failed.
@@ -100,6 +214,10 @@ pub enum ErrorKind {
     UnknownOp,
     /// Input or output over the size limit.
     TooLarge,
+    /// No such process or instance.
+    NotFound,
+    /// The configuration file has errors.
+    BadConfig,
     /// Cancelled (by compute or on shutdown).
     Cancelled,
     /// Queues are full; retry later.

@@ -9,14 +9,12 @@ use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon::outq::OutQueue;
+use crate::supervise::backoff;
+use crate::supervise::config::{ComputeSpec, RestartPolicy};
 use crate::wire::{FrameDecoder, Hello};
 
-/// First restart after a crash is immediate; then the delay doubles from
-/// this, capped at [`BACKOFF_CAP`].
+/// Shortest wait before retrying a compute that could not be spawned.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
-/// A compute that ran this long counts as stable: the backoff resets.
-pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Time allowed from spawn to HELLO.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace between SIGTERM and SIGKILL when stopping.
@@ -36,6 +34,8 @@ pub enum State {
     Stopping,
     /// Not running and not coming back (weaver stopped).
     Stopped,
+    /// Gave up: crashed more often in a row than `max_restarts` allows.
+    Failed,
 }
 
 impl State {
@@ -47,6 +47,7 @@ impl State {
             State::Backoff { .. } => "backoff",
             State::Stopping => "stopping",
             State::Stopped => "stopped",
+            State::Failed => "failed",
         }
     }
 }
@@ -72,11 +73,40 @@ pub struct Conn {
     pub writable_armed: bool,
 }
 
+/// How compute is run: `[compute]` in weaver.toml, or the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub bin: PathBuf,
+    /// Arguments before weaver's own `--socket-path` and `--workers`.
+    pub args: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub workers: Option<u32>,
+    pub policy: RestartPolicy,
+}
+
+impl Launch {
+    /// The defaults (`--compute-bin`, `--compute-workers`, the bundled
+    /// daemon) with `[compute]` of weaver.toml laid over them; an explicit
+    /// `--compute-workers` wins over the file.
+    pub fn configured(&self, spec: &ComputeSpec, workers_flag: bool) -> Launch {
+        let (bin, args) = match &spec.command {
+            Some(argv) if !argv.is_empty() => (PathBuf::from(&argv[0]), argv[1..].to_vec()),
+            _ => (self.bin.clone(), self.args.clone()),
+        };
+        let workers = if workers_flag { self.workers } else { spec.workers.or(self.workers) };
+        Launch { bin, args, env: spec.env.clone(), workers, policy: spec.restart }
+    }
+}
+
 #[derive(Debug)]
 pub struct Compute {
+    /// What `--compute-bin` / `--compute-workers` say, before weaver.toml.
+    pub base: Launch,
+    /// Whether `--compute-workers` was given (it beats the file).
+    pub workers_flag: bool,
+    pub launch: Launch,
     pub bin: PathBuf,
     pub socket: PathBuf,
-    pub workers: Option<u32>,
     pub state: State,
     pub child: Option<Child>,
     pub conn: Option<Conn>,
@@ -86,14 +116,20 @@ pub struct Compute {
     pub failures: u32,
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
+    /// weaver itself stopped it to start it again (a reload changed
+    /// `[compute]`): the exit is no crash.
+    pub restart_requested: bool,
 }
 
 impl Compute {
-    pub fn new(bin: PathBuf, socket: PathBuf, workers: Option<u32>) -> Self {
+    pub fn new(base: Launch, workers_flag: bool, spec: &ComputeSpec, socket: PathBuf) -> Self {
+        let launch = base.configured(spec, workers_flag);
         Compute {
-            bin,
+            bin: launch.bin.clone(),
+            base,
+            workers_flag,
+            launch,
             socket,
-            workers,
             state: State::Stopped,
             child: None,
             conn: None,
@@ -102,6 +138,7 @@ impl Compute {
             failures: 0,
             last_exit: None,
             last_error: None,
+            restart_requested: false,
         }
     }
 
@@ -111,9 +148,10 @@ impl Compute {
 
     /// Start the process. The socket it connects to already listens.
     pub fn spawn(&mut self) -> io::Result<u32> {
+        self.bin = self.launch.bin.clone();
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--socket-path").arg(&self.socket);
-        if let Some(w) = self.workers {
+        cmd.args(&self.launch.args).arg("--socket-path").arg(&self.socket).envs(&self.launch.env);
+        if let Some(w) = self.launch.workers {
             cmd.arg("--workers").arg(w.to_string());
         }
         cmd.stdin(Stdio::piped())
@@ -161,8 +199,9 @@ impl Compute {
     }
 
     /// The child exited (reaped): record how, and say how long to wait
-    /// before starting it again (`None` while weaver is stopping).
-    pub fn exited(&mut self, how: String, now: Instant) -> Option<Duration> {
+    /// before starting it again; `None` while weaver is stopping or when
+    /// compute has crashed too often (then the state is `Failed`).
+    pub fn exited(&mut self, how: String, now: Instant, random: u64) -> Option<Duration> {
         let ran = self.child.take().map(|c| now.duration_since(c.started));
         self.conn = None;
         self.hello = None;
@@ -171,30 +210,42 @@ impl Compute {
             self.state = State::Stopped;
             return None;
         }
-        if ran.is_some_and(|r| r >= STABLE_AFTER) {
+        if std::mem::take(&mut self.restart_requested) {
+            return Some(Duration::ZERO);
+        }
+        let p = self.launch.policy;
+        if ran.is_some_and(|r| r >= p.stable_after) {
             self.failures = 0;
         }
         self.failures += 1;
+        if !p.auto_restart || (p.max_restarts > 0 && self.failures > p.max_restarts) {
+            self.state = State::Failed;
+            self.last_error = Some(format!(
+                "compute gave up after {} crash(es) in a row (max_restarts = {}); fix it and run                  `weaver reload` or restart weaver",
+                self.failures, p.max_restarts
+            ));
+            return None;
+        }
         self.restarts += 1;
-        Some(backoff(self.failures))
+        Some(restart_delay(&p, self.failures, random))
     }
 
     /// Starting failed before a process existed.
-    pub fn spawn_failed(&mut self, why: String) -> Duration {
+    pub fn spawn_failed(&mut self, why: String, random: u64) -> Duration {
         self.last_error = Some(why);
         self.failures += 1;
-        backoff(self.failures)
+        restart_delay(&self.launch.policy, self.failures, random).max(BACKOFF_BASE)
     }
 }
 
-/// Delay before restart number `failures` (1-based) of a crash streak:
-/// 0, 100 ms, 200 ms, 400 ms, ... capped at 10 s.
-pub fn backoff(failures: u32) -> Duration {
+/// Delay before restart number `failures` (1-based) of a crash streak: the
+/// first is immediate (a lone crash costs one request, not a pause), then
+/// the policy's capped exponential backoff.
+pub fn restart_delay(policy: &RestartPolicy, failures: u32, random: u64) -> Duration {
     if failures <= 1 {
         return Duration::ZERO;
     }
-    let exp = (failures - 2).min(16);
-    (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_CAP)
+    backoff::delay(policy, failures - 1, random)
 }
 
 /// "exited with code 3", "killed by SIGKILL".
@@ -217,10 +268,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_is_capped_exponential() {
-        let d: Vec<u64> = (1..=10).map(|f| backoff(f).as_millis() as u64).collect();
+    fn backoff_is_immediate_then_capped_exponential() {
+        let p = RestartPolicy { backoff_jitter: 0.0, ..RestartPolicy::COMPUTE };
+        let d: Vec<u64> = (1..=10).map(|f| restart_delay(&p, f, 0).as_millis() as u64).collect();
         assert_eq!(d, [0, 100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
-        assert_eq!(backoff(1000), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn gives_up_after_max_restarts() {
+        let launch = Launch {
+            bin: "/bin/false".into(),
+            args: vec![],
+            env: Default::default(),
+            workers: None,
+            policy: RestartPolicy { max_restarts: 2, ..RestartPolicy::COMPUTE },
+        };
+        let spec = ComputeSpec { restart: launch.policy, ..Default::default() };
+        let mut c = Compute::new(launch, false, &spec, "/x".into());
+        let now = Instant::now();
+        c.state = State::Ready;
+        assert_eq!(c.exited("exited with code 1".into(), now, 0), Some(Duration::ZERO));
+        assert!(c.exited("exited with code 1".into(), now, 0).is_some());
+        assert_eq!(c.exited("exited with code 1".into(), now, 0), None);
+        assert_eq!(c.state, State::Failed);
+        assert!(c.last_error.as_deref().unwrap().contains("max_restarts = 2"));
     }
 
     #[test]

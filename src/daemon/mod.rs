@@ -26,6 +26,8 @@ pub struct Options {
     pub dir: RuntimeDir,
     pub compute_bin: PathBuf,
     pub compute_workers: Option<u32>,
+    /// weaver.toml, if one was found.
+    pub config: Option<PathBuf>,
     /// Inherited fd to report readiness on (auto-start).
     pub ready_fd: Option<i32>,
     /// Where our stderr goes, for `status`.
@@ -50,6 +52,14 @@ pub fn run(o: Options) -> Result<()> {
 
 fn start(o: &Options) -> Result<Result<()>> {
     let dir = &o.dir;
+    // A bad configuration stops us before we take anything.
+    let config = match &o.config {
+        Some(p) => crate::supervise::load(p)
+            .map_err(|e| Error::new(Kind::Usage, format!("{e}\nfix {} and retry", p.display())))?,
+        None => crate::supervise::Config::default(),
+    };
+    let supervisor = crate::supervise::Supervisor::new(config.clone(), std::process::id() as u64)
+        .map_err(|e| Error::new(Kind::Usage, format!("{e}")))?;
     let lock_path = dir.daemon_lock();
     let lock = OpenOptions::new()
         .create(true)
@@ -101,14 +111,27 @@ fn start(o: &Options) -> Result<Result<()>> {
     // and stopped too.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let compute =
-        compute::Compute::new(o.compute_bin.clone(), compute_path.clone(), o.compute_workers);
+    let base = compute::Launch {
+        bin: o.compute_bin.clone(),
+        args: Vec::new(),
+        env: Default::default(),
+        workers: o.compute_workers,
+        policy: crate::supervise::config::RestartPolicy::COMPUTE,
+    };
+    let compute = compute::Compute::new(
+        base,
+        o.compute_workers.is_some(),
+        &config.compute,
+        compute_path.clone(),
+    );
     let setup = reactor::Setup {
         dir: dir.clone(),
         control,
         compute_listener,
         compute,
         log_file: o.log_file.clone(),
+        supervisor,
+        config_path: o.config.clone(),
     };
     let mut reactor = reactor::Reactor::new(setup)
         .map_err(|e| Error::new(Kind::Io, format!("cannot set up the event loop: {e}")))?;

@@ -19,6 +19,8 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+mod procs;
+
 use crate::daemon::client_conn::{ClientConn, MAX_CLIENT_BUFFER};
 use crate::daemon::compute::{self, Compute, Conn, State, HELLO_TIMEOUT, STOP_GRACE};
 use crate::daemon::mux::{Completion, Deliver, Limits, Mux};
@@ -30,10 +32,13 @@ use crate::protocol::{
     Response, ServerMsg, StatusReport, HANDSHAKE_MAGIC, PROTOCOL_VERSION,
 };
 use crate::runtime_dir::RuntimeDir;
+use crate::supervise::events::{Broadcaster, SubscriberId};
+use crate::supervise::{RunId, Supervisor, TimerKey};
 use crate::wire::{self, kind, Frame, Hello};
+use procs::{Aux, Follower, OutFile, Pipe};
 
 /// What a deadline is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Timer {
     /// A request's --timeout passed.
     Request { id: u64, after_ms: u64 },
@@ -43,6 +48,8 @@ enum Timer {
     ComputeHello { pid: u32 },
     /// The stop grace is over: SIGKILL what is left.
     StopGrace,
+    /// A supervised process's timer (start duration, backoff, probes...).
+    Supervise(TimerKey),
 }
 
 /// Everything the daemon owns.
@@ -57,8 +64,31 @@ pub struct Reactor {
     signals: Signals,
     /// Connected clients by id (= token).
     clients: HashMap<u64, ClientConn>,
-    /// Next client id; never reused.
-    next_client: u64,
+    /// Next dynamic token (client id or pipe); never reused.
+    next_token: u64,
+    /// Supervised processes' stdout/stderr by token.
+    pipes: HashMap<u64, Pipe>,
+    /// Pipes left with data after a bounded read: read again next turn.
+    pending_pipes: Vec<u64>,
+    /// The supervised processes: what to do (pure; we act).
+    sup: Supervisor,
+    /// Where `weaver.toml` was found, for `reload`.
+    config_path: Option<PathBuf>,
+    /// Hook and probe commands running, by pid; and their pid by run.
+    aux: HashMap<u32, Aux>,
+    aux_runs: HashMap<RunId, u32>,
+    /// Lifecycle events to `events` subscribers.
+    bcast: Broadcaster,
+    /// `events` subscriptions: subscriber -> (client, tag).
+    subscribers: HashMap<SubscriberId, (u64, u64)>,
+    /// `logs -f` requests being served.
+    followers: Vec<Follower>,
+    /// Output arrived this turn: followers may have lines to send.
+    followed_output: bool,
+    /// Output files of instances that have one.
+    out_files: HashMap<String, OutFile>,
+    /// Jitter source for backoff.
+    rng: u64,
     /// Clients with queued output to flush at the end of this turn.
     dirty: Vec<u64>,
     /// Requests in flight to compute and waiting for it.
@@ -87,6 +117,8 @@ pub struct Setup {
     pub compute_listener: UnixListener,
     pub compute: Compute,
     pub log_file: Option<PathBuf>,
+    pub supervisor: Supervisor,
+    pub config_path: Option<PathBuf>,
 }
 
 /// Socket reads through the scratch buffer take at most this much, so that
@@ -115,7 +147,19 @@ impl Reactor {
             compute_listener,
             signals,
             clients: HashMap::new(),
-            next_client: token::FIRST_CLIENT,
+            next_token: token::FIRST_CLIENT,
+            pipes: HashMap::new(),
+            pending_pipes: Vec::new(),
+            sup: s.supervisor,
+            config_path: s.config_path,
+            aux: HashMap::new(),
+            aux_runs: HashMap::new(),
+            bcast: Broadcaster::default(),
+            subscribers: HashMap::new(),
+            followers: Vec::new(),
+            followed_output: false,
+            out_files: HashMap::new(),
+            rng: (std::process::id() as u64) << 32 ^ procs::wall_ms() | 1,
             dirty: Vec::new(),
             mux: Mux::new(Limits::default()),
             compute: s.compute,
@@ -133,9 +177,15 @@ impl Reactor {
     /// Run until a graceful stop completes.
     pub fn run(&mut self) -> io::Result<()> {
         self.start_compute();
+        let plan = self.sup.plan_start_all(Instant::now());
+        self.run_actions(plan);
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self.timers.next_timeout(Instant::now());
+            let timeout = if self.pending_pipes.is_empty() {
+                self.timers.next_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -147,13 +197,22 @@ impl Reactor {
                     (ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable());
                 self.dispatch(ev.token(), readable, writable);
             }
+            for t in std::mem::take(&mut self.pending_pipes) {
+                self.read_pipe(t);
+            }
             self.fire_timers();
             self.pump_compute();
+            self.pump_follows();
             self.flush_dirty();
-            if self.stopping && self.compute.child.is_none() {
+            if self.stopping
+                && self.compute.child.is_none()
+                && self.sup.all_down()
+                && self.aux.is_empty()
+            {
                 break;
             }
         }
+        self.kill_adopted();
         self.finish();
         Ok(())
     }
@@ -173,6 +232,7 @@ impl Reactor {
             }
             Source::ComputeStdout => self.read_compute_output(0),
             Source::ComputeStderr => self.read_compute_output(1),
+            Source::Client(id) if self.pipes.contains_key(&id) => self.read_pipe(id),
             Source::Client(id) => {
                 if writable {
                     self.flush_client(id);
@@ -217,8 +277,8 @@ impl Reactor {
                 );
                 continue;
             }
-            let id = self.next_client;
-            self.next_client += 1;
+            let id = self.next_token;
+            self.next_token += 1;
             if let Err(e) = self.poll.registry().register(
                 &mut stream,
                 token::client_token(id),
@@ -346,6 +406,26 @@ impl Reactor {
                 }
                 self.begin_stop("a client asked for shutdown");
             }
+            Request::Ps => {
+                let rows = self.ps();
+                self.reply(id, msg.tag, Response::Ps(rows), Vec::new());
+            }
+            Request::Control { verb, names } => {
+                let r = self.control(verb, &names).unwrap_or_else(Response::Error);
+                self.reply(id, msg.tag, r, Vec::new());
+            }
+            Request::Logs(q) => {
+                if let Err(e) = self.logs(id, msg.tag, q) {
+                    self.reply(id, msg.tag, Response::Error(e), Vec::new());
+                }
+            }
+            Request::Events { names, output, history } => {
+                self.events(id, msg.tag, names, output, history)
+            }
+            Request::Reload { dry_run } => {
+                let r = self.reload(dry_run).map(Response::Reload).unwrap_or_else(Response::Error);
+                self.reply(id, msg.tag, r, Vec::new());
+            }
         }
     }
 
@@ -438,6 +518,10 @@ impl Reactor {
             }
             State::Stopping | State::Stopped => {
                 return e(ErrorKind::ShuttingDown, "compute is stopping with weaver".into())
+            }
+            State::Failed => {
+                let why = self.compute.last_error.clone().unwrap_or_default();
+                return e(ErrorKind::ComputeDown, format!("compute is down: {why}"));
             }
             State::Ready => {
                 if let Some(h) = &self.compute.hello {
@@ -539,6 +623,7 @@ impl Reactor {
             self.timers.cancel(t);
         }
         self.status_waiters.retain(|(c, _)| *c != id);
+        self.forget_follows(id);
         if !cancel.is_empty() {
             debug!("client {id} left {} request(s) at compute: cancelling", cancel.len());
         }
@@ -562,10 +647,32 @@ impl Reactor {
                 self.timers.arm(Instant::now() + HELLO_TIMEOUT, Timer::ComputeHello { pid });
             }
             Err(e) => {
-                let delay = self.compute.spawn_failed(e.to_string());
+                let r = self.random();
+                let delay = self.compute.spawn_failed(e.to_string(), r);
                 error!("{e}; retrying in {delay:?}");
                 self.backoff(delay.max(compute::BACKOFF_BASE));
             }
+        }
+    }
+
+    /// `[compute]` changed on reload: run compute the new way.
+    fn reconfigure_compute(&mut self, spec: &crate::supervise::config::ComputeSpec) {
+        let launch = self.compute.base.configured(spec, self.compute.workers_flag);
+        if launch == self.compute.launch {
+            return;
+        }
+        info!("compute configuration changed: restarting compute");
+        self.compute.launch = launch;
+        self.compute.failures = 0;
+        match (self.compute.state, self.compute.pid()) {
+            (State::Failed | State::Backoff { .. }, None) => self.start_compute(),
+            (_, Some(pid)) => {
+                self.compute.restart_requested = true;
+                self.send_compute(kind::SHUTDOWN, 0, 0, Vec::new());
+                self.flush_compute();
+                kill_group(pid, Signal::SIGTERM);
+            }
+            _ => {}
         }
     }
 
@@ -897,7 +1004,21 @@ impl Reactor {
             self.compute_lost(&format!("compute (pid {pid}) {how}"));
         }
         let now = Instant::now();
-        match self.compute.exited(how.clone(), now) {
+        let r = self.random();
+        match self.compute.exited(how.clone(), now, r) {
+            None if self.compute.state == State::Failed => {
+                error!(
+                    "compute (pid {pid}) {how}; {}",
+                    self.compute.last_error.clone().unwrap_or_default()
+                );
+                for d in self
+                    .mux
+                    .fail_queued(ErrorKind::ComputeDown, "compute failed and will not be restarted")
+                {
+                    self.deliver(d);
+                }
+                self.answer_status_waiters();
+            }
             None => info!("compute (pid {pid}) {how}"),
             Some(delay) => {
                 warn!("compute (pid {pid}) {how}; restart {} in {delay:?}", self.compute.restarts);
@@ -929,9 +1050,10 @@ impl Reactor {
 
     /// Reap every exited child before acting on any of them.
     fn reap(&mut self) {
+        let mut reaped = Vec::new();
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
                 Ok(ws) => {
                     let Some(pid) = ws.pid() else { continue };
                     let raw = match ws {
@@ -942,18 +1064,43 @@ impl Reactor {
                         _ => continue,
                     };
                     let status = <std::process::ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(raw);
-                    if Some(pid.as_raw() as u32) == self.compute.pid() {
-                        self.compute_exited(status);
-                    } else {
-                        debug!("reaped pid {pid}: {}", compute::describe_exit(status));
-                    }
+                    reaped.push((pid.as_raw() as u32, status));
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     warn!("waitpid failed: {e}");
-                    return;
+                    break;
                 }
             }
+        }
+        for (pid, status) in reaped {
+            if Some(pid) == self.compute.pid() {
+                self.compute_exited(status);
+            } else {
+                self.child_exited(pid, status);
+            }
+        }
+    }
+
+    /// Processes that escaped their group and were adopted by us (we are a
+    /// subreaper): at the very end nothing of ours may stay behind.
+    fn kill_adopted(&mut self) {
+        let me = std::process::id();
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        let mut killed = 0;
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+            let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            if ppid == Some(me) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            warn!("killed {killed} leftover descendant process(es) at exit");
+            while waitpid(Pid::from_raw(-1), None).is_ok() {}
         }
     }
 
@@ -983,6 +1130,10 @@ impl Reactor {
                             "compute (pid {pid}) did not connect and say HELLO within {HELLO_TIMEOUT:?}"
                         ));
                     }
+                }
+                Timer::Supervise(key) => {
+                    let a = self.sup.on_timer(&key, Instant::now());
+                    self.run_actions(a);
                 }
                 Timer::StopGrace => {
                     if let Some(pid) = self.compute.pid() {
@@ -1059,6 +1210,8 @@ impl Reactor {
         for d in self.mux.fail_queued(ErrorKind::ShuttingDown, "weaver is shutting down") {
             self.deliver(d);
         }
+        let a = self.sup.stop_all(Instant::now());
+        self.run_actions(a);
         self.send_compute(kind::SHUTDOWN, 0, 0, Vec::new());
         self.flush_compute();
         match self.compute.pid() {
@@ -1110,7 +1263,7 @@ fn kill_group(pid: u32, sig: Signal) {
     }
 }
 
-fn set_nonblocking(fd: i32) {
+pub(super) fn set_nonblocking(fd: i32) {
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);

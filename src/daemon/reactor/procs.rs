@@ -1,0 +1,703 @@
+//! The reactor's hands for supervised processes: it performs what
+//! [`Supervisor`] decides (spawn, signal, hooks, probes, timers, pid files,
+//! events) and feeds back what it observes (exits, output, timers, probe and
+//! hook results). Also serves `ps`, `start/stop/restart`, `logs`, `events`
+//! and `reload`.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{set_nonblocking, would_block, Reactor, Timer};
+use crate::pidfile::{self, PidRecord};
+use crate::protocol::{ErrorKind, ErrorReply};
+use crate::protocol::{
+    EventRecord, LogChunk, LogLine, LogQuery, ProcRow, ReloadReport, Response, Verb,
+};
+use crate::supervise::config::{self, Config};
+use crate::supervise::events::{Delivery, EventKind, Filter, SubscriberId};
+use crate::supervise::machine::ProbeOutcome;
+use crate::supervise::ring::Stream;
+use crate::supervise::rotate::Rotation;
+use crate::supervise::{plan_reload, Action, Check, Exit, RunId};
+
+/// One end of a supervised process's stdout or stderr.
+#[derive(Debug)]
+pub(super) struct Pipe {
+    pub instance: String,
+    pub stream: Stream,
+    pub fd: OwnedFd,
+}
+
+/// A hook or probe command weaver is running.
+#[derive(Debug, Clone)]
+pub(super) struct Aux {
+    pub run: RunId,
+    pub instance: String,
+    pub probe: bool,
+}
+
+/// A `logs -f` request being served.
+#[derive(Debug)]
+pub(super) struct Follower {
+    pub client: u64,
+    pub tag: u64,
+    pub instance: String,
+    pub after: u64,
+    pub stream: Option<Stream>,
+}
+
+/// An instance's output file and its rotation state.
+#[derive(Debug)]
+pub(super) struct OutFile {
+    file: File,
+    path: PathBuf,
+    rotation: Rotation,
+}
+
+/// A subscriber's replies wait while its client has this much unsent.
+const FOLLOW_BACKLOG: usize = 1 << 20;
+/// Lines or events per reply while following.
+const FOLLOW_BATCH: usize = 512;
+
+pub(super) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn stream_of(s: &str) -> Option<Stream> {
+    match s {
+        "stdout" => Some(Stream::Stdout),
+        "stderr" => Some(Stream::Stderr),
+        _ => None,
+    }
+}
+
+fn not_found(e: String) -> ErrorReply {
+    ErrorReply { kind: ErrorKind::NotFound, message: e }
+}
+
+/// Spawn a child in its own process group that dies with weaver.
+fn child_command(
+    argv: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    work_dir: Option<&Path>,
+) -> io::Result<Command> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args).envs(env).current_dir(work_dir.unwrap_or(Path::new("/"))).process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // weaver's umask (0077 around its sockets) is not theirs.
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+impl Reactor {
+    /// A fresh random number for backoff jitter (xorshift; jitter needs no
+    /// more).
+    pub(super) fn random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// Perform actions in order; answers that produce more actions are
+    /// queued behind them.
+    pub(super) fn run_actions(&mut self, actions: Vec<Action>) {
+        let mut todo: VecDeque<Action> = actions.into();
+        while let Some(a) = todo.pop_front() {
+            let now = Instant::now();
+            let more = match a {
+                Action::Spawn { spec } => match self.spawn_instance(&spec) {
+                    Ok(pid) => self.sup.on_spawned(&spec.name, pid, now),
+                    Err(e) => {
+                        let msg = format!(
+                            "cannot start {:?}: {e}",
+                            spec.argv.first().map(String::as_str).unwrap_or("")
+                        );
+                        self.sup.on_spawn_failed(&spec.name, msg, now)
+                    }
+                },
+                Action::RunHook { run, instance, hook, spec } => {
+                    match self.spawn_aux(
+                        &spec.command,
+                        &spec.env,
+                        spec.work_dir.as_deref(),
+                        &instance,
+                        run,
+                        false,
+                    ) {
+                        Ok(_) => Vec::new(),
+                        Err(e) => self.sup.on_hook_exit(
+                            run,
+                            false,
+                            format!("{} hook could not start: {e}", hook.name()),
+                            now,
+                        ),
+                    }
+                }
+                Action::KillHook { run } | Action::KillProbe { run } => {
+                    if let Some(&pid) = self.aux_runs.get(&run) {
+                        let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+                    }
+                    Vec::new()
+                }
+                Action::Probe { run, instance, check, .. } => match check {
+                    Check::Command { argv, env, work_dir } => {
+                        match self.spawn_aux(&argv, &env, work_dir.as_deref(), &instance, run, true)
+                        {
+                            Ok(_) => Vec::new(),
+                            Err(e) => {
+                                debug!("probe for {instance} could not start: {e}");
+                                self.sup.on_probe(run, ProbeOutcome { ok: false, pid: None }, now)
+                            }
+                        }
+                    }
+                    Check::FileExists(p) => {
+                        let ok = p.exists();
+                        self.sup.on_probe(run, ProbeOutcome { ok, pid: None }, now)
+                    }
+                    Check::PidFileLive(p) => {
+                        let pid = pidfile::live_pid(&p);
+                        self.sup.on_probe(run, ProbeOutcome { ok: pid.is_some(), pid }, now)
+                    }
+                },
+                Action::Signal { instance, pid, group, signal } => {
+                    let target = if group { -(pid as i32) } else { pid as i32 };
+                    if let Err(e) = kill(Pid::from_raw(target), signal) {
+                        if e != nix::errno::Errno::ESRCH {
+                            warn!("cannot send {signal} to {instance} (pid {pid}): {e}");
+                        }
+                    }
+                    Vec::new()
+                }
+                Action::ArmTimer { key, at } => {
+                    self.timers.arm(at, Timer::Supervise(key));
+                    Vec::new()
+                }
+                // Stale timers are recognised by the supervisor.
+                Action::CancelTimer { .. } => Vec::new(),
+                Action::WritePidFile { path, pid } => {
+                    if let Some(rec) = PidRecord::of(pid) {
+                        if let Err(e) = pidfile::write(&path, rec) {
+                            warn!("cannot write pid file {}: {e}", path.display());
+                        }
+                    }
+                    Vec::new()
+                }
+                Action::RemovePidFile { path } => {
+                    let _ = std::fs::remove_file(&path);
+                    Vec::new()
+                }
+                Action::Emit { instance, kind } => {
+                    self.emit(&instance, kind);
+                    Vec::new()
+                }
+            };
+            todo.extend(more);
+        }
+    }
+
+    fn spawn_instance(&mut self, spec: &config::InstanceSpec) -> io::Result<u32> {
+        let mut cmd = child_command(&spec.argv, &spec.env, spec.work_dir.as_deref())?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let out: Option<OwnedFd> = child.stdout.take().map(Into::into);
+        let err: Option<OwnedFd> = child.stderr.take().map(Into::into);
+        for (fd, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
+            if let Some(fd) = fd {
+                self.watch_pipe(fd, &spec.name, stream);
+            }
+        }
+        // Reaped by the reactor's waitpid loop.
+        drop(child);
+        debug!("spawned {} (pid {pid}): {:?}", spec.name, spec.argv);
+        Ok(pid)
+    }
+
+    fn watch_pipe(&mut self, fd: OwnedFd, instance: &str, stream: Stream) {
+        set_nonblocking(fd.as_raw_fd());
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd.as_raw_fd()),
+            Token(token as usize),
+            Interest::READABLE,
+        ) {
+            warn!("cannot watch {instance}'s {}: {e}", stream.name());
+            return;
+        }
+        self.pipes.insert(token, Pipe { instance: instance.to_string(), stream, fd });
+    }
+
+    /// A hook or probe: own process group, output into weaver's log.
+    fn spawn_aux(
+        &mut self,
+        argv: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+        work_dir: Option<&Path>,
+        instance: &str,
+        run: RunId,
+        probe: bool,
+    ) -> io::Result<u32> {
+        let mut cmd = child_command(argv, env, work_dir)?;
+        cmd.stdin(Stdio::null());
+        if probe {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        drop(child);
+        self.aux.insert(pid, Aux { run, instance: instance.to_string(), probe });
+        self.aux_runs.insert(run, pid);
+        Ok(pid)
+    }
+
+    /// Output from a supervised process.
+    pub(super) fn read_pipe(&mut self, token: u64) {
+        let mut eof = false;
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        {
+            let Some(p) = self.pipes.get_mut(&token) else { return };
+            let mut f = File::from(p.fd.try_clone().expect("dup pipe fd"));
+            loop {
+                match f.read(&mut self.read_buf[..64 * 1024]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => chunks.push(self.read_buf[..n].to_vec()),
+                    Err(e) if would_block(&e) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+                // A fast writer must not hold the reactor: come back later.
+                if chunks.len() >= 16 {
+                    break;
+                }
+            }
+        }
+        let (instance, stream) = {
+            let p = &self.pipes[&token];
+            (p.instance.clone(), p.stream)
+        };
+        let now = Instant::now();
+        let ms = wall_ms();
+        for c in &chunks {
+            let a = self.sup.on_output(&instance, stream, c, ms, now);
+            self.run_actions(a);
+        }
+        if eof {
+            if let Some(p) = self.pipes.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+            }
+            let a = self.sup.on_output_eof(&instance, stream, ms, now);
+            self.run_actions(a);
+        } else if chunks.len() >= 16 {
+            // Edge-triggered: nothing new will wake us for what is left.
+            self.pending_pipes.push(token);
+        }
+    }
+
+    /// Drain every pipe of `instance` (before acting on its exit).
+    pub(super) fn drain_pipes_of(&mut self, instance: &str) {
+        let tokens: Vec<u64> =
+            self.pipes.iter().filter(|(_, p)| p.instance == instance).map(|(&t, _)| t).collect();
+        for t in tokens {
+            self.read_pipe(t);
+        }
+    }
+
+    /// A reaped child that is not compute.
+    pub(super) fn child_exited(&mut self, pid: u32, status: std::process::ExitStatus) {
+        let now = Instant::now();
+        if let Some(aux) = self.aux.remove(&pid) {
+            self.aux_runs.remove(&aux.run);
+            let exit = Exit::from_status(status);
+            debug!(
+                "{} for {} {}",
+                if aux.probe { "probe" } else { "hook" },
+                aux.instance,
+                exit.describe()
+            );
+            let a = if aux.probe {
+                self.sup.on_probe(aux.run, ProbeOutcome { ok: exit.success(), pid: None }, now)
+            } else {
+                self.sup.on_hook_exit(aux.run, exit.success(), exit.describe(), now)
+            };
+            return self.run_actions(a);
+        }
+        if let Some(name) = self.sup.by_pid(pid).map(str::to_string) {
+            self.drain_pipes_of(&name);
+            let a = self.sup.on_exit(pid, Exit::from_status(status), now);
+            return self.run_actions(a);
+        }
+        debug!("reaped adopted pid {pid}: {}", super::compute::describe_exit(status));
+    }
+
+    fn emit(&mut self, instance: &str, kind: EventKind) {
+        match &kind {
+            EventKind::Output { bytes, .. } => {
+                self.write_output_file(instance, bytes);
+                self.followed_output = true;
+            }
+            EventKind::Failed { reason } => warn!("process {instance} failed: {reason}"),
+            EventKind::Warning { message } => warn!("process {instance}: {message}"),
+            k => info!("process {instance}: {}", describe_event(k)),
+        }
+        self.bcast.publish(wall_ms(), instance, kind);
+    }
+
+    fn write_output_file(&mut self, instance: &str, line: &[u8]) {
+        let Some(spec) = self.sup.instance(instance).map(|i| i.spec().output.clone()) else {
+            return;
+        };
+        let Some(path) = spec.file else { return };
+        if !self.out_files.contains_key(instance) {
+            let f = OpenOptions::new().create(true).append(true).mode(0o644).open(&path);
+            match f {
+                Ok(file) => {
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    let rotation = Rotation::new(spec.max_file_bytes, spec.keep_files, size);
+                    self.out_files.insert(
+                        instance.to_string(),
+                        OutFile { file, path: path.clone(), rotation },
+                    );
+                }
+                Err(e) => {
+                    warn!("cannot open output file {} of {instance}: {e}", path.display());
+                    return;
+                }
+            }
+        }
+        let of = self.out_files.get_mut(instance).expect("opened above");
+        if of.rotation.before_write(line.len() as u64 + 1) {
+            for (from, to) in of.rotation.renames(&of.path) {
+                let _ = std::fs::rename(from, to);
+            }
+            match OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&of.path)
+            {
+                Ok(f) => of.file = f,
+                Err(e) => warn!("cannot reopen {}: {e}", of.path.display()),
+            }
+        }
+        let _ = of.file.write_all(line).and_then(|_| of.file.write_all(b"\n"));
+    }
+
+    // ---- Requests -------------------------------------------------------
+
+    pub(super) fn ps(&self) -> Vec<ProcRow> {
+        self.sup
+            .ps(Instant::now())
+            .into_iter()
+            .map(|r| ProcRow {
+                name: r.name,
+                process: r.process,
+                state: r.state,
+                pid: r.pid,
+                restarts: r.restarts,
+                next_restart_ms: r.next_restart_in.map(|d| d.as_millis() as u64),
+                last_exit: r.last_exit,
+                uptime_ms: r.uptime.map(|d| d.as_millis() as u64),
+                reason: r.reason,
+                gpus: r.gpus,
+            })
+            .collect()
+    }
+
+    pub(super) fn control(&mut self, verb: Verb, names: &[String]) -> Result<Response, ErrorReply> {
+        if self.stopping {
+            return Err(ErrorReply {
+                kind: ErrorKind::ShuttingDown,
+                message: "weaver is shutting down".into(),
+            });
+        }
+        let instances = self.sup.resolve(names).map_err(not_found)?;
+        let now = Instant::now();
+        let a = match verb {
+            Verb::Start => self.sup.start(names, now),
+            Verb::Stop => self.sup.stop(names, now),
+            Verb::Restart => self.sup.restart(names, now),
+        }
+        .map_err(not_found)?;
+        self.run_actions(a);
+        Ok(Response::Done { instances })
+    }
+
+    pub(super) fn logs(&mut self, client: u64, tag: u64, q: LogQuery) -> Result<(), ErrorReply> {
+        let LogQuery { name, after, tail, stream, follow } = q;
+        let stream = match stream.as_deref() {
+            None => None,
+            Some(s) => Some(stream_of(s).ok_or_else(|| ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!("unknown stream {s:?}: use stdout or stderr"),
+            })?),
+        };
+        let inst = self.sup.instance(&name).ok_or_else(|| {
+            let known: Vec<String> =
+                self.sup.ps(Instant::now()).into_iter().map(|r| r.name).collect();
+            not_found(format!(
+                "no process instance named {name:?}; instances: {}",
+                known.join(", ")
+            ))
+        })?;
+        let ring = inst.ring();
+        let after = match tail {
+            Some(n) if after == 0 => ring.last_seq().saturating_sub(n as u64),
+            _ => after,
+        };
+        let mut f = Follower { client, tag, instance: name, after, stream };
+        let chunk = self.log_chunk(&mut f, usize::MAX);
+        self.reply(client, tag, Response::Logs(chunk), Vec::new());
+        if follow {
+            self.followers.push(f);
+        }
+        Ok(())
+    }
+
+    /// Lines after the follower's cursor (advancing it).
+    fn log_chunk(&self, f: &mut Follower, max: usize) -> LogChunk {
+        let Some(inst) = self.sup.instance(&f.instance) else {
+            return LogChunk {
+                instance: f.instance.clone(),
+                lines: Vec::new(),
+                lost: 0,
+                next: f.after,
+            };
+        };
+        let since = inst.ring().since(f.after, max);
+        f.after = since.next;
+        let lines = since
+            .lines
+            .into_iter()
+            .filter(|l| f.stream.map_or(true, |s| s == l.stream))
+            .map(|l| LogLine {
+                seq: l.seq,
+                stream: l.stream.name().to_string(),
+                time_ms: l.time_ms,
+                text: String::from_utf8_lossy(&l.bytes).into_owned(),
+            })
+            .collect();
+        LogChunk { instance: f.instance.clone(), lines, lost: since.lost, next: since.next }
+    }
+
+    pub(super) fn events(
+        &mut self,
+        client: u64,
+        tag: u64,
+        names: Vec<String>,
+        output: bool,
+        history: u32,
+    ) {
+        let id = self.bcast.subscribe(Filter { names, output }, history as usize);
+        self.subscribers.insert(id, (client, tag));
+    }
+
+    /// The client left: stop following for it.
+    pub(super) fn forget_follows(&mut self, client: u64) {
+        self.followers.retain(|f| f.client != client);
+        let subs: Vec<SubscriberId> =
+            self.subscribers.iter().filter(|(_, (c, _))| *c == client).map(|(&s, _)| s).collect();
+        for s in subs {
+            self.subscribers.remove(&s);
+            self.bcast.unsubscribe(s);
+        }
+    }
+
+    /// Send followers and subscribers what is new, as far as their clients
+    /// keep up.
+    pub(super) fn pump_follows(&mut self) {
+        let backlog = |r: &Reactor, c: u64| r.clients.get(&c).map_or(usize::MAX, |c| c.out.len());
+        if std::mem::take(&mut self.followed_output)
+            || self.followers.iter().any(|f| backlog(self, f.client) == 0)
+        {
+            let mut followers = std::mem::take(&mut self.followers);
+            for f in &mut followers {
+                if backlog(self, f.client) > FOLLOW_BACKLOG {
+                    continue;
+                }
+                let last = self.sup.instance(&f.instance).map_or(0, |i| i.ring().last_seq());
+                if last <= f.after {
+                    continue;
+                }
+                let chunk = self.log_chunk(f, FOLLOW_BATCH);
+                if !chunk.lines.is_empty() || chunk.lost > 0 {
+                    self.reply(f.client, f.tag, Response::Logs(chunk), Vec::new());
+                }
+            }
+            followers.retain(|f| self.clients.contains_key(&f.client));
+            followers.append(&mut self.followers);
+            self.followers = followers;
+        }
+        for id in self.bcast.ready() {
+            let Some(&(client, tag)) = self.subscribers.get(&id) else { continue };
+            if backlog(self, client) > FOLLOW_BACKLOG {
+                continue;
+            }
+            for d in self.bcast.drain(id, FOLLOW_BATCH) {
+                self.reply(client, tag, Response::Event(event_record(d)), Vec::new());
+            }
+        }
+    }
+
+    pub(super) fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, ErrorReply> {
+        let bad = |message: String| ErrorReply { kind: ErrorKind::BadConfig, message };
+        let new = match &self.config_path {
+            Some(p) => config::load(p).map_err(|e| bad(format!("{e}\nnothing was changed")))?,
+            None => Config::default(),
+        };
+        let config = self.config_path.as_ref().map(|p| p.display().to_string());
+        let report = |plan: crate::supervise::ReloadPlan, applied: bool| ReloadReport {
+            config: config.clone(),
+            applied,
+            added: plan.added,
+            removed: plan.removed,
+            changed: plan.changed,
+            unchanged: plan.unchanged,
+            compute_changed: plan.compute_changed,
+        };
+        if dry_run {
+            return Ok(report(plan_reload(self.sup.config(), &new), false));
+        }
+        if self.stopping {
+            return Err(ErrorReply {
+                kind: ErrorKind::ShuttingDown,
+                message: "weaver is shutting down".into(),
+            });
+        }
+        let compute = new.compute.clone();
+        let (plan, actions) = self
+            .sup
+            .reload(new, Instant::now())
+            .map_err(|e| bad(format!("{e}\nnothing was changed")))?;
+        if plan.compute_changed {
+            self.reconfigure_compute(&compute);
+        }
+        self.run_actions(actions);
+        info!(
+            "reloaded: {} added, {} removed, {} changed, {} unchanged",
+            plan.added.len(),
+            plan.removed.len(),
+            plan.changed.len(),
+            plan.unchanged.len()
+        );
+        Ok(report(plan, true))
+    }
+}
+
+fn describe_event(k: &EventKind) -> String {
+    match k {
+        EventKind::Started { pid } => format!("started (pid {pid})"),
+        EventKind::Exited { code } => format!("exited with code {code}"),
+        EventKind::Killed { signal } => format!("killed by {}", signal_name(*signal)),
+        EventKind::Restarting { delay_ms, attempt } => {
+            format!("restarting in {delay_ms} ms (attempt {attempt})")
+        }
+        EventKind::Hook { hook, ok, detail } => format!(
+            "{hook} hook {}{}",
+            if *ok { "ok" } else { "failed" },
+            if detail.is_empty() { String::new() } else { format!(": {detail}") }
+        ),
+        other => other.name().to_string(),
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+fn event_record(d: Delivery) -> EventRecord {
+    let mut r = EventRecord {
+        seq: 0,
+        time_ms: 0,
+        instance: String::new(),
+        event: String::new(),
+        pid: None,
+        code: None,
+        signal: None,
+        delay_ms: None,
+        attempt: None,
+        detail: None,
+        lost: None,
+    };
+    let e = match d {
+        Delivery::Lost { count } => {
+            r.event = "lost".into();
+            r.lost = Some(count);
+            r.detail = Some(format!("{count} event(s) dropped: this subscriber fell behind"));
+            return r;
+        }
+        Delivery::Event(e) => e,
+    };
+    r.seq = e.seq;
+    r.time_ms = e.time_ms;
+    r.instance = e.instance;
+    r.event = e.kind.name().to_string();
+    match e.kind {
+        EventKind::Started { pid } => r.pid = Some(pid),
+        EventKind::Output { stream, seq, bytes } => {
+            r.detail =
+                Some(format!("{}#{seq}: {}", stream.name(), String::from_utf8_lossy(&bytes)));
+        }
+        EventKind::Exited { code } => r.code = Some(code),
+        EventKind::Killed { signal } => r.signal = Some(signal_name(signal)),
+        EventKind::Restarting { delay_ms, attempt } => {
+            r.delay_ms = Some(delay_ms);
+            r.attempt = Some(attempt);
+        }
+        EventKind::Failed { reason } => r.detail = Some(reason),
+        EventKind::Hook { hook, ok, detail } => {
+            r.detail = Some(format!(
+                "{hook} {}{}",
+                if ok { "ok" } else { "failed" },
+                if detail.is_empty() { String::new() } else { format!(": {detail}") }
+            ));
+        }
+        EventKind::Warning { message } => r.detail = Some(message),
+        EventKind::Running
+        | EventKind::Ready
+        | EventKind::Vanished
+        | EventKind::Stopping
+        | EventKind::Stopped => {}
+    }
+    r
+}
