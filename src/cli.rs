@@ -103,6 +103,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon's guard process (started by the daemon itself): kills
+    /// the daemon's process groups listed on stdin once stdin closes.
+    #[command(name = "__guard", hide = true)]
+    Guard,
     /// Run the daemon (detached unless --foreground).
     Daemon {
         /// Stay in the foreground and log to stderr (systemd, containers, debugging).

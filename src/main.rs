@@ -30,6 +30,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Guard = cli.command {
+        weaver::daemon::guard::run(std::io::stdin().lock());
+        return Ok(());
+    }
     let g = cli.global;
     let dir = RuntimeDir::open(&g.runtime_dir.clone().unwrap_or_else(runtime_dir::default_path))?;
     match cli.command {
@@ -45,6 +49,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             daemon::run(opts)
         }
+        Command::Guard => unreachable!("handled above"),
         Command::Daemon { foreground: false, .. } => {
             let (_, outcome) = connect(&g, &dir)?;
             match outcome {
@@ -190,18 +195,39 @@ fn logs(
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut tail = tail;
-    let mut reconnects = 0;
+    // The daemon we read from: sequence numbers belong to one daemon, so a
+    // follow that finds a different one starts from its oldest kept line.
+    let mut daemon_pid = None;
+    let mut waiting = false;
     loop {
-        let (mut c, _) = match connect(g, dir) {
-            Ok(c) => c,
-            Err(e) if reconnects > 0 && reconnects < 50 => {
-                reconnects += 1;
-                let _ = e;
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                continue;
+        let (mut c, _) = match daemon_pid {
+            None => connect(g, dir)?,
+            // Reconnecting: never start a daemon (a follow must not undo a
+            // shutdown); wait for one to appear, like `tail -F`.
+            Some(_) => {
+                let quiet = Global { no_start: true, ..g.clone() };
+                match connect(&quiet, dir) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        if !waiting {
+                            eprintln!("weaver: the daemon is gone; waiting for it to come back (Ctrl-C to quit)");
+                            waiting = true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        continue;
+                    }
+                }
             }
-            Err(e) => return Err(e),
         };
+        if daemon_pid.is_some_and(|p| p != c.server.pid) {
+            eprintln!(
+                "weaver: the daemon restarted (pid {}); following its output from the start",
+                c.server.pid
+            );
+            after = 0;
+        }
+        daemon_pid = Some(c.server.pid);
+        waiting = false;
         let req = Request::Logs(LogQuery {
             name: name.clone(),
             after,
@@ -230,7 +256,6 @@ fn logs(
                 other => return Err(unexpected(&other)),
             };
             after = chunk.next;
-            reconnects = 0;
             if print_chunk(&mut out, &chunk, json).is_err() {
                 return Ok(()); // stdout closed (a pager quit)
             }
@@ -238,8 +263,7 @@ fn logs(
                 return Ok(());
             }
         }
-        reconnects += 1;
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod client_conn;
 pub mod compute;
+pub mod guard;
 pub mod mux;
 pub mod outq;
 pub mod reactor;
@@ -111,6 +112,14 @@ fn start(o: &Options) -> Result<Result<()>> {
     // and stopped too.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The guard first, before anything it must watch is spawned.
+    let guard = match std::env::current_exe().and_then(|exe| guard::Guard::spawn(&exe)) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            warn!("cannot start the guard process ({e}): what supervised processes fork may outlive weaver if it is killed with SIGKILL");
+            None
+        }
+    };
     let base = compute::Launch {
         bin: o.compute_bin.clone(),
         args: Vec::new(),
@@ -132,6 +141,7 @@ fn start(o: &Options) -> Result<Result<()>> {
         log_file: o.log_file.clone(),
         supervisor,
         config_path: o.config.clone(),
+        guard,
     };
     let mut reactor = reactor::Reactor::new(setup)
         .map_err(|e| Error::new(Kind::Io, format!("cannot set up the event loop: {e}")))?;

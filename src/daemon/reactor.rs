@@ -3,7 +3,7 @@
 //! writes go out at once and WRITABLE is armed only when a socket is full;
 //! every timeout is a deadline that sets the poll timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -21,12 +21,14 @@ use signal_hook_mio::v1_0::Signals;
 
 mod procs;
 
+use super::guard::Guard;
 use crate::daemon::client_conn::{ClientConn, MAX_CLIENT_BUFFER};
 use crate::daemon::compute::{self, Compute, Conn, State, HELLO_TIMEOUT, STOP_GRACE};
 use crate::daemon::mux::{Completion, Deliver, Limits, Mux};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
 use crate::frame::{self, RawFrame};
+use crate::pidfile::PidRecord;
 use crate::protocol::{
     self, ClientMsg, ComputeStatus, DaemonStatus, ErrorKind, ErrorReply, Handshake, Request,
     Response, ServerMsg, StatusReport, HANDSHAKE_MAGIC, PROTOCOL_VERSION,
@@ -50,6 +52,9 @@ enum Timer {
     StopGrace,
     /// A supervised process's timer (start duration, backoff, probes...).
     Supervise(TimerKey),
+    /// What the main process of this group left behind had its stop
+    /// signal's grace: SIGKILL the group.
+    Sweep { pgid: u32 },
 }
 
 /// Everything the daemon owns.
@@ -87,6 +92,13 @@ pub struct Reactor {
     followed_output: bool,
     /// Output files of instances that have one.
     out_files: HashMap<String, OutFile>,
+    /// Kills our process groups if we die by SIGKILL.
+    guard: Option<Guard>,
+    /// Groups whose leader exited with members left, until their SIGKILL.
+    sweeps: HashSet<u32>,
+    /// Detached processes found through their pid files: instance ->
+    /// (pid, start time), so a recycled pid is never taken for them.
+    detached: HashMap<String, PidRecord>,
     /// Jitter source for backoff.
     rng: u64,
     /// Clients with queued output to flush at the end of this turn.
@@ -119,6 +131,7 @@ pub struct Setup {
     pub log_file: Option<PathBuf>,
     pub supervisor: Supervisor,
     pub config_path: Option<PathBuf>,
+    pub guard: Option<Guard>,
 }
 
 /// Socket reads through the scratch buffer take at most this much, so that
@@ -159,6 +172,9 @@ impl Reactor {
             followers: Vec::new(),
             followed_output: false,
             out_files: HashMap::new(),
+            detached: HashMap::new(),
+            guard: s.guard,
+            sweeps: HashSet::new(),
             rng: (std::process::id() as u64) << 32 ^ procs::wall_ms() | 1,
             dirty: Vec::new(),
             mux: Mux::new(Limits::default()),
@@ -177,6 +193,7 @@ impl Reactor {
     /// Run until a graceful stop completes.
     pub fn run(&mut self) -> io::Result<()> {
         self.start_compute();
+        self.adopt_detached();
         let plan = self.sup.plan_start_all(Instant::now());
         self.run_actions(plan);
         let mut events = Events::with_capacity(256);
@@ -208,11 +225,15 @@ impl Reactor {
                 && self.compute.child.is_none()
                 && self.sup.all_down()
                 && self.aux.is_empty()
+                && self.sweeps.is_empty()
             {
                 break;
             }
         }
         self.kill_adopted();
+        if let Some(g) = self.guard.as_mut() {
+            g.release(Duration::from_millis(500));
+        }
         self.finish();
         Ok(())
     }
@@ -1093,7 +1114,7 @@ impl Reactor {
             let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
             let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
             let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-            if ppid == Some(me) {
+            if ppid == Some(me) && Some(pid) != self.guard.as_ref().map(Guard::pid) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 killed += 1;
             }
@@ -1135,6 +1156,7 @@ impl Reactor {
                     let a = self.sup.on_timer(&key, Instant::now());
                     self.run_actions(a);
                 }
+                Timer::Sweep { pgid } => self.sweep_done(pgid),
                 Timer::StopGrace => {
                     if let Some(pid) = self.compute.pid() {
                         warn!("compute (pid {pid}) still running {STOP_GRACE:?} after SIGTERM: SIGKILL");

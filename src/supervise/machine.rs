@@ -350,6 +350,11 @@ pub enum Input {
     },
     /// A line of output contained the ready `log_pattern`.
     LogMatched,
+    /// A detached process found alive when weaver starts (a previous
+    /// weaver started it): watch it as running instead of starting another.
+    Adopt {
+        pid: u32,
+    },
 }
 
 /// What a stop started by weaver is for: decides what the exit leads to.
@@ -695,6 +700,10 @@ impl Instance {
                 self.begin_start(cx)
             }
 
+            (S::Stopped | S::Waiting, Input::Adopt { pid }) if self.spec.detached => {
+                self.adopt(pid, cx)
+            }
+
             // spawning
             (S::Starting(Sp::Spawning), Input::Spawned { pid }) => self.spawned(pid, cx),
             (S::Starting(Sp::Spawning), Input::SpawnFailed { error }) => {
@@ -905,6 +914,19 @@ impl Instance {
             Some(Intent::Restart) => self.begin_stop(Intent::Restart, cx),
             _ => {}
         }
+    }
+
+    /// A detached process already running: it counts as started.
+    fn adopt(&mut self, pid: u32, cx: &mut Ctx) {
+        self.started_at = Some(cx.now);
+        self.pid = Some(pid);
+        self.launcher = None;
+        self.last_error = None;
+        self.backoff.started();
+        self.emit(EventKind::Started { pid }, cx);
+        self.become_running(cx);
+        let interval = self.spec.alive.as_ref().map_or(START_POLL, |a| a.interval);
+        self.arm(TimerKind::Alive, interval, cx);
     }
 
     fn spawn_failed(&mut self, error: String, cx: &mut Ctx) {
@@ -1917,6 +1939,22 @@ mod tests {
         t.fire(TimerKind::Alive);
         let out = t.step(Input::Probe { role, outcome: ProbeOutcome { ok: false, pid: None } });
         assert_eq!(events(&out), ["vanished", "stopped"]);
+    }
+
+    #[test]
+    fn a_detached_process_found_alive_is_adopted_not_started_again() {
+        let mut t = T::new("detached = true\npid_file = \"/run/d.pid\"\nbackoff_jitter = 0.0");
+        let out = t.step(Input::Adopt { pid: 4242 });
+        assert!(!out.iter().any(|a| matches!(a, Action::Spawn { .. })), "no second copy");
+        assert_eq!(events(&out), ["started 4242", "running"]);
+        assert_eq!(t.state(), State::Running);
+        assert!(t.due(TimerKind::Alive).is_some(), "watched through its pid file");
+        let out = t.step(Input::Stop);
+        assert_eq!(signals(&out), [(4242, false, Signal::SIGTERM)]);
+        // Only a detached, stopped instance is adopted.
+        let mut t = T::new("backoff_jitter = 0.0");
+        assert!(t.step(Input::Adopt { pid: 4242 }).is_empty());
+        assert_eq!(t.state(), State::Stopped);
     }
 
     #[test]

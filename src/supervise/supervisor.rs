@@ -284,6 +284,14 @@ impl Supervisor {
         self.feed_named(name, Input::Spawned { pid }, now)
     }
 
+    /// Watch the detached instance `name` as running with `pid` (found
+    /// alive when weaver starts) instead of starting it. Only a stopped
+    /// or waiting detached instance takes this; call before
+    /// [`plan_start_all`](Self::plan_start_all).
+    pub fn adopt(&mut self, name: &str, pid: u32, now: Instant) -> Vec<Action> {
+        self.feed_named(name, Input::Adopt { pid }, now)
+    }
+
     /// The reactor could not spawn `name`.
     pub fn on_spawn_failed(&mut self, name: &str, error: String, now: Instant) -> Vec<Action> {
         self.feed_named(name, Input::SpawnFailed { error }, now)

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -186,7 +186,7 @@ impl Reactor {
                         self.sup.on_probe(run, ProbeOutcome { ok, pid: None }, now)
                     }
                     Check::PidFileLive(p) => {
-                        let pid = pidfile::live_pid(&p);
+                        let pid = self.live_in_pid_file(&instance, &p);
                         self.sup.on_probe(run, ProbeOutcome { ok: pid.is_some(), pid }, now)
                     }
                 },
@@ -226,6 +226,89 @@ impl Reactor {
         }
     }
 
+    /// The live process `path` names for `instance`. A pid file written by
+    /// a program that daemonizes itself holds only a pid: the first time a
+    /// detached instance's pid is seen its start time is recorded (in
+    /// memory and under `detached/` in the runtime dir, for adoption after
+    /// a restart of weaver), and a later process that reuses the pid does
+    /// not count.
+    fn live_in_pid_file(&mut self, instance: &str, path: &Path) -> Option<u32> {
+        let (pid, start) = pidfile::read(path).ok()?;
+        let rec = match (start, self.detached.get(instance)) {
+            (Some(start_time), _) => PidRecord { pid, start_time },
+            (None, Some(r)) if r.pid == pid => *r,
+            (None, _) => PidRecord::of(pid)?,
+        };
+        if !rec.is_current() {
+            return None;
+        }
+        let detached = self.sup.instance(instance).is_some_and(|i| i.spec().detached);
+        if detached && self.detached.get(instance) != Some(&rec) {
+            self.detached.insert(instance.to_string(), rec);
+            let dir = self.detached_dir();
+            let saved = std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&dir)
+                .and_then(|_| pidfile::write(&dir.join(format!("{instance}.pid")), rec));
+            if let Err(e) = saved {
+                warn!("cannot record detached {instance} (pid {pid}) in {}: {e}", dir.display());
+            }
+        }
+        Some(pid)
+    }
+
+    fn detached_dir(&self) -> PathBuf {
+        self.dir.path().join("detached")
+    }
+
+    /// A detached instance is down: forget its pid.
+    fn forget_detached(&mut self, instance: &str) {
+        if self.detached.remove(instance).is_some() {
+            let _ = std::fs::remove_file(self.detached_dir().join(format!("{instance}.pid")));
+        }
+    }
+
+    /// At start: detached processes a previous weaver started that still
+    /// run (per the record of pid and start time) are watched, not started
+    /// again.
+    pub(super) fn adopt_detached(&mut self) {
+        let dir = self.detached_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let now = Instant::now();
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().trim_end_matches(".pid").to_string();
+            let rec = match pidfile::read(&path) {
+                Ok((pid, Some(start_time))) => PidRecord { pid, start_time },
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            };
+            let detached = self.sup.instance(&name).is_some_and(|i| i.spec().detached);
+            if !detached || !rec.is_current() {
+                if detached || !rec.is_current() {
+                    let _ = std::fs::remove_file(&path);
+                } else {
+                    warn!(
+                        "pid {} (recorded in {}) still runs but {name} is no longer a detached process in the configuration; leaving it alone",
+                        rec.pid,
+                        path.display()
+                    );
+                }
+                continue;
+            }
+            info!(
+                "adopting detached {name} (pid {}), still running from a previous weaver",
+                rec.pid
+            );
+            self.detached.insert(name.clone(), rec);
+            let a = self.sup.adopt(&name, rec.pid, now);
+            self.run_actions(a);
+        }
+    }
+
     fn spawn_instance(&mut self, spec: &config::InstanceSpec) -> io::Result<u32> {
         let mut cmd = child_command(&spec.argv, &spec.env, spec.work_dir.as_deref())?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -240,6 +323,13 @@ impl Reactor {
         }
         // Reaped by the reactor's waitpid loop.
         drop(child);
+        // A detached launcher's group may hold the daemon it starts: that
+        // one is meant to outlive us.
+        if !spec.detached {
+            if let Some(g) = self.guard.as_mut() {
+                g.watch(pid);
+            }
+        }
         debug!("spawned {} (pid {pid}): {:?}", spec.name, spec.argv);
         Ok(pid)
     }
@@ -277,6 +367,9 @@ impl Reactor {
         let child = cmd.spawn()?;
         let pid = child.id();
         drop(child);
+        if let Some(g) = self.guard.as_mut() {
+            g.watch(pid);
+        }
         self.aux.insert(pid, Aux { run, instance: instance.to_string(), probe });
         self.aux_runs.insert(run, pid);
         Ok(pid)
@@ -352,6 +445,8 @@ impl Reactor {
                 aux.instance,
                 exit.describe()
             );
+            // A hook's or probe's leftovers get no grace.
+            self.sweep_group(&aux.instance, pid, Signal::SIGKILL, std::time::Duration::ZERO);
             let a = if aux.probe {
                 self.sup.on_probe(aux.run, ProbeOutcome { ok: exit.success(), pid: None }, now)
             } else {
@@ -361,10 +456,79 @@ impl Reactor {
         }
         if let Some(name) = self.sup.by_pid(pid).map(str::to_string) {
             self.drain_pipes_of(&name);
+            let spec = self.sup.instance(&name).map(|i| i.spec());
+            let detached = spec.is_some_and(|s| s.detached);
+            let signal = spec.map_or(Signal::SIGTERM, |s| s.stop_signal);
+            let grace = spec.map_or(std::time::Duration::from_secs(2), |s| s.stop_timeout);
+            if !detached {
+                self.sweep_group(&name, pid, signal, grace);
+            }
             let a = self.sup.on_exit(pid, Exit::from_status(status), now);
             return self.run_actions(a);
         }
+        if self.guard.as_ref().is_some_and(|g| g.pid() == pid) {
+            return self.guard_exited(status);
+        }
         debug!("reaped adopted pid {pid}: {}", super::compute::describe_exit(status));
+    }
+
+    /// The leader of process group `pgid` (a process we spawned) was
+    /// reaped. What is left of the group (what it forked and did not wait
+    /// for) gets `signal` now and SIGKILL after `grace`; an empty group is
+    /// withdrawn from the guard at once.
+    fn sweep_group(
+        &mut self,
+        instance: &str,
+        pgid: u32,
+        signal: Signal,
+        grace: std::time::Duration,
+    ) {
+        let group = Pid::from_raw(-(pgid as i32));
+        if kill(group, None).is_err() {
+            if let Some(g) = self.guard.as_mut() {
+                g.withdraw(pgid);
+            }
+            return;
+        }
+        if grace.is_zero() {
+            self.sweeps.insert(pgid);
+            return self.sweep_done(pgid);
+        }
+        info!(
+            "{instance}: processes left in group {pgid} after its leader exited: {signal}, SIGKILL in {}",
+            crate::supervise::human(grace)
+        );
+        let _ = kill(group, signal);
+        // A stopped process would never see the signal.
+        let _ = kill(group, Signal::SIGCONT);
+        self.sweeps.insert(pgid);
+        self.timers.arm(Instant::now() + grace, Timer::Sweep { pgid });
+    }
+
+    pub(super) fn sweep_done(&mut self, pgid: u32) {
+        if !self.sweeps.remove(&pgid) {
+            return;
+        }
+        if kill(Pid::from_raw(-(pgid as i32)), Signal::SIGKILL).is_ok() {
+            debug!("SIGKILL to what was left of process group {pgid}");
+        }
+        if let Some(g) = self.guard.as_mut() {
+            g.withdraw(pgid);
+        }
+    }
+
+    /// The guard died (someone killed it): start another and tell it every
+    /// group it must watch.
+    fn guard_exited(&mut self, status: std::process::ExitStatus) {
+        let how = super::compute::describe_exit(status);
+        let Some(g) = self.guard.as_mut() else { return };
+        match g.respawn() {
+            Ok(()) => warn!("the guard process {how}; started another (pid {})", g.pid()),
+            Err(e) => {
+                warn!("the guard process {how} and cannot be started again ({e}): what supervised processes fork may outlive weaver if it is killed with SIGKILL");
+                self.guard = None;
+            }
+        }
     }
 
     fn emit(&mut self, instance: &str, kind: EventKind) {
@@ -373,7 +537,14 @@ impl Reactor {
                 self.write_output_file(instance, bytes);
                 self.followed_output = true;
             }
-            EventKind::Failed { reason } => warn!("process {instance} failed: {reason}"),
+            EventKind::Failed { reason } => {
+                self.forget_detached(instance);
+                warn!("process {instance} failed: {reason}")
+            }
+            EventKind::Vanished | EventKind::Stopped => {
+                self.forget_detached(instance);
+                info!("process {instance}: {}", describe_event(&kind))
+            }
             EventKind::Warning { message } => warn!("process {instance}: {message}"),
             k => info!("process {instance}: {}", describe_event(k)),
         }

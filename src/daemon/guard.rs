@@ -1,0 +1,222 @@
+//! The guard: a small process that outlives a killed weaver just long
+//! enough to kill what weaver started.
+//!
+//! Every process weaver spawns gets its own process group and a
+//! parent-death signal, but the parent-death signal reaches only that one
+//! process: what it forked (a shell's children, a launcher's workers) would
+//! survive a `kill -9` of weaver. So weaver starts the guard (`weaver
+//! __guard`, its own process group, no parent-death signal) before anything
+//! else and tells it, over a pipe, each process group it creates (`+PGID`)
+//! and each it has finished with (`-PGID`). When the pipe reaches EOF
+//! (weaver exited, however it exited: the kernel closes the write end of a
+//! killed process) the guard sends SIGKILL to every group still listed and
+//! exits. A group id cannot be handed to a new process while any member of
+//! the group lives, and weaver withdraws a group as soon as it is empty, so
+//! the guard never signals a stranger.
+//!
+//! The guard holds no other file, socket or memory of weaver's; it reads
+//! one pipe and sleeps in `read` the rest of the time.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use log::warn;
+
+/// weaver's end of the pipe to its guard.
+#[derive(Debug)]
+pub struct Guard {
+    exe: std::path::PathBuf,
+    pipe: Option<File>,
+    pid: u32,
+    /// What the guard was told to watch (to tell a new one).
+    groups: HashSet<u32>,
+}
+
+impl Guard {
+    /// Start `exe __guard` with the read end of a fresh pipe as its stdin.
+    pub fn spawn(exe: &Path) -> io::Result<Guard> {
+        let (pipe, pid) = start(exe)?;
+        Ok(Guard { exe: exe.to_path_buf(), pipe: Some(pipe), pid, groups: HashSet::new() })
+    }
+
+    /// The guard died: start another and tell it every group.
+    pub fn respawn(&mut self) -> io::Result<()> {
+        let (pipe, pid) = start(&self.exe)?;
+        self.pipe = Some(pipe);
+        self.pid = pid;
+        for g in self.groups.clone() {
+            self.send(b'+', g);
+        }
+        Ok(())
+    }
+}
+
+/// Start `exe __guard` reading a fresh pipe; our end and its pid.
+fn start(exe: &Path) -> io::Result<(File, u32)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let child = Command::new(exe)
+        .arg("__guard")
+        .stdin(Stdio::from(rd))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Out of weaver's group: a signal meant for weaver's group (a
+        // terminal's Ctrl-C) must not take the guard first.
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id();
+    // Reaped by the reactor's waitpid loop, or by init after we exit.
+    drop(child);
+    Ok((File::from(wr), pid))
+}
+
+impl Guard {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kill group `pgid` if weaver dies before it withdraws it.
+    pub fn watch(&mut self, pgid: u32) {
+        self.groups.insert(pgid);
+        self.send(b'+', pgid);
+    }
+
+    /// Group `pgid` is empty (or no longer weaver's to kill).
+    pub fn withdraw(&mut self, pgid: u32) {
+        if self.groups.remove(&pgid) {
+            self.send(b'-', pgid);
+        }
+    }
+
+    fn send(&mut self, op: u8, pgid: u32) {
+        let Some(p) = self.pipe.as_mut() else { return };
+        let line = format!("{}{pgid}\n", op as char);
+        // A few bytes into a pipe the guard drains at once: never blocks
+        // for long. A failure means the guard is gone.
+        if let Err(e) = p.write_all(line.as_bytes()) {
+            warn!(
+                "the guard process (pid {}) is gone ({e}); processes started from now on may outlive a killed weaver",
+                self.pid
+            );
+            self.pipe = None;
+        }
+    }
+
+    /// Close the pipe: the guard kills what is still listed and exits.
+    /// Waits up to `limit` for it.
+    pub fn release(&mut self, limit: std::time::Duration) {
+        self.pipe = None;
+        let end = std::time::Instant::now() + limit;
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        loop {
+            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+                _ => return,
+            }
+            if std::time::Instant::now() >= end {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// The guard's own main: track `+PGID` / `-PGID` lines on stdin; at EOF,
+/// SIGKILL every group still listed. Returns the number of groups killed.
+pub fn run(mut input: impl Read) -> usize {
+    let mut groups: HashSet<i32> = HashSet::new();
+    let mut buf = [0u8; 4096];
+    let mut line: Vec<u8> = Vec::with_capacity(32);
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for &b in &buf[..n] {
+            if b != b'\n' {
+                if line.len() < 32 {
+                    line.push(b);
+                }
+                continue;
+            }
+            apply(&mut groups, &line);
+            line.clear();
+        }
+    }
+    let mut killed = 0;
+    for &g in &groups {
+        // SAFETY: plain kill on a negative pid (a process group).
+        if unsafe { libc::kill(-g, libc::SIGKILL) } == 0 {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+fn apply(groups: &mut HashSet<i32>, line: &[u8]) {
+    let Some((&op, num)) = line.split_first() else { return };
+    let Some(pgid) = std::str::from_utf8(num).ok().and_then(|s| s.parse::<i32>().ok()) else {
+        return;
+    };
+    // Never 0, 1 or a negative number: kill(-0) and kill(-1) mean "my
+    // group" and "everyone".
+    if pgid <= 1 {
+        return;
+    }
+    match op {
+        b'+' => {
+            groups.insert(pgid);
+        }
+        b'-' => {
+            groups.remove(&pgid);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_add_and_withdraw_groups_and_dangerous_ids_are_refused() {
+        let mut g = HashSet::new();
+        for l in ["+100", "+200", "-100", "+0", "+1", "+-5", "x7", "+", "+abc", "+300"] {
+            apply(&mut g, l.as_bytes());
+        }
+        let mut v: Vec<i32> = g.into_iter().collect();
+        v.sort();
+        assert_eq!(v, [200, 300]);
+    }
+
+    #[test]
+    fn at_eof_every_listed_group_is_killed() {
+        // A real group: a shell in its own group with a child of its own.
+        let mut child =
+            Command::new("sh").args(["-c", "sleep 30 & wait"]).process_group(0).spawn().unwrap();
+        let pgid = child.id();
+        let input = format!("+{pgid}\n+{}\n-{}\n", 999_999_999, 999_999_999);
+        assert_eq!(run(input.as_bytes()), 1);
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // The sleep was in the group too: the group empties.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while unsafe { libc::kill(-(pgid as i32), 0) } == 0 {
+            assert!(std::time::Instant::now() < end, "group {pgid} still has members");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
