@@ -13,7 +13,7 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -200,11 +200,14 @@ fn read_ready(rd: OwnedFd, pid: u32, log_path: &Path) -> Result<Ready> {
             Err(e) => return Err(Error::new(Kind::Daemon, format!("waiting for the daemon: {e}"))),
         }
     }
-    let mut line = String::new();
+    // One line, or for an error a report of several lines; the daemon
+    // closes its end after writing either way.
+    let mut text = String::new();
     BufReader::new(File::from(rd))
-        .read_line(&mut line)
+        .take(1 << 20)
+        .read_to_string(&mut text)
         .map_err(|e| Error::new(Kind::Daemon, format!("reading the daemon's readiness: {e}")))?;
-    let line = line.trim_end();
+    let line = text.trim_end();
     if let Some(p) = line.strip_prefix("ready ") {
         return Ok(Ready::Pid(p.parse().unwrap_or(pid)));
     }
@@ -212,7 +215,13 @@ fn read_ready(rd: OwnedFd, pid: u32, log_path: &Path) -> Result<Ready> {
         return Ok(Ready::Busy(msg.to_string()));
     }
     if let Some(msg) = line.strip_prefix("error ") {
-        return Err(Error::new(Kind::Daemon, format!("the daemon could not start: {msg}")));
+        let (kind, msg) = match msg.split_once(' ') {
+            Some(("usage", m)) => (Kind::Usage, m),
+            Some(("runtime-dir", m)) => (Kind::RuntimeDir, m),
+            Some(("daemon", m)) => (Kind::Daemon, m),
+            _ => (Kind::Daemon, msg),
+        };
+        return Err(Error::new(kind, format!("the daemon could not start: {msg}")));
     }
     Err(Error::new(
         Kind::Daemon,

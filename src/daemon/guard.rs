@@ -7,7 +7,10 @@
 //! survive a `kill -9` of weaver. So weaver starts the guard (`weaver
 //! __guard`, its own process group, no parent-death signal) before anything
 //! else and tells it, over a pipe, each process group it creates (`+PGID`)
-//! and each it has finished with (`-PGID`). When the pipe reaches EOF
+//! and each it has finished with (`-PGID`); likewise single processes that
+//! escaped their group and were reparented to weaver (`>PID`, `<PID`:
+//! weaver is their parent, so their pid cannot be reused before weaver has
+//! reaped them and withdrawn it). When the pipe reaches EOF
 //! (weaver exited, however it exited: the kernel closes the write end of a
 //! killed process) the guard sends SIGKILL to every group still listed and
 //! exits. A group id cannot be handed to a new process while any member of
@@ -35,13 +38,20 @@ pub struct Guard {
     pid: u32,
     /// What the guard was told to watch (to tell a new one).
     groups: HashSet<u32>,
+    pids: HashSet<u32>,
 }
 
 impl Guard {
     /// Start `exe __guard` with the read end of a fresh pipe as its stdin.
     pub fn spawn(exe: &Path) -> io::Result<Guard> {
         let (pipe, pid) = start(exe)?;
-        Ok(Guard { exe: exe.to_path_buf(), pipe: Some(pipe), pid, groups: HashSet::new() })
+        Ok(Guard {
+            exe: exe.to_path_buf(),
+            pipe: Some(pipe),
+            pid,
+            groups: HashSet::new(),
+            pids: HashSet::new(),
+        })
     }
 
     /// The guard died: start another and tell it every group.
@@ -51,6 +61,9 @@ impl Guard {
         self.pid = pid;
         for g in self.groups.clone() {
             self.send(b'+', g);
+        }
+        for p in self.pids.clone() {
+            self.send(b'>', p);
         }
         Ok(())
     }
@@ -98,6 +111,19 @@ impl Guard {
         }
     }
 
+    /// Kill process `pid` (a child of weaver's) if weaver dies first.
+    pub fn watch_pid(&mut self, pid: u32) {
+        self.pids.insert(pid);
+        self.send(b'>', pid);
+    }
+
+    /// Process `pid` was reaped.
+    pub fn withdraw_pid(&mut self, pid: u32) {
+        if self.pids.remove(&pid) {
+            self.send(b'<', pid);
+        }
+    }
+
     fn send(&mut self, op: u8, pgid: u32) {
         let Some(p) = self.pipe.as_mut() else { return };
         let line = format!("{}{pgid}\n", op as char);
@@ -131,10 +157,12 @@ impl Guard {
     }
 }
 
-/// The guard's own main: track `+PGID` / `-PGID` lines on stdin; at EOF,
-/// SIGKILL every group still listed. Returns the number of groups killed.
+/// The guard's own main: track `+PGID` / `-PGID` (groups) and `>PID` /
+/// `<PID` (processes) lines on stdin; at EOF, SIGKILL every group and
+/// process still listed. Returns how many signals were delivered.
 pub fn run(mut input: impl Read) -> usize {
     let mut groups: HashSet<i32> = HashSet::new();
+    let mut pids: HashSet<i32> = HashSet::new();
     let mut buf = [0u8; 4096];
     let mut line: Vec<u8> = Vec::with_capacity(32);
     loop {
@@ -151,7 +179,7 @@ pub fn run(mut input: impl Read) -> usize {
                 }
                 continue;
             }
-            apply(&mut groups, &line);
+            apply(&mut groups, &mut pids, &line);
             line.clear();
         }
     }
@@ -162,10 +190,16 @@ pub fn run(mut input: impl Read) -> usize {
             killed += 1;
         }
     }
+    for &p in &pids {
+        // SAFETY: plain kill.
+        if unsafe { libc::kill(p, libc::SIGKILL) } == 0 {
+            killed += 1;
+        }
+    }
     killed
 }
 
-fn apply(groups: &mut HashSet<i32>, line: &[u8]) {
+fn apply(groups: &mut HashSet<i32>, pids: &mut HashSet<i32>, line: &[u8]) {
     let Some((&op, num)) = line.split_first() else { return };
     let Some(pgid) = std::str::from_utf8(num).ok().and_then(|s| s.parse::<i32>().ok()) else {
         return;
@@ -182,6 +216,12 @@ fn apply(groups: &mut HashSet<i32>, line: &[u8]) {
         b'-' => {
             groups.remove(&pgid);
         }
+        b'>' => {
+            pids.insert(pgid);
+        }
+        b'<' => {
+            pids.remove(&pgid);
+        }
         _ => {}
     }
 }
@@ -192,13 +232,17 @@ mod tests {
 
     #[test]
     fn lines_add_and_withdraw_groups_and_dangerous_ids_are_refused() {
-        let mut g = HashSet::new();
+        let (mut g, mut p) = (HashSet::new(), HashSet::new());
         for l in ["+100", "+200", "-100", "+0", "+1", "+-5", "x7", "+", "+abc", "+300"] {
-            apply(&mut g, l.as_bytes());
+            apply(&mut g, &mut p, l.as_bytes());
+        }
+        for l in [">50", ">60", "<50", ">1", ">0"] {
+            apply(&mut g, &mut p, l.as_bytes());
         }
         let mut v: Vec<i32> = g.into_iter().collect();
         v.sort();
         assert_eq!(v, [200, 300]);
+        assert_eq!(p.into_iter().collect::<Vec<_>>(), [60]);
     }
 
     #[test]

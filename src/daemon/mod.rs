@@ -45,7 +45,14 @@ pub fn run(o: Options) -> Result<()> {
     match start(&o) {
         Ok(r) => r,
         Err(e) => {
-            launch::notify(o.ready_fd, &format!("error {e}"));
+            // The kind travels too: a bad configuration is the user's to
+            // fix (usage), not a daemon fault.
+            let kind = match e.kind {
+                Kind::Usage => "usage",
+                Kind::RuntimeDir => "runtime-dir",
+                _ => "daemon",
+            };
+            launch::notify(o.ready_fd, &format!("error {kind} {e}"));
             Err(e)
         }
     }

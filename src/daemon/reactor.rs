@@ -55,6 +55,8 @@ enum Timer {
     /// What the main process of this group left behind had its stop
     /// signal's grace: SIGKILL the group.
     Sweep { pgid: u32 },
+    /// The same for one orphan that had left its group.
+    SweepOrphan { pid: u32 },
 }
 
 /// Everything the daemon owns.
@@ -96,6 +98,9 @@ pub struct Reactor {
     guard: Option<Guard>,
     /// Groups whose leader exited with members left, until their SIGKILL.
     sweeps: HashSet<u32>,
+    /// Processes that left their group and came to us when their parent
+    /// died (we are a subreaper), until reaped: pid -> instance.
+    orphans: HashMap<u32, String>,
     /// Detached processes found through their pid files: instance ->
     /// (pid, start time), so a recycled pid is never taken for them.
     detached: HashMap<String, PidRecord>,
@@ -175,6 +180,7 @@ impl Reactor {
             detached: HashMap::new(),
             guard: s.guard,
             sweeps: HashSet::new(),
+            orphans: HashMap::new(),
             rng: (std::process::id() as u64) << 32 ^ procs::wall_ms() | 1,
             dirty: Vec::new(),
             mux: Mux::new(Limits::default()),
@@ -226,6 +232,7 @@ impl Reactor {
                 && self.sup.all_down()
                 && self.aux.is_empty()
                 && self.sweeps.is_empty()
+                && self.orphans.is_empty()
             {
                 break;
             }
@@ -1157,6 +1164,7 @@ impl Reactor {
                     self.run_actions(a);
                 }
                 Timer::Sweep { pgid } => self.sweep_done(pgid),
+                Timer::SweepOrphan { pid } => self.orphan_overdue(pid),
                 Timer::StopGrace => {
                     if let Some(pid) = self.compute.pid() {
                         warn!("compute (pid {pid}) still running {STOP_GRACE:?} after SIGTERM: SIGKILL");

@@ -227,6 +227,18 @@ impl Graph {
         out
     }
 
+    /// Everything that waits for `i`, directly or through others (not `i`).
+    pub fn all_dependents(&self, i: usize) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        let mut todo: Vec<usize> = self.dependents[i].clone();
+        while let Some(d) = todo.pop() {
+            if out.insert(d) {
+                todo.extend(self.dependents[d].iter().copied());
+            }
+        }
+        out
+    }
+
     /// `set` in start order.
     pub fn sort_for_start(&self, set: &BTreeSet<usize>) -> Vec<usize> {
         self.start.iter().copied().filter(|i| set.contains(i)).collect()

@@ -894,7 +894,12 @@ impl Instance {
         self.started_at = Some(cx.now);
         self.ready_seen = false;
         self.state = State::Starting(StartPhase::Up);
-        self.arm(TimerKind::StartDuration, self.spec.start.start_duration, cx);
+        // start_duration = 0: started the moment it is spawned, so that an
+        // exit reaped before a zero timer fires is still a run that ended.
+        let at_once = self.spec.start.start_duration.is_zero() && !self.spec.detached;
+        if !at_once {
+            self.arm(TimerKind::StartDuration, self.spec.start.start_duration, cx);
+        }
         self.last_error = None;
         if self.spec.detached {
             self.launcher = Some(pid);
@@ -912,6 +917,7 @@ impl Instance {
         match self.intent.take() {
             Some(Intent::Stop) => self.begin_stop(Intent::Stop, cx),
             Some(Intent::Restart) => self.begin_stop(Intent::Restart, cx),
+            _ if at_once => self.start_duration_passed(cx),
             _ => {}
         }
     }
@@ -1622,12 +1628,12 @@ mod tests {
     #[test]
     fn giving_up_after_max_restarts_fails_with_a_reason() {
         let mut t = T::new("max_restarts = 1\nbackoff_jitter = 0.0\nstart_duration = 0");
-        t.up();
-        t.fire(TimerKind::StartDuration);
+        // start_duration = 0: started on spawn, no timer.
+        assert_eq!(events(&t.up()), ["started 100", "running"]);
+        assert!(t.due(TimerKind::StartDuration).is_none());
         assert_eq!(events(&t.step(Input::Exited(Exit::Code(2))))[1], "restarting 1000ms #1");
         t.fire(TimerKind::Restart);
         t.step(Input::Spawned { pid: 7 });
-        t.fire(TimerKind::StartDuration);
         let out = t.step(Input::Exited(Exit::Code(2)));
         assert_eq!(
             events(&out),
@@ -1648,14 +1654,12 @@ mod tests {
     fn without_auto_restart_an_exit_stays_and_exit_0_satisfies_exited_ok() {
         let mut t = T::new("auto_restart = false\nstart_duration = 0");
         t.up();
-        t.fire(TimerKind::StartDuration);
         assert_eq!(t.inst.satisfies(Condition::ExitedOk), Satisfied::NotYet);
         assert_eq!(events(&t.step(Input::Exited(Exit::Code(0)))), ["exited 0"]);
         assert_eq!(t.state(), State::Exited { code: Some(0) });
         assert_eq!(t.inst.satisfies(Condition::ExitedOk), Satisfied::Yes);
         t.step(Input::Start);
         t.step(Input::Spawned { pid: 9 });
-        t.fire(TimerKind::StartDuration);
         t.step(Input::Exited(Exit::Code(4)));
         assert_eq!(
             t.inst.satisfies(Condition::ExitedOk),

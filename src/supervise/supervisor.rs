@@ -402,6 +402,30 @@ impl Supervisor {
         }
     }
 
+    /// "processes: a, w (w.0 .. w.2)" for error messages.
+    fn known_names(&self) -> String {
+        if self.instances.is_empty() {
+            return "no processes are declared (weaver.toml has none)".into();
+        }
+        let mut parts: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < self.instances.len() {
+            let p = &self.instances[i].spec().process;
+            let mut j = i;
+            while j + 1 < self.instances.len() && self.instances[j + 1].spec().process == *p {
+                j += 1;
+            }
+            if self.instances[i].name() == p {
+                parts.push(p.clone());
+            } else {
+                let (first, last) = (self.instances[i].name(), self.instances[j].name());
+                parts.push(format!("{p} ({first} .. {last})"));
+            }
+            i = j + 1;
+        }
+        format!("processes: {}", parts.join(", "))
+    }
+
     fn resolve_indices(&self, names: &[String]) -> Result<BTreeSet<usize>, String> {
         if names.is_empty() {
             return Ok((0..self.instances.len()).collect());
@@ -420,7 +444,7 @@ impl Supervisor {
                 let hint = config::suggest(n, known)
                     .map(|k| format!(" (did you mean \"{k}\"?)"))
                     .unwrap_or_default();
-                return Err(format!("no process named \"{n}\"{hint}"));
+                return Err(format!("no process named \"{n}\"{hint}; {}", self.known_names()));
             }
             set.extend(of_process);
         }
@@ -483,9 +507,11 @@ impl Supervisor {
                 continue;
             }
             // Something not running is "stopped" at once; a running one
-            // waits for its dependents that are stopping too.
+            // waits for what depends on it (directly or through a process
+            // that is already down, e.g. a finished one-shot job) and is
+            // stopping too.
             let blocked = self.instances[i].state().is_up()
-                && self.graph.dependents(i).iter().any(|&d| {
+                && self.graph.all_dependents(i).iter().any(|&d| {
                     self.stop_queue.contains(self.graph.name(d))
                         || matches!(self.instances[d].state(), State::Stopping(_))
                 });
@@ -775,6 +801,43 @@ priority = -1
     }
 
     #[test]
+    fn a_stop_waits_for_dependents_reached_through_a_finished_job() {
+        // web waits for migrate (done), which waited for db: web still
+        // needs db, so db stops only after web.
+        let mut w = World::new(
+            r#"
+[[process]]
+name = "web"
+command = ["web"]
+after = [{ name = "migrate", condition = "exited_ok" }]
+
+[[process]]
+name = "migrate"
+command = ["migrate"]
+auto_restart = false
+start_duration = 0
+after = ["db"]
+
+[[process]]
+name = "db"
+command = ["db"]
+"#,
+        );
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        w.advance(S1);
+        w.exit("migrate", Exit::Code(0));
+        w.advance(S1);
+        assert_eq!(w.state("web"), "running");
+        w.take_log();
+        let out = w.sup.stop_all(w.now);
+        w.run(out);
+        assert_eq!(w.take_log(), ["web stopping", "web <- SIGTERM", "migrate stopped"]);
+        w.exit("web", Exit::Code(0));
+        assert_eq!(w.take_log(), ["web exited 0", "web stopped", "db stopping", "db <- SIGTERM"]);
+    }
+
+    #[test]
     fn stop_all_stops_dependents_first_and_waits_for_them() {
         let mut w = World::new(STACK);
         let out = w.sup.plan_start_all(w.now);
@@ -824,7 +887,10 @@ priority = -1
         assert_eq!(w.state("cache"), "stopped");
         assert_eq!(w.state("web.0"), "stopped");
         let err = w.sup.start(&World::names(&["wbe"]), w.now).unwrap_err();
-        assert_eq!(err, "no process named \"wbe\" (did you mean \"web\"?)");
+        assert_eq!(
+            err,
+            "no process named \"wbe\" (did you mean \"web\"?); processes: web (web.0 .. web.1), migrate, db, cache"
+        );
         assert_eq!(w.sup.resolve(&World::names(&["web", "db"])).unwrap(), ["db", "web.0", "web.1"]);
         assert_eq!(w.sup.resolve(&World::names(&["web.1"])).unwrap(), ["web.1"]);
     }

@@ -65,6 +65,9 @@ impl TestEnv {
             .env("WEAVER_LOG", "debug")
             .env_remove("WEAVER_COMPUTE_WORKERS")
             .env_remove("RUST_LOG")
+            // Never the user's own weaver.toml.
+            .env_remove("WEAVER_CONFIG")
+            .env("XDG_CONFIG_HOME", self.tmp.path().join("config"))
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
             c.env(k, v);

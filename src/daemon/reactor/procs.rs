@@ -462,12 +462,20 @@ impl Reactor {
             let grace = spec.map_or(std::time::Duration::from_secs(2), |s| s.stop_timeout);
             if !detached {
                 self.sweep_group(&name, pid, signal, grace);
+                self.sweep_orphans(&name, signal, grace);
             }
             let a = self.sup.on_exit(pid, Exit::from_status(status), now);
             return self.run_actions(a);
         }
         if self.guard.as_ref().is_some_and(|g| g.pid() == pid) {
             return self.guard_exited(status);
+        }
+        if let Some(instance) = self.orphans.remove(&pid) {
+            if let Some(g) = self.guard.as_mut() {
+                g.withdraw_pid(pid);
+            }
+            debug!("reaped pid {pid}, which had left {instance}'s group");
+            return;
         }
         debug!("reaped adopted pid {pid}: {}", super::compute::describe_exit(status));
     }
@@ -503,6 +511,52 @@ impl Reactor {
         let _ = kill(group, Signal::SIGCONT);
         self.sweeps.insert(pgid);
         self.timers.arm(Instant::now() + grace, Timer::Sweep { pgid });
+    }
+
+    /// `instance`'s main process was reaped: processes that had left its
+    /// group (setsid) and whose parent died came to us. They are part of
+    /// what it started: `signal` now, SIGKILL after `grace`, and the guard
+    /// watches them until we reap them.
+    fn sweep_orphans(&mut self, instance: &str, signal: Signal, grace: std::time::Duration) {
+        let Some((process, index)) =
+            self.sup.instance(instance).map(|i| (i.spec().process.clone(), i.spec().index))
+        else {
+            return;
+        };
+        let (process, index) = (process.as_str(), index);
+        let me = std::process::id();
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        for pid in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            let known = self.compute.pid() == Some(pid)
+                || self.guard.as_ref().is_some_and(|g| g.pid() == pid)
+                || self.aux.contains_key(&pid)
+                || self.orphans.contains_key(&pid)
+                || self.sup.by_pid(pid).is_some();
+            // Only what carries this instance's identity in its environment
+            // (inherited from the process we spawned): never a detached
+            // process's daemon, never something that scrubbed it.
+            if known || !from_instance(pid, process, index) {
+                continue;
+            }
+            info!("{instance}: pid {pid} left its process group and outlived its parent: {signal}, SIGKILL in {}", crate::supervise::human(grace));
+            self.orphans.insert(pid, instance.to_string());
+            if let Some(g) = self.guard.as_mut() {
+                g.watch_pid(pid);
+            }
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+            self.timers.arm(Instant::now() + grace, Timer::SweepOrphan { pid });
+        }
+    }
+
+    /// An orphan outlived its grace. It is still ours (not reaped, so the
+    /// pid is not reused): SIGKILL.
+    pub(super) fn orphan_overdue(&mut self, pid: u32) {
+        if self.orphans.contains_key(&pid) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
 
     pub(super) fn sweep_done(&mut self, pgid: u32) {
@@ -791,6 +845,21 @@ impl Reactor {
         );
         Ok(report(plan, true))
     }
+}
+
+/// Whether `pid`'s environment names it as part of `process`'s instance
+/// `index` (`WEAVER_PROCESS`, `WEAVER_INSTANCE`).
+fn from_instance(pid: u32, process: &str, index: u32) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    let (mut p, mut i) = (false, false);
+    for var in env.split(|&b| b == 0) {
+        if let Some(v) = var.strip_prefix(b"WEAVER_PROCESS=") {
+            p = v == process.as_bytes();
+        } else if let Some(v) = var.strip_prefix(b"WEAVER_INSTANCE=") {
+            i = v == index.to_string().as_bytes();
+        }
+    }
+    p && i
 }
 
 fn describe_event(k: &EventKind) -> String {
