@@ -1712,6 +1712,17 @@ gpus = [1, 0]
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a weaver.toml example") + 8;
+        let len = readme[start..].find("```").unwrap();
+        let c = parse(&readme[start..start + len], "README.md").unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = c.expand().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["db", "migrate", "trainer.0", "trainer.1", "exporter"]);
+        assert_eq!(c.compute.workers, Some(4));
+    }
+
+    #[test]
     fn a_full_file_parses_into_every_field() {
         let c = parse(FULL, "weaver.toml").unwrap();
         assert_eq!(c.compute.command.as_deref().unwrap(), ["/opt/compute", "--fast"]);
