@@ -922,3 +922,46 @@ command = ["sh", "-c", "echo one; echo two >&2; exec sleep 3121"]
     assert!(outputs.iter().any(|d| d.starts_with("stderr#") && d.ends_with("two")), "{outputs:?}");
     assert!(seen.iter().all(|e| e["time_ms"].as_u64().unwrap() > 1_700_000_000_000));
 }
+
+#[test]
+fn shell_work_dir_pid_file_and_the_compute_section_are_honoured() {
+    let s = sup("");
+    let (wd, pf) = (s.file("wd"), s.file("p-{instance}.pid"));
+    for i in 0..2 {
+        std::fs::create_dir_all(format!("{wd}/{i}")).unwrap();
+    }
+    s.write_config(&format!(
+        r#"
+[compute]
+workers = 3
+
+[[process]]
+name = "sh"
+command = "echo $((6 * 7)) | tr 4 x; exec sleep 3131"
+shell = true
+
+[[process]]
+name = "wd"
+command = ["sh", "-c", "pwd; exec sleep 3132"]
+instances = 2
+work_dir = "{wd}/{{instance}}"
+pid_file = "{pf}"
+"#
+    ));
+    s.wait_state("sh", "running", secs(10));
+    assert_eq!(s.log_texts("sh"), ["x2"], "the command went through /bin/sh");
+    for i in 0..2 {
+        let row = s.wait_state(&format!("wd.{i}"), "running", secs(10));
+        assert_eq!(s.log_texts(&format!("wd.{i}")), [format!("{wd}/{i}")]);
+        // weaver's pid file: pid and start time.
+        let path = pf.replace("{instance}", &i.to_string());
+        let (pid, start) = pidfile::read(Path::new(&path)).unwrap();
+        assert_eq!(Some(pid as u64), row["pid"].as_u64());
+        assert_eq!(start, pidfile::start_time(pid));
+    }
+    assert_eq!(s.env.status()["compute"]["workers"], 3);
+    s.env.ok(&["stop", "wd"]);
+    s.wait_state("wd.0", "stopped", secs(10));
+    s.wait_state("wd.1", "stopped", secs(10));
+    assert!(!Path::new(&pf.replace("{instance}", "0")).exists(), "removed at stop");
+}
