@@ -308,7 +308,14 @@ fn print_ps(rows: &[ProcRow]) {
         println!("no supervised processes (declare them in weaver.toml)");
         return;
     }
-    println!("{:<20} {:<14} {:>8} {:>8} {:>8}  INFO", "NAME", "STATE", "PID", "RESTARTS", "UPTIME");
+    // One write for the whole table (stdout is line-buffered).
+    use std::fmt::Write as _;
+    let mut table = String::with_capacity(80 * (rows.len() + 1));
+    let _ = writeln!(
+        table,
+        "{:<20} {:<14} {:>8} {:>8} {:>8}  INFO",
+        "NAME", "STATE", "PID", "RESTARTS", "UPTIME"
+    );
     for r in rows {
         let mut info = Vec::new();
         if let Some(ms) = r.next_restart_ms {
@@ -326,7 +333,8 @@ fn print_ps(rows: &[ProcRow]) {
                 g.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
             ));
         }
-        println!(
+        let _ = writeln!(
+            table,
             "{:<20} {:<14} {:>8} {:>8} {:>8}  {}",
             r.name,
             r.state,
@@ -336,6 +344,7 @@ fn print_ps(rows: &[ProcRow]) {
             info.join("; ")
         );
     }
+    print!("{table}");
 }
 
 fn print_reload(r: &ReloadReport) {

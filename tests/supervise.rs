@@ -941,6 +941,11 @@ command = "echo $((6 * 7)) | tr 4 x; exec sleep 3131"
 shell = true
 
 [[process]]
+name = "lim"
+command = "ulimit -n; ulimit -Hn; exec sleep 3133"
+shell = true
+
+[[process]]
 name = "wd"
 command = ["sh", "-c", "pwd; exec sleep 3132"]
 instances = 2
@@ -948,6 +953,21 @@ work_dir = "{wd}/{{instance}}"
 pid_file = "{pf}"
 "#
     ));
+    // Start the daemon with a low soft open-file limit.
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let low = lim.rlim_max.min(512);
+    let mut first = s.env.cmd();
+    first.arg("status").stdout(Stdio::null());
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut first, move || {
+            let l = libc::rlimit { rlim_cur: low, rlim_max: lim.rlim_max };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            Ok(())
+        });
+    }
+    assert!(first.status().unwrap().success());
     s.wait_state("sh", "running", secs(10));
     assert_eq!(s.log_texts("sh"), ["x2"], "the command went through /bin/sh");
     for i in 0..2 {
@@ -960,6 +980,17 @@ pid_file = "{pf}"
         assert_eq!(start, pidfile::start_time(pid));
     }
     assert_eq!(s.env.status()["compute"]["workers"], 3);
+    // weaver raises its own open-file limit (two pipes per process) but
+    // gives its children the limits it was started with.
+    s.wait_state("lim", "running", secs(10));
+    let show =
+        |v: u64| if v == libc::RLIM_INFINITY { "unlimited".to_string() } else { v.to_string() };
+    assert_eq!(s.log_texts("lim"), [show(low), show(lim.rlim_max)]);
+    let daemon = s.env.daemon_pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{daemon}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[3], f[4], "the daemon's soft limit is its hard limit: {line}");
     s.env.ok(&["stop", "wd"]);
     s.wait_state("wd.0", "stopped", secs(10));
     s.wait_state("wd.1", "stopped", secs(10));

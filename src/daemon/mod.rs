@@ -115,6 +115,7 @@ fn start(o: &Options) -> Result<Result<()>> {
     // returned at once regardless).
     // SAFETY: plain mallopt before any thread exists.
     unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20) };
+    raise_nofile();
     // Orphaned descendants of our children come to us, so they can be reaped
     // and stopped too.
     // SAFETY: plain prctl.
@@ -204,4 +205,32 @@ fn bind(p: &Path) -> Result<mio::net::UnixListener> {
     fs::set_permissions(p, fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(Kind::RuntimeDir, "chmod", p, &e))?;
     Ok(l)
+}
+
+/// The open-file limit the daemon was started with, for its children (set
+/// once by [`raise_nofile`]).
+static CHILD_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Every supervised process costs weaver two pipe ends, every client a
+/// socket: raise our soft open-file limit to the hard one. Children get
+/// the original limit back ([`child_nofile`]).
+fn raise_nofile() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+    // SAFETY: plain setrlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        let _ = CHILD_NOFILE.set(lim);
+        log::debug!("open-file limit raised from {} to {}", lim.rlim_cur, lim.rlim_max);
+    }
+}
+
+/// The limit to give back to children, if [`raise_nofile`] changed ours.
+pub(crate) fn child_nofile() -> Option<libc::rlimit> {
+    CHILD_NOFILE.get().copied()
 }

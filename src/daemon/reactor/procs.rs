@@ -38,7 +38,7 @@ use crate::supervise::{plan_reload, Action, Check, Exit, RunId};
 pub(super) struct Pipe {
     pub instance: String,
     pub stream: Stream,
-    pub fd: OwnedFd,
+    pub file: File,
 }
 
 /// A hook or probe command weaver is running.
@@ -100,9 +100,15 @@ fn child_command(
     let mut cmd = Command::new(prog);
     cmd.args(args).envs(env).current_dir(work_dir.unwrap_or(Path::new("/"))).process_group(0);
     let parent = std::process::id() as libc::pid_t;
+    let nofile = crate::daemon::child_nofile();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The open-file limit weaver was started with, not the one it
+            // raised for itself (select() users break above 1024).
+            if let Some(lim) = nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -346,7 +352,7 @@ impl Reactor {
             warn!("cannot watch {instance}'s {}: {e}", stream.name());
             return;
         }
-        self.pipes.insert(token, Pipe { instance: instance.to_string(), stream, fd });
+        self.pipes.insert(token, Pipe { instance: instance.to_string(), stream, file: fd.into() });
     }
 
     /// A hook or probe: own process group, output into weaver's log.
@@ -381,9 +387,8 @@ impl Reactor {
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         {
             let Some(p) = self.pipes.get_mut(&token) else { return };
-            let mut f = File::from(p.fd.try_clone().expect("dup pipe fd"));
             loop {
-                match f.read(&mut self.read_buf[..64 * 1024]) {
+                match p.file.read(&mut self.read_buf[..64 * 1024]) {
                     Ok(0) => {
                         eof = true;
                         break;
@@ -414,7 +419,7 @@ impl Reactor {
         }
         if eof {
             if let Some(p) = self.pipes.remove(&token) {
-                let _ = self.poll.registry().deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+                let _ = self.poll.registry().deregister(&mut SourceFd(&p.file.as_raw_fd()));
             }
             let a = self.sup.on_output_eof(&instance, stream, ms, now);
             self.run_actions(a);
