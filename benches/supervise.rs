@@ -136,25 +136,6 @@ fn switches(pid: u32) -> u64 {
         + proc_status_kb(pid, "nonvoluntary_ctxt_switches")
 }
 
-/// 500 supervised processes hold 1000 pipe ends in the daemon; it inherits
-/// our limit, so make sure the soft limit leaves room.
-fn raise_nofile() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: r is a valid rlimit to write to.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return;
-    }
-    const WANT: libc::rlim_t = 4096;
-    if r.rlim_cur >= WANT {
-        return;
-    }
-    let new = libc::rlimit { rlim_cur: WANT.min(r.rlim_max), rlim_max: r.rlim_max };
-    // SAFETY: new is a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
-        println!("(raised the open-file soft limit from {} to {})", r.rlim_cur, new.rlim_cur);
-    }
-}
-
 // ---------------------------------------------------------------- daemons
 
 /// One weaver daemon with its own runtime dir and configuration file;
@@ -440,8 +421,6 @@ fn respawn(base: &Path) -> Respawn {
          command = [{}]\n\
          env = {{ {STAMPS_ENV} = {} }}\n\
          start_duration = \"0\"\n\
-         retry_count = 1000000000\n\
-         retry_interval = \"0\"\n\
          restart_interval = \"0\"\n\
          backoff_factor = 1.0\n\
          backoff_jitter = 0.0\n\
@@ -552,8 +531,6 @@ fn crash_loop(base: &Path, idle: &Daemon) -> CrashLoop {
          name = \"crash\"\n\
          command = [\"false\"]\n\
          start_duration = \"0\"\n\
-         retry_count = 1000000000\n\
-         retry_interval = \"10ms\"\n\
          restart_interval = \"10ms\"\n\
          backoff_factor = 2.0\n\
          backoff_cap = \"{}ms\"\n\
@@ -600,7 +577,6 @@ fn main() {
     if let Some(path) = std::env::var_os(STAMPS_ENV) {
         stamp_and_exit(start, path);
     }
-    raise_nofile();
     let t_all = Instant::now();
     let tmp = tempfile::Builder::new().prefix("wvs").tempdir_in("/tmp").unwrap();
     let base = tmp.path();
