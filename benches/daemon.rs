@@ -9,17 +9,17 @@
 //!
 //! `cargo bench --bench daemon`; WEAVER_BENCH_QUICK=1 runs fewer rounds.
 
+mod common;
+
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{proc_status_kb, quick, run_ok, timed};
+
 const WEAVER: &str = env!("CARGO_BIN_EXE_weaver");
 const COMPUTE: &str = env!("CARGO_BIN_EXE_compute-daemon");
-
-fn quick() -> bool {
-    std::env::var_os("WEAVER_BENCH_QUICK").is_some()
-}
 
 fn weaver(rt: &Path) -> Command {
     let mut c = Command::new(WEAVER);
@@ -30,17 +30,6 @@ fn weaver(rt: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     c
-}
-
-fn run_ok(mut c: Command) {
-    let s = c.status().expect("spawn");
-    assert!(s.success(), "{c:?} failed: {s}");
-}
-
-fn timed(c: Command) -> Duration {
-    let t = Instant::now();
-    run_ok(c);
-    t.elapsed()
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -87,11 +76,7 @@ fn pidfd(pid: u32) -> OwnedFd {
 }
 
 fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+    proc_status_kb(pid, "VmRSS")
 }
 
 fn fresh_dir(base: &Path, i: usize) -> PathBuf {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{percentile, quick};
+use common::{percentile, proc_status_kb, quick, run_ok, timed};
 use weaver::pidfile::{self, PidRecord};
 
 const WEAVER: &str = env!("CARGO_BIN_EXE_weaver");
@@ -78,25 +78,6 @@ fn toml_str(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn run_ok(mut c: Command) {
-    let s = c.status().expect("spawn");
-    assert!(s.success(), "{c:?} failed: {s}");
-}
-
-fn timed(c: Command) -> Duration {
-    let t = Instant::now();
-    run_ok(c);
-    t.elapsed()
-}
-
-fn proc_status_kb(pid: u32, key: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
 /// CPU time of every thread of `pid` in nanoseconds (first field of each

@@ -158,6 +158,28 @@ pub fn percentile(times: &mut [Duration], p: f64) -> Duration {
 }
 
 /// Iteration counts shrink under `WEAVER_BENCH_QUICK=1` (CI smoke runs).
+/// Run `c` to completion; it must succeed.
+pub fn run_ok(mut c: std::process::Command) {
+    let s = c.status().expect("spawn");
+    assert!(s.success(), "{c:?} failed: {s}");
+}
+
+/// How long `c` took to run to success.
+pub fn timed(c: std::process::Command) -> Duration {
+    let t = Instant::now();
+    run_ok(c);
+    t.elapsed()
+}
+
+/// A `kB` (or count) field of /proc/PID/status, e.g. "VmRSS".
+pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
 pub fn quick() -> bool {
     std::env::var_os("WEAVER_BENCH_QUICK").is_some_and(|v| v != "0" && !v.is_empty())
 }
