@@ -996,3 +996,73 @@ pid_file = "{pf}"
     s.wait_state("wd.1", "stopped", secs(10));
     assert!(!Path::new(&pf.replace("{instance}", "0")).exists(), "removed at stop");
 }
+
+#[test]
+fn a_subscriber_that_falls_behind_is_told_what_it_lost_and_slows_nobody() {
+    let s = sup(r#"
+[[process]]
+name = "flood"
+command = ["sh", "-c", "sleep 0.3; yes event-line-padding-padding-padding | head -n 60000; echo last"]
+auto_restart = false
+start_duration = 0
+"#);
+    // The daemon starts (the flood waits 0.3 s before it begins).
+    s.row("flood");
+    // A subscriber whose reader does not read until the flood is over.
+    let mut child = s
+        .env
+        .cmd()
+        .args(["events", "--json", "--output", "flood"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    // Everyone else is served meanwhile.
+    let row = s.wait_state("flood", "exited(0)", secs(60));
+    assert_eq!(row["last_exit"], "exited with code 0");
+    assert_eq!(s.env.ok(&["logs", "flood", "-n", "1"]), "last\n");
+    // Now read what the subscriber got, until the flood's exit event.
+    let mut seen: Vec<Value> = Vec::new();
+    for l in BufReader::new(out).lines() {
+        let v: Value = serde_json::from_str(&l.unwrap()).unwrap();
+        let end = v["event"] == "exited";
+        seen.push(v);
+        if end {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let lost: u64 = seen.iter().filter_map(|e| e["lost"].as_u64()).sum();
+    assert!(lost > 0, "60000 lines cannot all wait for a stalled reader");
+    // Every event is either delivered or counted as lost: the gaps in the
+    // sequence numbers add up to what was reported lost.
+    let seqs: Vec<u64> = seen.iter().filter_map(|e| e["seq"].as_u64().filter(|&q| q > 0)).collect();
+    let gaps: u64 = seqs.windows(2).map(|w| w[1] - w[0] - 1).sum();
+    assert_eq!(gaps, lost, "lost markers account for every missing event");
+    assert!(seen
+        .iter()
+        .any(|e| e["event"] == "lost"
+            && e["detail"].as_str().is_some_and(|d| d.contains("fell behind"))));
+    assert_eq!(seen.last().unwrap()["event"], "exited", "the end still arrives");
+}
+
+#[test]
+fn a_follower_gets_a_whole_burst_even_when_the_process_goes_quiet() {
+    let s = sup(r#"
+[[process]]
+name = "burst"
+command = ["sh", "-c", "sleep 0.5; seq 1 20000; exec sleep 3141"]
+"#);
+    s.row("burst");
+    let (mut f, rx) = follow(&s, &["logs", "burst", "-f", "--json", "--since", "0"]);
+    let mut n = 0;
+    while n < 20000 {
+        let v = rx.recv_timeout(secs(10)).unwrap_or_else(|_| panic!("stalled after {n} lines"));
+        n += 1;
+        assert_eq!(v["text"], n.to_string());
+    }
+    f.kill().unwrap();
+    f.wait().unwrap();
+}

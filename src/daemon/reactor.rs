@@ -204,7 +204,7 @@ impl Reactor {
         self.run_actions(plan);
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = if self.pending_pipes.is_empty() {
+            let timeout = if self.pending_pipes.is_empty() && !self.follows_pending() {
                 self.timers.next_timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)

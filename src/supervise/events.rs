@@ -117,6 +117,36 @@ struct Subscriber {
     events: usize,
 }
 
+impl Subscriber {
+    /// Turn the oldest queued output event into a lost marker in its place
+    /// (merged with markers beside it), so that the gaps in sequence numbers
+    /// still add up to the markers. False if no output event is queued.
+    fn drop_oldest_output(&mut self) -> bool {
+        let is_output = |d: &Delivery| {
+            matches!(d, Delivery::Event(Event { kind: EventKind::Output { .. }, .. }))
+        };
+        let Some(mut i) = self.queue.iter().position(is_output) else { return false };
+        self.queue[i] = Delivery::Lost { count: 1 };
+        self.events -= 1;
+        if i > 0 {
+            if let Delivery::Lost { count } = self.queue[i - 1] {
+                self.queue.remove(i);
+                i -= 1;
+                if let Delivery::Lost { count: c } = &mut self.queue[i] {
+                    *c = count + 1;
+                }
+            }
+        }
+        if let Some(&Delivery::Lost { count: next }) = self.queue.get(i + 1) {
+            self.queue.remove(i + 1);
+            if let Delivery::Lost { count } = &mut self.queue[i] {
+                *count += next;
+            }
+        }
+        true
+    }
+}
+
 /// The fan-out. The reactor publishes every event here and, after each
 /// turn, drains each subscriber's queue into its connection as far as
 /// the socket takes it.
@@ -166,7 +196,13 @@ impl Broadcaster {
             if !sub.filter.matches(&event.instance, &event.kind) {
                 continue;
             }
+            let lifecycle = !matches!(event.kind, EventKind::Output { .. });
             if sub.events < self.queue_cap {
+                sub.queue.push_back(Delivery::Event(event.clone()));
+                sub.events += 1;
+            } else if lifecycle && sub.drop_oldest_output() {
+                // A full queue gives up an output line, never an exit or a
+                // failure: those are few and are what a watcher waits for.
                 sub.queue.push_back(Delivery::Event(event.clone()));
                 sub.events += 1;
             } else if let Some(Delivery::Lost { count }) = sub.queue.back_mut() {
@@ -279,6 +315,24 @@ mod tests {
         b.unsubscribe(slow);
         assert_eq!(b.subscribers(), 1);
         assert_eq!(b.next_seq(), 8);
+    }
+
+    #[test]
+    fn a_full_queue_drops_output_lines_before_lifecycle_events() {
+        let mut b = Broadcaster::new(3, 0);
+        let slow = b.subscribe(Filter { names: vec![], output: true }, 0);
+        let line = || EventKind::Output { stream: Stream::Stdout, seq: 1, bytes: b"x".to_vec() };
+        b.publish(0, "a", EventKind::Started { pid: 1 }); // 1
+        for _ in 0..4 {
+            b.publish(0, "a", line()); // 2, 3, then 4 and 5 lost
+        }
+        b.publish(0, "a", EventKind::Exited { code: 0 }); // 6: takes 2's place
+        b.publish(0, "a", EventKind::Failed { reason: "x".into() }); // 7: takes 3's place
+        b.publish(0, "a", EventKind::Stopped); // 8: no line left to give up
+        let got = seqs(&b.drain(slow, 10));
+        assert_eq!(got, ["1:a", "lost 4", "6:a", "7:a", "lost 1"]);
+        // Every missing number is counted, in its place.
+        assert_eq!(b.pending(slow), 0);
     }
 
     #[test]

@@ -807,6 +807,24 @@ impl Reactor {
         }
     }
 
+    /// Whether a follower or subscriber has more to send and its client's
+    /// buffer is empty. Batches are bounded per turn, and a client whose
+    /// buffer was flushed empty raises no event to come back for the rest,
+    /// so the reactor must not sleep then. (A client with unsent bytes has a
+    /// full socket: its writable event brings us back.)
+    pub(super) fn follows_pending(&self) -> bool {
+        let room = |c: u64| self.clients.get(&c).is_some_and(|c| c.out.is_empty());
+        let lines = self.followers.iter().any(|f| {
+            room(f.client)
+                && self.sup.instance(&f.instance).is_some_and(|i| i.ring().last_seq() > f.after)
+        });
+        lines
+            || self
+                .subscribers
+                .iter()
+                .any(|(&id, &(client, _))| room(client) && self.bcast.pending(id) > 0)
+    }
+
     pub(super) fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, ErrorReply> {
         let bad = |message: String| ErrorReply { kind: ErrorKind::BadConfig, message };
         let new = match &self.config_path {
