@@ -623,7 +623,30 @@ gpus = [0, [1, 2]]
 
 // ---------------------------------------------------------------- logs
 
-fn follow(s: &Sup, args: &[&str]) -> (Child, mpsc::Receiver<Value>) {
+/// A child killed and reaped when dropped (a failing test included).
+struct Owned(Child);
+
+impl std::ops::Deref for Owned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn follow(s: &Sup, args: &[&str]) -> (Owned, mpsc::Receiver<Value>) {
     let mut child =
         s.env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let out = child.stdout.take().unwrap();
@@ -636,7 +659,7 @@ fn follow(s: &Sup, args: &[&str]) -> (Child, mpsc::Receiver<Value>) {
             }
         }
     });
-    (child, rx)
+    (Owned(child), rx)
 }
 
 #[test]
@@ -1009,14 +1032,15 @@ start_duration = 0
     // The daemon starts (the flood waits 0.3 s before it begins).
     s.row("flood");
     // A subscriber whose reader does not read until the flood is over.
-    let mut child = s
-        .env
-        .cmd()
-        .args(["events", "--json", "--output", "flood"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Owned(
+        s.env
+            .cmd()
+            .args(["events", "--json", "--output", "flood"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let out = child.stdout.take().unwrap();
     // Everyone else is served meanwhile.
     let row = s.wait_state("flood", "exited(0)", secs(60));
