@@ -1090,3 +1090,40 @@ command = ["sh", "-c", "sleep 0.5; seq 1 20000; exec sleep 3141"]
     f.kill().unwrap();
     f.wait().unwrap();
 }
+
+#[test]
+fn stop_signal_and_a_failing_alive_check_are_honoured() {
+    let s = sup("");
+    let (alive, got) = (s.file("alive"), s.file("got"));
+    std::fs::write(&alive, "").unwrap();
+    s.write_config(&format!(
+        r#"
+[[process]]
+name = "int"
+command = ["sh", "-c", "trap 'echo INT > {got}; exit 0' INT; while :; do sleep 0.05; done"]
+stop_signal = "INT"
+
+# Hung (alive check fails) while its process still runs: restarted.
+[[process]]
+name = "hung"
+command = ["sleep", "3151"]
+start_duration = "100ms"
+restart_interval = "100ms"
+detectors = {{ alive = {{ command = ["test", "-e", "{alive}"], interval = "100ms" }} }}
+"#
+    ));
+    s.wait_state("int", "running", secs(10));
+    s.env.ok(&["stop", "int"]);
+    let row = s.wait_state("int", "stopped", secs(10));
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "INT\n", "{row}");
+    let first = s.wait_state("hung", "running", secs(10))["pid"].as_u64().unwrap();
+    std::fs::remove_file(&alive).unwrap();
+    let mut ev = s.events(&["hung"]);
+    ev.until(secs(10), |v| count(v, "hung", "restarting") >= 1);
+    assert!(wait_for(secs(5), || gone(first as u32)), "the hung process was stopped");
+    std::fs::write(&alive, "").unwrap();
+    let row = s.wait_row("hung", secs(10), |r| {
+        r["state"] == "running" && r["pid"].as_u64().is_some_and(|p| p != first)
+    });
+    assert!(row["restarts"].as_u64().unwrap() >= 1, "{row}");
+}
