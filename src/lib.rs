@@ -6,7 +6,10 @@
 //! Invariants (each module keeps its share):
 //! - weaver creates every socket before it spawns the process that uses it.
 //! - A child never outlives weaver: parent-death signal + stdin pipe + socket
-//!   EOF, any one suffices.
+//!   EOF, any one suffices. What supervised processes fork dies with them:
+//!   their process group is swept when they exit or stop, and the guard
+//!   process kills every listed group if weaver dies by SIGKILL (detached
+//!   processes excepted, by definition).
 //! - Every request gets exactly one reply: success, error, cancel, or
 //!   "compute died".
 //! - Memory per client and per request is bounded; a slow client cannot stall
