@@ -1077,15 +1077,17 @@ fn a_follower_gets_a_whole_burst_even_when_the_process_goes_quiet() {
     let s = sup(r#"
 [[process]]
 name = "burst"
-command = ["sh", "-c", "sleep 0.5; seq 1 20000; exec sleep 3141"]
+command = ["sh", "-c", "sleep 0.5; seq 1 6000; exec sleep 3141"]
+# Room for every line, however late the follower connects.
+output = { ring_bytes = 4194304 }
 "#);
     s.row("burst");
     let (mut f, rx) = follow(&s, &["logs", "burst", "-f", "--json", "--since", "0"]);
     let mut n = 0;
-    while n < 20000 {
+    while n < 6000 {
         let v = rx.recv_timeout(secs(10)).unwrap_or_else(|_| panic!("stalled after {n} lines"));
         n += 1;
-        assert_eq!(v["text"], n.to_string());
+        assert_eq!(v["text"], n.to_string(), "{v}");
     }
     f.kill().unwrap();
     f.wait().unwrap();
