@@ -155,6 +155,12 @@ fn seq_of(v: &[Value], instance: &str, event: &str) -> u64 {
         .unwrap()
 }
 
+/// A `sleep` argument (seconds) that no other test run uses, for finding
+/// this run's processes by command line.
+fn marker(secs: u32) -> String {
+    format!("{secs}.{}", std::process::id())
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -261,11 +267,12 @@ retry_interval = "200ms"
 fn a_self_daemonizing_script_is_tracked_through_its_pid_file_and_adopted_after_a_restart() {
     let s = sup("");
     let pidf = s.file("d.pid");
+    let mark = marker(3011);
     s.write_config(&format!(
         r#"
 [[process]]
 name = "legacy"
-command = ["sh", "-c", "setsid sleep 3011 </dev/null >/dev/null 2>&1 & echo $! > {pidf}"]
+command = ["sh", "-c", "setsid sleep {mark} </dev/null >/dev/null 2>&1 & echo $! > {pidf}"]
 detached = true
 pid_file = "{pidf}"
 start_duration = "300ms"
@@ -296,7 +303,7 @@ detectors = {{ alive = {{ pid_file = "{pidf}", interval = "100ms" }} }}
     // ... and the next weaver adopts it instead of starting another.
     let row = s.wait_state("legacy", "running", secs(10));
     assert_eq!(row["pid"].as_u64(), Some(pid as u64), "adopted: {row}");
-    assert_eq!(processes_mentioning(&["sleep", "3011"]), vec![pid], "no second copy");
+    assert_eq!(processes_mentioning(&["sleep", &mark]), vec![pid], "no second copy");
     // Stopped through its pid.
     s.env.ok(&["stop", "legacy"]);
     s.wait_state("legacy", "stopped", secs(10));
@@ -423,22 +430,23 @@ command = ["sh", "-c", "setsid sh -c 'echo $$ > {e}; exec sleep 3022' & exec sle
 
 #[test]
 fn kill_9_of_weaver_with_20_supervised_processes_leaves_none() {
+    let (m1, m2) = (marker(3031), marker(3032));
     let mut toml = String::new();
     for i in 0..16 {
-        toml += &format!("[[process]]\nname = \"p{i}\"\ncommand = [\"sleep\", \"3031\"]\n\n");
+        toml += &format!("[[process]]\nname = \"p{i}\"\ncommand = [\"sleep\", \"{m1}\"]\n\n");
     }
     // Shells with children of their own: the parent-death signal reaches
     // the shell only; the guard kills the rest of the group.
-    toml += "[[process]]\nname = \"fam\"\ncommand = [\"sh\", \"-c\", \"sleep 3032 & sleep 3032 & wait\"]\ninstances = 4\n";
+    toml += &format!("[[process]]\nname = \"fam\"\ncommand = [\"sh\", \"-c\", \"sleep {m2} & sleep {m2} & wait\"]\ninstances = 4\n");
     let s = sup(&toml);
     let ok = wait_for(secs(20), || {
         let rows = s.ps();
         rows.len() == 20 && rows.iter().all(|r| r["state"] == "running")
     });
     assert!(ok, "{:?}\n{}", s.ps(), s.env.log());
-    assert!(wait_for(secs(5), || processes_mentioning(&["sleep", "3032"]).len() == 8));
-    let mut pids: Vec<u32> = processes_mentioning(&["sleep", "3031"]);
-    pids.extend(processes_mentioning(&["sleep", "3032"]));
+    assert!(wait_for(secs(5), || processes_mentioning(&["sleep", &m2]).len() == 8));
+    let mut pids: Vec<u32> = processes_mentioning(&["sleep", &m1]);
+    pids.extend(processes_mentioning(&["sleep", &m2]));
     pids.extend(s.ps().iter().filter_map(|r| r["pid"].as_u64()).map(|p| p as u32));
     pids.sort();
     pids.dedup();
@@ -508,6 +516,7 @@ interval = "50ms"
 fn hooks_run_in_order_in_every_mode_and_failure_mode() {
     let s = sup("");
     let (trace, tries) = (s.file("trace"), s.file("tries"));
+    let hang = marker(3056);
     let mark = |what: &str| format!(r#"["sh", "-c", "echo {what} $WEAVER_PROCESS >> {trace}"]"#);
     s.write_config(&format!(
         r#"
@@ -541,7 +550,7 @@ hooks = {{ pre_start = {{ command = ["sh", "-c", "echo x >> {tries}; [ $(wc -l <
 [[process]]
 name = "hangs"
 command = ["sleep", "3055"]
-hooks = {{ pre_start = {{ command = ["sleep", "3056"], timeout = "300ms", failure_mode = "fail" }} }}
+hooks = {{ pre_start = {{ command = ["sleep", "{hang}"], timeout = "300ms", failure_mode = "fail" }} }}
 
 [[process]]
 name = "async"
@@ -567,7 +576,7 @@ hooks = {{ pre_start = {{ command = ["sleep", "3"], run_mode = "async" }} }}
     assert!(t0.elapsed() < secs(5));
     let reason = row["reason"].as_str().unwrap();
     assert!(reason.contains("pre_start") && reason.contains("300ms"), "{reason}");
-    assert!(wait_for(secs(5), || processes_mentioning(&["sleep", "3056"]).is_empty()));
+    assert!(wait_for(secs(5), || processes_mentioning(&["sleep", &hang]).is_empty()));
     assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 3);
     assert!(wait_for(secs(5), || std::fs::read_to_string(&trace)
         .unwrap_or_default()
