@@ -220,6 +220,95 @@ impl Decoder {
     }
 }
 
+/// An incremental decoder the reactor can drain a socket into: bytes fed
+/// from a scratch buffer, or a large payload read straight into place.
+/// Implemented by the control-socket [`Decoder`] and the compute
+/// [`FrameDecoder`](crate::wire::FrameDecoder).
+pub trait StreamDecoder {
+    type Frame;
+    type Error: std::fmt::Display;
+    /// Consume bytes: how many were used, and a frame if one completed.
+    fn feed(&mut self, data: &[u8]) -> Result<(usize, Option<Self::Frame>), Self::Error>;
+    /// The payload buffer to read straight into, while a large one arrives.
+    fn direct_target(&mut self) -> Option<&mut Vec<u8>>;
+    /// After a direct read: the frame, if it is now complete.
+    fn direct_done(&mut self) -> Option<Self::Frame>;
+}
+
+impl StreamDecoder for Decoder {
+    type Frame = RawFrame;
+    type Error = FrameError;
+    fn feed(&mut self, data: &[u8]) -> Result<(usize, Option<RawFrame>), FrameError> {
+        Decoder::feed(self, data)
+    }
+    fn direct_target(&mut self) -> Option<&mut Vec<u8>> {
+        Decoder::direct_target(self)
+    }
+    fn direct_done(&mut self) -> Option<RawFrame> {
+        Decoder::direct_done(self)
+    }
+}
+
+/// How [`drain`] stopped.
+#[derive(Debug)]
+pub enum Drained<E> {
+    /// Everything there was is read: wait for the next readiness.
+    WouldBlock,
+    /// The peer closed its end.
+    Eof,
+    /// The read failed.
+    Failed(io::Error),
+    /// The bytes are not a valid frame.
+    Bad(E),
+}
+
+/// Read a non-blocking socket until it would block (readiness is a hint:
+/// the read decides), appending whole frames to `out`. Large payloads are
+/// read straight into their buffer, everything else through `scratch`.
+pub fn drain<S, D>(
+    stream: &mut S,
+    dec: &mut D,
+    scratch: &mut [u8],
+    out: &mut Vec<D::Frame>,
+) -> Drained<D::Error>
+where
+    S: Read + std::os::fd::AsRawFd,
+    D: StreamDecoder,
+{
+    loop {
+        if let Some(v) = dec.direct_target() {
+            match read_spare(stream.as_raw_fd(), v) {
+                Ok(0) => return Drained::Eof,
+                Ok(_) => {
+                    out.extend(dec.direct_done());
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::WouldBlock,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Drained::Failed(e),
+            }
+        }
+        match stream.read(scratch) {
+            Ok(0) => return Drained::Eof,
+            Ok(n) => {
+                let mut data = &scratch[..n];
+                while !data.is_empty() {
+                    match dec.feed(data) {
+                        Ok((used, f)) => {
+                            data = &data[used..];
+                            out.extend(f);
+                        }
+                        Err(e) => return Drained::Bad(e),
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Drained::Failed(e),
+        }
+    }
+}
+
 /// Read from `fd` into the spare capacity of `v` (never past it).
 /// Returns the bytes read; 0 means EOF.
 pub fn read_spare(fd: std::os::fd::RawFd, v: &mut Vec<u8>) -> io::Result<usize> {
@@ -309,6 +398,37 @@ mod tests {
         let f = got.unwrap();
         assert_eq!((f.meta.as_slice(), f.payload), (&b"meta"[..], body));
         assert!(d.is_idle() && d.direct_target().is_none());
+    }
+
+    #[test]
+    fn drain_reads_to_would_block_then_sees_eof_or_garbage() {
+        let mut wire = Vec::new();
+        let body: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
+        push(&mut wire, b"big", &body);
+        push(&mut wire, b"small", b"x");
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::io::Write::write_all(&mut &a, &wire).unwrap();
+            a
+        });
+        let (mut d, mut scratch, mut out) = (Decoder::new(), [0u8; 64], Vec::new());
+        while out.len() < 2 {
+            match drain(&mut b, &mut d, &mut scratch, &mut out) {
+                Drained::WouldBlock => std::thread::sleep(std::time::Duration::from_millis(1)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((out[0].meta.as_slice(), &out[0].payload), (&b"big"[..], &body));
+        assert_eq!((out[1].meta.as_slice(), out[1].payload.as_slice()), (&b"small"[..], &b"x"[..]));
+        let a = writer.join().unwrap();
+        drop(a);
+        assert!(matches!(drain(&mut b, &mut d, &mut scratch, &mut out), Drained::Eof));
+        // A prefix announcing more than the cap is refused, not buffered.
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut &a, &prefix_raw(u32::MAX, 0)).unwrap();
+        let mut d = Decoder::new();
+        assert!(matches!(drain(&mut b, &mut d, &mut scratch, &mut out), Drained::Bad(_)));
     }
 
     #[test]

@@ -363,6 +363,20 @@ impl Hello {
     }
 }
 
+impl crate::frame::StreamDecoder for FrameDecoder {
+    type Frame = Frame;
+    type Error = DecodeError;
+    fn feed(&mut self, data: &[u8]) -> Result<(usize, Option<Frame>), DecodeError> {
+        FrameDecoder::feed(self, data)
+    }
+    fn direct_target(&mut self) -> Option<&mut Vec<u8>> {
+        FrameDecoder::direct_target(self)
+    }
+    fn direct_done(&mut self) -> Option<Frame> {
+        FrameDecoder::direct_done(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ use crate::daemon::compute::{self, Compute, Conn, State, HELLO_TIMEOUT, STOP_GRA
 use crate::daemon::mux::{Completion, Deliver, Limits, Mux};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
-use crate::frame::{self, RawFrame};
+use crate::frame::{self, Drained, RawFrame};
 use crate::pidfile::PidRecord;
 use crate::protocol::{
     self, ClientMsg, ComputeStatus, DaemonStatus, ErrorKind, ErrorReply, Handshake, Request,
@@ -326,54 +326,15 @@ impl Reactor {
         let mut bad = None;
         {
             let Some(c) = self.clients.get_mut(&id) else { return };
-            'read: loop {
-                if let Some(v) = c.dec.direct_target() {
-                    match frame::read_spare(c.stream.as_raw_fd(), v) {
-                        Ok(0) => {
-                            gone = true;
-                            break;
-                        }
-                        Ok(_) => {
-                            frames.extend(c.dec.direct_done());
-                            continue;
-                        }
-                        Err(e) if would_block(&e) => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            debug!("client {id}: read failed: {e}");
-                            gone = true;
-                            break;
-                        }
-                    }
+            let scratch = &mut self.read_buf[..SCRATCH_READ];
+            match frame::drain(&mut c.stream, &mut c.dec, scratch, &mut frames) {
+                Drained::WouldBlock => {}
+                Drained::Eof => gone = true,
+                Drained::Failed(e) => {
+                    debug!("client {id}: read failed: {e}");
+                    gone = true;
                 }
-                match c.stream.read(&mut self.read_buf[..SCRATCH_READ]) {
-                    Ok(0) => {
-                        gone = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        let mut data = &self.read_buf[..n];
-                        while !data.is_empty() {
-                            match c.dec.feed(data) {
-                                Ok((used, f)) => {
-                                    data = &data[used..];
-                                    frames.extend(f);
-                                }
-                                Err(e) => {
-                                    bad = Some(e.to_string());
-                                    break 'read;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) if would_block(&e) => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        debug!("client {id}: read failed: {e}");
-                        gone = true;
-                        break;
-                    }
-                }
+                Drained::Bad(e) => bad = Some(e.to_string()),
             }
         }
         for f in frames {
@@ -836,48 +797,14 @@ impl Reactor {
 
     fn read_compute(&mut self) {
         let mut frames = Vec::new();
-        let mut lost = None;
-        {
-            let Some(conn) = self.compute.conn.as_mut() else { return };
-            'read: loop {
-                if let Some(v) = conn.dec.direct_target() {
-                    match frame::read_spare(conn.stream.as_raw_fd(), v) {
-                        Ok(0) => {
-                            lost = Some("compute closed its connection".to_string());
-                            break;
-                        }
-                        Ok(_) => {
-                            frames.extend(conn.dec.direct_done());
-                            continue;
-                        }
-                        Err(e) if would_block(&e) => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            lost = Some(format!("compute connection failed: {e}"));
-                            break;
-                        }
-                    }
-                }
-                match conn.stream.read(&mut self.read_buf[..SCRATCH_READ]) {
-                    Ok(0) => {
-                        lost = Some("compute closed its connection".to_string());
-                        break;
-                    }
-                    Ok(n) => {
-                        if let Err(e) = conn.dec.feed_all(&self.read_buf[..n], &mut frames) {
-                            lost = Some(format!("compute broke the protocol: {e}"));
-                            break 'read;
-                        }
-                    }
-                    Err(e) if would_block(&e) => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        lost = Some(format!("compute connection failed: {e}"));
-                        break;
-                    }
-                }
-            }
-        }
+        let Some(conn) = self.compute.conn.as_mut() else { return };
+        let scratch = &mut self.read_buf[..SCRATCH_READ];
+        let mut lost = match frame::drain(&mut conn.stream, &mut conn.dec, scratch, &mut frames) {
+            Drained::WouldBlock => None,
+            Drained::Eof => Some("compute closed its connection".to_string()),
+            Drained::Failed(e) => Some(format!("compute connection failed: {e}")),
+            Drained::Bad(e) => Some(format!("compute broke the protocol: {e}")),
+        };
         for f in frames {
             if let Err(why) = self.compute_frame(f) {
                 lost = Some(why);
