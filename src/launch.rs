@@ -12,10 +12,9 @@
 //!   "busy" and the command retries its connect for a bounded time.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,7 +24,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::client::Client;
 use crate::error::{Error, Kind, Result};
-use crate::runtime_dir::RuntimeDir;
+use crate::runtime_dir::{self, RuntimeDir};
 
 /// The fd number the daemon finds its readiness pipe on.
 pub const READY_FD: i32 = 3;
@@ -69,13 +68,7 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
         ));
     }
     let lock_path = l.dir.launch_lock();
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&lock_path)
+    let lock_file = runtime_dir::open_private(&lock_path, false)
         .map_err(|e| Error::io(Kind::RuntimeDir, "open", &lock_path, &e))?;
     let _guard = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| {
         Error::new(Kind::RuntimeDir, format!("cannot lock {}: {e}", lock_path.display()))
@@ -130,12 +123,7 @@ fn spawn_daemon(l: &Launch) -> Result<Ready> {
         )
     })?;
     let log_path = l.dir.log_file();
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&log_path)
+    let log = runtime_dir::open_private(&log_path, true)
         .map_err(|e| Error::io(Kind::RuntimeDir, "open the daemon log", &log_path, &e))?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::new(Kind::Daemon, format!("cannot create the readiness pipe: {e}")))?;

@@ -85,6 +85,20 @@ impl RuntimeDir {
     }
 }
 
+/// Open (creating, mode 0600) a file of ours in the runtime dir: never
+/// through a symlink, closed on exec. `append` for logs; otherwise opened
+/// for writing without truncation (lock files).
+pub fn open_private(path: &Path, append: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = fs::OpenOptions::new();
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(false);
+    }
+    o.create(true).mode(0o600).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW).open(path)
+}
+
 /// Refuse a directory that is a symlink, not a directory, not ours, or open
 /// to group or other.
 pub fn check(path: &Path) -> Result<()> {

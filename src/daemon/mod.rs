@@ -10,9 +10,9 @@ pub mod reactor;
 pub mod timers;
 pub mod token;
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
@@ -21,7 +21,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::error::{Error, Kind, Result};
 use crate::launch;
 use crate::pidfile::{self, PidRecord};
-use crate::runtime_dir::RuntimeDir;
+use crate::runtime_dir::{self, RuntimeDir};
 
 pub struct Options {
     pub dir: RuntimeDir,
@@ -69,13 +69,7 @@ fn start(o: &Options) -> Result<Result<()>> {
     let supervisor = crate::supervise::Supervisor::new(config.clone(), std::process::id() as u64)
         .map_err(|e| Error::new(Kind::Usage, format!("{e}")))?;
     let lock_path = dir.daemon_lock();
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&lock_path)
+    let lock = runtime_dir::open_private(&lock_path, false)
         .map_err(|e| Error::io(Kind::RuntimeDir, "open", &lock_path, &e))?;
     let lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
