@@ -154,20 +154,12 @@ static void job_set_message(struct wc_job *j, uint32_t status, const char *fmt, 
     __attribute__((format(printf, 3, 4)));
 static void job_set_message(struct wc_job *j, uint32_t status, const char *fmt, ...)
 {
-    free(j->out);
-    j->out = NULL;
-    j->out_len = 0;
     j->kind = WC_FRAME_RESPONSE;
     j->code = status;
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    int n = vasprintf(&msg, fmt, ap);
+    wc_vmessage(&j->out, &j->out_len, fmt, ap);
     va_end(ap);
-    if (n >= 0) {
-        j->out = (uint8_t *)msg;
-        j->out_len = (size_t)n;
-    }
 }
 
 /* ---- The server -------------------------------------------------------- */

@@ -25,22 +25,26 @@ int wc_call_cancelled(const struct wc_call *call)
     return call->cancel != NULL && atomic_load(call->cancel) != 0;
 }
 
-void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...)
+void wc_vmessage(uint8_t **out, size_t *out_len, const char *fmt, va_list ap)
 {
-    free(call->out);
-    call->out = NULL;
-    call->out_len = 0;
-    call->status = status;
-
-    va_list ap;
-    va_start(ap, fmt);
+    free(*out);
+    *out = NULL;
+    *out_len = 0;
     char *msg = NULL;
     int n = vasprintf(&msg, fmt, ap);
-    va_end(ap);
     if (n >= 0) {
-        call->out = (uint8_t *)msg;
-        call->out_len = (size_t)n;
+        *out = (uint8_t *)msg;
+        *out_len = (size_t)n;
     }
+}
+
+void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...)
+{
+    call->status = status;
+    va_list ap;
+    va_start(ap, fmt);
+    wc_vmessage(&call->out, &call->out_len, fmt, ap);
+    va_end(ap);
 }
 
 static void call_cancelled(struct wc_call *call)

@@ -8,6 +8,7 @@
 #ifndef WC_INTERNAL_H
 #define WC_INTERNAL_H
 
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -125,6 +126,9 @@ const struct wc_op_entry *wc_op_find(uint32_t op);
 
 /** Non-zero once the call was cancelled. */
 int wc_call_cancelled(const struct wc_call *call);
+/** Replace the buffer *out (freed) with the formatted message (not
+ *  NUL-terminated in *out_len); on allocation failure, empty. */
+void wc_vmessage(uint8_t **out, size_t *out_len, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 /** Finish the call with a non-OK status and a formatted message payload. */
 void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
