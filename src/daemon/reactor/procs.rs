@@ -251,14 +251,14 @@ impl Reactor {
         let detached = self.sup.instance(instance).is_some_and(|i| i.spec().detached);
         if detached && self.detached.get(instance) != Some(&rec) {
             self.detached.insert(instance.to_string(), rec);
-            let dir = self.detached_dir();
+            let path = self.detached_record(instance);
             let saved = std::fs::DirBuilder::new()
                 .mode(0o700)
                 .recursive(true)
-                .create(&dir)
-                .and_then(|_| pidfile::write(&dir.join(format!("{instance}.pid")), rec));
+                .create(self.detached_dir())
+                .and_then(|_| pidfile::write(&path, rec));
             if let Err(e) = saved {
-                warn!("cannot record detached {instance} (pid {pid}) in {}: {e}", dir.display());
+                warn!("cannot record detached {instance} (pid {pid}) in {}: {e}", path.display());
             }
         }
         Some(pid)
@@ -268,10 +268,15 @@ impl Reactor {
         self.dir.path().join("detached")
     }
 
+    /// weaver's record (pid and start time) of a detached instance.
+    fn detached_record(&self, instance: &str) -> PathBuf {
+        self.detached_dir().join(format!("{instance}.pid"))
+    }
+
     /// A detached instance is down: forget its pid.
     fn forget_detached(&mut self, instance: &str) {
         if self.detached.remove(instance).is_some() {
-            let _ = std::fs::remove_file(self.detached_dir().join(format!("{instance}.pid")));
+            let _ = std::fs::remove_file(self.detached_record(instance));
         }
     }
 
@@ -504,8 +509,7 @@ impl Reactor {
             return;
         }
         if grace.is_zero() {
-            self.sweeps.insert(pgid);
-            return self.sweep_done(pgid);
+            return self.kill_rest(pgid);
         }
         info!(
             "{instance}: processes left in group {pgid} after its leader exited: {signal}, SIGKILL in {}",
@@ -564,10 +568,16 @@ impl Reactor {
         }
     }
 
+    /// A sweep's grace is over.
     pub(super) fn sweep_done(&mut self, pgid: u32) {
-        if !self.sweeps.remove(&pgid) {
-            return;
+        if self.sweeps.remove(&pgid) {
+            self.kill_rest(pgid);
         }
+    }
+
+    /// SIGKILL what is left of group `pgid`; the guard need not watch it
+    /// any more.
+    fn kill_rest(&mut self, pgid: u32) {
         if kill(Pid::from_raw(-(pgid as i32)), Signal::SIGKILL).is_ok() {
             debug!("SIGKILL to what was left of process group {pgid}");
         }
