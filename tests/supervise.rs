@@ -42,11 +42,7 @@ impl Sup {
     fn ps(&self) -> Vec<Value> {
         let v: Value = serde_json::from_str(&self.env.ok(&["ps", "--json"])).unwrap();
         let rows = v.as_array().unwrap().clone();
-        for r in &rows {
-            if let Some(p) = r["pid"].as_u64() {
-                self.env.track(p as u32);
-            }
-        }
+        track_rows(&self.env, &rows);
         rows
     }
 
@@ -77,27 +73,8 @@ impl Sup {
     fn events(&self, extra: &[&str]) -> Events {
         let mut args = vec!["events", "--json", "--history", "256"];
         args.extend_from_slice(extra);
-        let mut child = self
-            .env
-            .cmd()
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                let v: Value = serde_json::from_str(&l)
-                    .unwrap_or_else(|e| panic!("events line is not JSON ({e}): {l}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        Events { child, rx, seen: Vec::new() }
+        let (child, rx) = json_lines(self, &args);
+        Events { _child: child, rx, seen: Vec::new() }
     }
 
     fn log_texts(&self, name: &str) -> Vec<String> {
@@ -105,8 +82,50 @@ impl Sup {
     }
 }
 
+/// A child killed and reaped when dropped (a failing test included).
+struct Owned(Child);
+
+impl std::ops::Deref for Owned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `weaver ARGS` printing JSON lines, which come through the channel.
+fn json_lines(s: &Sup, args: &[&str]) -> (Owned, mpsc::Receiver<Value>) {
+    let mut child =
+        s.env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            let v: Value = serde_json::from_str(&l)
+                .unwrap_or_else(|e| panic!("output line is not JSON ({e}): {l}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    (Owned(child), rx)
+}
+
 struct Events {
-    child: Child,
+    _child: Owned,
     rx: mpsc::Receiver<Value>,
     seen: Vec<Value>,
 }
@@ -126,10 +145,10 @@ impl Events {
     }
 }
 
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Track (for cleanup) every pid in `ps --json` rows.
+fn track_rows(env: &TestEnv, rows: &[Value]) {
+    for p in rows.iter().filter_map(|r| r["pid"].as_u64()) {
+        env.track(p as u32);
     }
 }
 
@@ -632,45 +651,6 @@ gpus = [0, [1, 2]]
 
 // ---------------------------------------------------------------- logs
 
-/// A child killed and reaped when dropped (a failing test included).
-struct Owned(Child);
-
-impl std::ops::Deref for Owned {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Owned {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn follow(s: &Sup, args: &[&str]) -> (Owned, mpsc::Receiver<Value>) {
-    let mut child =
-        s.env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(serde_json::from_str::<Value>(&l).unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    (Owned(child), rx)
-}
-
 #[test]
 fn logs_follow_resumes_by_sequence_number_without_loss_or_repeats() {
     let s = sup(r#"
@@ -679,7 +659,7 @@ name = "tick"
 command = ["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line$i; i=$((i+1)); sleep 0.004; done; echo done; exec sleep 3071"]
 "#);
     s.wait_state("tick", "starting", secs(10));
-    let (mut a, rx) = follow(&s, &["logs", "tick", "-f", "--json", "--since", "0"]);
+    let (mut a, rx) = json_lines(&s, &["logs", "tick", "-f", "--json", "--since", "0"]);
     let mut got: Vec<Value> = Vec::new();
     while got.len() < 60 {
         got.push(rx.recv_timeout(secs(10)).expect("lines while following"));
@@ -693,7 +673,7 @@ command = ["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line$i; i=$((i+1)); s
     let last = got.last().unwrap()["seq"].as_u64().unwrap();
     // ... and a new one resumes from the last sequence number it saw.
     let since = last.to_string();
-    let (mut b, rx) = follow(&s, &["logs", "tick", "-f", "--json", "--since", &since]);
+    let (mut b, rx) = json_lines(&s, &["logs", "tick", "-f", "--json", "--since", &since]);
     loop {
         let v = rx.recv_timeout(secs(10)).expect("lines after resuming");
         let done = v["text"] == "done";
@@ -727,7 +707,7 @@ name = "boot"
 command = ["sh", "-c", "echo hello; exec sleep 3081"]
 "#);
     s.wait_state("boot", "running", secs(10));
-    let (mut f, rx) = follow(&s, &["logs", "boot", "-f", "--json", "--since", "0"]);
+    let (mut f, rx) = json_lines(&s, &["logs", "boot", "-f", "--json", "--since", "0"]);
     assert_eq!(rx.recv_timeout(secs(10)).unwrap()["text"], "hello");
     s.env.ok(&["shutdown"]);
     std::thread::sleep(Duration::from_millis(700));
@@ -878,11 +858,7 @@ stop_timeout = "soon"
     let out = s.env.ok(&["--config", &other, "ps", "--json"]);
     let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["name"], "x");
-    for r in &rows {
-        if let Some(p) = r["pid"].as_u64() {
-            s.env.track(p as u32);
-        }
-    }
+    track_rows(&s.env, &rows);
 }
 
 #[test]
@@ -920,11 +896,7 @@ fn the_config_is_found_under_xdg_config_home() {
     )
     .unwrap();
     let rows: Vec<Value> = serde_json::from_str(&env.ok(&["ps", "--json"])).unwrap();
-    for r in &rows {
-        if let Some(p) = r["pid"].as_u64() {
-            env.track(p as u32);
-        }
-    }
+    track_rows(&env, &rows);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["name"], "x");
 }
@@ -1091,7 +1063,7 @@ command = ["sh", "-c", "sleep 0.5; seq 1 6000; exec sleep 3141"]
 output = { ring_bytes = 4194304 }
 "#);
     s.row("burst");
-    let (mut f, rx) = follow(&s, &["logs", "burst", "-f", "--json", "--since", "0"]);
+    let (mut f, rx) = json_lines(&s, &["logs", "burst", "-f", "--json", "--since", "0"]);
     let mut n = 0;
     while n < 6000 {
         let v = rx.recv_timeout(secs(10)).unwrap_or_else(|_| panic!("stalled after {n} lines"));
