@@ -25,6 +25,7 @@ pub mod launch; // connect-or-start, readiness pipe
 pub mod logging; // env_logger set-up for the daemon
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
-pub mod runtime_dir;
+pub mod runtime_dir; // runtime dir checks and paths
 pub mod supervise; // supervised processes: config, order, lifecycle; pure
-pub mod wire; // compute wire frames (encode, decode, HELLO), pure // runtime dir checks and paths
+pub mod sys; // signal names, wait statuses, child set-up, random source: one of each
+pub mod wire; // compute wire frames (encode, decode, HELLO), pure

@@ -1,0 +1,169 @@
+//! The small pieces of process plumbing that every part of weaver shares,
+//! each written once: signal names, wait statuses, the child set-up before
+//! exec, non-blocking fds, and the random source for backoff jitter.
+
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// "SIGTERM", or "signal 77" for a number with no name.
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// The `ExitStatus` of a reaped child, `None` for a stop or continue report.
+pub fn exit_status(ws: WaitStatus) -> Option<(u32, ExitStatus)> {
+    let (pid, raw) = match ws {
+        WaitStatus::Exited(pid, code) => (pid, (code & 0xff) << 8),
+        WaitStatus::Signaled(pid, sig, core) => (pid, sig as i32 | if core { 0x80 } else { 0 }),
+        _ => return None,
+    };
+    Some((pid.as_raw() as u32, ExitStatus::from_raw(raw)))
+}
+
+/// Reap every exited child without blocking: (pid, status) in reaping order.
+pub fn reap_all() -> Vec<(u32, ExitStatus)> {
+    let mut reaped = Vec::new();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+            Ok(ws) => reaped.extend(exit_status(ws)),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                log::warn!("waitpid failed: {e}");
+                break;
+            }
+        }
+    }
+    reaped
+}
+
+/// Put `fd` in non-blocking mode.
+pub fn set_nonblocking(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl on an fd the caller owns; no memory is involved.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// What a child of the daemon gets between fork and exec.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildSetup {
+    /// Set SIGKILL as the parent-death signal (and exit if weaver already
+    /// died between fork and prctl). Off for a program that owns its own
+    /// parent-death signal, as compute does.
+    pub die_with_parent: bool,
+    /// The open-file limit weaver was started with, if it raised its own.
+    pub nofile: Option<libc::rlimit>,
+}
+
+impl ChildSetup {
+    /// The set-up every supervised process, hook and probe gets.
+    pub fn supervised() -> ChildSetup {
+        ChildSetup { die_with_parent: true, nofile: crate::daemon::child_nofile() }
+    }
+
+    /// Apply to `cmd`: its own process group, the original open-file limit,
+    /// umask 022 (weaver's own 077 is not its children's), and the
+    /// parent-death signal when asked.
+    pub fn apply(self, cmd: &mut Command) {
+        cmd.process_group(0);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (setrlimit, prctl, getppid,
+        // umask, _exit) run between fork and exec, and they touch no memory
+        // shared with the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                // select() users break above 1024 descriptors.
+                if let Some(lim) = self.nofile {
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+                if self.die_with_parent {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // weaver may have died between fork and prctl.
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                }
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The one random source for backoff jitter: splitmix64. Jitter needs
+/// spread, not secrecy.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A fixed seed (tests).
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// Seeded from the pid and the wall clock.
+    pub fn from_time() -> Rng {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Rng((std::process::id() as u64) << 32 ^ ns)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(77), "signal 77");
+    }
+
+    #[test]
+    fn wait_statuses_convert() {
+        let p = Pid::from_raw(42);
+        let (pid, st) = exit_status(WaitStatus::Exited(p, 3)).unwrap();
+        assert_eq!((pid, st.code()), (42, Some(3)));
+        let (_, st) = exit_status(WaitStatus::Signaled(p, Signal::SIGKILL, false)).unwrap();
+        assert_eq!(st.signal(), Some(9));
+        let (_, st) = exit_status(WaitStatus::Signaled(p, Signal::SIGSEGV, true)).unwrap();
+        assert!(st.core_dumped());
+        assert!(exit_status(WaitStatus::StillAlive).is_none());
+    }
+
+    #[test]
+    fn rng_is_repeatable_and_spread() {
+        let (mut a, mut b) = (Rng::seeded(7), Rng::seeded(7));
+        let xs: Vec<u64> = (0..100).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..100).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        let mut sorted = xs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 100);
+        // Both halves of the range are hit.
+        assert!(xs.iter().any(|&x| x > u64::MAX / 2) && xs.iter().any(|&x| x < u64::MAX / 2));
+    }
+}
