@@ -56,11 +56,10 @@ impl Client {
             ));
         }
         let hs = protocol::encode(&Handshake::new(shutdown));
-        frame::write_to(&mut stream, &hs, &[])
+        crate::stream::write_control(&mut stream, &hs, &[])
             .map_err(|e| daemon_err("cannot send handshake", e))?;
         let mut dec = frame::Decoder::new();
-        let f = dec
-            .read_frame(&mut stream)
+        let f = crate::stream::read_frame(&mut dec, &mut stream)
             .map_err(|e| daemon_err("cannot read the daemon's handshake", e))?
             .ok_or_else(|| {
                 Error::new(Kind::Daemon, "the daemon closed the connection during the handshake")
@@ -94,13 +93,15 @@ impl Client {
         let tag = self.next_tag;
         self.next_tag += 1;
         let meta = protocol::encode(&ClientMsg { tag, req });
-        frame::write_to(&mut self.stream, &meta, payload)?;
+        crate::stream::write_control(&mut self.stream, &meta, payload)?;
         Ok(tag)
     }
 
     /// Receive the next reply, whatever its tag. `Ok(None)` on EOF.
     pub fn recv(&mut self) -> io::Result<Option<Reply>> {
-        let Some(f) = self.dec.read_frame(&mut self.stream)? else { return Ok(None) };
+        let Some(f) = crate::stream::read_frame(&mut self.dec, &mut self.stream)? else {
+            return Ok(None);
+        };
         let msg: ServerMsg = protocol::decode(&f.meta, "reply")
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(Some(Reply { tag: msg.tag, resp: msg.resp, payload: f.payload }))

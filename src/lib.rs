@@ -17,6 +17,7 @@
 
 pub mod cli; // clap definitions only
 pub mod client; // blocking control-socket client
+pub mod codec; // the frame decoder core shared by both framings, pure
 pub mod daemon; // the daemon: startup order, reactor, compute, mux
 pub mod error; // error kind + message; exit codes
 pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
@@ -26,6 +27,7 @@ pub mod logging; // env_logger set-up for the daemon
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
 pub mod runtime_dir; // runtime dir checks and paths
+pub mod stream; // blocking frame reads and writes (client, test peers)
 pub mod supervise; // supervised processes: config, order, lifecycle; pure
 pub mod sys; // signal names, wait statuses, child set-up, random source: one of each
 pub mod wire; // compute wire frames (encode, decode, HELLO), pure

@@ -12,7 +12,9 @@ use nix::unistd::Pid;
 
 /// "SIGTERM", or "signal 77" for a number with no name.
 pub fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// The `ExitStatus` of a reaped child, `None` for a stop or continue report.

@@ -6,8 +6,8 @@
 //! drift apart silently.
 
 use std::fmt;
-use std::io::{self, Read};
 
+use crate::codec::{self, Framing};
 use crate::ffi;
 
 /// "WVRC" on the wire.
@@ -164,133 +164,30 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// Incremental frame decoder: feed it bytes as they arrive (or let it read
-/// from a non-blocking source), take whole frames out. Holds at most one
-/// partial frame, so its memory is bounded by [`MAX_FRAME`].
-#[derive(Debug, Default)]
-pub struct FrameDecoder {
-    header: [u8; HEADER_SIZE],
-    header_len: usize,
-    current: Option<Header>,
-    payload: Vec<u8>,
-}
+/// The compute framing for the shared decoder core.
+#[derive(Debug)]
+pub struct Compute;
 
-impl FrameDecoder {
-    pub fn new() -> Self {
-        Self::default()
+impl Framing for Compute {
+    const HEAD_LEN: usize = HEADER_SIZE;
+    type Head = Header;
+    type Frame = Frame;
+    type Error = DecodeError;
+
+    fn parse(b: &[u8]) -> Result<(Header, usize, usize), DecodeError> {
+        let h = Header::decode(b.try_into().expect("a whole header"))?;
+        Ok((h, 0, h.payload_len as usize))
     }
 
-    /// True when no partial frame is held (a clean place for EOF).
-    pub fn is_idle(&self) -> bool {
-        self.header_len == 0 && self.current.is_none()
-    }
-
-    /// Consume bytes from `data`; returns the number consumed and a frame if
-    /// one completed. Call again with the rest until it consumes nothing.
-    pub fn feed(&mut self, data: &[u8]) -> Result<(usize, Option<Frame>), DecodeError> {
-        let mut used = 0;
-        if self.current.is_none() {
-            let take = (HEADER_SIZE - self.header_len).min(data.len());
-            self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
-            self.header_len += take;
-            used += take;
-            if self.header_len < HEADER_SIZE {
-                return Ok((used, None));
-            }
-            let h = Header::decode(&self.header)?;
-            self.payload = Vec::with_capacity(h.payload_len as usize);
-            self.current = Some(h);
-        }
-        let h = self.current.expect("header decoded above");
-        let want = h.payload_len as usize - self.payload.len();
-        let take = want.min(data.len() - used);
-        self.payload.extend_from_slice(&data[used..used + take]);
-        used += take;
-        if self.payload.len() == h.payload_len as usize {
-            self.current = None;
-            self.header_len = 0;
-            let payload = std::mem::take(&mut self.payload);
-            return Ok((used, Some(Frame { header: h, payload })));
-        }
-        Ok((used, None))
-    }
-
-    /// While a large payload is arriving: the buffer to read straight into
-    /// (its spare capacity is exactly what the frame still needs).
-    pub fn direct_target(&mut self) -> Option<&mut Vec<u8>> {
-        let h = self.current?;
-        if h.payload_len as usize - self.payload.len() >= crate::frame::DIRECT_MIN {
-            return Some(&mut self.payload);
-        }
-        None
-    }
-
-    /// After a direct read: the frame, if it is now complete.
-    pub fn direct_done(&mut self) -> Option<Frame> {
-        let h = self.current?;
-        if self.payload.len() < h.payload_len as usize {
-            return None;
-        }
-        self.current = None;
-        self.header_len = 0;
-        Some(Frame { header: h, payload: std::mem::take(&mut self.payload) })
-    }
-
-    /// Decode every whole frame in `data`, appending them to `out`.
-    pub fn feed_all(&mut self, mut data: &[u8], out: &mut Vec<Frame>) -> Result<(), DecodeError> {
-        while !data.is_empty() {
-            let (used, frame) = self.feed(data)?;
-            data = &data[used..];
-            out.extend(frame);
-        }
-        Ok(())
-    }
-
-    /// Read one whole frame from a blocking reader. `Ok(None)` on a clean
-    /// EOF between frames; EOF inside a frame is `UnexpectedEof`.
-    pub fn read_frame<R: Read>(&mut self, r: &mut R) -> io::Result<Option<Frame>> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            // Read payload bytes straight into place when the header is known.
-            if let Some(h) = self.current {
-                let want = h.payload_len as usize - self.payload.len();
-                if want == 0 {
-                    let (_, f) = self.feed(&[]).map_err(invalid)?;
-                    return Ok(f);
-                }
-                let start = self.payload.len();
-                self.payload.resize(start + want, 0);
-                let n = r.read(&mut self.payload[start..])?;
-                self.payload.truncate(start + n);
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed inside a frame",
-                    ));
-                }
-                continue;
-            }
-            let need = HEADER_SIZE - self.header_len;
-            let n = r.read(&mut buf[..need])?;
-            if n == 0 {
-                if self.header_len == 0 {
-                    return Ok(None);
-                }
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed inside a frame header",
-                ));
-            }
-            if let (_, Some(f)) = self.feed(&buf[..n]).map_err(invalid)? {
-                return Ok(Some(f));
-            }
-        }
+    fn assemble(header: Header, _meta: Vec<u8>, payload: Vec<u8>) -> Frame {
+        Frame { header, payload }
     }
 }
 
-fn invalid(e: DecodeError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
-}
+/// Incremental frame decoder: feed it bytes as they arrive, take whole
+/// frames out. Holds at most one partial frame, so its memory is bounded by
+/// [`MAX_FRAME`].
+pub type FrameDecoder = codec::Decoder<Compute>;
 
 /// The HELLO payload a compute daemon sends first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,20 +260,6 @@ impl Hello {
     }
 }
 
-impl crate::frame::StreamDecoder for FrameDecoder {
-    type Frame = Frame;
-    type Error = DecodeError;
-    fn feed(&mut self, data: &[u8]) -> Result<(usize, Option<Frame>), DecodeError> {
-        FrameDecoder::feed(self, data)
-    }
-    fn direct_target(&mut self) -> Option<&mut Vec<u8>> {
-        FrameDecoder::direct_target(self)
-    }
-    fn direct_done(&mut self) -> Option<Frame> {
-        FrameDecoder::direct_done(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,7 +302,7 @@ mod tests {
         let mut d = FrameDecoder::new();
         let mut out = Vec::new();
         for b in &wire {
-            d.feed_all(std::slice::from_ref(b), &mut out).unwrap();
+            feed_all(&mut d, std::slice::from_ref(b), &mut out);
         }
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].payload, b"hello");
@@ -427,21 +310,16 @@ mod tests {
         assert!(d.is_idle());
         let mut d = FrameDecoder::new();
         let mut out2 = Vec::new();
-        d.feed_all(&wire, &mut out2).unwrap();
+        feed_all(&mut d, &wire, &mut out2);
         assert_eq!(out, out2);
     }
 
-    #[test]
-    fn read_frame_reports_eof_inside_a_frame() {
-        let wire = encode_frame(kind::RESPONSE, 7, status::OK, b"hello");
-        let mut d = FrameDecoder::new();
-        let mut r = &wire[..wire.len() - 1];
-        let e = d.read_frame(&mut r).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        let mut d = FrameDecoder::new();
-        let mut r = &wire[..];
-        assert_eq!(d.read_frame(&mut r).unwrap().unwrap().payload, b"hello");
-        assert!(d.read_frame(&mut r).unwrap().is_none());
+    fn feed_all(d: &mut FrameDecoder, mut data: &[u8], out: &mut Vec<Frame>) {
+        while !data.is_empty() {
+            let (used, frame) = d.feed(data).unwrap();
+            data = &data[used..];
+            out.extend(frame);
+        }
     }
 
     #[test]

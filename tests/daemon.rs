@@ -326,8 +326,8 @@ fn shutdown_returns_once_everything_is_gone() {
 }
 
 fn handshake(s: &mut UnixStream, hs: &Handshake) -> Handshake {
-    frame::write_to(s, &protocol::encode(hs), &[]).unwrap();
-    let f = frame::Decoder::new().read_frame(s).unwrap().unwrap();
+    weaver::stream::write_control(s, &protocol::encode(hs), &[]).unwrap();
+    let f = weaver::stream::read_frame(&mut frame::Decoder::new(), s).unwrap().unwrap();
     protocol::decode(&f.meta, "handshake").unwrap()
 }
 
@@ -344,7 +344,8 @@ fn read_to_eof(s: &mut UnixStream) -> Vec<u8> {
 }
 
 fn error_reply(bytes: &[u8]) -> protocol::ErrorReply {
-    let f = frame::Decoder::new().read_frame(&mut &bytes[..]).unwrap().unwrap();
+    let f =
+        weaver::stream::read_frame(&mut frame::Decoder::new(), &mut &bytes[..]).unwrap().unwrap();
     match protocol::decode::<ServerMsg>(&f.meta, "reply").unwrap().resp {
         Response::Error(e) => e,
         other => panic!("expected an error reply, got {other:?}"),
@@ -375,7 +376,7 @@ fn malformed_control_frames_close_only_that_client() {
     // Garbage message: an error reply, then EOF.
     let mut s = env.raw();
     handshake(&mut s, &Handshake::new(false));
-    frame::write_to(&mut s, &[0xff, 0xff, 0xff], b"").unwrap();
+    weaver::stream::write_control(&mut s, &[0xff, 0xff, 0xff], b"").unwrap();
     let e = error_reply(&read_to_eof(&mut s));
     assert!(e.message.contains("malformed request"), "{}", e.message);
 

@@ -245,8 +245,7 @@ pub fn spawn_compute(
         assert!(Instant::now() < end, "compute-daemon did not connect within 10 s");
         std::thread::sleep(Duration::from_millis(2));
     };
-    let hello = wire::FrameDecoder::new()
-        .read_frame(&mut stream)
+    let hello = weaver::stream::read_frame(&mut wire::FrameDecoder::new(), &mut stream)
         .expect("read HELLO")
         .expect("HELLO before end of file");
     assert_eq!(hello.header.kind, kind::HELLO);

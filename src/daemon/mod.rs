@@ -1,14 +1,19 @@
 //! The daemon, started in order: lock, bind, signals, pid file, ready, then
 //! the reactor (which spawns compute) until a graceful stop, then cleanup.
 
-pub mod client_conn;
-pub mod compute;
-pub mod guard;
-pub mod mux;
-pub mod outq;
-pub mod reactor;
-pub mod timers;
-pub mod token;
+pub mod clients; // room: control connections, their queues and handshakes
+pub mod compute; // room: the compute child, its connection, lifecycle table, request mux
+pub mod conn; // one framed non-blocking connection type
+pub mod effect; // what rooms ask the loop to do
+pub mod follow; // room: logs -f followers and event subscribers
+pub mod guard; // the guard process that outlives a SIGKILLed weaver
+pub mod handlers; // one file per request kind
+pub mod mux; // in-flight table, pure
+pub mod outq; // write queue of a non-blocking socket
+pub mod procs; // room: supervised processes' plumbing
+pub mod reactor; // the loop
+pub mod timers; // deadline heap
+pub mod token; // the token space
 
 use std::fs;
 use std::io;

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::daemon::timers::TimerId;
 use crate::protocol::{ErrorKind, ErrorReply};
 use crate::wire::status;
 
@@ -37,29 +36,46 @@ struct Entry {
     /// The waiting client and its tag; `None` once the client left or the
     /// request timed out (the reply will be dropped).
     owner: Option<(ClientId, u64)>,
-    op: String,
+    op: OpRef,
     /// The input while queued; emptied when sent.
     payload: Vec<u8>,
     len: usize,
     sent: bool,
-    timer: Option<TimerId>,
+    /// The request's `--timeout`, while its deadline is armed.
+    timeout_ms: Option<u64>,
+}
+
+/// The op of a request: resolved to compute's op id once, at submit, when
+/// compute's HELLO is known; by name until then (resolved when sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpRef {
+    Code(u32),
+    Name(String),
+}
+
+impl From<&str> for OpRef {
+    fn from(name: &str) -> OpRef {
+        OpRef::Name(name.to_string())
+    }
 }
 
 /// A reply to hand to a client.
 #[derive(Debug, PartialEq)]
 pub struct Deliver {
+    /// The request's id.
+    pub id: u64,
     pub client: ClientId,
     pub tag: u64,
     pub result: Result<Vec<u8>, ErrorReply>,
-    /// The request's timer, to disarm.
-    pub timer: Option<TimerId>,
+    /// The request had a deadline, to disarm.
+    pub timed: bool,
 }
 
 /// A request to write to compute now.
 #[derive(Debug, PartialEq)]
 pub struct Outgoing {
     pub id: u64,
-    pub op: String,
+    pub op: OpRef,
     pub payload: Vec<u8>,
 }
 
@@ -141,7 +157,7 @@ impl Mux {
         &mut self,
         client: ClientId,
         tag: u64,
-        op: String,
+        op: OpRef,
         payload: Vec<u8>,
     ) -> Result<u64, ErrorReply> {
         let len = payload.len();
@@ -162,17 +178,17 @@ impl Mux {
         self.next_id += 1;
         self.entries.insert(
             id,
-            Entry { owner: Some((client, tag)), op, payload, len, sent: false, timer: None },
+            Entry { owner: Some((client, tag)), op, payload, len, sent: false, timeout_ms: None },
         );
         self.queue.push_back(id);
         self.queued_bytes += len;
         Ok(id)
     }
 
-    /// Remember the request's timer so it is disarmed with the request.
-    pub fn set_timer(&mut self, id: u64, timer: TimerId) {
+    /// The request has a deadline `ms` from now (armed by the caller).
+    pub fn set_timeout(&mut self, id: u64, ms: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
-            e.timer = Some(timer);
+            e.timeout_ms = Some(ms);
         }
     }
 
@@ -193,7 +209,7 @@ impl Mux {
         e.sent = true;
         Some(Outgoing {
             id,
-            op: std::mem::take(&mut e.op),
+            op: std::mem::replace(&mut e.op, OpRef::Code(0)),
             payload: std::mem::take(&mut e.payload),
         })
     }
@@ -222,7 +238,7 @@ impl Mux {
             Err(r) if r.kind == ErrorKind::Timeout => self.stats.timed_out += 1,
             Err(_) => self.stats.errors += 1,
         }
-        Completion::Deliver(Deliver { client, tag, result, timer: e.timer })
+        Completion::Deliver(Deliver { id, client, tag, result, timed: e.timeout_ms.is_some() })
     }
 
     /// A RESPONSE from compute.
@@ -239,7 +255,7 @@ impl Mux {
     /// The client left: its queued requests vanish, its sent ones stay until
     /// compute answers (to keep the window honest) and their replies will be
     /// dropped. Returns the ids to CANCEL at compute and timers to disarm.
-    pub fn forget_client(&mut self, client: ClientId) -> (Vec<u64>, Vec<TimerId>) {
+    pub fn forget_client(&mut self, client: ClientId) -> (Vec<u64>, Vec<u64>) {
         let mine: Vec<u64> = self
             .entries
             .iter()
@@ -250,7 +266,9 @@ impl Mux {
         let mut timers = Vec::new();
         for id in mine {
             let e = self.entries.get_mut(&id).expect("listed above");
-            timers.extend(e.timer.take());
+            if e.timeout_ms.take().is_some() {
+                timers.push(id);
+            }
             if e.sent {
                 e.owner = None;
                 cancel.push(id);
@@ -265,8 +283,9 @@ impl Mux {
     /// The request's deadline passed. Returns the timeout reply and whether
     /// it had been sent (then CANCEL it at compute; its late reply is
     /// dropped).
-    pub fn expire(&mut self, id: u64, after_ms: u64) -> Option<(Deliver, bool)> {
+    pub fn expire(&mut self, id: u64) -> Option<(Deliver, bool)> {
         let e = self.entries.get_mut(&id)?;
+        let after_ms = e.timeout_ms?;
         let (client, tag) = e.owner?;
         let sent = e.sent;
         let reply = err(
@@ -283,11 +302,11 @@ impl Mux {
         self.stats.timed_out += 1;
         if sent {
             e.owner = None;
-            e.timer = None;
+            e.timeout_ms = None;
         } else {
             self.remove(id);
         }
-        Some((Deliver { client, tag, result: Err(reply), timer: None }, sent))
+        Some((Deliver { id, client, tag, result: Err(reply), timed: false }, sent))
     }
 
     /// compute died: every sent request fails now.
@@ -392,19 +411,26 @@ mod tests {
         let a = m.submit(1, 1, "sleep".into(), vec![]).unwrap();
         let b = m.submit(1, 2, "echo".into(), vec![]).unwrap();
         let q = m.submit(1, 3, "echo".into(), vec![]).unwrap();
+        m.set_timeout(a, 50);
+        m.set_timeout(q, 1);
+        assert!(m.expire(b).is_none(), "no deadline, nothing to expire");
         m.next_send();
         m.next_send();
-        let (d, sent) = m.expire(a, 50).unwrap();
+        let (d, sent) = m.expire(a).unwrap();
         assert!(sent);
-        assert_eq!(d.result.unwrap_err().kind, ErrorKind::Timeout);
-        assert!(m.expire(a, 50).is_none(), "only once");
+        let e = d.result.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Timeout);
+        assert!(e.message.contains("50 ms"), "{}", e.message);
+        assert!(m.expire(a).is_none(), "only once");
         let failed = m.fail_in_flight(ErrorKind::ComputeDown, "compute died");
         assert_eq!(failed.len(), 1, "the timed-out one was already answered");
         assert_eq!(failed[0].tag, 2);
         assert_eq!(m.complete(b, status::OK, vec![]), Completion::Unknown);
         let rest = m.fail_queued(ErrorKind::ShuttingDown, "stopping");
         assert_eq!(rest.len(), 1);
-        assert!(m.expire(q, 1).is_none());
+        assert_eq!(rest[0].tag, 3);
+        assert!(rest[0].timed, "its deadline is to be disarmed");
+        assert!(m.expire(q).is_none());
         assert_eq!((m.in_flight(), m.queued()), (0, 0));
     }
 

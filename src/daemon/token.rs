@@ -1,5 +1,6 @@
-//! The token space, written down once: fixed tokens first, then one token per
-//! client connection (its client id, never reused). Unknown tokens are
+//! The token space, written down once: fixed tokens for the one-of-a-kind
+//! fds, then one range per kind of dynamic fd, each id never reused within
+//! its range. A new subsystem takes the next range. Unknown tokens are
 //! ignored: stale events for a closed source happen.
 
 use mio::Token;
@@ -10,8 +11,15 @@ pub const SIGNALS: Token = Token(2);
 pub const COMPUTE_CONN: Token = Token(3);
 pub const COMPUTE_STDOUT: Token = Token(4);
 pub const COMPUTE_STDERR: Token = Token(5);
-/// Client ids (and so their tokens) start here.
-pub const FIRST_CLIENT: u64 = 64;
+
+/// Width of each dynamic range: ids within a range count up from 1.
+const RANGE: usize = 1 << 40;
+/// Control-socket clients, by client id.
+const CLIENTS: usize = RANGE;
+/// Supervised processes' stdout and stderr pipes, by pipe id.
+const PIPES: usize = 2 * RANGE;
+/// End of the ranges handed out so far.
+const END: usize = 3 * RANGE;
 
 /// What an event's token refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +31,7 @@ pub enum Source {
     ComputeStdout,
     ComputeStderr,
     Client(u64),
+    Pipe(u64),
     Unknown,
 }
 
@@ -34,11 +43,32 @@ pub fn source(t: Token) -> Source {
         COMPUTE_CONN => Source::ComputeConn,
         COMPUTE_STDOUT => Source::ComputeStdout,
         COMPUTE_STDERR => Source::ComputeStderr,
-        Token(n) if n as u64 >= FIRST_CLIENT => Source::Client(n as u64),
+        Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
+        Token(n) if (PIPES..END).contains(&n) => Source::Pipe((n - PIPES) as u64),
         _ => Source::Unknown,
     }
 }
 
-pub fn client_token(id: u64) -> Token {
-    Token(id as usize)
+pub fn client(id: u64) -> Token {
+    Token(CLIENTS + id as usize)
+}
+
+pub fn pipe(id: u64) -> Token {
+    Token(PIPES + id as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_round_trip_and_do_not_overlap() {
+        for id in [1u64, 2, 1 << 20, (1 << 40) - 1] {
+            assert_eq!(source(client(id)), Source::Client(id));
+            assert_eq!(source(pipe(id)), Source::Pipe(id));
+        }
+        assert_eq!(source(Token(6)), Source::Unknown);
+        assert_eq!(source(Token(END)), Source::Unknown);
+        assert_eq!(source(COMPUTE_CONN), Source::ComputeConn);
+    }
 }

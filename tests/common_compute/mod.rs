@@ -42,7 +42,7 @@ impl Peer {
     /// `timeout` or on a broken frame.
     pub fn recv_within(&mut self, timeout: Duration) -> Option<Frame> {
         self.stream.set_read_timeout(Some(timeout)).expect("set read timeout");
-        match self.dec.read_frame(&mut self.stream) {
+        match weaver::stream::read_frame(&mut self.dec, &mut self.stream) {
             Ok(f) => f,
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>

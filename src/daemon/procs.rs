@@ -1,41 +1,46 @@
-//! The reactor's hands for supervised processes: it performs what
-//! [`Supervisor`] decides (spawn, signal, hooks, probes, timers, pid files,
-//! events) and feeds back what it observes (exits, output, timers, probe and
-//! hook results). Also serves `ps`, `start/stop/restart`, `logs`, `events`
-//! and `reload`.
+//! The supervised-processes room: the hands of [`Supervisor`]. It performs
+//! what the supervisor decides (spawn, signal, hooks, probes, pid files) and
+//! feeds back what it observes (exits, output, probe and hook results); it
+//! owns the output pipes, group sweeps, orphans that left their group,
+//! detached records, output files and the guard. Deadlines, fd watches and
+//! events for subscribers go out as effects.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
-use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::Interest;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{set_nonblocking, would_block, Reactor, Timer};
+use crate::daemon::effect::{Effect, Effects, Timer};
+use crate::daemon::guard::Guard;
+use crate::daemon::token;
 use crate::pidfile::{self, PidRecord};
-use crate::protocol::{ErrorKind, ErrorReply};
-use crate::protocol::{
-    EventRecord, LogChunk, LogLine, LogQuery, ProcRow, ReloadReport, Response, Verb,
-};
-use crate::supervise::config::{self, Config};
-use crate::supervise::events::{Delivery, EventKind, Filter, SubscriberId};
+use crate::supervise::config;
+use crate::supervise::events::EventKind;
 use crate::supervise::machine::ProbeOutcome;
 use crate::supervise::ring::Stream;
 use crate::supervise::rotate::Rotation;
-use crate::supervise::{plan_reload, Action, Check, Exit, RunId};
+use crate::supervise::{Action, Check, Exit, RunId, Supervisor};
+use crate::sys::{signal_name, ChildSetup};
+
+/// Bytes read from a pipe per read call.
+const PIPE_READ: usize = 64 * 1024;
+/// Reads of one pipe per turn: a fast writer must not hold the reactor.
+const PIPE_READS_PER_TURN: usize = 16;
+/// Grace for what an instance no longer in the configuration left behind.
+const UNKNOWN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One end of a supervised process's stdout or stderr.
 #[derive(Debug)]
-pub(super) struct Pipe {
+struct Pipe {
     pub instance: String,
     pub stream: Stream,
     pub file: File,
@@ -43,52 +48,25 @@ pub(super) struct Pipe {
 
 /// A hook or probe command weaver is running.
 #[derive(Debug, Clone)]
-pub(super) struct Aux {
+struct Aux {
     pub run: RunId,
     pub instance: String,
     pub probe: bool,
 }
 
-/// A `logs -f` request being served.
-#[derive(Debug)]
-pub(super) struct Follower {
-    pub client: u64,
-    pub tag: u64,
-    pub instance: String,
-    pub after: u64,
-    pub stream: Option<Stream>,
-}
-
 /// An instance's output file and its rotation state.
 #[derive(Debug)]
-pub(super) struct OutFile {
+struct OutFile {
     file: File,
     path: PathBuf,
     rotation: Rotation,
 }
 
-/// A subscriber's replies wait while its client has this much unsent.
-const FOLLOW_BACKLOG: usize = 1 << 20;
-/// Lines or events per reply while following.
-const FOLLOW_BATCH: usize = 512;
-
-pub(super) fn wall_ms() -> u64 {
+pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn stream_of(s: &str) -> Option<Stream> {
-    match s {
-        "stdout" => Some(Stream::Stdout),
-        "stderr" => Some(Stream::Stderr),
-        _ => None,
-    }
-}
-
-fn not_found(e: String) -> ErrorReply {
-    ErrorReply { kind: ErrorKind::NotFound, message: e }
-}
-
-/// Spawn a child in its own process group that dies with weaver.
+/// A command for a child in its own process group that dies with weaver.
 fn child_command(
     argv: &[String],
     env: &std::collections::BTreeMap<String, String>,
@@ -98,51 +76,99 @@ fn child_command(
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     };
     let mut cmd = Command::new(prog);
-    cmd.args(args).envs(env).current_dir(work_dir.unwrap_or(Path::new("/"))).process_group(0);
-    let parent = std::process::id() as libc::pid_t;
-    let nofile = crate::daemon::child_nofile();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The open-file limit weaver was started with, not the one it
-            // raised for itself (select() users break above 1024).
-            if let Some(lim) = nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            // weaver's umask (0077 around its sockets) is not theirs.
-            libc::umask(0o022);
-            Ok(())
-        });
-    }
+    cmd.args(args).envs(env).current_dir(work_dir.unwrap_or(Path::new("/")));
+    ChildSetup::supervised().apply(&mut cmd);
     Ok(cmd)
 }
 
-impl Reactor {
-    /// A fresh random number for backoff jitter (xorshift; jitter needs no
-    /// more).
-    pub(super) fn random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+/// The supervised processes and everything they hold.
+#[derive(Debug)]
+pub struct Procs {
+    /// What to do (pure; this room acts).
+    pub sup: Supervisor,
+    /// Where `weaver.toml` was found, for `reload`.
+    pub config_path: Option<PathBuf>,
+    /// stdout/stderr pipes by pipe id (their token range).
+    pipes: HashMap<u64, Pipe>,
+    /// Never reused.
+    next_pipe: u64,
+    /// Pipes left with data after a bounded read: read again next turn.
+    pending_pipes: Vec<u64>,
+    /// Hook and probe commands running, by pid; and their pid by run.
+    aux: HashMap<u32, Aux>,
+    aux_runs: HashMap<RunId, u32>,
+    /// Output files of instances that have one.
+    out_files: HashMap<String, OutFile>,
+    /// Kills our process groups if we die by SIGKILL.
+    guard: Option<Guard>,
+    /// Groups whose leader exited with members left, until their SIGKILL.
+    sweeps: HashSet<u32>,
+    /// Processes that left their group and came to us when their parent
+    /// died (we are a subreaper), until reaped: pid -> instance.
+    orphans: HashMap<u32, String>,
+    /// Detached processes found through their pid files: instance ->
+    /// (pid, start time), so a recycled pid is never taken for them.
+    detached: HashMap<String, PidRecord>,
+    /// Where detached records are kept (in the runtime dir).
+    detached_dir: PathBuf,
+}
+
+impl Procs {
+    pub fn new(
+        sup: Supervisor,
+        config_path: Option<PathBuf>,
+        guard: Option<Guard>,
+        runtime_dir: &Path,
+    ) -> Procs {
+        Procs {
+            sup,
+            config_path,
+            pipes: HashMap::new(),
+            next_pipe: 1,
+            pending_pipes: Vec::new(),
+            aux: HashMap::new(),
+            aux_runs: HashMap::new(),
+            out_files: HashMap::new(),
+            guard,
+            sweeps: HashSet::new(),
+            orphans: HashMap::new(),
+            detached: HashMap::new(),
+            detached_dir: runtime_dir.join("detached"),
+        }
+    }
+
+    /// Everything is down and nothing we started is left to reap.
+    pub fn all_gone(&self) -> bool {
+        self.sup.all_down()
+            && self.aux.is_empty()
+            && self.sweeps.is_empty()
+            && self.orphans.is_empty()
+    }
+
+    /// Pipes with data left over from a bounded read.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_pipes.is_empty()
+    }
+
+    /// Read again what bounded reads left.
+    pub fn read_pending(&mut self, scratch: &mut [u8], fx: &mut Effects) {
+        for id in std::mem::take(&mut self.pending_pipes) {
+            self.read_pipe(id, scratch, fx);
+        }
+    }
+
+    pub fn guard_mut(&mut self) -> Option<&mut Guard> {
+        self.guard.as_mut()
     }
 
     /// Perform actions in order; answers that produce more actions are
     /// queued behind them.
-    pub(super) fn run_actions(&mut self, actions: Vec<Action>) {
+    pub fn run_actions(&mut self, actions: Vec<Action>, fx: &mut Effects) {
         let mut todo: VecDeque<Action> = actions.into();
         while let Some(a) = todo.pop_front() {
             let now = Instant::now();
             let more = match a {
-                Action::Spawn { spec } => match self.spawn_instance(&spec) {
+                Action::Spawn { spec } => match self.spawn_instance(&spec, fx) {
                     Ok(pid) => self.sup.on_spawned(&spec.name, pid, now),
                     Err(e) => {
                         let msg = format!(
@@ -206,11 +232,13 @@ impl Reactor {
                     Vec::new()
                 }
                 Action::ArmTimer { key, at } => {
-                    self.timers.arm(at, Timer::Supervise(key));
+                    fx.push(Effect::Arm { at, timer: Timer::Supervise(key) });
                     Vec::new()
                 }
-                // Stale timers are recognised by the supervisor.
-                Action::CancelTimer { .. } => Vec::new(),
+                Action::CancelTimer { key } => {
+                    fx.push(Effect::Cancel(Timer::Supervise(key)));
+                    Vec::new()
+                }
                 Action::WritePidFile { path, pid } => {
                     if let Some(rec) = PidRecord::of(pid) {
                         if let Err(e) = pidfile::write(&path, rec) {
@@ -224,7 +252,7 @@ impl Reactor {
                     Vec::new()
                 }
                 Action::Emit { instance, kind } => {
-                    self.emit(&instance, kind);
+                    self.emit(&instance, kind, fx);
                     Vec::new()
                 }
             };
@@ -255,7 +283,7 @@ impl Reactor {
             let saved = std::fs::DirBuilder::new()
                 .mode(0o700)
                 .recursive(true)
-                .create(self.detached_dir())
+                .create(&self.detached_dir)
                 .and_then(|_| pidfile::write(&path, rec));
             if let Err(e) = saved {
                 warn!("cannot record detached {instance} (pid {pid}) in {}: {e}", path.display());
@@ -264,13 +292,9 @@ impl Reactor {
         Some(pid)
     }
 
-    fn detached_dir(&self) -> PathBuf {
-        self.dir.path().join("detached")
-    }
-
     /// weaver's record (pid and start time) of a detached instance.
     fn detached_record(&self, instance: &str) -> PathBuf {
-        self.detached_dir().join(format!("{instance}.pid"))
+        self.detached_dir.join(format!("{instance}.pid"))
     }
 
     /// A detached instance is down: forget its pid.
@@ -283,8 +307,8 @@ impl Reactor {
     /// At start: detached processes a previous weaver started that still
     /// run (per the record of pid and start time) are watched, not started
     /// again.
-    pub(super) fn adopt_detached(&mut self) {
-        let dir = self.detached_dir();
+    pub fn adopt_detached(&mut self, fx: &mut Effects) {
+        let dir = self.detached_dir.clone();
         let Ok(entries) = std::fs::read_dir(&dir) else { return };
         let now = Instant::now();
         for e in entries.flatten() {
@@ -316,11 +340,11 @@ impl Reactor {
             );
             self.detached.insert(name.clone(), rec);
             let a = self.sup.adopt(&name, rec.pid, now);
-            self.run_actions(a);
+            self.run_actions(a, fx);
         }
     }
 
-    fn spawn_instance(&mut self, spec: &config::InstanceSpec) -> io::Result<u32> {
+    fn spawn_instance(&mut self, spec: &config::InstanceSpec, fx: &mut Effects) -> io::Result<u32> {
         let mut cmd = child_command(&spec.argv, &spec.env, spec.work_dir.as_deref())?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
@@ -329,7 +353,7 @@ impl Reactor {
         let err: Option<OwnedFd> = child.stderr.take().map(Into::into);
         for (fd, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
             if let Some(fd) = fd {
-                self.watch_pipe(fd, &spec.name, stream);
+                self.watch_pipe(fd, &spec.name, stream, fx);
             }
         }
         // Reaped by the reactor's waitpid loop.
@@ -345,19 +369,13 @@ impl Reactor {
         Ok(pid)
     }
 
-    fn watch_pipe(&mut self, fd: OwnedFd, instance: &str, stream: Stream) {
-        set_nonblocking(fd.as_raw_fd());
-        let token = self.next_token;
-        self.next_token += 1;
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&fd.as_raw_fd()),
-            Token(token as usize),
-            Interest::READABLE,
-        ) {
-            warn!("cannot watch {instance}'s {}: {e}", stream.name());
-            return;
-        }
-        self.pipes.insert(token, Pipe { instance: instance.to_string(), stream, file: fd.into() });
+    fn watch_pipe(&mut self, fd: OwnedFd, instance: &str, stream: Stream, fx: &mut Effects) {
+        crate::sys::set_nonblocking(fd.as_raw_fd());
+        let id = self.next_pipe;
+        self.next_pipe += 1;
+        let interest = Interest::READABLE;
+        fx.push(Effect::Watch { fd: fd.as_raw_fd(), token: token::pipe(id), interest });
+        self.pipes.insert(id, Pipe { instance: instance.to_string(), stream, file: fd.into() });
     }
 
     /// A hook or probe: own process group, output into weaver's log.
@@ -387,64 +405,68 @@ impl Reactor {
     }
 
     /// Output from a supervised process.
-    pub(super) fn read_pipe(&mut self, token: u64) {
+    pub fn read_pipe(&mut self, id: u64, scratch: &mut [u8], fx: &mut Effects) {
         let mut eof = false;
         let mut chunks: Vec<Vec<u8>> = Vec::new();
-        {
-            let Some(p) = self.pipes.get_mut(&token) else { return };
-            loop {
-                match p.file.read(&mut self.read_buf[..64 * 1024]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => chunks.push(self.read_buf[..n].to_vec()),
-                    Err(e) if would_block(&e) => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
+        let Some(p) = self.pipes.get_mut(&id) else { return };
+        let n = PIPE_READ.min(scratch.len());
+        let buf = &mut scratch[..n];
+        loop {
+            match p.file.read(buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
                 }
-                // A fast writer must not hold the reactor: come back later.
-                if chunks.len() >= 16 {
+                Ok(n) => chunks.push(buf[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    eof = true;
                     break;
                 }
             }
+            if chunks.len() >= PIPE_READS_PER_TURN {
+                break;
+            }
         }
-        let (instance, stream) = {
-            let p = &self.pipes[&token];
-            (p.instance.clone(), p.stream)
-        };
+        let (instance, stream) = (p.instance.clone(), p.stream);
         let now = Instant::now();
         let ms = wall_ms();
         for c in &chunks {
             let a = self.sup.on_output(&instance, stream, c, ms, now);
-            self.run_actions(a);
+            self.run_actions(a, fx);
         }
         if eof {
-            if let Some(p) = self.pipes.remove(&token) {
-                let _ = self.poll.registry().deregister(&mut SourceFd(&p.file.as_raw_fd()));
+            if let Some(p) = self.pipes.remove(&id) {
+                fx.push(Effect::Unwatch { fd: p.file.into() });
             }
             let a = self.sup.on_output_eof(&instance, stream, ms, now);
-            self.run_actions(a);
-        } else if chunks.len() >= 16 {
+            self.run_actions(a, fx);
+        } else if chunks.len() >= PIPE_READS_PER_TURN {
             // Edge-triggered: nothing new will wake us for what is left.
-            self.pending_pipes.push(token);
+            self.pending_pipes.push(id);
         }
     }
 
     /// Drain every pipe of `instance` (before acting on its exit).
-    pub(super) fn drain_pipes_of(&mut self, instance: &str) {
-        let tokens: Vec<u64> =
+    fn drain_pipes_of(&mut self, instance: &str, fx: &mut Effects) {
+        let ids: Vec<u64> =
             self.pipes.iter().filter(|(_, p)| p.instance == instance).map(|(&t, _)| t).collect();
-        for t in tokens {
-            self.read_pipe(t);
+        let mut scratch = vec![0u8; PIPE_READ];
+        for id in ids {
+            self.read_pipe(id, &mut scratch, fx);
         }
     }
 
-    /// A reaped child that is not compute.
-    pub(super) fn child_exited(&mut self, pid: u32, status: std::process::ExitStatus) {
+    /// A reaped child that is not compute (`compute` is compute's pid, never
+    /// taken for an orphan).
+    pub fn child_exited(
+        &mut self,
+        pid: u32,
+        status: std::process::ExitStatus,
+        compute: Option<u32>,
+        fx: &mut Effects,
+    ) {
         let now = Instant::now();
         if let Some(aux) = self.aux.remove(&pid) {
             self.aux_runs.remove(&aux.run);
@@ -456,26 +478,26 @@ impl Reactor {
                 exit.describe()
             );
             // A hook's or probe's leftovers get no grace.
-            self.sweep_group(&aux.instance, pid, Signal::SIGKILL, std::time::Duration::ZERO);
+            self.sweep_group(&aux.instance, pid, Signal::SIGKILL, Duration::ZERO, fx);
             let a = if aux.probe {
                 self.sup.on_probe(aux.run, ProbeOutcome { ok: exit.success(), pid: None }, now)
             } else {
                 self.sup.on_hook_exit(aux.run, exit.success(), exit.describe(), now)
             };
-            return self.run_actions(a);
+            return self.run_actions(a, fx);
         }
         if let Some(name) = self.sup.by_pid(pid).map(str::to_string) {
-            self.drain_pipes_of(&name);
+            self.drain_pipes_of(&name, fx);
             let spec = self.sup.instance(&name).map(|i| i.spec());
             let detached = spec.is_some_and(|s| s.detached);
             let signal = spec.map_or(Signal::SIGTERM, |s| s.stop_signal);
-            let grace = spec.map_or(std::time::Duration::from_secs(2), |s| s.stop_timeout);
+            let grace = spec.map_or(UNKNOWN_STOP_TIMEOUT, |s| s.stop_timeout);
             if !detached {
-                self.sweep_group(&name, pid, signal, grace);
-                self.sweep_orphans(&name, signal, grace);
+                self.sweep_group(&name, pid, signal, grace, fx);
+                self.sweep_orphans(&name, signal, grace, compute, fx);
             }
             let a = self.sup.on_exit(pid, Exit::from_status(status), now);
-            return self.run_actions(a);
+            return self.run_actions(a, fx);
         }
         if self.guard.as_ref().is_some_and(|g| g.pid() == pid) {
             return self.guard_exited(status);
@@ -487,7 +509,7 @@ impl Reactor {
             debug!("reaped pid {pid}, which had left {instance}'s group");
             return;
         }
-        debug!("reaped adopted pid {pid}: {}", super::compute::describe_exit(status));
+        debug!("reaped adopted pid {pid}: {}", Exit::from_status(status).describe());
     }
 
     /// The leader of process group `pgid` (a process we spawned) was
@@ -499,7 +521,8 @@ impl Reactor {
         instance: &str,
         pgid: u32,
         signal: Signal,
-        grace: std::time::Duration,
+        grace: Duration,
+        fx: &mut Effects,
     ) {
         let group = Pid::from_raw(-(pgid as i32));
         if kill(group, None).is_err() {
@@ -519,14 +542,21 @@ impl Reactor {
         // A stopped process would never see the signal.
         let _ = kill(group, Signal::SIGCONT);
         self.sweeps.insert(pgid);
-        self.timers.arm(Instant::now() + grace, Timer::Sweep { pgid });
+        fx.push(Effect::Arm { at: Instant::now() + grace, timer: Timer::Sweep { pgid } });
     }
 
     /// `instance`'s main process was reaped: processes that had left its
     /// group (setsid) and whose parent died came to us. They are part of
     /// what it started: `signal` now, SIGKILL after `grace`, and the guard
     /// watches them until we reap them.
-    fn sweep_orphans(&mut self, instance: &str, signal: Signal, grace: std::time::Duration) {
+    fn sweep_orphans(
+        &mut self,
+        instance: &str,
+        signal: Signal,
+        grace: Duration,
+        compute: Option<u32>,
+        fx: &mut Effects,
+    ) {
         let Some((process, index)) =
             self.sup.instance(instance).map(|i| (i.spec().process.clone(), i.spec().index))
         else {
@@ -538,7 +568,7 @@ impl Reactor {
             return;
         };
         for pid in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-            let known = self.compute.pid() == Some(pid)
+            let known = compute == Some(pid)
                 || self.guard.as_ref().is_some_and(|g| g.pid() == pid)
                 || self.aux.contains_key(&pid)
                 || self.orphans.contains_key(&pid)
@@ -556,20 +586,21 @@ impl Reactor {
             }
             let _ = kill(Pid::from_raw(pid as i32), signal);
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
-            self.timers.arm(Instant::now() + grace, Timer::SweepOrphan { pid });
+            let at = Instant::now() + grace;
+            fx.push(Effect::Arm { at, timer: Timer::SweepOrphan { pid } });
         }
     }
 
     /// An orphan outlived its grace. It is still ours (not reaped, so the
     /// pid is not reused): SIGKILL.
-    pub(super) fn orphan_overdue(&mut self, pid: u32) {
+    pub fn orphan_overdue(&mut self, pid: u32) {
         if self.orphans.contains_key(&pid) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
 
     /// A sweep's grace is over.
-    pub(super) fn sweep_done(&mut self, pgid: u32) {
+    pub fn sweep_done(&mut self, pgid: u32) {
         if self.sweeps.remove(&pgid) {
             self.kill_rest(pgid);
         }
@@ -586,10 +617,31 @@ impl Reactor {
         }
     }
 
+    /// Processes that escaped their group and were adopted by us (we are a
+    /// subreaper): at the very end nothing of ours may stay behind.
+    pub fn kill_adopted(&mut self) {
+        let me = std::process::id();
+        let guard = self.guard.as_ref().map(Guard::pid);
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        let mut killed = 0;
+        for pid in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            if Some(pid) != guard {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            warn!("killed {killed} leftover descendant process(es) at exit");
+            while nix::sys::wait::waitpid(Pid::from_raw(-1), None).is_ok() {}
+        }
+    }
+
     /// The guard died (someone killed it): start another and tell it every
     /// group it must watch.
     fn guard_exited(&mut self, status: std::process::ExitStatus) {
-        let how = super::compute::describe_exit(status);
+        let how = Exit::from_status(status).describe();
         let Some(g) = self.guard.as_mut() else { return };
         match g.respawn() {
             Ok(()) => warn!("the guard process {how}; started another (pid {})", g.pid()),
@@ -600,12 +652,9 @@ impl Reactor {
         }
     }
 
-    fn emit(&mut self, instance: &str, kind: EventKind) {
+    fn emit(&mut self, instance: &str, kind: EventKind, fx: &mut Effects) {
         match &kind {
-            EventKind::Output { bytes, .. } => {
-                self.write_output_file(instance, bytes);
-                self.followed_output = true;
-            }
+            EventKind::Output { bytes, .. } => self.write_output_file(instance, bytes),
             EventKind::Failed { reason } => {
                 self.forget_detached(instance);
                 warn!("process {instance} failed: {reason}")
@@ -617,7 +666,7 @@ impl Reactor {
             EventKind::Warning { message } => warn!("process {instance}: {message}"),
             k => info!("process {instance}: {}", describe_event(k)),
         }
-        self.bcast.publish(wall_ms(), instance, kind);
+        fx.push(Effect::Publish { instance: instance.to_string(), kind });
     }
 
     fn write_output_file(&mut self, instance: &str, line: &[u8]) {
@@ -660,224 +709,6 @@ impl Reactor {
         }
         let _ = of.file.write_all(line).and_then(|_| of.file.write_all(b"\n"));
     }
-
-    // ---- Requests -------------------------------------------------------
-
-    pub(super) fn ps(&self) -> Vec<ProcRow> {
-        self.sup
-            .ps(Instant::now())
-            .into_iter()
-            .map(|r| ProcRow {
-                name: r.name,
-                process: r.process,
-                state: r.state,
-                pid: r.pid,
-                restarts: r.restarts,
-                next_restart_ms: r.next_restart_in.map(|d| d.as_millis() as u64),
-                last_exit: r.last_exit,
-                uptime_ms: r.uptime.map(|d| d.as_millis() as u64),
-                reason: r.reason,
-                gpus: r.gpus,
-            })
-            .collect()
-    }
-
-    pub(super) fn control(&mut self, verb: Verb, names: &[String]) -> Result<Response, ErrorReply> {
-        if self.stopping {
-            return Err(ErrorReply {
-                kind: ErrorKind::ShuttingDown,
-                message: "weaver is shutting down".into(),
-            });
-        }
-        let instances = self.sup.resolve(names).map_err(not_found)?;
-        let now = Instant::now();
-        let a = match verb {
-            Verb::Start => self.sup.start(names, now),
-            Verb::Stop => self.sup.stop(names, now),
-            Verb::Restart => self.sup.restart(names, now),
-        }
-        .map_err(not_found)?;
-        self.run_actions(a);
-        Ok(Response::Done { instances })
-    }
-
-    pub(super) fn logs(&mut self, client: u64, tag: u64, q: LogQuery) -> Result<(), ErrorReply> {
-        let LogQuery { name, after, tail, stream, follow } = q;
-        let stream = match stream.as_deref() {
-            None => None,
-            Some(s) => Some(stream_of(s).ok_or_else(|| ErrorReply {
-                kind: ErrorKind::BadRequest,
-                message: format!("unknown stream {s:?}: use stdout or stderr"),
-            })?),
-        };
-        let inst = self.sup.instance(&name).ok_or_else(|| {
-            let known: Vec<String> =
-                self.sup.ps(Instant::now()).into_iter().map(|r| r.name).collect();
-            not_found(format!(
-                "no process instance named {name:?}; instances: {}",
-                known.join(", ")
-            ))
-        })?;
-        let ring = inst.ring();
-        let after = match tail {
-            Some(n) if after == 0 => ring.last_seq().saturating_sub(n as u64),
-            _ => after,
-        };
-        let mut f = Follower { client, tag, instance: name, after, stream };
-        let chunk = self.log_chunk(&mut f, usize::MAX);
-        self.reply(client, tag, Response::Logs(chunk), Vec::new());
-        if follow {
-            self.followers.push(f);
-        }
-        Ok(())
-    }
-
-    /// Lines after the follower's cursor (advancing it).
-    fn log_chunk(&self, f: &mut Follower, max: usize) -> LogChunk {
-        let Some(inst) = self.sup.instance(&f.instance) else {
-            return LogChunk {
-                instance: f.instance.clone(),
-                lines: Vec::new(),
-                lost: 0,
-                next: f.after,
-            };
-        };
-        let since = inst.ring().since(f.after, max);
-        f.after = since.next;
-        let lines = since
-            .lines
-            .into_iter()
-            .filter(|l| f.stream.map_or(true, |s| s == l.stream))
-            .map(|l| LogLine {
-                seq: l.seq,
-                stream: l.stream.name().to_string(),
-                time_ms: l.time_ms,
-                text: String::from_utf8_lossy(&l.bytes).into_owned(),
-            })
-            .collect();
-        LogChunk { instance: f.instance.clone(), lines, lost: since.lost, next: since.next }
-    }
-
-    pub(super) fn events(
-        &mut self,
-        client: u64,
-        tag: u64,
-        names: Vec<String>,
-        output: bool,
-        history: u32,
-    ) {
-        let id = self.bcast.subscribe(Filter { names, output }, history as usize);
-        self.subscribers.insert(id, (client, tag));
-    }
-
-    /// The client left: stop following for it.
-    pub(super) fn forget_follows(&mut self, client: u64) {
-        self.followers.retain(|f| f.client != client);
-        let subs: Vec<SubscriberId> =
-            self.subscribers.iter().filter(|(_, (c, _))| *c == client).map(|(&s, _)| s).collect();
-        for s in subs {
-            self.subscribers.remove(&s);
-            self.bcast.unsubscribe(s);
-        }
-    }
-
-    /// Send followers and subscribers what is new, as far as their clients
-    /// keep up.
-    pub(super) fn pump_follows(&mut self) {
-        let backlog = |r: &Reactor, c: u64| r.clients.get(&c).map_or(usize::MAX, |c| c.out.len());
-        if std::mem::take(&mut self.followed_output)
-            || self.followers.iter().any(|f| backlog(self, f.client) == 0)
-        {
-            let mut followers = std::mem::take(&mut self.followers);
-            for f in &mut followers {
-                if backlog(self, f.client) > FOLLOW_BACKLOG {
-                    continue;
-                }
-                let last = self.sup.instance(&f.instance).map_or(0, |i| i.ring().last_seq());
-                if last <= f.after {
-                    continue;
-                }
-                let chunk = self.log_chunk(f, FOLLOW_BATCH);
-                if !chunk.lines.is_empty() || chunk.lost > 0 {
-                    self.reply(f.client, f.tag, Response::Logs(chunk), Vec::new());
-                }
-            }
-            followers.retain(|f| self.clients.contains_key(&f.client));
-            followers.append(&mut self.followers);
-            self.followers = followers;
-        }
-        for id in self.bcast.ready() {
-            let Some(&(client, tag)) = self.subscribers.get(&id) else { continue };
-            if backlog(self, client) > FOLLOW_BACKLOG {
-                continue;
-            }
-            for d in self.bcast.drain(id, FOLLOW_BATCH) {
-                self.reply(client, tag, Response::Event(event_record(d)), Vec::new());
-            }
-        }
-    }
-
-    /// Whether a follower or subscriber has more to send and its client's
-    /// buffer is empty. Batches are bounded per turn, and a client whose
-    /// buffer was flushed empty raises no event to come back for the rest,
-    /// so the reactor must not sleep then. (A client with unsent bytes has a
-    /// full socket: its writable event brings us back.)
-    pub(super) fn follows_pending(&self) -> bool {
-        let room = |c: u64| self.clients.get(&c).is_some_and(|c| c.out.is_empty());
-        let lines = self.followers.iter().any(|f| {
-            room(f.client)
-                && self.sup.instance(&f.instance).is_some_and(|i| i.ring().last_seq() > f.after)
-        });
-        lines
-            || self
-                .subscribers
-                .iter()
-                .any(|(&id, &(client, _))| room(client) && self.bcast.pending(id) > 0)
-    }
-
-    pub(super) fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, ErrorReply> {
-        let bad = |message: String| ErrorReply { kind: ErrorKind::BadConfig, message };
-        let new = match &self.config_path {
-            Some(p) => config::load(p).map_err(|e| bad(format!("{e}\nnothing was changed")))?,
-            None => Config::default(),
-        };
-        let config = self.config_path.as_ref().map(|p| p.display().to_string());
-        let report = |plan: crate::supervise::ReloadPlan, applied: bool| ReloadReport {
-            config: config.clone(),
-            applied,
-            added: plan.added,
-            removed: plan.removed,
-            changed: plan.changed,
-            unchanged: plan.unchanged,
-            compute_changed: plan.compute_changed,
-        };
-        if dry_run {
-            return Ok(report(plan_reload(self.sup.config(), &new), false));
-        }
-        if self.stopping {
-            return Err(ErrorReply {
-                kind: ErrorKind::ShuttingDown,
-                message: "weaver is shutting down".into(),
-            });
-        }
-        let compute = new.compute.clone();
-        let (plan, actions) = self
-            .sup
-            .reload(new, Instant::now())
-            .map_err(|e| bad(format!("{e}\nnothing was changed")))?;
-        if plan.compute_changed {
-            self.reconfigure_compute(&compute);
-        }
-        self.run_actions(actions);
-        info!(
-            "reloaded: {} added, {} removed, {} changed, {} unchanged",
-            plan.added.len(),
-            plan.removed.len(),
-            plan.changed.len(),
-            plan.unchanged.len()
-        );
-        Ok(report(plan, true))
-    }
 }
 
 /// Whether `pid`'s environment names it as part of `process`'s instance
@@ -910,67 +741,4 @@ fn describe_event(k: &EventKind) -> String {
         ),
         other => other.name().to_string(),
     }
-}
-
-fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {sig}"))
-}
-
-fn event_record(d: Delivery) -> EventRecord {
-    let mut r = EventRecord {
-        seq: 0,
-        time_ms: 0,
-        instance: String::new(),
-        event: String::new(),
-        pid: None,
-        code: None,
-        signal: None,
-        delay_ms: None,
-        attempt: None,
-        detail: None,
-        lost: None,
-    };
-    let e = match d {
-        Delivery::Lost { count } => {
-            r.event = "lost".into();
-            r.lost = Some(count);
-            r.detail = Some(format!("{count} event(s) dropped: this subscriber fell behind"));
-            return r;
-        }
-        Delivery::Event(e) => e,
-    };
-    r.seq = e.seq;
-    r.time_ms = e.time_ms;
-    r.instance = e.instance;
-    r.event = e.kind.name().to_string();
-    match e.kind {
-        EventKind::Started { pid } => r.pid = Some(pid),
-        EventKind::Output { stream, seq, bytes } => {
-            r.detail =
-                Some(format!("{}#{seq}: {}", stream.name(), String::from_utf8_lossy(&bytes)));
-        }
-        EventKind::Exited { code } => r.code = Some(code),
-        EventKind::Killed { signal } => r.signal = Some(signal_name(signal)),
-        EventKind::Restarting { delay_ms, attempt } => {
-            r.delay_ms = Some(delay_ms);
-            r.attempt = Some(attempt);
-        }
-        EventKind::Failed { reason } => r.detail = Some(reason),
-        EventKind::Hook { hook, ok, detail } => {
-            r.detail = Some(format!(
-                "{hook} {}{}",
-                if ok { "ok" } else { "failed" },
-                if detail.is_empty() { String::new() } else { format!(": {detail}") }
-            ));
-        }
-        EventKind::Warning { message } => r.detail = Some(message),
-        EventKind::Running
-        | EventKind::Ready
-        | EventKind::Vanished
-        | EventKind::Stopping
-        | EventKind::Stopped => {}
-    }
-    r
 }

@@ -1,0 +1,209 @@
+//! The clients room: every control-socket connection, its decoder and
+//! bounded write queue, whether it finished its handshake, and when it is
+//! to be closed. It turns bytes into requests and replies into bytes; what
+//! a request means is for the handlers.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+use log::{debug, warn};
+use mio::net::UnixStream;
+
+use crate::daemon::conn::{self, Conn, Drained, Flushed};
+use crate::daemon::effect::{Effect, Effects};
+use crate::daemon::token;
+use crate::frame::{self, RawFrame};
+use crate::protocol::{self, ErrorKind, ErrorReply, Response, ServerMsg};
+
+/// A client whose unread replies exceed this is cut off: a client that stops
+/// reading must not make weaver buffer without limit.
+pub const MAX_CLIENT_BUFFER: usize = 64 << 20;
+
+#[derive(Debug)]
+pub struct Client {
+    pub conn: Conn<frame::Decoder>,
+    /// Handshake done.
+    pub ready: bool,
+    /// Close once the write queue is flushed.
+    pub close_after_flush: bool,
+    /// Asked for shutdown: keep the connection open until weaver exits, so
+    /// its EOF tells the client that everything is gone.
+    pub awaits_exit: bool,
+    pub peer_pid: i32,
+}
+
+/// What a read of one client gave.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub frames: Vec<RawFrame>,
+    /// The client is gone (EOF or a failed read).
+    pub gone: bool,
+    /// The bytes were not a valid frame: why.
+    pub bad: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Clients {
+    map: HashMap<u64, Client>,
+    /// Never reused.
+    next_id: u64,
+    /// Clients with queued output to flush at the end of this turn.
+    dirty: Vec<u64>,
+}
+
+impl Clients {
+    pub fn new() -> Self {
+        Clients { next_id: 1, ..Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Client> {
+        self.map.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Client> {
+        self.map.get_mut(&id)
+    }
+
+    /// Unsent reply bytes of `id` (`usize::MAX` once it is gone).
+    pub fn backlog(&self, id: u64) -> usize {
+        self.map.get(&id).map_or(usize::MAX, |c| c.conn.out.len())
+    }
+
+    /// A new connection: only our own uid may talk to us.
+    pub fn accept(&mut self, stream: UnixStream, fx: &mut Effects) {
+        let cred = match conn::peer(&stream) {
+            Ok(c) => c,
+            Err(why) => {
+                warn!("refused a control connection: {why}; only this user may use this daemon");
+                return;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let (conn, watch) = Conn::new(stream, frame::Decoder::new(), token::client(id));
+        fx.push(watch);
+        debug!("client {id} connected (pid {})", cred.pid());
+        let c = Client {
+            conn,
+            ready: false,
+            close_after_flush: false,
+            awaits_exit: false,
+            peer_pid: cred.pid(),
+        };
+        self.map.insert(id, c);
+    }
+
+    /// Read what `id` sent.
+    pub fn read(&mut self, id: u64, scratch: &mut [u8]) -> Read {
+        let mut r = Read::default();
+        let Some(c) = self.map.get_mut(&id) else { return r };
+        match c.conn.read(scratch, &mut r.frames) {
+            Drained::WouldBlock => {}
+            Drained::Eof => r.gone = true,
+            Drained::Failed(e) => {
+                debug!("client {id}: read failed: {e}");
+                r.gone = true;
+            }
+            Drained::Bad(e) => r.bad = Some(e.to_string()),
+        }
+        r
+    }
+
+    /// Whether requests of `id` are still to be served.
+    pub fn serving(&self, id: u64) -> bool {
+        self.map.get(&id).is_some_and(|c| !c.close_after_flush)
+    }
+
+    /// Queue a reply; a client that has stopped reading is cut off.
+    pub fn reply(&mut self, id: u64, tag: u64, resp: Response, payload: Vec<u8>, fx: &mut Effects) {
+        let meta = protocol::encode(&ServerMsg { tag, resp });
+        self.queue(id, &meta, payload, fx);
+    }
+
+    pub fn reply_error(
+        &mut self,
+        id: u64,
+        tag: u64,
+        kind: ErrorKind,
+        message: String,
+        fx: &mut Effects,
+    ) {
+        self.reply(id, tag, Response::Error(ErrorReply { kind, message }), Vec::new(), fx);
+    }
+
+    /// Queue one frame; a large payload is queued as its own buffer (no
+    /// copy).
+    pub fn queue(&mut self, id: u64, meta: &[u8], payload: Vec<u8>, fx: &mut Effects) {
+        let Some(c) = self.map.get_mut(&id) else { return };
+        let out = &mut c.conn.out;
+        out.push_slice(&frame::prefix(meta.len(), payload.len()));
+        out.push_slice(meta);
+        out.push(payload);
+        if out.len() > MAX_CLIENT_BUFFER {
+            warn!(
+                "client {id} (pid {}) is not reading its replies ({} bytes waiting); cutting it off",
+                c.peer_pid,
+                out.len()
+            );
+            fx.push(Effect::Close { client: id, why: "stopped reading" });
+            return;
+        }
+        self.dirty.push(id);
+    }
+
+    pub fn close_after_flush(&mut self, id: u64) {
+        if let Some(c) = self.map.get_mut(&id) {
+            c.close_after_flush = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Write what `id` has queued.
+    pub fn flush(&mut self, id: u64, fx: &mut Effects) {
+        let Some(c) = self.map.get_mut(&id) else { return };
+        match c.conn.flush(fx) {
+            Flushed::Done if c.close_after_flush && !c.awaits_exit => {
+                fx.push(Effect::Close { client: id, why: "closed after its last reply" })
+            }
+            Flushed::Done | Flushed::Blocked => {}
+            Flushed::Failed(e) => {
+                debug!("client {id}: write failed: {e}");
+                fx.push(Effect::Close { client: id, why: "write failed" });
+            }
+        }
+    }
+
+    /// Flush every client written to this turn.
+    pub fn flush_dirty(&mut self, fx: &mut Effects) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            self.flush(id, fx);
+        }
+        self.dirty = dirty;
+    }
+
+    /// Forget `id`; its fd is handed back to be unwatched and closed.
+    pub fn remove(&mut self, id: u64) -> Option<OwnedFd> {
+        let c = self.map.remove(&id)?;
+        // SAFETY: `into_raw_fd` gives up ownership of a valid, open fd.
+        Some(unsafe { OwnedFd::from_raw_fd(c.conn.stream.into_raw_fd()) })
+    }
+
+    /// At exit: give every client what it can take now.
+    pub fn flush_all(&mut self) {
+        let mut fx = Effects::new();
+        for c in self.map.values_mut() {
+            let _ = c.conn.flush(&mut fx);
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The compute lifecycle as a state x event table, pure: every pair of
+//! [`State`] and [`Event`] has a named cell in [`Lifecycle::on`], and each
+//! cell returns what to do ([`Do`]) instead of doing it. The compute room
+//! performs the steps; the tests drive the table with plain values and a
+//! fake clock.
+
+use std::time::{Duration, Instant};
+
+use log::Level;
+use nix::sys::signal::Signal;
+
+use crate::protocol::ErrorKind;
+use crate::supervise::backoff;
+use crate::supervise::config::RestartPolicy;
+
+/// Shortest wait before retrying a compute that could not be spawned.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Time allowed from spawn to HELLO.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Grace between SIGTERM and SIGKILL when stopping.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not started yet.
+    Idle,
+    /// Spawned; waiting for it to connect and say HELLO.
+    Starting { pid: u32 },
+    /// Connected and serving.
+    Ready { pid: u32 },
+    /// Connection lost; the process is being killed and reaped.
+    Exiting { pid: u32 },
+    /// Waiting to start again (a spawn may be under way when `until` is
+    /// now).
+    Backoff { until: Instant },
+    /// weaver is stopping; compute was told to stop.
+    Stopping { pid: u32 },
+    /// Not running and not coming back (weaver stopped).
+    Stopped,
+    /// Gave up: crashed more often in a row than `max_restarts` allows.
+    Failed,
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Idle | State::Stopped => "stopped",
+            State::Starting { .. } => "starting",
+            State::Ready { .. } => "ready",
+            State::Exiting { .. } => "exiting",
+            State::Backoff { .. } => "backoff",
+            State::Stopping { .. } => "stopping",
+            State::Failed => "failed",
+        }
+    }
+
+    /// The process, while there is one.
+    pub fn pid(&self) -> Option<u32> {
+        match *self {
+            State::Starting { pid }
+            | State::Ready { pid }
+            | State::Exiting { pid }
+            | State::Stopping { pid } => Some(pid),
+            State::Idle | State::Backoff { .. } | State::Stopped | State::Failed => None,
+        }
+    }
+}
+
+/// A lifecycle deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Deadline {
+    /// This compute has not said HELLO in time.
+    Hello { pid: u32 },
+    /// Start compute again after backoff.
+    Restart,
+    /// The stop grace is over: SIGKILL what is left.
+    Grace,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The daemon is up: start compute.
+    Start,
+    Spawned {
+        pid: u32,
+    },
+    SpawnFailed {
+        why: String,
+    },
+    /// compute connected and said a valid HELLO.
+    Hello,
+    /// The connection failed, closed, or broke the protocol.
+    Lost {
+        why: String,
+    },
+    /// The process was reaped after running for `ran`.
+    Exited {
+        pid: u32,
+        how: String,
+        ran: Duration,
+    },
+    Due(Deadline),
+    /// weaver is stopping.
+    Stop,
+    /// `[compute]` changed on reload: run compute the new way.
+    Reconfigured,
+}
+
+/// What the compute room must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Do {
+    /// Spawn compute, then feed back `Spawned` or `SpawnFailed`.
+    Spawn,
+    Arm(Deadline, Instant),
+    Cancel(Deadline),
+    /// Signal compute's process group.
+    Kill {
+        pid: u32,
+        signal: Signal,
+    },
+    /// Send the SHUTDOWN frame.
+    SayShutdown,
+    /// Close compute's stdin (its lifeline).
+    CloseStdin,
+    /// Forget the connection and HELLO.
+    DropConn,
+    /// Answer every request sent to compute with this error.
+    FailInFlight(ErrorKind, String),
+    /// Answer every request still waiting in weaver with this error.
+    FailQueued(ErrorKind, String),
+    Log(Level, String),
+}
+
+#[derive(Debug)]
+pub struct Lifecycle {
+    pub state: State,
+    pub policy: RestartPolicy,
+    /// Restarts after crashes, for `status`.
+    pub restarts: u64,
+    /// Crashes since compute last ran stably.
+    pub failures: u32,
+    pub last_exit: Option<String>,
+    pub last_error: Option<String>,
+    /// weaver itself stopped it to start it again (a reload changed
+    /// `[compute]`): the exit is no crash.
+    restart_requested: bool,
+}
+
+impl Lifecycle {
+    pub fn new(policy: RestartPolicy) -> Lifecycle {
+        Lifecycle {
+            state: State::Idle,
+            policy,
+            restarts: 0,
+            failures: 0,
+            last_exit: None,
+            last_error: None,
+            restart_requested: false,
+        }
+    }
+
+    /// `status --wait` waits while this is true.
+    pub fn settling(&self) -> bool {
+        matches!(self.state, State::Starting { .. } | State::Exiting { .. })
+    }
+
+    /// The table.
+    pub fn on(&mut self, event: Event, now: Instant, random: u64) -> Vec<Do> {
+        use Event as E;
+        use State as S;
+        let mut out = Vec::new();
+        match (self.state, event) {
+            // ---- Starting a process ------------------------------------
+            (S::Idle, E::Start) => out.push(Do::Spawn),
+            (S::Idle | S::Backoff { .. } | S::Failed, E::Spawned { pid }) => {
+                self.spawned(pid, now, &mut out)
+            }
+            (S::Idle | S::Backoff { .. } | S::Failed, E::SpawnFailed { why }) => {
+                self.spawn_failed(why, now, random, &mut out)
+            }
+            (S::Backoff { .. }, E::Due(Deadline::Restart)) => out.push(Do::Spawn),
+            (S::Starting { pid }, E::Hello) => {
+                self.state = S::Ready { pid };
+                out.push(Do::Cancel(Deadline::Hello { pid }));
+            }
+
+            // ---- Losing it ---------------------------------------------
+            (S::Starting { pid } | S::Ready { pid }, E::Lost { why }) => {
+                self.lost(pid, &why, &mut out)
+            }
+            (S::Starting { pid }, E::Due(Deadline::Hello { pid: p })) if p == pid => {
+                let why = format!(
+                    "compute (pid {pid}) did not connect and say HELLO within {HELLO_TIMEOUT:?}"
+                );
+                self.lost(pid, &why, &mut out)
+            }
+            (
+                S::Starting { pid } | S::Ready { pid } | S::Exiting { pid },
+                E::Exited { how, ran, .. },
+            ) => self.crashed(pid, how, ran, now, random, &mut out),
+            // Already lost: the kill is on its way.
+            (S::Exiting { .. }, E::Lost { .. }) => out.push(Do::DropConn),
+
+            // ---- Stopping with weaver ----------------------------------
+            (S::Starting { pid } | S::Ready { pid } | S::Exiting { pid }, E::Stop) => {
+                self.state = S::Stopping { pid };
+                out.extend([
+                    Do::SayShutdown,
+                    Do::CloseStdin,
+                    Do::Kill { pid, signal: Signal::SIGTERM },
+                    Do::Arm(Deadline::Grace, now + STOP_GRACE),
+                ]);
+            }
+            (S::Idle | S::Backoff { .. } | S::Failed, E::Stop) => {
+                self.state = S::Stopped;
+                out.push(Do::Cancel(Deadline::Restart));
+            }
+            // While stopping, compute closing its end is the expected
+            // goodbye: the grace covers a compute that does not exit.
+            (S::Stopping { .. }, E::Lost { why }) => out.extend([
+                Do::DropConn,
+                Do::FailInFlight(
+                    ErrorKind::ShuttingDown,
+                    format!("weaver is shutting down and compute stopped ({why})"),
+                ),
+            ]),
+            (S::Stopping { pid }, E::Exited { how, .. }) => {
+                self.state = S::Stopped;
+                out.extend([
+                    Do::DropConn,
+                    Do::FailInFlight(
+                        ErrorKind::ShuttingDown,
+                        format!("weaver is shutting down and compute (pid {pid}) {how}"),
+                    ),
+                    Do::Cancel(Deadline::Grace),
+                    Do::Log(Level::Info, format!("compute (pid {pid}) {how}")),
+                ]);
+                self.last_exit = Some(how);
+            }
+            (S::Stopping { pid }, E::Due(Deadline::Grace)) => out.extend([
+                Do::Log(
+                    Level::Warn,
+                    format!(
+                        "compute (pid {pid}) still running {STOP_GRACE:?} after SIGTERM: SIGKILL"
+                    ),
+                ),
+                Do::Kill { pid, signal: Signal::SIGKILL },
+            ]),
+
+            // ---- Reconfiguring -----------------------------------------
+            (S::Starting { pid } | S::Ready { pid }, E::Reconfigured) => {
+                self.failures = 0;
+                self.restart_requested = true;
+                out.extend([Do::SayShutdown, Do::Kill { pid, signal: Signal::SIGTERM }]);
+            }
+            (S::Exiting { .. }, E::Reconfigured) => {
+                self.failures = 0;
+                self.restart_requested = true;
+            }
+            (S::Idle | S::Backoff { .. } | S::Failed, E::Reconfigured) => {
+                self.failures = 0;
+                out.extend([Do::Cancel(Deadline::Restart), Do::Spawn]);
+            }
+
+            // ---- Nothing to do -----------------------------------------
+            // Start is sent once, at daemon start.
+            (
+                S::Starting { .. }
+                | S::Ready { .. }
+                | S::Exiting { .. }
+                | S::Backoff { .. }
+                | S::Stopping { .. }
+                | S::Stopped
+                | S::Failed,
+                E::Start,
+            ) => {}
+            // Spawn results come only after a Spawn from a state without a
+            // process.
+            (
+                S::Starting { .. }
+                | S::Ready { .. }
+                | S::Exiting { .. }
+                | S::Stopping { .. }
+                | S::Stopped,
+                E::Spawned { .. } | E::SpawnFailed { .. },
+            ) => {}
+            // A HELLO counts only while starting; the room refuses a second
+            // one as a protocol error before it gets here.
+            (
+                S::Idle
+                | S::Ready { .. }
+                | S::Exiting { .. }
+                | S::Backoff { .. }
+                | S::Stopping { .. }
+                | S::Stopped
+                | S::Failed,
+                E::Hello,
+            ) => {}
+            // No connection without a process.
+            (S::Idle | S::Backoff { .. } | S::Stopped | S::Failed, E::Lost { .. }) => {}
+            // No exit without a process.
+            (S::Idle | S::Backoff { .. } | S::Stopped | S::Failed, E::Exited { .. }) => {}
+            // Stale deadlines: armed for a state that has passed.
+            (S::Starting { .. }, E::Due(Deadline::Hello { .. })) => {}
+            (
+                S::Idle
+                | S::Ready { .. }
+                | S::Exiting { .. }
+                | S::Backoff { .. }
+                | S::Stopping { .. }
+                | S::Stopped
+                | S::Failed,
+                E::Due(Deadline::Hello { .. }),
+            ) => {}
+            (
+                S::Idle
+                | S::Starting { .. }
+                | S::Ready { .. }
+                | S::Exiting { .. }
+                | S::Stopping { .. }
+                | S::Stopped
+                | S::Failed,
+                E::Due(Deadline::Restart),
+            ) => {}
+            (
+                S::Idle
+                | S::Starting { .. }
+                | S::Ready { .. }
+                | S::Exiting { .. }
+                | S::Backoff { .. }
+                | S::Stopped
+                | S::Failed,
+                E::Due(Deadline::Grace),
+            ) => {}
+            // Already stopping or stopped.
+            (S::Stopping { .. } | S::Stopped, E::Stop | E::Reconfigured) => {}
+        }
+        out
+    }
+
+    fn spawned(&mut self, pid: u32, now: Instant, out: &mut Vec<Do>) {
+        self.state = State::Starting { pid };
+        self.last_error = None;
+        out.push(Do::Arm(Deadline::Hello { pid }, now + HELLO_TIMEOUT));
+    }
+
+    fn spawn_failed(&mut self, why: String, now: Instant, random: u64, out: &mut Vec<Do>) {
+        self.failures += 1;
+        let delay = restart_delay(&self.policy, self.failures, random).max(BACKOFF_BASE);
+        out.push(Do::Log(Level::Error, format!("{why}; retrying in {delay:?}")));
+        self.last_error = Some(why);
+        self.backoff(delay, now, out);
+    }
+
+    /// The connection is gone or untrustworthy: fail what compute held and
+    /// make sure the process is gone; the restart follows its reaping.
+    fn lost(&mut self, pid: u32, why: &str, out: &mut Vec<Do>) {
+        self.state = State::Exiting { pid };
+        out.extend([
+            Do::DropConn,
+            Do::FailInFlight(
+                ErrorKind::ComputeDown,
+                format!("{why}; the request was lost, retry it (weaver restarts compute)"),
+            ),
+            Do::Log(Level::Warn, format!("{why}: killing compute (pid {pid})")),
+            Do::Kill { pid, signal: Signal::SIGKILL },
+        ]);
+    }
+
+    /// The process ended on its own (or after a kill for a lost
+    /// connection): restart it, after backoff, or give up.
+    fn crashed(
+        &mut self,
+        pid: u32,
+        how: String,
+        ran: Duration,
+        now: Instant,
+        random: u64,
+        out: &mut Vec<Do>,
+    ) {
+        let why = format!("compute (pid {pid}) {how}");
+        out.extend([
+            Do::DropConn,
+            Do::FailInFlight(
+                ErrorKind::ComputeDown,
+                format!("{why}; the request was lost, retry it (weaver restarts compute)"),
+            ),
+            // What it left in its group goes with it.
+            Do::Kill { pid, signal: Signal::SIGKILL },
+            Do::Cancel(Deadline::Hello { pid }),
+        ]);
+        self.last_exit = Some(how);
+        if std::mem::take(&mut self.restart_requested) {
+            out.push(Do::Log(Level::Info, format!("{why}; starting it the new way")));
+            self.state = State::Backoff { until: now };
+            out.push(Do::Spawn);
+            return;
+        }
+        let p = self.policy;
+        if ran >= p.stable_after {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if !p.auto_restart || (p.max_restarts > 0 && self.failures > p.max_restarts) {
+            self.state = State::Failed;
+            let error = format!(
+                "compute gave up after {} crash(es) in a row (max_restarts = {}); fix it and run \
+                 `weaver reload` or restart weaver",
+                self.failures, p.max_restarts
+            );
+            out.extend([
+                Do::Log(Level::Error, format!("{why}; {error}")),
+                Do::FailQueued(
+                    ErrorKind::ComputeDown,
+                    "compute failed and will not be restarted".into(),
+                ),
+            ]);
+            self.last_error = Some(error);
+            return;
+        }
+        self.restarts += 1;
+        let delay = restart_delay(&p, self.failures, random);
+        out.push(Do::Log(Level::Warn, format!("{why}; restart {} in {delay:?}", self.restarts)));
+        if delay.is_zero() {
+            self.state = State::Backoff { until: now };
+            out.push(Do::Spawn);
+        } else {
+            self.backoff(delay, now, out);
+        }
+    }
+
+    /// Wait `delay`; requests waiting in weaver cannot be served soon: fail
+    /// them now.
+    fn backoff(&mut self, delay: Duration, now: Instant, out: &mut Vec<Do>) {
+        let until = now + delay;
+        self.state = State::Backoff { until };
+        let why = self.last_error.clone().or_else(|| self.last_exit.clone()).unwrap_or_default();
+        out.extend([
+            Do::Arm(Deadline::Restart, until),
+            Do::FailQueued(
+                ErrorKind::ComputeDown,
+                format!("compute is down ({why}); retry in {} ms", delay.as_millis()),
+            ),
+        ]);
+    }
+}
+
+/// Delay before restart number `failures` (1-based) of a crash streak: the
+/// first is immediate (a lone crash costs one request, not a pause), then
+/// the policy's capped exponential backoff.
+pub fn restart_delay(policy: &RestartPolicy, failures: u32, random: u64) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    backoff::delay(policy, failures - 1, random)
+}

@@ -1,0 +1,217 @@
+//! One framed, non-blocking connection, for clients and compute alike:
+//! read to WouldBlock through a decoder, queue and flush writes, arm
+//! WRITABLE only while the socket is full, and check the peer's
+//! credentials. The decoders are pure; this is where their bytes come from.
+
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
+
+use crate::codec::StreamDecoder;
+use crate::daemon::effect::{Effect, Effects};
+use crate::daemon::outq::OutQueue;
+
+/// Socket reads through the scratch buffer take at most this much, so that
+/// a large payload is soon read straight into its own buffer (see
+/// `direct_target`) instead of being copied out of scratch; small frames
+/// still arrive by the hundred per read.
+pub const SCRATCH_READ: usize = 8 * 1024;
+
+/// How a read stopped.
+#[derive(Debug)]
+pub enum Drained<E> {
+    /// Everything there was is read: wait for the next readiness.
+    WouldBlock,
+    /// The peer closed its end.
+    Eof,
+    /// The read failed.
+    Failed(io::Error),
+    /// The bytes are not a valid frame.
+    Bad(E),
+}
+
+/// How a flush ended.
+#[derive(Debug)]
+pub enum Flushed {
+    /// Everything queued went out.
+    Done,
+    /// The socket is full; WRITABLE is armed.
+    Blocked,
+    /// The write failed: the connection is lost.
+    Failed(io::Error),
+}
+
+#[derive(Debug)]
+pub struct Conn<D> {
+    pub stream: UnixStream,
+    pub dec: D,
+    pub out: OutQueue,
+    token: Token,
+    writable_armed: bool,
+}
+
+impl<D: StreamDecoder> Conn<D> {
+    /// A connection watched under `token`; push the returned effect to
+    /// watch it.
+    pub fn new(stream: UnixStream, dec: D, token: Token) -> (Conn<D>, Effect) {
+        let watch = Effect::Watch { fd: stream.as_raw_fd(), token, interest: Interest::READABLE };
+        (Conn { stream, dec, out: OutQueue::new(), token, writable_armed: false }, watch)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Read until the socket would block, appending whole frames to `out`.
+    pub fn read(&mut self, scratch: &mut [u8], out: &mut Vec<D::Frame>) -> Drained<D::Error> {
+        drain(&mut self.stream, &mut self.dec, scratch, out)
+    }
+
+    /// Write what is queued; arm or disarm WRITABLE as the socket needs.
+    pub fn flush(&mut self, fx: &mut Effects) -> Flushed {
+        let (result, armed) = match self.out.flush(&mut self.stream) {
+            Ok(true) => (Flushed::Done, false),
+            Ok(false) => (Flushed::Blocked, true),
+            Err(e) => return Flushed::Failed(e),
+        };
+        if armed != self.writable_armed {
+            self.writable_armed = armed;
+            let interest =
+                if armed { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            fx.push(Effect::Rewatch { fd: self.fd(), token: self.token, interest });
+        }
+        result
+    }
+}
+
+/// The peer's credentials, checked to be our own uid.
+pub fn peer(stream: &UnixStream) -> Result<UnixCredentials, String> {
+    let cred = getsockopt(stream, PeerCredentials)
+        .map_err(|e| format!("cannot read its credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() != me {
+        return Err(format!("pid {} runs as uid {}, not {me}", cred.pid(), cred.uid()));
+    }
+    Ok(cred)
+}
+
+/// Read a non-blocking socket until it would block (readiness is a hint:
+/// the read decides), appending whole frames to `out`. Large payloads are
+/// read straight into their buffer, everything else through `scratch`.
+pub fn drain<S, D>(
+    stream: &mut S,
+    dec: &mut D,
+    scratch: &mut [u8],
+    out: &mut Vec<D::Frame>,
+) -> Drained<D::Error>
+where
+    S: Read + AsRawFd,
+    D: StreamDecoder,
+{
+    loop {
+        if let Some(v) = dec.direct_target() {
+            match read_spare(stream.as_raw_fd(), v) {
+                Ok(0) => return Drained::Eof,
+                Ok(_) => {
+                    out.extend(dec.direct_done());
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::WouldBlock,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Drained::Failed(e),
+            }
+        }
+        match stream.read(scratch) {
+            Ok(0) => return Drained::Eof,
+            Ok(n) => {
+                let mut data = &scratch[..n];
+                while !data.is_empty() {
+                    match dec.feed(data) {
+                        Ok((used, f)) => {
+                            data = &data[used..];
+                            out.extend(f);
+                        }
+                        Err(e) => return Drained::Bad(e),
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Drained::Failed(e),
+        }
+    }
+}
+
+/// Read from `fd` into the spare capacity of `v` (never past it).
+/// Returns the bytes read; 0 means EOF.
+pub fn read_spare(fd: RawFd, v: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = v.capacity() - v.len();
+    // SAFETY: the kernel writes at most `spare` bytes into the vector's
+    // reserved, unused capacity.
+    let n = unsafe { libc::read(fd, v.as_mut_ptr().add(v.len()).cast(), spare) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised exactly `n` bytes past the old length.
+    unsafe { v.set_len(v.len() + n as usize) };
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+    use std::io::Write;
+
+    #[test]
+    fn reads_frames_to_would_block_and_flushes_with_writable_armed_only_when_full() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let (mut c, watch) = Conn::new(UnixStream::from_std(a), frame::Decoder::new(), Token(7));
+        assert!(matches!(watch, Effect::Watch { token: Token(7), .. }));
+        // Two frames, one with a payload large enough to be read in place.
+        let mut bytes = Vec::new();
+        frame::push(&mut bytes, b"m1", b"p");
+        frame::push(&mut bytes, b"m2", &vec![7u8; 100_000]);
+        let writer = std::thread::spawn(move || {
+            b.write_all(&bytes).unwrap();
+            b
+        });
+        let mut frames = Vec::new();
+        let mut scratch = vec![0u8; SCRATCH_READ];
+        while frames.len() < 2 {
+            match c.read(&mut scratch, &mut frames) {
+                Drained::WouldBlock => std::thread::yield_now(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut b = writer.join().unwrap();
+        assert_eq!(frames[0].meta, b"m1");
+        assert_eq!(frames[1].payload.len(), 100_000);
+        // Fill the socket: the flush blocks and arms WRITABLE once.
+        let mut fx = Effects::new();
+        c.out.push(vec![1u8; 8 << 20]);
+        assert!(matches!(c.flush(&mut fx), Flushed::Blocked));
+        assert!(matches!(c.flush(&mut fx), Flushed::Blocked));
+        assert_eq!(fx.len(), 1, "armed once: {fx:?}");
+        // Drain the other end: the flush completes and disarms.
+        let reader = std::thread::spawn(move || {
+            let mut got = 0;
+            let mut buf = vec![0u8; 1 << 16];
+            while got < 8 << 20 {
+                got += std::io::Read::read(&mut b, &mut buf).unwrap();
+            }
+        });
+        while !matches!(c.flush(&mut fx), Flushed::Done) {
+            std::thread::yield_now();
+        }
+        reader.join().unwrap();
+        assert_eq!(fx.len(), 2);
+        assert!(
+            matches!(fx[1], Effect::Rewatch { interest, .. } if interest == Interest::READABLE)
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! What rooms ask the loop to do. A room takes an event and values and
+//! pushes effects; the reactor applies them in order, and it alone touches
+//! `mio::Registry`. Rooms that need to act on each other do so through
+//! effects too (a reply for a client, an event for subscribers), so every
+//! room can be driven in a test with plain values.
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::time::Instant;
+
+use mio::{Interest, Token};
+
+use crate::daemon::compute::Deadline;
+use crate::protocol::Response;
+use crate::supervise::events::EventKind;
+use crate::supervise::TimerKey;
+
+/// What a deadline is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// A compute request's `--timeout` (by request id).
+    Request(u64),
+    /// A compute lifecycle deadline (HELLO, restart, stop grace).
+    Compute(Deadline),
+    /// A supervised process's timer (start duration, backoff, probes...).
+    Supervise(TimerKey),
+    /// What the main process of this group left behind had its stop
+    /// signal's grace: SIGKILL the group.
+    Sweep { pgid: u32 },
+    /// The same for one process that had left its group.
+    SweepOrphan { pid: u32 },
+}
+
+#[derive(Debug)]
+pub enum Effect {
+    /// Watch `fd` under `token` (first registration).
+    Watch { fd: RawFd, token: Token, interest: Interest },
+    /// Change what a watched fd is watched for (WRITABLE armed or not).
+    Rewatch { fd: RawFd, token: Token, interest: Interest },
+    /// Stop watching `fd`, then close it.
+    Unwatch { fd: OwnedFd },
+    /// Arm a deadline (re-arming a key moves it).
+    Arm { at: Instant, timer: Timer },
+    /// Disarm a deadline.
+    Cancel(Timer),
+    /// Answer request `tag` of `client`.
+    Reply { client: u64, tag: u64, resp: Response, payload: Vec<u8> },
+    /// Answer `status --wait` requests: compute has settled.
+    AnswerStatus { waiters: Vec<(u64, u64)> },
+    /// Close `client` once its queued replies are flushed.
+    CloseAfterFlush { client: u64 },
+    /// Close `client` now.
+    Close { client: u64, why: &'static str },
+    /// A supervised process's lifecycle event, for subscribers.
+    Publish { instance: String, kind: EventKind },
+    /// Begin the graceful stop.
+    Stop { why: String },
+}
+
+/// The effects of one step, applied in order.
+pub type Effects = Vec<Effect>;

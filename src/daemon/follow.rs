@@ -1,0 +1,229 @@
+//! The followers room: `logs -f` followers and `events` subscribers, and
+//! the broadcaster of lifecycle events. It reads the supervisor's rings and
+//! sends what is new as far as each client keeps up; a client with a full
+//! buffer is skipped until it drains, so a slow follower costs bounded
+//! memory and stalls nobody.
+
+use std::collections::HashMap;
+
+use crate::daemon::effect::{Effect, Effects};
+use crate::protocol::{EventRecord, LogChunk, LogLine, Response};
+use crate::supervise::events::{Broadcaster, Delivery, EventKind, Filter, SubscriberId};
+use crate::supervise::ring::Stream;
+use crate::supervise::Supervisor;
+
+/// A subscriber's replies wait while its client has this much unsent.
+pub const FOLLOW_BACKLOG: usize = 1 << 20;
+/// Lines or events per reply while following.
+pub const FOLLOW_BATCH: usize = 512;
+
+/// A `logs` request's cursor.
+#[derive(Debug)]
+pub struct Follower {
+    pub client: u64,
+    pub tag: u64,
+    pub instance: String,
+    /// The last sequence number sent.
+    pub after: u64,
+    pub stream: Option<Stream>,
+}
+
+#[derive(Debug, Default)]
+pub struct Follow {
+    /// Lifecycle events to `events` subscribers.
+    bcast: Broadcaster,
+    /// `events` subscriptions: subscriber -> (client, tag).
+    subscribers: HashMap<SubscriberId, (u64, u64)>,
+    /// `logs -f` requests being served.
+    followers: Vec<Follower>,
+    /// Output arrived this turn: followers may have lines to send.
+    output_arrived: bool,
+}
+
+impl Follow {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A lifecycle event (or an output line) happened.
+    pub fn publish(&mut self, time_ms: u64, instance: &str, kind: EventKind) {
+        if matches!(kind, EventKind::Output { .. }) {
+            self.output_arrived = true;
+        }
+        self.bcast.publish(time_ms, instance, kind);
+    }
+
+    /// `logs`: the lines after `f`'s cursor now, then (with `follow`) what
+    /// comes.
+    pub fn logs(&mut self, sup: &Supervisor, mut f: Follower, follow: bool, fx: &mut Effects) {
+        let chunk = log_chunk(sup, &mut f, usize::MAX);
+        fx.push(Effect::Reply {
+            client: f.client,
+            tag: f.tag,
+            resp: Response::Logs(chunk),
+            payload: Vec::new(),
+        });
+        if follow {
+            self.followers.push(f);
+        }
+    }
+
+    /// `events`.
+    pub fn subscribe(&mut self, client: u64, tag: u64, filter: Filter, history: usize) {
+        let id = self.bcast.subscribe(filter, history);
+        self.subscribers.insert(id, (client, tag));
+    }
+
+    /// The client left: stop following for it.
+    pub fn forget(&mut self, client: u64) {
+        self.followers.retain(|f| f.client != client);
+        let subs: Vec<SubscriberId> =
+            self.subscribers.iter().filter(|(_, (c, _))| *c == client).map(|(&s, _)| s).collect();
+        for s in subs {
+            self.subscribers.remove(&s);
+            self.bcast.unsubscribe(s);
+        }
+    }
+
+    /// Send followers and subscribers what is new, as far as their clients
+    /// keep up (`backlog`: a client's unsent bytes).
+    pub fn pump(&mut self, sup: &Supervisor, backlog: impl Fn(u64) -> usize, fx: &mut Effects) {
+        if std::mem::take(&mut self.output_arrived)
+            || self.followers.iter().any(|f| backlog(f.client) == 0)
+        {
+            for f in &mut self.followers {
+                if backlog(f.client) > FOLLOW_BACKLOG {
+                    continue;
+                }
+                let last = sup.instance(&f.instance).map_or(0, |i| i.ring().last_seq());
+                if last <= f.after {
+                    continue;
+                }
+                let chunk = log_chunk(sup, f, FOLLOW_BATCH);
+                if !chunk.lines.is_empty() || chunk.lost > 0 {
+                    fx.push(Effect::Reply {
+                        client: f.client,
+                        tag: f.tag,
+                        resp: Response::Logs(chunk),
+                        payload: Vec::new(),
+                    });
+                }
+            }
+            self.followers.retain(|f| backlog(f.client) != usize::MAX);
+        }
+        for id in self.bcast.ready() {
+            let Some(&(client, tag)) = self.subscribers.get(&id) else { continue };
+            if backlog(client) > FOLLOW_BACKLOG {
+                continue;
+            }
+            for d in self.bcast.drain(id, FOLLOW_BATCH) {
+                fx.push(Effect::Reply {
+                    client,
+                    tag,
+                    resp: Response::Event(event_record(d)),
+                    payload: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// Whether a follower or subscriber has more to send and its client's
+    /// buffer is empty (`room`). Batches are bounded per turn, and a client
+    /// whose buffer was flushed empty raises no event to come back for the
+    /// rest, so the reactor must not sleep then. (A client with unsent
+    /// bytes has a full socket: its writable event brings us back.)
+    pub fn pending(&self, sup: &Supervisor, room: impl Fn(u64) -> bool) -> bool {
+        let lines = self.followers.iter().any(|f| {
+            room(f.client)
+                && sup.instance(&f.instance).is_some_and(|i| i.ring().last_seq() > f.after)
+        });
+        lines
+            || self
+                .subscribers
+                .iter()
+                .any(|(&id, &(client, _))| room(client) && self.bcast.pending(id) > 0)
+    }
+}
+
+/// Lines after the follower's cursor (advancing it).
+fn log_chunk(sup: &Supervisor, f: &mut Follower, max: usize) -> LogChunk {
+    let Some(inst) = sup.instance(&f.instance) else {
+        return LogChunk {
+            instance: f.instance.clone(),
+            lines: Vec::new(),
+            lost: 0,
+            next: f.after,
+        };
+    };
+    let since = inst.ring().since(f.after, max);
+    f.after = since.next;
+    let lines = since
+        .lines
+        .into_iter()
+        .filter(|l| f.stream.map_or(true, |s| s == l.stream))
+        .map(|l| LogLine {
+            seq: l.seq,
+            stream: l.stream.name().to_string(),
+            time_ms: l.time_ms,
+            text: String::from_utf8_lossy(&l.bytes).into_owned(),
+        })
+        .collect();
+    LogChunk { instance: f.instance.clone(), lines, lost: since.lost, next: since.next }
+}
+
+fn event_record(d: Delivery) -> EventRecord {
+    let mut r = EventRecord {
+        seq: 0,
+        time_ms: 0,
+        instance: String::new(),
+        event: String::new(),
+        pid: None,
+        code: None,
+        signal: None,
+        delay_ms: None,
+        attempt: None,
+        detail: None,
+        lost: None,
+    };
+    let e = match d {
+        Delivery::Lost { count } => {
+            r.event = "lost".into();
+            r.lost = Some(count);
+            r.detail = Some(format!("{count} event(s) dropped: this subscriber fell behind"));
+            return r;
+        }
+        Delivery::Event(e) => e,
+    };
+    r.seq = e.seq;
+    r.time_ms = e.time_ms;
+    r.instance = e.instance;
+    r.event = e.kind.name().to_string();
+    match e.kind {
+        EventKind::Started { pid } => r.pid = Some(pid),
+        EventKind::Output { stream, seq, bytes } => {
+            r.detail =
+                Some(format!("{}#{seq}: {}", stream.name(), String::from_utf8_lossy(&bytes)));
+        }
+        EventKind::Exited { code } => r.code = Some(code),
+        EventKind::Killed { signal } => r.signal = Some(crate::sys::signal_name(signal)),
+        EventKind::Restarting { delay_ms, attempt } => {
+            r.delay_ms = Some(delay_ms);
+            r.attempt = Some(attempt);
+        }
+        EventKind::Failed { reason } => r.detail = Some(reason),
+        EventKind::Hook { hook, ok, detail } => {
+            r.detail = Some(format!(
+                "{hook} {}{}",
+                if ok { "ok" } else { "failed" },
+                if detail.is_empty() { String::new() } else { format!(": {detail}") }
+            ));
+        }
+        EventKind::Warning { message } => r.detail = Some(message),
+        EventKind::Running
+        | EventKind::Ready
+        | EventKind::Vanished
+        | EventKind::Stopping
+        | EventKind::Stopped => {}
+    }
+    r
+}

@@ -1,0 +1,39 @@
+//! `logs`: an instance's output from its ring, then (with `-f`) what comes.
+
+use super::{not_found, Ctx};
+use crate::daemon::follow::Follower;
+use crate::protocol::{ErrorKind, ErrorReply, LogQuery, Response};
+use crate::supervise::ring::Stream;
+
+pub fn handle(cx: &mut Ctx, client: u64, tag: u64, q: LogQuery) {
+    if let Err(e) = logs(cx, client, tag, q) {
+        cx.reply(client, tag, Response::Error(e));
+    }
+}
+
+fn logs(cx: &mut Ctx, client: u64, tag: u64, q: LogQuery) -> Result<(), ErrorReply> {
+    let LogQuery { name, after, tail, stream, follow } = q;
+    let stream = match stream.as_deref() {
+        None => None,
+        Some("stdout") => Some(Stream::Stdout),
+        Some("stderr") => Some(Stream::Stderr),
+        Some(s) => {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!("unknown stream {s:?}: use stdout or stderr"),
+            })
+        }
+    };
+    let sup = &cx.procs.sup;
+    let inst = sup.instance(&name).ok_or_else(|| {
+        let known: Vec<String> = sup.ps(cx.now).into_iter().map(|r| r.name).collect();
+        not_found(format!("no process instance named {name:?}; instances: {}", known.join(", ")))
+    })?;
+    let after = match tail {
+        Some(n) if after == 0 => inst.ring().last_seq().saturating_sub(n as u64),
+        _ => after,
+    };
+    let f = Follower { client, tag, instance: name, after, stream };
+    cx.follow.logs(sup, f, follow, cx.fx);
+    Ok(())
+}
