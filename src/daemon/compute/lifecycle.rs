@@ -455,3 +455,320 @@ pub fn restart_delay(policy: &RestartPolicy, failures: u32, random: u64) -> Dura
     }
     backoff::delay(policy, failures - 1, random)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: u32 = 7;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy { backoff_jitter: 0.0, ..RestartPolicy::COMPUTE }
+    }
+
+    fn states(now: Instant) -> Vec<State> {
+        vec![
+            State::Idle,
+            State::Starting { pid: PID },
+            State::Ready { pid: PID },
+            State::Exiting { pid: PID },
+            State::Backoff { until: now + Duration::from_secs(1) },
+            State::Stopping { pid: PID },
+            State::Stopped,
+            State::Failed,
+        ]
+    }
+
+    fn events() -> Vec<Event> {
+        vec![
+            Event::Start,
+            Event::Spawned { pid: 9 },
+            Event::SpawnFailed { why: "no such file".into() },
+            Event::Hello,
+            Event::Lost { why: "compute closed its connection".into() },
+            Event::Exited { pid: PID, how: "exited with code 1".into(), ran: Duration::ZERO },
+            Event::Due(Deadline::Hello { pid: PID }),
+            Event::Due(Deadline::Hello { pid: 8 }),
+            Event::Due(Deadline::Restart),
+            Event::Due(Deadline::Grace),
+            Event::Stop,
+            Event::Reconfigured,
+        ]
+    }
+
+    /// One letter per step: Spawn, Arm, Cancel, Term/Kill, sHutdown,
+    /// close stdIn, Drop, Fail in flight, Queued failed, Log.
+    fn code(d: &Do) -> char {
+        match d {
+            Do::Spawn => 'S',
+            Do::Arm(..) => 'A',
+            Do::Cancel(_) => 'C',
+            Do::Kill { signal: Signal::SIGTERM, .. } => 'T',
+            Do::Kill { .. } => 'K',
+            Do::SayShutdown => 'H',
+            Do::CloseStdin => 'I',
+            Do::DropConn => 'D',
+            Do::FailInFlight(..) => 'F',
+            Do::FailQueued(..) => 'Q',
+            Do::Log(..) => 'L',
+        }
+    }
+
+    fn cell(state: State, event: Event, now: Instant) -> String {
+        let mut l = Lifecycle::new(policy());
+        l.state = state;
+        let steps: String = l.on(event, now, 0).iter().map(code).collect();
+        format!("{}:{steps}", l.state.name())
+    }
+
+    /// Every (state, event) pair, row by row in the order of `states()` and
+    /// columns in the order of `events()`.
+    const TABLE: [[&str; 12]; 8] = [
+        // Start, Spawned, SpawnFailed, Hello, Lost, Exited, Due(Hello 7), Due(Hello 8), Due(Restart), Due(Grace), Stop, Reconfigured
+        [
+            "stopped:S",
+            "starting:A",
+            "backoff:LAQ",
+            "stopped:",
+            "stopped:",
+            "stopped:",
+            "stopped:",
+            "stopped:",
+            "stopped:",
+            "stopped:",
+            "stopped:C",
+            "stopped:CS",
+        ],
+        [
+            "starting:",
+            "starting:",
+            "starting:",
+            "ready:C",
+            "exiting:DFLK",
+            "backoff:DFKCLS",
+            "exiting:DFLK",
+            "starting:",
+            "starting:",
+            "starting:",
+            "stopping:HITA",
+            "starting:HT",
+        ],
+        [
+            "ready:",
+            "ready:",
+            "ready:",
+            "ready:",
+            "exiting:DFLK",
+            "backoff:DFKCLS",
+            "ready:",
+            "ready:",
+            "ready:",
+            "ready:",
+            "stopping:HITA",
+            "ready:HT",
+        ],
+        [
+            "exiting:",
+            "exiting:",
+            "exiting:",
+            "exiting:",
+            "exiting:D",
+            "backoff:DFKCLS",
+            "exiting:",
+            "exiting:",
+            "exiting:",
+            "exiting:",
+            "stopping:HITA",
+            "exiting:",
+        ],
+        [
+            "backoff:",
+            "starting:A",
+            "backoff:LAQ",
+            "backoff:",
+            "backoff:",
+            "backoff:",
+            "backoff:",
+            "backoff:",
+            "backoff:S",
+            "backoff:",
+            "stopped:C",
+            "backoff:CS",
+        ],
+        [
+            "stopping:",
+            "stopping:",
+            "stopping:",
+            "stopping:",
+            "stopping:DF",
+            "stopped:DFCL",
+            "stopping:",
+            "stopping:",
+            "stopping:",
+            "stopping:LK",
+            "stopping:",
+            "stopping:",
+        ],
+        [
+            "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:",
+            "stopped:", "stopped:", "stopped:", "stopped:", "stopped:",
+        ],
+        [
+            "failed:",
+            "starting:A",
+            "backoff:LAQ",
+            "failed:",
+            "failed:",
+            "failed:",
+            "failed:",
+            "failed:",
+            "failed:",
+            "failed:",
+            "stopped:C",
+            "failed:CS",
+        ],
+    ];
+
+    #[test]
+    fn every_cell_of_the_table() {
+        let now = Instant::now();
+        let mut wrong = Vec::new();
+        for (r, state) in states(now).into_iter().enumerate() {
+            for (c, event) in events().into_iter().enumerate() {
+                let got = cell(state, event.clone(), now);
+                if got != TABLE[r][c] {
+                    wrong.push(format!("{state:?} x {event:?}: got {got}, want {}", TABLE[r][c]));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// Drive a lifecycle on a fake clock: crash after `ran`, return the
+    /// delay before the next spawn (None: no restart).
+    fn crash(l: &mut Lifecycle, now: Instant, ran: Duration) -> Option<Duration> {
+        let pid = l.state.pid().expect("running");
+        let steps = l.on(Event::Exited { pid, how: "exited with code 1".into(), ran }, now, 0);
+        if steps.contains(&Do::Spawn) {
+            return Some(Duration::ZERO);
+        }
+        steps.iter().find_map(|d| match d {
+            Do::Arm(Deadline::Restart, at) => Some(*at - now),
+            _ => None,
+        })
+    }
+
+    fn run(l: &mut Lifecycle, now: Instant, pid: u32) {
+        l.on(Event::Spawned { pid }, now, 0);
+        l.on(Event::Hello, now, 0);
+        assert_eq!(l.state, State::Ready { pid });
+    }
+
+    #[test]
+    fn restarts_are_immediate_then_capped_exponential_and_a_stable_run_resets_them() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(policy());
+        let mut delays = Vec::new();
+        for i in 0..10 {
+            run(&mut l, t0, 100 + i);
+            delays.push(crash(&mut l, t0, Duration::ZERO).unwrap().as_millis() as u64);
+        }
+        assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
+        assert_eq!(l.restarts, 10);
+        run(&mut l, t0, 200);
+        let stable = policy().stable_after;
+        assert_eq!(
+            crash(&mut l, t0, stable),
+            Some(Duration::ZERO),
+            "a stable run resets the streak"
+        );
+        assert_eq!(l.failures, 1);
+    }
+
+    #[test]
+    fn gives_up_after_max_restarts_and_a_reload_starts_it_again() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(RestartPolicy { max_restarts: 2, ..policy() });
+        for pid in 1..=2 {
+            run(&mut l, t0, pid);
+            assert!(crash(&mut l, t0, Duration::ZERO).is_some());
+        }
+        run(&mut l, t0, 3);
+        let steps = l.on(
+            Event::Exited { pid: 3, how: "killed by SIGSEGV".into(), ran: Duration::ZERO },
+            t0,
+            0,
+        );
+        assert_eq!(l.state, State::Failed);
+        assert!(steps.iter().any(|d| matches!(d, Do::FailQueued(ErrorKind::ComputeDown, _))));
+        assert!(l.last_error.as_deref().unwrap().contains("max_restarts = 2"));
+        assert_eq!(l.last_exit.as_deref(), Some("killed by SIGSEGV"));
+        assert_eq!(l.on(Event::Reconfigured, t0, 0), [Do::Cancel(Deadline::Restart), Do::Spawn]);
+        assert_eq!(l.failures, 0);
+    }
+
+    #[test]
+    fn a_reconfigured_compute_restarts_at_once_without_counting_a_crash() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(policy());
+        run(&mut l, t0, 1);
+        assert_eq!(
+            l.on(Event::Reconfigured, t0, 0),
+            [Do::SayShutdown, Do::Kill { pid: 1, signal: Signal::SIGTERM }]
+        );
+        let steps = l.on(
+            Event::Exited { pid: 1, how: "exited with code 0".into(), ran: Duration::ZERO },
+            t0,
+            0,
+        );
+        assert_eq!(steps.last(), Some(&Do::Spawn));
+        assert_eq!((l.failures, l.restarts), (0, 0));
+    }
+
+    #[test]
+    fn a_silent_compute_is_killed_at_its_hello_deadline() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(policy());
+        let steps = l.on(Event::Spawned { pid: 5 }, t0, 0);
+        assert_eq!(steps, [Do::Arm(Deadline::Hello { pid: 5 }, t0 + HELLO_TIMEOUT)]);
+        let steps = l.on(Event::Due(Deadline::Hello { pid: 5 }), t0 + HELLO_TIMEOUT, 0);
+        assert_eq!(l.state, State::Exiting { pid: 5 });
+        assert!(steps.contains(&Do::Kill { pid: 5, signal: Signal::SIGKILL }));
+        assert!(steps.iter().any(
+            |d| matches!(d, Do::FailInFlight(ErrorKind::ComputeDown, m) if m.contains("HELLO"))
+        ));
+    }
+
+    #[test]
+    fn a_stop_sends_shutdown_then_sigterm_then_sigkill_after_the_grace() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(policy());
+        run(&mut l, t0, 4);
+        let steps = l.on(Event::Stop, t0, 0);
+        assert_eq!(
+            steps,
+            [
+                Do::SayShutdown,
+                Do::CloseStdin,
+                Do::Kill { pid: 4, signal: Signal::SIGTERM },
+                Do::Arm(Deadline::Grace, t0 + STOP_GRACE),
+            ]
+        );
+        let steps = l.on(Event::Due(Deadline::Grace), t0 + STOP_GRACE, 0);
+        assert!(steps.contains(&Do::Kill { pid: 4, signal: Signal::SIGKILL }));
+        l.on(Event::Exited { pid: 4, how: "killed by SIGKILL".into(), ran: STOP_GRACE }, t0, 0);
+        assert_eq!(l.state, State::Stopped);
+        assert!(!l.settling());
+    }
+
+    #[test]
+    fn a_spawn_failure_backs_off_at_least_the_base() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(policy());
+        let steps = l.on(Event::SpawnFailed { why: "cannot start".into() }, t0, 0);
+        assert_eq!(l.state, State::Backoff { until: t0 + BACKOFF_BASE });
+        assert!(steps.contains(&Do::Arm(Deadline::Restart, t0 + BACKOFF_BASE)));
+        assert_eq!(l.last_error.as_deref(), Some("cannot start"));
+        assert_eq!(l.on(Event::Due(Deadline::Restart), t0 + BACKOFF_BASE, 0), [Do::Spawn]);
+    }
+}
