@@ -207,3 +207,69 @@ impl Clients {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ClientMsg, Handshake, Request};
+
+    #[test]
+    fn frames_in_replies_out_and_a_client_that_stops_reading_is_cut_off() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut theirs = {
+            let s = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(theirs));
+            s.set_nonblocking(false).unwrap();
+            s
+        };
+        let mut cs = Clients::new();
+        let mut fx = Effects::new();
+        cs.accept(ours, &mut fx);
+        assert!(matches!(fx[..], [Effect::Watch { .. }]), "{fx:?}");
+        assert_eq!(cs.len(), 1);
+        let id = 1;
+        let hs = protocol::encode(&Handshake::new(false));
+        let req = protocol::encode(&ClientMsg { tag: 4, req: Request::Ps });
+        crate::stream::write_control(&mut theirs, &hs, &[]).unwrap();
+        crate::stream::write_control(&mut theirs, &req, b"payload").unwrap();
+        let mut scratch = vec![0u8; 64];
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            let r = cs.read(id, &mut scratch);
+            assert!(!r.gone && r.bad.is_none());
+            frames.extend(r.frames);
+        }
+        assert_eq!(frames[1].payload, b"payload");
+        let mut fx = Effects::new();
+        cs.reply(id, 4, Response::ShutdownStarted, Vec::new(), &mut fx);
+        cs.flush_dirty(&mut fx);
+        assert!(fx.is_empty(), "a reply that fits goes out without arming WRITABLE: {fx:?}");
+        let f =
+            crate::stream::read_frame(&mut frame::Decoder::new(), &mut theirs).unwrap().unwrap();
+        let msg: ServerMsg = protocol::decode(&f.meta, "reply").unwrap();
+        assert_eq!((msg.tag, msg.resp), (4, Response::ShutdownStarted));
+        // Nobody reads: past the bound the client is to be closed.
+        cs.queue(id, b"m", vec![0u8; MAX_CLIENT_BUFFER + 1], &mut fx);
+        assert!(matches!(fx[..], [Effect::Close { client: 1, .. }]), "{fx:?}");
+        assert!(cs.remove(id).is_some());
+        assert!(cs.is_empty() && cs.remove(id).is_none());
+        assert_eq!(cs.backlog(id), usize::MAX);
+    }
+
+    #[test]
+    fn garbage_is_reported_and_eof_is_gone() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut cs = Clients::new();
+        let mut fx = Effects::new();
+        cs.accept(ours, &mut fx);
+        let mut theirs = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(theirs));
+        std::io::Write::write_all(&mut theirs, &[0xff; 8]).unwrap();
+        let mut scratch = vec![0u8; 64];
+        let r = cs.read(1, &mut scratch);
+        assert!(r.bad.unwrap().contains("over the"), "an oversized prefix is named");
+        drop(theirs);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        cs.accept(ours, &mut fx);
+        drop(theirs);
+        assert!(cs.read(2, &mut scratch).gone);
+    }
+}

@@ -227,3 +227,89 @@ fn event_record(d: Delivery) -> EventRecord {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn sup() -> Supervisor {
+        let c = crate::supervise::parse("[[process]]\nname = \"a\"\ncommand = [\"true\"]\n", "t");
+        Supervisor::new(c.unwrap(), 1).unwrap()
+    }
+
+    fn replies(fx: &Effects) -> Vec<&Response> {
+        fx.iter()
+            .map(|e| match e {
+                Effect::Reply { resp, .. } => resp,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subscribers_get_events_only_while_their_client_keeps_up() {
+        let s = sup();
+        let mut f = Follow::new();
+        f.subscribe(1, 10, Filter { names: vec![], output: false }, 0);
+        f.publish(5, "a", EventKind::Started { pid: 3 });
+        let mut fx = Effects::new();
+        f.pump(&s, |_| FOLLOW_BACKLOG + 1, &mut fx);
+        assert!(fx.is_empty(), "a client that is behind gets nothing more");
+        assert!(!f.pending(&s, |_| false));
+        assert!(f.pending(&s, |_| true));
+        f.pump(&s, |_| 0, &mut fx);
+        match replies(&fx)[..] {
+            [Response::Event(e)] => {
+                assert_eq!(
+                    (e.event.as_str(), e.pid, e.instance.as_str()),
+                    ("started", Some(3), "a")
+                )
+            }
+            ref other => panic!("{other:?}"),
+        }
+        f.forget(1);
+        f.publish(6, "a", EventKind::Stopped);
+        let mut fx = Effects::new();
+        f.pump(&s, |_| 0, &mut fx);
+        assert!(fx.is_empty(), "a forgotten subscriber gets nothing");
+    }
+
+    #[test]
+    fn followers_get_what_is_new_after_their_cursor() {
+        let mut s = sup();
+        let now = Instant::now();
+        s.on_output("a", Stream::Stdout, b"one\ntwo\n", 1, now);
+        let mut f = Follow::new();
+        let mut fx = Effects::new();
+        let cursor = Follower { client: 2, tag: 7, instance: "a".into(), after: 1, stream: None };
+        f.logs(&s, cursor, true, &mut fx);
+        match replies(&fx)[..] {
+            [Response::Logs(c)] => {
+                let lines: Vec<&str> = c.lines.iter().map(|l| l.text.as_str()).collect();
+                assert_eq!(lines, ["two"]);
+            }
+            ref other => panic!("{other:?}"),
+        }
+        s.on_output("a", Stream::Stderr, b"three\n", 2, now);
+        f.publish(
+            2,
+            "a",
+            EventKind::Output { stream: Stream::Stderr, seq: 3, bytes: b"three".to_vec() },
+        );
+        let mut fx = Effects::new();
+        f.pump(&s, |_| 0, &mut fx);
+        match replies(&fx)[..] {
+            [Response::Logs(c)] => assert_eq!(c.lines[0].text, "three"),
+            ref other => panic!("{other:?}"),
+        }
+        // A client with a full buffer waits; one that left is forgotten.
+        s.on_output("a", Stream::Stdout, b"four\n", 3, now);
+        let mut fx = Effects::new();
+        f.pump(&s, |_| FOLLOW_BACKLOG + 1, &mut fx);
+        assert!(fx.is_empty());
+        assert!(f.pending(&s, |_| true), "line four is still to be sent");
+        f.forget(2);
+        assert!(!f.pending(&s, |_| true));
+    }
+}

@@ -742,3 +742,70 @@ fn describe_event(k: &EventKind) -> String {
         other => other.name().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::machine::{TimerKey, TimerKind};
+
+    fn procs(toml: &str, dir: &Path) -> Procs {
+        let sup = Supervisor::new(crate::supervise::parse(toml, "t").unwrap(), 1).unwrap();
+        Procs::new(sup, None, None, dir)
+    }
+
+    #[test]
+    fn timers_are_armed_and_disarmed_through_effects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = procs("", tmp.path());
+        let key = TimerKey { instance: "a".into(), kind: TimerKind::Restart, token: 1 };
+        let at = Instant::now();
+        let mut fx = Effects::new();
+        p.run_actions(
+            vec![
+                Action::ArmTimer { key: key.clone(), at },
+                Action::CancelTimer { key: key.clone() },
+            ],
+            &mut fx,
+        );
+        let want = Timer::Supervise(key);
+        assert!(matches!(&fx[0], Effect::Arm { timer, .. } if *timer == want));
+        assert!(matches!(&fx[1], Effect::Cancel(timer) if *timer == want));
+    }
+
+    #[test]
+    fn a_real_process_is_spawned_watched_read_and_reaped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let toml = "[[process]]\nname = \"hi\"\ncommand = [\"sh\", \"-c\", \"echo hello\"]\n";
+        let mut p = procs(toml, tmp.path());
+        let mut fx = Effects::new();
+        let plan = p.sup.plan_start_all(Instant::now());
+        p.run_actions(plan, &mut fx);
+        let pid = p.sup.ps(Instant::now())[0].pid.expect("spawned");
+        let watched = fx.iter().filter(|e| matches!(e, Effect::Watch { .. })).count();
+        assert_eq!(watched, 2, "stdout and stderr are watched: {fx:?}");
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { kind: EventKind::Started { .. }, .. })));
+        // Wait for it, then hand its exit to the room, which drains its
+        // pipes first.
+        let ws = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None).unwrap();
+        let (_, status) = crate::sys::exit_status(ws).unwrap();
+        let mut fx = Effects::new();
+        p.child_exited(pid, status, None, &mut fx);
+        let output: Vec<&[u8]> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish { kind: EventKind::Output { bytes, .. }, .. } => Some(&bytes[..]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(output, [b"hello"]);
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Unwatch { .. })),
+            "pipes at EOF are unwatched"
+        );
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { kind: EventKind::Exited { code: 0 }, .. })));
+    }
+}

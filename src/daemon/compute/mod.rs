@@ -533,3 +533,102 @@ fn log_lines(buf: &mut Vec<u8>, pid: u32, stream: &str, eof: bool) {
         buf.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::config::RestartPolicy;
+
+    fn room(bin: &str) -> Compute {
+        let launch = Launch {
+            bin: bin.into(),
+            args: vec![],
+            env: Default::default(),
+            workers: None,
+            policy: RestartPolicy::COMPUTE,
+        };
+        Compute::new(launch, false, &ComputeSpec::default(), "/nonexistent/compute.sock".into())
+    }
+
+    fn submit(
+        c: &mut Compute,
+        op: &str,
+        len: usize,
+        timeout_ms: Option<u64>,
+        fx: &mut Effects,
+    ) -> Result<(), ErrorReply> {
+        let r = Submit { client: 1, tag: 2, op: op.into(), payload: vec![0; len], timeout_ms };
+        c.submit(r, Instant::now(), fx)
+    }
+
+    #[test]
+    fn a_missing_binary_backs_off_and_requests_are_refused_with_the_reason() {
+        let mut c = room("/nonexistent/compute-daemon");
+        let mut fx = Effects::new();
+        c.step(Event::Start, Instant::now(), &mut fx);
+        assert!(matches!(c.life.state, State::Backoff { .. }));
+        assert!(c.pid().is_none());
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Arm { timer: Timer::Compute(Deadline::Restart), .. })),
+            "{fx:?}"
+        );
+        let e = submit(&mut c, "echo", 1, None, &mut fx).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ComputeDown);
+        assert!(e.message.contains("cannot start the compute daemon"), "{}", e.message);
+        let s = c.status(Instant::now());
+        assert_eq!(s.state, "backoff");
+        assert!(s.next_restart_ms.is_some());
+    }
+
+    #[test]
+    fn requests_before_hello_queue_by_name_with_their_deadline_and_leave_with_their_client() {
+        let mut c = room("/bin/true");
+        let mut fx = Effects::new();
+        submit(&mut c, "echo", 10, Some(50), &mut fx).unwrap();
+        assert_eq!(c.mux.queued(), 1);
+        assert!(matches!(fx[..], [Effect::Arm { timer: Timer::Request(1), .. }]), "{fx:?}");
+        let e = submit(&mut c, "echo", wire::MAX_PAYLOAD + 1, None, &mut fx).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge);
+        // Nothing is sent before compute is ready.
+        c.pump(&mut fx);
+        assert_eq!(c.mux.queued(), 1);
+        // A status --wait waits only while compute settles.
+        assert!(!c.wait_settled(1, 9), "idle compute is settled");
+        let mut fx = Effects::new();
+        c.forget_client(1, &mut fx);
+        assert_eq!(c.mux.queued(), 0);
+        assert!(matches!(fx[..], [Effect::Cancel(Timer::Request(1))]), "{fx:?}");
+    }
+
+    #[test]
+    fn a_timed_out_request_is_answered_once() {
+        let mut c = room("/bin/true");
+        let mut fx = Effects::new();
+        submit(&mut c, "echo", 1, Some(5), &mut fx).unwrap();
+        let mut fx = Effects::new();
+        c.expire(1, &mut fx);
+        match &fx[..] {
+            [Effect::Reply { client: 1, tag: 2, resp: Response::Error(e), .. }] => {
+                assert_eq!(e.kind, ErrorKind::Timeout)
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut fx = Effects::new();
+        c.expire(1, &mut fx);
+        assert!(fx.is_empty());
+        assert_eq!(c.mux.stats.timed_out, 1);
+    }
+
+    #[test]
+    fn output_is_logged_a_line_at_a_time() {
+        let mut buf = b"one\ntwo\npartial".to_vec();
+        log_lines(&mut buf, 1, "stdout", false);
+        assert_eq!(buf, b"partial");
+        log_lines(&mut buf, 1, "stdout", true);
+        assert!(buf.is_empty());
+        let mut long = vec![b'x'; MAX_LOG_LINE + 1];
+        log_lines(&mut long, 1, "stderr", false);
+        assert!(long.is_empty(), "an overlong line is logged anyway");
+    }
+}

@@ -86,3 +86,136 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
 fn not_found(message: String) -> ErrorReply {
     ErrorReply { kind: ErrorKind::NotFound, message }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::compute::Launch;
+    use crate::protocol::Verb;
+    use crate::supervise::config::{ComputeSpec, RestartPolicy};
+    use crate::supervise::Supervisor;
+
+    struct Rooms {
+        clients: Clients,
+        compute: Compute,
+        procs: Procs,
+        follow: Follow,
+        info: DaemonInfo,
+        fx: Effects,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rooms(toml: &str) -> Rooms {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RuntimeDir::open(&tmp.path().join("rt")).unwrap();
+        let launch = Launch {
+            bin: "/nonexistent/compute-daemon".into(),
+            args: vec![],
+            env: Default::default(),
+            workers: None,
+            policy: RestartPolicy::COMPUTE,
+        };
+        let sup = Supervisor::new(crate::supervise::parse(toml, "t").unwrap(), 1).unwrap();
+        Rooms {
+            clients: Clients::new(),
+            compute: Compute::new(launch, false, &ComputeSpec::default(), tmp.path().join("c")),
+            procs: Procs::new(sup, None, None, dir.path()),
+            follow: Follow::new(),
+            info: DaemonInfo { dir, log_file: None, started: Instant::now() },
+            fx: Effects::new(),
+            _dir: tmp,
+        }
+    }
+
+    impl Rooms {
+        fn serve(&mut self, stopping: bool, req: Request) -> Vec<Effect> {
+            let mut cx = Ctx {
+                clients: &mut self.clients,
+                compute: &mut self.compute,
+                procs: &mut self.procs,
+                follow: &mut self.follow,
+                info: &self.info,
+                stopping,
+                now: Instant::now(),
+                fx: &mut self.fx,
+            };
+            request(&mut cx, 3, 8, req, Vec::new());
+            std::mem::take(&mut self.fx)
+        }
+    }
+
+    fn only_reply(fx: Vec<Effect>) -> Response {
+        match fx.into_iter().next() {
+            Some(Effect::Reply { client: 3, tag: 8, resp, .. }) => resp,
+            other => panic!("expected a reply to client 3 tag 8, got {other:?}"),
+        }
+    }
+
+    const ONE: &str = "[[process]]\nname = \"a\"\ncommand = [\"true\"]\n";
+
+    #[test]
+    fn status_and_ps_answer_from_the_rooms() {
+        let mut r = rooms(ONE);
+        match only_reply(r.serve(false, Request::Status { wait_compute: false })) {
+            Response::Status(s) => {
+                assert_eq!(s.daemon.pid, std::process::id());
+                assert_eq!(s.compute.state, "stopped");
+                assert_eq!(s.daemon.clients, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        match only_reply(r.serve(false, Request::Ps)) {
+            Response::Ps(rows) => assert_eq!(rows.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_names_and_a_stopping_daemon_get_clear_errors() {
+        let mut r = rooms(ONE);
+        let req = Request::Control { verb: Verb::Start, names: vec!["nope".into()] };
+        match only_reply(r.serve(false, req)) {
+            Response::Error(e) => {
+                assert_eq!(e.kind, ErrorKind::NotFound);
+                assert!(e.message.contains("nope"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        let req = Request::Compute { op: "echo".into(), timeout_ms: None };
+        match only_reply(r.serve(true, req)) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::ShuttingDown),
+            other => panic!("{other:?}"),
+        }
+        let req = Request::Reload { dry_run: false };
+        match only_reply(r.serve(true, req)) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::ShuttingDown),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shutdown_replies_then_asks_the_loop_to_stop() {
+        let mut r = rooms(ONE);
+        let fx = r.serve(false, Request::Shutdown);
+        assert!(
+            matches!(
+                fx[..],
+                [Effect::Reply { resp: Response::ShutdownStarted, .. }, Effect::Stop { .. }]
+            ),
+            "{fx:?}"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_reload_plans_without_changing_anything() {
+        let mut r = rooms(ONE);
+        match only_reply(r.serve(false, Request::Reload { dry_run: true })) {
+            Response::Reload(rep) => {
+                assert!(!rep.applied);
+                assert_eq!(rep.removed, ["a"], "no file: everything declared goes");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.procs.sup.ps(Instant::now()).len(), 1);
+    }
+}
