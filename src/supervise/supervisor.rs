@@ -441,9 +441,7 @@ impl Supervisor {
                 .collect();
             if of_process.is_empty() {
                 let known = self.instances.iter().map(|i| i.spec().process.as_str());
-                let hint = config::suggest(n, known)
-                    .map(|k| format!(" (did you mean \"{k}\"?)"))
-                    .unwrap_or_default();
+                let hint = config::did_you_mean(config::suggest(n, known));
                 return Err(format!("no process named \"{n}\"{hint}; {}", self.known_names()));
             }
             set.extend(of_process);
