@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use super::config::{RestartPolicy, StartPolicy};
+use super::duration::human;
 
 /// What to do after a process ended or failed to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +97,7 @@ impl Backoff {
                 reason: format!(
                     "{how}; gave up after {} restarts in a row, none lasting {}",
                     policy.max_restarts,
-                    super::human(policy.stable_after)
+                    human(policy.stable_after)
                 ),
             };
         }

@@ -31,8 +31,8 @@ use super::backoff::{Backoff, Verdict};
 use super::config::{
     AliveCheck, Condition, FailureMode, HookKind, HookSpec, InstanceSpec, ReadyCheck, RunMode,
 };
+use super::duration::human;
 use super::events::EventKind;
-use super::human;
 use super::ring::{LineAssembler, Ring, Stream};
 
 /// Identifies one run of a hook or probe command, so a late answer about

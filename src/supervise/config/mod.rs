@@ -101,7 +101,7 @@ pub use model::{
     RunMode, StartPolicy,
 };
 pub(crate) use parse::{did_you_mean, suggest};
-pub use parse::{load, locate, parse, parse_duration, ConfigError, ConfigErrors};
+pub use parse::{load, locate, parse, ConfigError, ConfigErrors};
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ use super::model::{
     HookSpec, Hooks, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy, RunMode,
     StartPolicy,
 };
+use crate::supervise::duration::parse_duration;
 use crate::supervise::graph::{cycle_path, find_cycles};
 
 // ---------------------------------------------------------------- errors
@@ -139,46 +140,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-// ---------------------------------------------------------------- durations and signals
-
-/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m30s"`, `"2h"`, `"0"`: a number and a
-/// unit (`ms`, `s`, `m`, `h`), repeated; a bare `0` is allowed.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "bad duration \"{s}\": write a number and a unit (ms, s, m, h) like \"500ms\", \
-             \"1.5s\" or \"1m30s\", or an integer of milliseconds"
-        )
-    };
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(num_len);
-        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
-            return Err(bad());
-        }
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        let unit_len = tail.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += value * scale;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
-}
+// ---------------------------------------------------------------- signals
 
 /// `"SIGTERM"`, `"TERM"`, `"term"`: a signal by name.
 fn parse_signal(s: &str) -> Result<Signal, String> {
@@ -1400,18 +1362,7 @@ bogus = 1
     }
 
     #[test]
-    fn durations_and_signals_parse() {
-        let ms = |s: &str| parse_duration(s).map(|d| d.as_millis());
-        assert_eq!(ms("500ms"), Ok(500));
-        assert_eq!(ms("2s"), Ok(2000));
-        assert_eq!(ms("1.5s"), Ok(1500));
-        assert_eq!(ms("1m"), Ok(60_000));
-        assert_eq!(ms("1m30s"), Ok(90_000));
-        assert_eq!(ms("1h"), Ok(3_600_000));
-        assert_eq!(ms("0"), Ok(0));
-        for bad in ["", "5", "s", "1.s", ".5s", "2 s", "-1s", "3d", "1e3ms"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
-        }
+    fn signals_parse() {
         assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("term"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("INT"), Ok(Signal::SIGINT));
