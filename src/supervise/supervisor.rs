@@ -20,8 +20,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use super::config::{self, Config, InstanceSpec};
-use super::graph::{Graph, GraphError};
+use super::config::{self, Condition, Config, InstanceSpec};
+use super::graph::{Graph, GraphError, Node};
 use super::machine::{
     Action, Ctx, Exit, Input, Instance, ProbeOutcome, PsRow, RunId, Satisfied, State, TimerKey,
 };
@@ -66,9 +66,34 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
     plan
 }
 
+/// The instances as a graph: an `after` name is a process name and stands
+/// for every instance of it (`after = ["db"]` waits for `db.0`, `db.1`,
+/// ...); each edge carries the condition waited for.
+fn instance_graph(specs: &[InstanceSpec]) -> Result<Graph<Condition>, GraphError> {
+    let mut by_process: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        by_process.entry(spec.process.as_str()).or_default().push(i);
+    }
+    let mut nodes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut waits_for = Vec::new();
+        for dep in &spec.after {
+            let Some(targets) = by_process.get(dep.name.as_str()) else {
+                return Err(GraphError::UnknownDependency {
+                    instance: spec.name.clone(),
+                    name: dep.name.clone(),
+                });
+            };
+            waits_for.extend(targets.iter().map(|&t| (t, dep.condition)));
+        }
+        nodes.push(Node { name: spec.name.clone(), priority: spec.priority, waits_for });
+    }
+    Graph::new(nodes)
+}
+
 /// Start order, or declaration order for specs that cannot be ordered.
 fn start_order_of(specs: &[InstanceSpec]) -> Vec<usize> {
-    match Graph::new(specs) {
+    match instance_graph(specs) {
         Ok(g) => g.start_order().to_vec(),
         Err(_) => (0..specs.len()).collect(),
     }
@@ -87,7 +112,7 @@ pub struct Supervisor {
     config: Config,
     /// Indexed like `graph`.
     instances: Vec<Instance>,
-    graph: Graph,
+    graph: Graph<Condition>,
     retiring: Vec<Instance>,
     /// Asked to stop; waiting for what waits for them to go first.
     stop_queue: BTreeSet<String>,
@@ -104,7 +129,7 @@ impl Supervisor {
     /// jitter (pass something varying, e.g. the time, outside tests).
     pub fn new(config: Config, seed: u64) -> Result<Supervisor, GraphError> {
         let specs = config.expand();
-        let graph = Graph::new(&specs)?;
+        let graph = instance_graph(&specs)?;
         Ok(Supervisor {
             config,
             instances: specs.into_iter().map(Instance::new).collect(),
@@ -229,7 +254,7 @@ impl Supervisor {
     ) -> Result<(ReloadPlan, Vec<Action>), GraphError> {
         let plan = plan_reload(&self.config, &new);
         let specs = new.expand();
-        let graph = Graph::new(&specs)?;
+        let graph = instance_graph(&specs)?;
         let mut old: HashMap<String, Instance> =
             self.instances.drain(..).map(|i| (i.name().to_string(), i)).collect();
         let mut instances = Vec::with_capacity(specs.len());
@@ -748,6 +773,54 @@ priority = -1
 "#;
 
     const S1: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn instances_wait_for_every_instance_of_a_dependency() {
+        let config = parse(
+            r#"
+            [[process]]
+            name = "web"
+            command = ["web"]
+            instances = 2
+            after = ["db"]
+            [[process]]
+            name = "db"
+            command = ["db"]
+            instances = 2
+            priority = 5
+            [[process]]
+            name = "early"
+            command = ["x"]
+            priority = -1
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        let mut specs = config.expand();
+        let g = instance_graph(&specs).unwrap();
+        let names = |order: &[usize]| -> Vec<String> {
+            order.iter().map(|&i| g.name(i).to_string()).collect()
+        };
+        assert_eq!(names(g.start_order()), ["early", "db.0", "db.1", "web.0", "web.1"]);
+        assert_eq!(names(&g.stop_order()), ["web.1", "web.0", "db.1", "db.0", "early"]);
+        let web0 = g.index("web.0").unwrap();
+        let deps: Vec<&str> = g.deps(web0).iter().map(|&(d, _)| g.name(d)).collect();
+        assert_eq!(deps, ["db.0", "db.1"]);
+        assert!(g.deps(web0).iter().all(|&(_, c)| c == Condition::Started));
+        let db1 = g.index("db.1").unwrap();
+        assert_eq!(names(g.dependents(db1)), ["web.0", "web.1"]);
+        let all = g.with_dependencies(&[web0]);
+        assert_eq!(names(&g.sort_for_start(&all)), ["db.0", "db.1", "web.0"]);
+        assert_eq!(names(&g.sort_for_stop(&all)), ["web.0", "db.1", "db.0"]);
+
+        specs[4]
+            .after
+            .push(config::Dependency { name: "nope".into(), condition: Condition::Ready });
+        assert_eq!(
+            instance_graph(&specs).unwrap_err().to_string(),
+            "early waits for unknown process \"nope\""
+        );
+    }
 
     #[test]
     fn start_all_follows_priority_then_dependencies_and_their_conditions() {
