@@ -26,6 +26,7 @@ use super::machine::{
     Action, Ctx, Exit, Input, Instance, ProbeOutcome, PsRow, RunId, Satisfied, State, TimerKey,
 };
 use super::ring::{Since, Stream};
+use crate::sys::Rng;
 
 /// What a reload changes, by instance name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,13 +121,14 @@ pub struct Supervisor {
     restart_queue: BTreeSet<String>,
     /// Run ids and timer tokens.
     next_id: u64,
-    /// splitmix64 state for backoff jitter.
-    rng: u64,
+    /// Backoff jitter.
+    rng: Rng,
 }
 
 impl Supervisor {
-    /// All instances of `config`, stopped. `seed` drives the backoff
-    /// jitter (pass something varying, e.g. the time, outside tests).
+    /// All instances of `config`, stopped. `seed` seeds the backoff
+    /// jitter ([`Rng::seeded`]: the same seed, the same delays); pass
+    /// something varying, e.g. the time, outside tests.
     pub fn new(config: Config, seed: u64) -> Result<Supervisor, GraphError> {
         let specs = config.expand();
         let graph = instance_graph(&specs)?;
@@ -138,7 +140,7 @@ impl Supervisor {
             stop_queue: BTreeSet::new(),
             restart_queue: BTreeSet::new(),
             next_id: 1,
-            rng: seed,
+            rng: Rng::seeded(seed),
         })
     }
 
@@ -474,17 +476,8 @@ impl Supervisor {
         Ok(set)
     }
 
-    /// splitmix64.
-    fn random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn step(&mut self, slot: Slot, input: Input, now: Instant, out: &mut Vec<Action>) {
-        let random = self.random();
+        let random = self.rng.next_u64();
         let mut cx = Ctx { now, random, next_id: &mut self.next_id, out };
         match slot {
             Slot::Live(i) => self.instances[i].step(input, &mut cx),
