@@ -34,6 +34,7 @@ use super::config::{
 use super::duration::human;
 use super::events::EventKind;
 use super::ring::{LineAssembler, Ring, Stream};
+use crate::sys::signal_name;
 
 /// Identifies one run of a hook or probe command, so a late answer about
 /// an earlier run is recognised and dropped.
@@ -74,10 +75,7 @@ impl Exit {
     pub fn describe(self) -> String {
         match self {
             Exit::Code(c) => format!("exited with code {c}"),
-            Exit::Signal(s) => match Signal::try_from(s) {
-                Ok(sig) => format!("killed by {}", sig.as_str()),
-                Err(_) => format!("killed by signal {s}"),
-            },
+            Exit::Signal(s) => format!("killed by {}", signal_name(s)),
             Exit::Vanished => "vanished".into(),
         }
     }
@@ -147,7 +145,8 @@ pub enum State {
 }
 
 impl State {
-    /// For `ps`: "running", "exited(1)", "killed(SIGSEGV)", "failed".
+    /// For `ps`: "running", "exited(1)", "killed(SIGSEGV)", "killed(signal
+    /// 34)" for a signal with no name, "failed".
     pub fn label(&self) -> String {
         match self {
             State::Stopped => "stopped".into(),
@@ -158,10 +157,7 @@ impl State {
             State::Stopping(_) => "stopping".into(),
             State::Exited { code: Some(c) } => format!("exited({c})"),
             State::Exited { code: None } => "exited(?)".into(),
-            State::Killed { signal } => match Signal::try_from(*signal) {
-                Ok(s) => format!("killed({})", s.as_str()),
-                Err(_) => format!("killed({signal})"),
-            },
+            State::Killed { signal } => format!("killed({})", signal_name(*signal)),
             State::Failed { .. } => "failed".into(),
         }
     }
@@ -2080,6 +2076,9 @@ mod tests {
         assert_eq!(Exit::from_status(ExitStatus::from_raw(3 << 8)), Exit::Code(3));
         assert_eq!(Exit::from_status(ExitStatus::from_raw(9)), Exit::Signal(9));
         assert_eq!(Exit::Signal(9).describe(), "killed by SIGKILL");
+        assert_eq!(Exit::Signal(77).describe(), "killed by signal 77");
+        assert_eq!(State::Killed { signal: 11 }.label(), "killed(SIGSEGV)");
+        assert_eq!(State::Killed { signal: 77 }.label(), "killed(signal 77)");
         assert_eq!(Exit::Code(0).describe(), "exited with code 0");
         assert_eq!(State::Exited { code: Some(2) }.label(), "exited(2)");
         assert_eq!(State::Starting(StartPhase::Up).label(), "starting");
