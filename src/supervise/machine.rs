@@ -4,7 +4,9 @@
 //! request) and appends the [`Action`]s the reactor must perform: spawn,
 //! run a hook, signal, arm a timer, write a pid file, run a probe, publish
 //! an event. The transition table is one `match (state, input)` in
-//! [`Instance::step`]; each cell is a small named method.
+//! [`Instance::step`]; each cell is a small named method, and the pairs
+//! that change nothing are spelled out too, grouped by why (no catch-all,
+//! so a new state or input must be placed in every row).
 //!
 //! Life of a process (blocking hooks shown; async hooks run alongside):
 //!
@@ -738,14 +740,148 @@ impl Instance {
             }
             (S::Running, Input::LogMatched) => self.become_ready(cx),
             (S::Starting(_), Input::LogMatched) => self.ready_seen = true,
-            (_, Input::Timer(TimerKind::Alive)) if self.state.is_up() => self.probe_alive(cx),
-            (_, Input::Probe { role: ProbeRole::Alive, outcome }) if self.state.is_up() => {
-                self.alive_result(outcome, cx)
-            }
+            (
+                S::Starting(_) | S::Running | S::Ready | S::Stopping(_),
+                Input::Timer(TimerKind::Alive),
+            ) => self.probe_alive(cx),
+            (
+                S::Starting(_) | S::Running | S::Ready | S::Stopping(_),
+                Input::Probe { role: ProbeRole::Alive, outcome },
+            ) => self.alive_result(outcome, cx),
             (_, Input::Timer(TimerKind::ProbeDeadline)) => self.probe_overdue(cx),
 
-            // anything else changes nothing (late or irrelevant)
-            _ => {}
+            // Ignored: every other pair, one group per reason. Each asks for
+            // what already holds or answers something that is over.
+
+            // Start: already up or on its way up.
+            (S::Starting(_) | S::Running | S::Ready, Input::Start) => {}
+            // Queue: already queued, up, or stopping (the supervisor queues
+            // the start again for once the stop is over).
+            (
+                S::Waiting | S::Starting(_) | S::Running | S::Ready | S::Stopping(_),
+                Input::Queue,
+            ) => {}
+            // DependencyFailed: no longer waiting, so the news is moot.
+            (
+                S::Stopped
+                | S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::DependencyFailed { .. },
+            ) => {}
+            // Stop: already down.
+            (S::Stopped | S::Failed { .. }, Input::Stop) => {}
+            // Restart: already about to start.
+            (S::Waiting, Input::Restart) => {}
+            // Adopt: only a detached instance that is stopped or waiting is
+            // adopted; this one is not detached ...
+            (S::Stopped | S::Waiting, Input::Adopt { .. }) => {}
+            // ... or already has a process, or had one.
+            (
+                S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Adopt { .. },
+            ) => {}
+            // Spawned, SpawnFailed: no spawn outstanding, a late answer.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(Sp::PreStart | Sp::Up | Sp::PostStart)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Spawned { .. } | Input::SpawnFailed { .. },
+            ) => {}
+            // Exited (not detached): no process of its own runs, a stale pid.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(Sp::PreStart | Sp::Spawning)
+                | S::Stopping(Tp::PostStop)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Exited(_),
+            ) => {}
+            // Timers of a phase that is over: start_duration once started
+            // (or stopping), stop_timeout once killed or gone, restart once
+            // started again or stopped.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(Sp::PreStart | Sp::Spawning | Sp::PostStart)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Timer(TimerKind::StartDuration),
+            ) => {}
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(Tp::PreStop | Tp::Killed | Tp::PostStop)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Timer(TimerKind::StopTimeout),
+            ) => {}
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Failed { .. },
+                Input::Timer(TimerKind::Restart),
+            ) => {}
+            // Readiness is looked for only while running: ready already, or
+            // no longer running.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(_)
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Timer(TimerKind::ReadyProbe | TimerKind::ReadyTimeout)
+                | Input::Probe { role: ProbeRole::Ready, .. },
+            ) => {}
+            // LogMatched: ready already, or no process of its own runs.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::LogMatched,
+            ) => {}
+            // Alive checks: nothing up to watch.
+            (
+                S::Stopped | S::Waiting | S::Exited { .. } | S::Killed { .. } | S::Failed { .. },
+                Input::Timer(TimerKind::Alive) | Input::Probe { role: ProbeRole::Alive, .. },
+            ) => {}
         }
     }
 
@@ -913,6 +1049,8 @@ impl Instance {
         match self.intent.take() {
             Some(Intent::Stop) => self.begin_stop(Intent::Stop, cx),
             Some(Intent::Restart) => self.begin_stop(Intent::Restart, cx),
+            // Nothing was asked for while spawning: started at once, or
+            // when the start_duration timer armed above fires.
             _ if at_once => self.start_duration_passed(cx),
             _ => {}
         }
@@ -1069,7 +1207,14 @@ impl Instance {
             State::Stopping(Tp::PreStop | Tp::Signalled | Tp::Killed) => {
                 self.stopped_exit(exit, cx)
             }
-            _ => {}
+            // No run to end: never found, or its end was already handled.
+            State::Stopped
+            | State::Waiting
+            | State::Starting(StartPhase::PreStart | StartPhase::Spawning)
+            | State::Stopping(Tp::PostStop)
+            | State::Exited { .. }
+            | State::Killed { .. }
+            | State::Failed { .. } => {}
         }
     }
 
@@ -1356,6 +1501,7 @@ impl Instance {
         };
         let state = self.state.clone();
         match (hook, blocking, &state, verdict) {
+            // A retry is armed; nothing moves until it has run.
             (_, _, _, HookVerdict::Wait) => {}
             (HookKind::PreStart, true, State::Starting(StartPhase::PreStart), HookVerdict::Go) => {
                 self.spawn(cx)
@@ -1372,6 +1518,7 @@ impl Instance {
                 State::Starting(StartPhase::PostStart),
                 HookVerdict::Go,
             ) => self.become_running(cx),
+            // Stopping already: a start hook's result no longer matters.
             (HookKind::PreStart | HookKind::PostStart, _, State::Stopping(_), _) => {}
             (HookKind::PreStart | HookKind::PostStart, _, s, HookVerdict::Abort(r))
                 if s.is_up() =>
@@ -1393,10 +1540,13 @@ impl Instance {
                     _ => self.apply(outcome, cx),
                 }
             }
+            // A failure nothing waits for: reported, nothing else.
             (_, _, _, HookVerdict::Abort(message)) => {
                 self.emit(EventKind::Warning { message }, cx);
             }
-            _ => {}
+            // A success nothing waits for (an async hook, or a blocking one
+            // whose phase is over).
+            (_, _, _, HookVerdict::Go) => {}
         }
     }
 }
