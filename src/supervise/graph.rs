@@ -62,7 +62,7 @@ pub fn find_cycles(waits_for: &[Vec<usize>]) -> Vec<Vec<usize>> {
 /// Start order: a topological order of `waits_for` in which, among the
 /// nodes whose waits are all placed, the lowest `(priority, index)` goes
 /// first. `Err` holds a cycle when there is one.
-pub fn start_order(waits_for: &[Vec<usize>], priority: &[i64]) -> Result<Vec<usize>, Vec<usize>> {
+fn start_order(waits_for: &[Vec<usize>], priority: &[i64]) -> Result<Vec<usize>, Vec<usize>> {
     let n = waits_for.len();
     let mut missing: Vec<usize> =
         waits_for.iter().map(|deps| deps.iter().collect::<BTreeSet<_>>().len()).collect();
@@ -182,14 +182,6 @@ impl<E> Graph<E> {
         Ok(Graph { names, index, deps, dependents, start })
     }
 
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     pub fn name(&self, i: usize) -> &str {
         &self.names[i]
     }
@@ -211,11 +203,6 @@ impl<E> Graph<E> {
     /// What `i` waits for.
     pub fn deps(&self, i: usize) -> &[(usize, E)] {
         &self.deps[i]
-    }
-
-    /// Who waits for `i`.
-    pub fn dependents(&self, i: usize) -> &[usize] {
-        &self.dependents[i]
     }
 
     /// `set` plus everything it waits for, transitively.
@@ -245,11 +232,6 @@ impl<E> Graph<E> {
     /// `set` in start order.
     pub fn sort_for_start(&self, set: &BTreeSet<usize>) -> Vec<usize> {
         self.start.iter().copied().filter(|i| set.contains(i)).collect()
-    }
-
-    /// `set` in stop order.
-    pub fn sort_for_stop(&self, set: &BTreeSet<usize>) -> Vec<usize> {
-        self.start.iter().rev().copied().filter(|i| set.contains(i)).collect()
     }
 }
 
@@ -293,29 +275,31 @@ mod tests {
 
     #[test]
     fn nodes_are_ordered_and_edges_keep_their_kind() {
-        // web.0 and web.1 wait for both db nodes; early goes first by priority.
+        // web.0 and web.1 wait for both db nodes, top for web.0; early goes
+        // first by priority.
         let g = Graph::new(vec![
             node("web.0", 0, &[(2, Wait::Up), (3, Wait::Done)]),
             node("web.1", 0, &[(2, Wait::Up), (3, Wait::Done)]),
             node("db.0", 5, &[]),
             node("db.1", 5, &[]),
             node("early", -1, &[]),
+            node("top", 0, &[(0, Wait::Up)]),
         ])
         .unwrap();
-        assert_eq!((g.len(), g.is_empty()), (5, false));
-        assert_eq!(names(&g, g.start_order()), ["early", "db.0", "db.1", "web.0", "web.1"]);
-        assert_eq!(names(&g, &g.stop_order()), ["web.1", "web.0", "db.1", "db.0", "early"]);
+        let start = ["early", "db.0", "db.1", "web.0", "web.1", "top"];
+        assert_eq!(names(&g, g.start_order()), start);
+        let stop: Vec<&str> = start.iter().rev().copied().collect();
+        assert_eq!(names(&g, &g.stop_order()), stop);
         let web0 = g.index("web.0").unwrap();
         assert_eq!(g.deps(web0), [(2, Wait::Up), (3, Wait::Done)]);
         let db1 = g.index("db.1").unwrap();
-        assert_eq!(names(&g, g.dependents(db1)), ["web.0", "web.1"]);
         assert_eq!(
             names(&g, &g.all_dependents(db1).into_iter().collect::<Vec<_>>()),
-            ["web.0", "web.1"]
+            ["web.0", "web.1", "top"],
+            "transitively"
         );
         let all = g.with_dependencies(&[web0]);
         assert_eq!(names(&g, &g.sort_for_start(&all)), ["db.0", "db.1", "web.0"]);
-        assert_eq!(names(&g, &g.sort_for_stop(&all)), ["web.0", "db.1", "db.0"]);
     }
 
     #[test]

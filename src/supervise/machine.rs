@@ -31,7 +31,8 @@ use nix::sys::signal::Signal;
 
 use super::backoff::{Backoff, Verdict};
 use super::config::{
-    AliveCheck, Condition, FailureMode, HookKind, HookSpec, InstanceSpec, ReadyCheck, RunMode,
+    AliveCheck, AliveDetector, Condition, FailureMode, HookKind, HookSpec, InstanceSpec,
+    ReadyCheck, RunMode,
 };
 use super::duration::human;
 use super::events::EventKind;
@@ -43,13 +44,16 @@ use crate::sys::signal_name;
 pub type RunId = u64;
 
 /// How often a detached process is polled while it is stopping.
-pub const STOP_POLL: Duration = Duration::from_millis(100);
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// Longest gap between alive checks while a detached process has not yet
 /// written its pid file.
-pub const START_POLL: Duration = Duration::from_millis(200);
-/// A probe command gets at least this long (or two intervals) before it is
-/// killed and counted as failed.
-pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+const START_POLL: Duration = Duration::from_millis(200);
+/// A probe command gets at least this long (or [`PROBE_DEADLINE_INTERVALS`]
+/// of its interval, if longer) before it is killed and counted as failed.
+const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+const PROBE_DEADLINE_INTERVALS: u32 = 2;
+/// Output streams per instance: stdout and stderr.
+const STREAMS: usize = 2;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,7 +458,7 @@ pub struct Instance {
     /// Why the last start attempt did not spawn.
     last_error: Option<String>,
     ring: Ring,
-    lines: [LineAssembler; 2],
+    lines: [LineAssembler; STREAMS],
 }
 
 fn stream_index(s: Stream) -> usize {
@@ -504,15 +508,13 @@ impl Instance {
         &self.state
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
-    }
-
-    pub fn restarts(&self) -> u64 {
+    #[cfg(test)]
+    fn restarts(&self) -> u64 {
         self.restarts
     }
 
-    pub fn next_restart_at(&self) -> Option<Instant> {
+    #[cfg(test)]
+    fn next_restart_at(&self) -> Option<Instant> {
         self.next_restart_at
     }
 
@@ -981,7 +983,11 @@ impl Instance {
         let run = cx.id();
         self.probe = Some((run, role));
         if matches!(check, Check::Command { .. }) {
-            self.arm(TimerKind::ProbeDeadline, (interval * 2).max(PROBE_DEADLINE), cx);
+            self.arm(
+                TimerKind::ProbeDeadline,
+                (interval * PROBE_DEADLINE_INTERVALS).max(PROBE_DEADLINE),
+                cx,
+            );
         }
         cx.out.push(Action::Probe { run, instance: self.spec.name.clone(), role, check });
     }
@@ -1167,7 +1173,8 @@ impl Instance {
             self.probe = None;
             self.cancel(TimerKind::ProbeDeadline, cx);
         }
-        let interval = self.spec.alive.as_ref().map_or(Duration::from_secs(1), |a| a.interval);
+        let interval =
+            self.spec.alive.as_ref().map_or(AliveDetector::DEFAULT_INTERVAL, |a| a.interval);
         if !self.spec.detached {
             if outcome.ok {
                 self.arm(TimerKind::Alive, interval, cx);

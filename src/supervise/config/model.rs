@@ -120,16 +120,6 @@ pub enum Condition {
     ExitedOk,
 }
 
-impl Condition {
-    pub fn name(self) -> &'static str {
-        match self {
-            Condition::Started => "started",
-            Condition::Ready => "ready",
-            Condition::ExitedOk => "exited_ok",
-        }
-    }
-}
-
 /// One `after` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dependency {
