@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use super::config::{RestartPolicy, StartPolicy};
+use super::duration::human;
 
 /// What to do after a process ended or failed to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,10 @@ pub enum Verdict {
     GiveUp { reason: String },
 }
 
+/// The exponent stops growing here: any factor > 1 has long reached the cap
+/// (and `powi` takes an `i32`).
+const MAX_EXPONENT: u32 = 1000;
+
 /// The delay before restart `k` (1-based) of a streak:
 /// `restart_interval * backoff_factor^(k-1)`, capped at `backoff_cap`,
 /// then scaled by a factor in `[1 - jitter, 1 + jitter]` chosen by
@@ -36,7 +41,7 @@ pub enum Verdict {
 /// again.
 pub fn delay(policy: &RestartPolicy, k: u32, random: u64) -> Duration {
     let cap = policy.backoff_cap.as_secs_f64();
-    let exp = k.saturating_sub(1).min(1000) as i32;
+    let exp = k.saturating_sub(1).min(MAX_EXPONENT) as i32;
     let base = (policy.restart_interval.as_secs_f64() * policy.backoff_factor.powi(exp)).min(cap);
     let u = random as f64 / u64::MAX as f64;
     let jitter = policy.backoff_jitter.clamp(0.0, 1.0);
@@ -54,13 +59,9 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Runs that ended in a row without a stable one.
-    pub fn streak(&self) -> u32 {
-        self.streak
-    }
-
     /// Failed starts in a row.
-    pub fn start_failures(&self) -> u32 {
+    #[cfg(test)]
+    fn start_failures(&self) -> u32 {
         self.start_failures
     }
 
@@ -96,7 +97,7 @@ impl Backoff {
                 reason: format!(
                     "{how}; gave up after {} restarts in a row, none lasting {}",
                     policy.max_restarts,
-                    super::human(policy.stable_after)
+                    human(policy.stable_after)
                 ),
             };
         }

@@ -7,13 +7,12 @@
 //!   something that waits for it still runs.
 //! - Cycles are reported with their path: `cycle: a -> b -> c -> a`.
 //!
-//! At the instance level `after = ["db"]` means every instance of `db`
-//! (`db.0`, `db.1`, ...).
+//! The graph knows nodes, indices and priorities only: what a node is (an
+//! instance) and what kind of wait an edge is (a `Condition`) stay with
+//! the caller, which builds the [`Node`]s.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-
-use super::config::{Condition, InstanceSpec};
 
 /// Every cycle found through a back edge of a depth-first search over
 /// `waits_for` (node i waits for each node in `waits_for[i]`), each as the
@@ -63,7 +62,7 @@ pub fn find_cycles(waits_for: &[Vec<usize>]) -> Vec<Vec<usize>> {
 /// Start order: a topological order of `waits_for` in which, among the
 /// nodes whose waits are all placed, the lowest `(priority, index)` goes
 /// first. `Err` holds a cycle when there is one.
-pub fn start_order(waits_for: &[Vec<usize>], priority: &[i64]) -> Result<Vec<usize>, Vec<usize>> {
+fn start_order(waits_for: &[Vec<usize>], priority: &[i64]) -> Result<Vec<usize>, Vec<usize>> {
     let n = waits_for.len();
     let mut missing: Vec<usize> =
         waits_for.iter().map(|deps| deps.iter().collect::<BTreeSet<_>>().len()).collect();
@@ -103,10 +102,11 @@ pub fn cycle_path(names: &[&str]) -> String {
     s
 }
 
-/// Why a set of instances cannot be ordered.
+/// Why a set of nodes cannot be ordered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GraphError {
-    /// `instance` waits for a process that does not exist.
+    /// `instance` waits for a process that does not exist (found by the
+    /// caller while turning what it has into [`Node`]s).
     UnknownDependency { instance: String, name: String },
     /// The names along a cycle, first not repeated.
     Cycle(Vec<String>),
@@ -128,63 +128,58 @@ impl fmt::Display for GraphError {
 
 impl std::error::Error for GraphError {}
 
-/// The instances of a configuration as a graph, indexed like the slice it
-/// was built from.
-#[derive(Debug, Clone, Default)]
-pub struct Graph {
+/// One node as [`Graph::new`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node<E> {
+    pub name: String,
+    /// Among nodes free to go at the same moment, the lower first.
+    pub priority: i64,
+    /// What it waits for: the index of another node (in the list given to
+    /// [`Graph::new`]) and what kind of wait it is. `E` is the caller's
+    /// and only carried along.
+    pub waits_for: Vec<(usize, E)>,
+}
+
+/// Nodes with their waits, indexed like the list it was built from.
+#[derive(Debug, Clone)]
+pub struct Graph<E> {
     names: Vec<String>,
     index: HashMap<String, usize>,
-    /// What each instance waits for, and for what condition.
-    deps: Vec<Vec<(usize, Condition)>>,
-    /// Who waits for each instance.
+    /// What each node waits for, and how.
+    deps: Vec<Vec<(usize, E)>>,
+    /// Who waits for each node.
     dependents: Vec<Vec<usize>>,
     start: Vec<usize>,
 }
 
-impl Graph {
-    /// Build from expanded instances; `after` names are process names and
-    /// stand for all their instances.
-    pub fn new(instances: &[InstanceSpec]) -> Result<Graph, GraphError> {
-        let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
-        let index: HashMap<String, usize> =
-            names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        let mut by_process: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, inst) in instances.iter().enumerate() {
-            by_process.entry(inst.process.as_str()).or_default().push(i);
-        }
-        let mut deps = vec![Vec::new(); instances.len()];
-        let mut dependents = vec![Vec::new(); instances.len()];
-        for (i, inst) in instances.iter().enumerate() {
-            for dep in &inst.after {
-                let Some(targets) = by_process.get(dep.name.as_str()) else {
-                    return Err(GraphError::UnknownDependency {
-                        instance: inst.name.clone(),
-                        name: dep.name.clone(),
-                    });
-                };
-                for &t in targets {
-                    deps[i].push((t, dep.condition));
-                    if !dependents[t].contains(&i) {
-                        dependents[t].push(i);
-                    }
+impl<E> Graph<E> {
+    /// Order `nodes`: a cycle is an error with its path. Panics if an
+    /// index in `waits_for` is not below `nodes.len()` (a caller's bug).
+    pub fn new(nodes: Vec<Node<E>>) -> Result<Graph<E>, GraphError> {
+        let n = nodes.len();
+        let mut names = Vec::with_capacity(n);
+        let mut priority = Vec::with_capacity(n);
+        let mut deps = Vec::with_capacity(n);
+        let mut dependents = vec![Vec::new(); n];
+        for (i, node) in nodes.into_iter().enumerate() {
+            for &(t, _) in &node.waits_for {
+                assert!(t < n, "{} waits for node {t} of {n}", node.name);
+                if !dependents[t].contains(&i) {
+                    dependents[t].push(i);
                 }
             }
+            names.push(node.name);
+            priority.push(node.priority);
+            deps.push(node.waits_for);
         }
+        let index: HashMap<String, usize> =
+            names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         let waits: Vec<Vec<usize>> =
             deps.iter().map(|d| d.iter().map(|&(t, _)| t).collect()).collect();
-        let priority: Vec<i64> = instances.iter().map(|i| i.priority).collect();
         let start = start_order(&waits, &priority).map_err(|cycle| {
             GraphError::Cycle(cycle.iter().map(|&i| names[i].clone()).collect())
         })?;
         Ok(Graph { names, index, deps, dependents, start })
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
     }
 
     pub fn name(&self, i: usize) -> &str {
@@ -206,13 +201,8 @@ impl Graph {
     }
 
     /// What `i` waits for.
-    pub fn deps(&self, i: usize) -> &[(usize, Condition)] {
+    pub fn deps(&self, i: usize) -> &[(usize, E)] {
         &self.deps[i]
-    }
-
-    /// Who waits for `i`.
-    pub fn dependents(&self, i: usize) -> &[usize] {
-        &self.dependents[i]
     }
 
     /// `set` plus everything it waits for, transitively.
@@ -243,23 +233,24 @@ impl Graph {
     pub fn sort_for_start(&self, set: &BTreeSet<usize>) -> Vec<usize> {
         self.start.iter().copied().filter(|i| set.contains(i)).collect()
     }
-
-    /// `set` in stop order.
-    pub fn sort_for_stop(&self, set: &BTreeSet<usize>) -> Vec<usize> {
-        self.start.iter().rev().copied().filter(|i| set.contains(i)).collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervise::config::parse;
 
-    fn graph(toml: &str) -> Result<Graph, GraphError> {
-        Graph::new(&parse(toml, "t.toml").unwrap().expand())
+    /// Edge kinds for the tests.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Wait {
+        Up,
+        Done,
     }
 
-    fn names(g: &Graph, order: &[usize]) -> Vec<String> {
+    fn node(name: &str, priority: i64, waits_for: &[(usize, Wait)]) -> Node<Wait> {
+        Node { name: name.into(), priority, waits_for: waits_for.to_vec() }
+    }
+
+    fn names<E>(g: &Graph<E>, order: &[usize]) -> Vec<String> {
         order.iter().map(|&i| g.name(i).to_string()).collect()
     }
 
@@ -283,35 +274,43 @@ mod tests {
     }
 
     #[test]
-    fn instances_wait_for_every_instance_of_a_dependency() {
-        let g = graph(
-            r#"
-            [[process]]
-            name = "web"
-            command = ["web"]
-            instances = 2
-            after = ["db"]
-            [[process]]
-            name = "db"
-            command = ["db"]
-            instances = 2
-            priority = 5
-            [[process]]
-            name = "early"
-            command = ["x"]
-            priority = -1
-            "#,
-        )
+    fn nodes_are_ordered_and_edges_keep_their_kind() {
+        // web.0 and web.1 wait for both db nodes, top for web.0; early goes
+        // first by priority.
+        let g = Graph::new(vec![
+            node("web.0", 0, &[(2, Wait::Up), (3, Wait::Done)]),
+            node("web.1", 0, &[(2, Wait::Up), (3, Wait::Done)]),
+            node("db.0", 5, &[]),
+            node("db.1", 5, &[]),
+            node("early", -1, &[]),
+            node("top", 0, &[(0, Wait::Up)]),
+        ])
         .unwrap();
-        assert_eq!(names(&g, g.start_order()), ["early", "db.0", "db.1", "web.0", "web.1"]);
-        assert_eq!(names(&g, &g.stop_order()), ["web.1", "web.0", "db.1", "db.0", "early"]);
+        let start = ["early", "db.0", "db.1", "web.0", "web.1", "top"];
+        assert_eq!(names(&g, g.start_order()), start);
+        let stop: Vec<&str> = start.iter().rev().copied().collect();
+        assert_eq!(names(&g, &g.stop_order()), stop);
         let web0 = g.index("web.0").unwrap();
-        let deps: Vec<&str> = g.deps(web0).iter().map(|&(d, _)| g.name(d)).collect();
-        assert_eq!(deps, ["db.0", "db.1"]);
+        assert_eq!(g.deps(web0), [(2, Wait::Up), (3, Wait::Done)]);
         let db1 = g.index("db.1").unwrap();
-        assert_eq!(names(&g, g.dependents(db1)), ["web.0", "web.1"]);
+        assert_eq!(
+            names(&g, &g.all_dependents(db1).into_iter().collect::<Vec<_>>()),
+            ["web.0", "web.1", "top"],
+            "transitively"
+        );
         let all = g.with_dependencies(&[web0]);
         assert_eq!(names(&g, &g.sort_for_start(&all)), ["db.0", "db.1", "web.0"]);
-        assert_eq!(names(&g, &g.sort_for_stop(&all)), ["web.0", "db.1", "db.0"]);
+    }
+
+    #[test]
+    fn a_cycle_is_an_error_with_the_names_along_it() {
+        let err = Graph::new(vec![
+            node("a", 0, &[(1, Wait::Up)]),
+            node("b", 0, &[(0, Wait::Up)]),
+            node("c", 0, &[]),
+        ])
+        .unwrap_err();
+        assert_eq!(err, GraphError::Cycle(vec!["a".into(), "b".into()]));
+        assert_eq!(err.to_string(), "cycle: a -> b -> a");
     }
 }

@@ -4,7 +4,9 @@
 //! request) and appends the [`Action`]s the reactor must perform: spawn,
 //! run a hook, signal, arm a timer, write a pid file, run a probe, publish
 //! an event. The transition table is one `match (state, input)` in
-//! [`Instance::step`]; each cell is a small named method.
+//! [`Instance::step`]; each cell is a small named method, and the pairs
+//! that change nothing are spelled out too, grouped by why (no catch-all,
+//! so a new state or input must be placed in every row).
 //!
 //! Life of a process (blocking hooks shown; async hooks run alongside):
 //!
@@ -29,24 +31,29 @@ use nix::sys::signal::Signal;
 
 use super::backoff::{Backoff, Verdict};
 use super::config::{
-    AliveCheck, Condition, FailureMode, HookKind, HookSpec, InstanceSpec, ReadyCheck, RunMode,
+    AliveCheck, AliveDetector, Condition, FailureMode, HookKind, HookSpec, InstanceSpec,
+    ReadyCheck, RunMode,
 };
+use super::duration::human;
 use super::events::EventKind;
-use super::human;
 use super::ring::{LineAssembler, Ring, Stream};
+use crate::sys::signal_name;
 
 /// Identifies one run of a hook or probe command, so a late answer about
 /// an earlier run is recognised and dropped.
 pub type RunId = u64;
 
 /// How often a detached process is polled while it is stopping.
-pub const STOP_POLL: Duration = Duration::from_millis(100);
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// Longest gap between alive checks while a detached process has not yet
 /// written its pid file.
-pub const START_POLL: Duration = Duration::from_millis(200);
-/// A probe command gets at least this long (or two intervals) before it is
-/// killed and counted as failed.
-pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+const START_POLL: Duration = Duration::from_millis(200);
+/// A probe command gets at least this long (or [`PROBE_DEADLINE_INTERVALS`]
+/// of its interval, if longer) before it is killed and counted as failed.
+const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+const PROBE_DEADLINE_INTERVALS: u32 = 2;
+/// Output streams per instance: stdout and stderr.
+const STREAMS: usize = 2;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +81,7 @@ impl Exit {
     pub fn describe(self) -> String {
         match self {
             Exit::Code(c) => format!("exited with code {c}"),
-            Exit::Signal(s) => match Signal::try_from(s) {
-                Ok(sig) => format!("killed by {}", sig.as_str()),
-                Err(_) => format!("killed by signal {s}"),
-            },
+            Exit::Signal(s) => format!("killed by {}", signal_name(s)),
             Exit::Vanished => "vanished".into(),
         }
     }
@@ -147,7 +151,8 @@ pub enum State {
 }
 
 impl State {
-    /// For `ps`: "running", "exited(1)", "killed(SIGSEGV)", "failed".
+    /// For `ps`: "running", "exited(1)", "killed(SIGSEGV)", "killed(signal
+    /// 34)" for a signal with no name, "failed".
     pub fn label(&self) -> String {
         match self {
             State::Stopped => "stopped".into(),
@@ -158,10 +163,7 @@ impl State {
             State::Stopping(_) => "stopping".into(),
             State::Exited { code: Some(c) } => format!("exited({c})"),
             State::Exited { code: None } => "exited(?)".into(),
-            State::Killed { signal } => match Signal::try_from(*signal) {
-                Ok(s) => format!("killed({})", s.as_str()),
-                Err(_) => format!("killed({signal})"),
-            },
+            State::Killed { signal } => format!("killed({})", signal_name(*signal)),
             State::Failed { .. } => "failed".into(),
         }
     }
@@ -456,7 +458,7 @@ pub struct Instance {
     /// Why the last start attempt did not spawn.
     last_error: Option<String>,
     ring: Ring,
-    lines: [LineAssembler; 2],
+    lines: [LineAssembler; STREAMS],
 }
 
 fn stream_index(s: Stream) -> usize {
@@ -506,15 +508,13 @@ impl Instance {
         &self.state
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
-    }
-
-    pub fn restarts(&self) -> u64 {
+    #[cfg(test)]
+    fn restarts(&self) -> u64 {
         self.restarts
     }
 
-    pub fn next_restart_at(&self) -> Option<Instant> {
+    #[cfg(test)]
+    fn next_restart_at(&self) -> Option<Instant> {
         self.next_restart_at
     }
 
@@ -742,14 +742,148 @@ impl Instance {
             }
             (S::Running, Input::LogMatched) => self.become_ready(cx),
             (S::Starting(_), Input::LogMatched) => self.ready_seen = true,
-            (_, Input::Timer(TimerKind::Alive)) if self.state.is_up() => self.probe_alive(cx),
-            (_, Input::Probe { role: ProbeRole::Alive, outcome }) if self.state.is_up() => {
-                self.alive_result(outcome, cx)
-            }
+            (
+                S::Starting(_) | S::Running | S::Ready | S::Stopping(_),
+                Input::Timer(TimerKind::Alive),
+            ) => self.probe_alive(cx),
+            (
+                S::Starting(_) | S::Running | S::Ready | S::Stopping(_),
+                Input::Probe { role: ProbeRole::Alive, outcome },
+            ) => self.alive_result(outcome, cx),
             (_, Input::Timer(TimerKind::ProbeDeadline)) => self.probe_overdue(cx),
 
-            // anything else changes nothing (late or irrelevant)
-            _ => {}
+            // Ignored: every other pair, one group per reason. Each asks for
+            // what already holds or answers something that is over.
+
+            // Start: already up or on its way up.
+            (S::Starting(_) | S::Running | S::Ready, Input::Start) => {}
+            // Queue: already queued, up, or stopping (the supervisor queues
+            // the start again for once the stop is over).
+            (
+                S::Waiting | S::Starting(_) | S::Running | S::Ready | S::Stopping(_),
+                Input::Queue,
+            ) => {}
+            // DependencyFailed: no longer waiting, so the news is moot.
+            (
+                S::Stopped
+                | S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::DependencyFailed { .. },
+            ) => {}
+            // Stop: already down.
+            (S::Stopped | S::Failed { .. }, Input::Stop) => {}
+            // Restart: already about to start.
+            (S::Waiting, Input::Restart) => {}
+            // Adopt: only a detached instance that is stopped or waiting is
+            // adopted; this one is not detached ...
+            (S::Stopped | S::Waiting, Input::Adopt { .. }) => {}
+            // ... or already has a process, or had one.
+            (
+                S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Adopt { .. },
+            ) => {}
+            // Spawned, SpawnFailed: no spawn outstanding, a late answer.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(Sp::PreStart | Sp::Up | Sp::PostStart)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Spawned { .. } | Input::SpawnFailed { .. },
+            ) => {}
+            // Exited (not detached): no process of its own runs, a stale pid.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(Sp::PreStart | Sp::Spawning)
+                | S::Stopping(Tp::PostStop)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Exited(_),
+            ) => {}
+            // Timers of a phase that is over: start_duration once started
+            // (or stopping), stop_timeout once killed or gone, restart once
+            // started again or stopped.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(Sp::PreStart | Sp::Spawning | Sp::PostStart)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Timer(TimerKind::StartDuration),
+            ) => {}
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(Tp::PreStop | Tp::Killed | Tp::PostStop)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Timer(TimerKind::StopTimeout),
+            ) => {}
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(_)
+                | S::Running
+                | S::Ready
+                | S::Stopping(_)
+                | S::Failed { .. },
+                Input::Timer(TimerKind::Restart),
+            ) => {}
+            // Readiness is looked for only while running: ready already, or
+            // no longer running.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Starting(_)
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::Timer(TimerKind::ReadyProbe | TimerKind::ReadyTimeout)
+                | Input::Probe { role: ProbeRole::Ready, .. },
+            ) => {}
+            // LogMatched: ready already, or no process of its own runs.
+            (
+                S::Stopped
+                | S::Waiting
+                | S::Ready
+                | S::Stopping(_)
+                | S::Exited { .. }
+                | S::Killed { .. }
+                | S::Failed { .. },
+                Input::LogMatched,
+            ) => {}
+            // Alive checks: nothing up to watch.
+            (
+                S::Stopped | S::Waiting | S::Exited { .. } | S::Killed { .. } | S::Failed { .. },
+                Input::Timer(TimerKind::Alive) | Input::Probe { role: ProbeRole::Alive, .. },
+            ) => {}
         }
     }
 
@@ -849,7 +983,11 @@ impl Instance {
         let run = cx.id();
         self.probe = Some((run, role));
         if matches!(check, Check::Command { .. }) {
-            self.arm(TimerKind::ProbeDeadline, (interval * 2).max(PROBE_DEADLINE), cx);
+            self.arm(
+                TimerKind::ProbeDeadline,
+                (interval * PROBE_DEADLINE_INTERVALS).max(PROBE_DEADLINE),
+                cx,
+            );
         }
         cx.out.push(Action::Probe { run, instance: self.spec.name.clone(), role, check });
     }
@@ -917,6 +1055,8 @@ impl Instance {
         match self.intent.take() {
             Some(Intent::Stop) => self.begin_stop(Intent::Stop, cx),
             Some(Intent::Restart) => self.begin_stop(Intent::Restart, cx),
+            // Nothing was asked for while spawning: started at once, or
+            // when the start_duration timer armed above fires.
             _ if at_once => self.start_duration_passed(cx),
             _ => {}
         }
@@ -1033,7 +1173,8 @@ impl Instance {
             self.probe = None;
             self.cancel(TimerKind::ProbeDeadline, cx);
         }
-        let interval = self.spec.alive.as_ref().map_or(Duration::from_secs(1), |a| a.interval);
+        let interval =
+            self.spec.alive.as_ref().map_or(AliveDetector::DEFAULT_INTERVAL, |a| a.interval);
         if !self.spec.detached {
             if outcome.ok {
                 self.arm(TimerKind::Alive, interval, cx);
@@ -1073,7 +1214,14 @@ impl Instance {
             State::Stopping(Tp::PreStop | Tp::Signalled | Tp::Killed) => {
                 self.stopped_exit(exit, cx)
             }
-            _ => {}
+            // No run to end: never found, or its end was already handled.
+            State::Stopped
+            | State::Waiting
+            | State::Starting(StartPhase::PreStart | StartPhase::Spawning)
+            | State::Stopping(Tp::PostStop)
+            | State::Exited { .. }
+            | State::Killed { .. }
+            | State::Failed { .. } => {}
         }
     }
 
@@ -1360,6 +1508,7 @@ impl Instance {
         };
         let state = self.state.clone();
         match (hook, blocking, &state, verdict) {
+            // A retry is armed; nothing moves until it has run.
             (_, _, _, HookVerdict::Wait) => {}
             (HookKind::PreStart, true, State::Starting(StartPhase::PreStart), HookVerdict::Go) => {
                 self.spawn(cx)
@@ -1376,6 +1525,7 @@ impl Instance {
                 State::Starting(StartPhase::PostStart),
                 HookVerdict::Go,
             ) => self.become_running(cx),
+            // Stopping already: a start hook's result no longer matters.
             (HookKind::PreStart | HookKind::PostStart, _, State::Stopping(_), _) => {}
             (HookKind::PreStart | HookKind::PostStart, _, s, HookVerdict::Abort(r))
                 if s.is_up() =>
@@ -1397,10 +1547,13 @@ impl Instance {
                     _ => self.apply(outcome, cx),
                 }
             }
+            // A failure nothing waits for: reported, nothing else.
             (_, _, _, HookVerdict::Abort(message)) => {
                 self.emit(EventKind::Warning { message }, cx);
             }
-            _ => {}
+            // A success nothing waits for (an async hook, or a blocking one
+            // whose phase is over).
+            (_, _, _, HookVerdict::Go) => {}
         }
     }
 }
@@ -2080,6 +2233,9 @@ mod tests {
         assert_eq!(Exit::from_status(ExitStatus::from_raw(3 << 8)), Exit::Code(3));
         assert_eq!(Exit::from_status(ExitStatus::from_raw(9)), Exit::Signal(9));
         assert_eq!(Exit::Signal(9).describe(), "killed by SIGKILL");
+        assert_eq!(Exit::Signal(77).describe(), "killed by signal 77");
+        assert_eq!(State::Killed { signal: 11 }.label(), "killed(SIGSEGV)");
+        assert_eq!(State::Killed { signal: 77 }.label(), "killed(signal 77)");
         assert_eq!(Exit::Code(0).describe(), "exited with code 0");
         assert_eq!(State::Exited { code: Some(2) }.label(), "exited(2)");
         assert_eq!(State::Starting(StartPhase::Up).label(), "starting");

@@ -20,12 +20,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use super::config::{self, Config, InstanceSpec};
-use super::graph::{Graph, GraphError};
+use super::config::{self, Condition, Config, InstanceSpec};
+use super::graph::{Graph, GraphError, Node};
 use super::machine::{
     Action, Ctx, Exit, Input, Instance, ProbeOutcome, PsRow, RunId, Satisfied, State, TimerKey,
 };
 use super::ring::{Since, Stream};
+use crate::sys::Rng;
 
 /// What a reload changes, by instance name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,9 +67,34 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
     plan
 }
 
+/// The instances as a graph: an `after` name is a process name and stands
+/// for every instance of it (`after = ["db"]` waits for `db.0`, `db.1`,
+/// ...); each edge carries the condition waited for.
+fn instance_graph(specs: &[InstanceSpec]) -> Result<Graph<Condition>, GraphError> {
+    let mut by_process: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        by_process.entry(spec.process.as_str()).or_default().push(i);
+    }
+    let mut nodes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut waits_for = Vec::new();
+        for dep in &spec.after {
+            let Some(targets) = by_process.get(dep.name.as_str()) else {
+                return Err(GraphError::UnknownDependency {
+                    instance: spec.name.clone(),
+                    name: dep.name.clone(),
+                });
+            };
+            waits_for.extend(targets.iter().map(|&t| (t, dep.condition)));
+        }
+        nodes.push(Node { name: spec.name.clone(), priority: spec.priority, waits_for });
+    }
+    Graph::new(nodes)
+}
+
 /// Start order, or declaration order for specs that cannot be ordered.
 fn start_order_of(specs: &[InstanceSpec]) -> Vec<usize> {
-    match Graph::new(specs) {
+    match instance_graph(specs) {
         Ok(g) => g.start_order().to_vec(),
         Err(_) => (0..specs.len()).collect(),
     }
@@ -87,7 +113,7 @@ pub struct Supervisor {
     config: Config,
     /// Indexed like `graph`.
     instances: Vec<Instance>,
-    graph: Graph,
+    graph: Graph<Condition>,
     retiring: Vec<Instance>,
     /// Asked to stop; waiting for what waits for them to go first.
     stop_queue: BTreeSet<String>,
@@ -95,16 +121,17 @@ pub struct Supervisor {
     restart_queue: BTreeSet<String>,
     /// Run ids and timer tokens.
     next_id: u64,
-    /// splitmix64 state for backoff jitter.
-    rng: u64,
+    /// Backoff jitter.
+    rng: Rng,
 }
 
 impl Supervisor {
-    /// All instances of `config`, stopped. `seed` drives the backoff
-    /// jitter (pass something varying, e.g. the time, outside tests).
+    /// All instances of `config`, stopped. `seed` seeds the backoff
+    /// jitter ([`Rng::seeded`]: the same seed, the same delays); pass
+    /// something varying, e.g. the time, outside tests.
     pub fn new(config: Config, seed: u64) -> Result<Supervisor, GraphError> {
         let specs = config.expand();
-        let graph = Graph::new(&specs)?;
+        let graph = instance_graph(&specs)?;
         Ok(Supervisor {
             config,
             instances: specs.into_iter().map(Instance::new).collect(),
@@ -113,7 +140,7 @@ impl Supervisor {
             stop_queue: BTreeSet::new(),
             restart_queue: BTreeSet::new(),
             next_id: 1,
-            rng: seed,
+            rng: Rng::seeded(seed),
         })
     }
 
@@ -229,7 +256,7 @@ impl Supervisor {
     ) -> Result<(ReloadPlan, Vec<Action>), GraphError> {
         let plan = plan_reload(&self.config, &new);
         let specs = new.expand();
-        let graph = Graph::new(&specs)?;
+        let graph = instance_graph(&specs)?;
         let mut old: HashMap<String, Instance> =
             self.instances.drain(..).map(|i| (i.name().to_string(), i)).collect();
         let mut instances = Vec::with_capacity(specs.len());
@@ -441,9 +468,7 @@ impl Supervisor {
                 .collect();
             if of_process.is_empty() {
                 let known = self.instances.iter().map(|i| i.spec().process.as_str());
-                let hint = config::suggest(n, known)
-                    .map(|k| format!(" (did you mean \"{k}\"?)"))
-                    .unwrap_or_default();
+                let hint = config::did_you_mean(config::suggest(n, known));
                 return Err(format!("no process named \"{n}\"{hint}; {}", self.known_names()));
             }
             set.extend(of_process);
@@ -451,17 +476,8 @@ impl Supervisor {
         Ok(set)
     }
 
-    /// splitmix64.
-    fn random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn step(&mut self, slot: Slot, input: Input, now: Instant, out: &mut Vec<Action>) {
-        let random = self.random();
+        let random = self.rng.next_u64();
         let mut cx = Ctx { now, random, next_id: &mut self.next_id, out };
         match slot {
             Slot::Live(i) => self.instances[i].step(input, &mut cx),
@@ -750,6 +766,54 @@ priority = -1
 "#;
 
     const S1: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn instances_wait_for_every_instance_of_a_dependency() {
+        let config = parse(
+            r#"
+            [[process]]
+            name = "web"
+            command = ["web"]
+            instances = 2
+            after = ["db"]
+            [[process]]
+            name = "db"
+            command = ["db"]
+            instances = 2
+            priority = 5
+            [[process]]
+            name = "early"
+            command = ["x"]
+            priority = -1
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        let mut specs = config.expand();
+        let g = instance_graph(&specs).unwrap();
+        let names = |order: &[usize]| -> Vec<String> {
+            order.iter().map(|&i| g.name(i).to_string()).collect()
+        };
+        assert_eq!(names(g.start_order()), ["early", "db.0", "db.1", "web.0", "web.1"]);
+        assert_eq!(names(&g.stop_order()), ["web.1", "web.0", "db.1", "db.0", "early"]);
+        let web0 = g.index("web.0").unwrap();
+        let deps: Vec<&str> = g.deps(web0).iter().map(|&(d, _)| g.name(d)).collect();
+        assert_eq!(deps, ["db.0", "db.1"]);
+        assert!(g.deps(web0).iter().all(|&(_, c)| c == Condition::Started));
+        let db1 = g.index("db.1").unwrap();
+        let waiting: Vec<usize> = g.all_dependents(db1).into_iter().collect();
+        assert_eq!(names(&waiting), ["web.0", "web.1"]);
+        let all = g.with_dependencies(&[web0]);
+        assert_eq!(names(&g.sort_for_start(&all)), ["db.0", "db.1", "web.0"]);
+
+        specs[4]
+            .after
+            .push(config::Dependency { name: "nope".into(), condition: Condition::Ready });
+        assert_eq!(
+            instance_graph(&specs).unwrap_err().to_string(),
+            "early waits for unknown process \"nope\""
+        );
+    }
 
     #[test]
     fn start_all_follows_priority_then_dependencies_and_their_conditions() {

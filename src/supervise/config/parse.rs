@@ -1,87 +1,6 @@
-//! `weaver.toml`: the processes weaver supervises besides compute.
-//!
-//! Parsed with spans, validated with every error collected (each one with
-//! file, line and column), then expanded into concrete instances. No I/O
-//! except [`load`] (reads one file) and [`locate`] (reads the environment
-//! and checks that a file exists).
-//!
-//! ```toml
-//! [compute]
-//! command = ["/opt/weaver/compute-daemon"]  # default: the bundled daemon
-//! env = { RUST_LOG = "info" }
-//! workers = 4
-//! max_restarts = 0                          # + the other restart fields
-//!
-//! [[process]]
-//! name = "db"                     # required, [A-Za-z0-9_-], unique
-//! command = ["postgres", "-D", "/var/lib/pg"]   # argv, no shell
-//! priority = -10                  # start order: lower first; stop reversed
-//! stop_signal = "INT"             # SIGINT; default SIGTERM
-//! stop_timeout = "10s"            # then SIGKILL; default 2s
-//! [process.detectors.ready]
-//! command = ["pg_isready"]        # or pid_file = "..." or log_pattern = "..."
-//! interval = "500ms"              # default 1s
-//! timeout = "1m"                  # default 30s
-//!
-//! [[process]]
-//! name = "migrate"
-//! command = "psql -f schema.sql && echo done"
-//! shell = true                    # command is one string for /bin/sh -c
-//! after = [{ name = "db", condition = "ready" }]
-//! auto_restart = false            # a one-shot job
-//!
-//! [[process]]
-//! name = "worker"
-//! command = ["python", "worker.py", "--shard", "{instance}"]
-//! work_dir = "/srv/worker"
-//! env = { LOG = "/tmp/worker-{instance}.log" }
-//! instances = 4                   # worker.0 .. worker.3
-//! gpus = [0, 1]                   # worker.0 -> "0", worker.1 -> "1", worker.2 -> "0", ...
-//! after = ["db", { name = "migrate", condition = "exited_ok" }]
-//! retry_count = 3                 # failed starts retried ...
-//! retry_interval = "1s"           # ... this far apart
-//! start_duration = "2s"           # up this long = started; default 1s
-//! restart_interval = "1s"         # first restart delay; default 1s
-//! backoff_factor = 2.0            # default 2.0
-//! backoff_cap = "30s"             # default 30s
-//! backoff_jitter = 0.1            # +-10 %; default 0.1
-//! stable_after = "10s"            # a run this long resets the backoff
-//! max_restarts = 10               # 0 = never give up; default 10
-//! output = { ring_bytes = 1048576, file = "/tmp/worker-{instance}.out", max_file_bytes = 10485760, keep_files = 3 }
-//! [process.hooks.pre_start]
-//! command = ["./fetch-model.sh"]
-//! timeout = "5m"                  # default 30s
-//! failure_mode = "retry"          # ignore | fail | retry
-//! run_mode = "blocking"           # blocking | async
-//!
-//! [[process]]
-//! name = "legacy"
-//! command = ["legacyd", "--daemonize"]
-//! detached = true                 # forks away; tracked through its pid file
-//! pid_file = "/run/user/1000/legacyd.pid"
-//! detectors = { alive = { pid_file = "/run/user/1000/legacyd.pid", interval = "2s" } }
-//! ```
-//!
-//! Durations are strings of a number and a unit (`ms`, `s`, `m`, `h`), with
-//! an optional fraction and optionally several in a row (`"500ms"`, `"2s"`,
-//! `"1.5s"`, `"1m30s"`), or integers counting milliseconds (`1500`).
-//!
-//! Instances: `instances = N` (default 1) makes N copies; with N > 1 they
-//! are named `name.0` .. `name.N-1` (with N = 1 the name stays `name`).
-//! `{instance}` (the index) is replaced in every argument, env value,
-//! `work_dir`, `pid_file`, `output.file`, and in detector and hook commands,
-//! env values and work dirs. Paths that each instance writes (`pid_file`,
-//! `output.file`) must contain `{instance}` when N > 1.
-//!
-//! GPUs: `gpus` is a list whose entries are a device number or a list of
-//! device numbers. Instance i gets entry `i % len` (so entries are reused
-//! round-robin when there are more instances than entries), written to
-//! `CUDA_VISIBLE_DEVICES` joined with commas: `gpus = [[0, 1], [2, 3]]` gives
-//! instance 0 `"0,1"` and instance 1 `"2,3"`.
-//!
-//! Every process also sees `WEAVER_PROCESS` (its `name`) and
-//! `WEAVER_INSTANCE` (its index) in its environment, and so do its hooks and
-//! probes.
+//! Reading `weaver.toml`: finding the file, walking the TOML with its
+//! spans, and checking every value, each problem reported with file, line
+//! and column (all of them at once, in file order).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -94,342 +13,14 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
-use super::graph;
-
-// ---------------------------------------------------------------- types
-
-/// The whole file.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Config {
-    pub compute: ComputeSpec,
-    /// In declaration order.
-    pub processes: Vec<ProcessSpec>,
-}
-
-/// `[compute]`: how the compute daemon is run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ComputeSpec {
-    /// argv; `None`: the bundled compute daemon.
-    pub command: Option<Vec<String>>,
-    pub env: BTreeMap<String, String>,
-    pub workers: Option<u32>,
-    pub restart: RestartPolicy,
-}
-
-impl Default for ComputeSpec {
-    fn default() -> Self {
-        ComputeSpec {
-            command: None,
-            env: BTreeMap::new(),
-            workers: None,
-            restart: RestartPolicy::COMPUTE,
-        }
-    }
-}
-
-/// What happens after a process that had started exits on its own.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RestartPolicy {
-    /// Restart after any exit nobody asked for (exit code 0 included).
-    pub auto_restart: bool,
-    /// Delay before the first restart of a streak.
-    pub restart_interval: Duration,
-    /// Each further restart of a streak waits this many times longer.
-    pub backoff_factor: f64,
-    /// No delay is longer than this.
-    pub backoff_cap: Duration,
-    /// Each delay is moved by up to this fraction either way (0..=1).
-    pub backoff_jitter: f64,
-    /// A run this long ends the streak: the next delay is the first again.
-    pub stable_after: Duration,
-    /// Give up (state `failed`) after this many restarts in a row without a
-    /// stable run; 0 = never give up.
-    pub max_restarts: u32,
-}
-
-impl RestartPolicy {
-    /// Defaults for `[[process]]`.
-    pub const PROCESS: RestartPolicy = RestartPolicy {
-        auto_restart: true,
-        restart_interval: Duration::from_secs(1),
-        backoff_factor: 2.0,
-        backoff_cap: Duration::from_secs(30),
-        backoff_jitter: 0.1,
-        stable_after: Duration::from_secs(10),
-        max_restarts: 10,
-    };
-    /// Defaults for `[compute]`: quick restarts, never give up.
-    pub const COMPUTE: RestartPolicy = RestartPolicy {
-        auto_restart: true,
-        restart_interval: Duration::from_millis(100),
-        backoff_factor: 2.0,
-        backoff_cap: Duration::from_secs(10),
-        backoff_jitter: 0.1,
-        stable_after: Duration::from_secs(10),
-        max_restarts: 0,
-    };
-}
-
-/// What counts as a start, and how failed starts are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StartPolicy {
-    /// A process must stay up this long to count as started; one that exits
-    /// sooner (or cannot be spawned) is a failed start.
-    pub start_duration: Duration,
-    /// Failed starts retried before giving up (state `failed`).
-    pub retry_count: u32,
-    /// Delay between failed start attempts.
-    pub retry_interval: Duration,
-}
-
-impl Default for StartPolicy {
-    fn default() -> Self {
-        StartPolicy {
-            start_duration: Duration::from_secs(1),
-            retry_count: 3,
-            retry_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// What an `after` entry waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Condition {
-    /// Every instance counts as started (up for `start_duration`).
-    Started,
-    /// Every instance is ready (its ready probe passed; without a probe,
-    /// started).
-    Ready,
-    /// Every instance exited with code 0 and is not restarting.
-    ExitedOk,
-}
-
-impl Condition {
-    pub fn name(self) -> &'static str {
-        match self {
-            Condition::Started => "started",
-            Condition::Ready => "ready",
-            Condition::ExitedOk => "exited_ok",
-        }
-    }
-}
-
-/// One `after` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dependency {
-    /// A process name (all its instances).
-    pub name: String,
-    pub condition: Condition,
-}
-
-/// How to tell that a process still lives (needed for `detached` ones).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AliveCheck {
-    /// The pid in this file is a live process.
-    PidFile(PathBuf),
-    /// This command exits 0.
-    Command(Vec<String>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AliveDetector {
-    pub check: AliveCheck,
-    /// Default 1s.
-    pub interval: Duration,
-}
-
-/// How to tell that a process is ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadyCheck {
-    /// This command exits 0.
-    Command(Vec<String>),
-    /// This file exists.
-    PidFile(PathBuf),
-    /// A line of output (stdout or stderr) contains this text (plain
-    /// substring, no regex).
-    LogPattern(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadyProbe {
-    pub check: ReadyCheck,
-    /// Between probe attempts; default 1s.
-    pub interval: Duration,
-    /// Not ready this long after counting as started: a failed start;
-    /// default 30s.
-    pub timeout: Duration,
-}
-
-/// Where output goes besides the in-memory ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputSpec {
-    /// Bytes of recent output kept in memory; default 1 MiB.
-    pub ring_bytes: usize,
-    /// Also append every line to this file.
-    pub file: Option<PathBuf>,
-    /// Rotate the file when it would grow past this; default 10 MiB.
-    pub max_file_bytes: u64,
-    /// Rotated files kept (`file.1` .. `file.N`); default 3.
-    pub keep_files: u32,
-}
-
-impl Default for OutputSpec {
-    fn default() -> Self {
-        OutputSpec { ring_bytes: 1 << 20, file: None, max_file_bytes: 10 << 20, keep_files: 3 }
-    }
-}
-
-/// Which hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HookKind {
-    PreStart,
-    PostStart,
-    PreStop,
-    PostStop,
-}
-
-impl HookKind {
-    pub const ALL: [HookKind; 4] =
-        [HookKind::PreStart, HookKind::PostStart, HookKind::PreStop, HookKind::PostStop];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            HookKind::PreStart => "pre_start",
-            HookKind::PostStart => "post_start",
-            HookKind::PreStop => "pre_stop",
-            HookKind::PostStop => "post_stop",
-        }
-    }
-}
-
-/// What a failed hook does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureMode {
-    /// Carry on as if it had succeeded.
-    Ignore,
-    /// The process goes `failed` with the hook's failure as reason.
-    Fail,
-    /// Run the hook again, per the process's `retry_count` and
-    /// `retry_interval`; then as `Fail`.
-    Retry,
-}
-
-/// Whether the lifecycle waits for a hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunMode {
-    Blocking,
-    Async,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookSpec {
-    pub command: Vec<String>,
-    /// Default: the process's `work_dir`.
-    pub work_dir: Option<PathBuf>,
-    /// Added to the process's environment.
-    pub env: BTreeMap<String, String>,
-    /// Default 30s; then the hook is killed and counts as failed.
-    pub timeout: Duration,
-    /// Default: `fail` for pre_start, `ignore` for the others.
-    pub failure_mode: FailureMode,
-    /// Default `blocking`.
-    pub run_mode: RunMode,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Hooks {
-    pub pre_start: Option<HookSpec>,
-    pub post_start: Option<HookSpec>,
-    pub pre_stop: Option<HookSpec>,
-    pub post_stop: Option<HookSpec>,
-}
-
-impl Hooks {
-    pub fn get(&self, kind: HookKind) -> Option<&HookSpec> {
-        match kind {
-            HookKind::PreStart => self.pre_start.as_ref(),
-            HookKind::PostStart => self.post_start.as_ref(),
-            HookKind::PreStop => self.pre_stop.as_ref(),
-            HookKind::PostStop => self.post_stop.as_ref(),
-        }
-    }
-
-    fn get_mut(&mut self, kind: HookKind) -> &mut Option<HookSpec> {
-        match kind {
-            HookKind::PreStart => &mut self.pre_start,
-            HookKind::PostStart => &mut self.post_start,
-            HookKind::PreStop => &mut self.pre_stop,
-            HookKind::PostStop => &mut self.post_stop,
-        }
-    }
-}
-
-/// One `[[process]]` as written (before instance expansion).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcessSpec {
-    pub name: String,
-    /// argv; with `shell`, a single element: the script for `/bin/sh -c`.
-    pub command: Vec<String>,
-    pub shell: bool,
-    pub work_dir: Option<PathBuf>,
-    pub env: BTreeMap<String, String>,
-    /// Non-detached: weaver writes the pid there (and removes it after the
-    /// exit). Detached: the program writes it and weaver reads it.
-    pub pid_file: Option<PathBuf>,
-    /// Start order among processes free to start: lower first. Default 0.
-    pub priority: i64,
-    pub after: Vec<Dependency>,
-    pub start: StartPolicy,
-    pub restart: RestartPolicy,
-    /// Default 1.
-    pub instances: u32,
-    /// Entry i % len for instance i; empty: `CUDA_VISIBLE_DEVICES` untouched.
-    pub gpus: Vec<Vec<u32>>,
-    /// The program daemonizes itself.
-    pub detached: bool,
-    /// For detached processes, defaults to checking `pid_file`.
-    pub alive: Option<AliveDetector>,
-    pub ready: Option<ReadyProbe>,
-    pub stop_signal: Signal,
-    pub stop_timeout: Duration,
-    pub output: OutputSpec,
-    pub hooks: Hooks,
-}
-
-/// One concrete process: a `[[process]]` with `{instance}` replaced, the
-/// shell applied and the GPUs chosen. Everything the lifecycle and the
-/// reactor need to run it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceSpec {
-    /// `name`, or `name.i` when the process has several instances.
-    pub name: String,
-    /// The `[[process]]` name.
-    pub process: String,
-    pub index: u32,
-    /// Ready to exec: `["/bin/sh", "-c", script]` for shell commands.
-    pub argv: Vec<String>,
-    pub work_dir: Option<PathBuf>,
-    /// The full environment to add (includes `WEAVER_PROCESS`,
-    /// `WEAVER_INSTANCE` and, with `gpus`, `CUDA_VISIBLE_DEVICES`).
-    pub env: BTreeMap<String, String>,
-    pub pid_file: Option<PathBuf>,
-    /// The devices this instance is pinned to.
-    pub gpus: Option<Vec<u32>>,
-    pub priority: i64,
-    pub after: Vec<Dependency>,
-    pub start: StartPolicy,
-    pub restart: RestartPolicy,
-    pub detached: bool,
-    pub alive: Option<AliveDetector>,
-    pub ready: Option<ReadyProbe>,
-    pub stop_signal: Signal,
-    pub stop_timeout: Duration,
-    pub output: OutputSpec,
-    /// Commands, work dirs and env already expanded; `env` is the full
-    /// environment for the hook (the instance's plus the hook's own) and
-    /// `work_dir` defaults to the instance's.
-    pub hooks: Hooks,
-}
+use super::expand::INSTANCE;
+use super::model::{
+    AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
+    HookSpec, Hooks, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy, RunMode,
+    StartPolicy,
+};
+use crate::supervise::duration::parse_duration;
+use crate::supervise::graph::{cycle_path, find_cycles};
 
 // ---------------------------------------------------------------- errors
 
@@ -491,7 +82,7 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// [`locate`] with the environment and the file system passed in.
-pub fn locate_in(
+fn locate_in(
     explicit: Option<&Path>,
     weaver_config: Option<OsString>,
     xdg_config_home: Option<OsString>,
@@ -513,7 +104,7 @@ pub fn locate_in(
 }
 
 /// The default file name.
-pub const FILE_NAME: &str = "weaver.toml";
+const FILE_NAME: &str = "weaver.toml";
 
 /// Read and parse `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -549,175 +140,15 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-// ---------------------------------------------------------------- durations and signals
-
-/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m30s"`, `"2h"`, `"0"`: a number and a
-/// unit (`ms`, `s`, `m`, `h`), repeated; a bare `0` is allowed.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "bad duration \"{s}\": write a number and a unit (ms, s, m, h) like \"500ms\", \
-             \"1.5s\" or \"1m30s\", or an integer of milliseconds"
-        )
-    };
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(num_len);
-        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
-            return Err(bad());
-        }
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        let unit_len = tail.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += value * scale;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
-}
+// ---------------------------------------------------------------- signals
 
 /// `"SIGTERM"`, `"TERM"`, `"term"`: a signal by name.
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
+fn parse_signal(s: &str) -> Result<Signal, String> {
     let upper = s.to_ascii_uppercase();
     let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
     Signal::from_str(&full).map_err(|_| {
         format!("unknown signal \"{s}\": use a name like \"SIGTERM\", \"TERM\" or \"INT\"")
     })
-}
-
-// ---------------------------------------------------------------- expansion
-
-const INSTANCE: &str = "{instance}";
-
-fn subst(s: &str, index: u32) -> String {
-    s.replace(INSTANCE, &index.to_string())
-}
-
-fn subst_path(p: &Path, index: u32) -> PathBuf {
-    PathBuf::from(subst(&p.to_string_lossy(), index))
-}
-
-fn subst_all(v: &[String], index: u32) -> Vec<String> {
-    v.iter().map(|s| subst(s, index)).collect()
-}
-
-impl ProcessSpec {
-    /// The name of instance `index`.
-    pub fn instance_name(&self, index: u32) -> String {
-        if self.instances > 1 {
-            format!("{}.{index}", self.name)
-        } else {
-            self.name.clone()
-        }
-    }
-
-    /// The devices of instance `index`: entry `index % len` of `gpus`.
-    pub fn gpus_for(&self, index: u32) -> Option<Vec<u32>> {
-        if self.gpus.is_empty() {
-            return None;
-        }
-        Some(self.gpus[index as usize % self.gpus.len()].clone())
-    }
-
-    /// Instance `index` made concrete.
-    pub fn instance(&self, index: u32) -> InstanceSpec {
-        let argv = if self.shell {
-            vec!["/bin/sh".into(), "-c".into(), subst(&self.command[0], index)]
-        } else {
-            subst_all(&self.command, index)
-        };
-        let mut env: BTreeMap<String, String> =
-            self.env.iter().map(|(k, v)| (k.clone(), subst(v, index))).collect();
-        env.insert("WEAVER_PROCESS".into(), self.name.clone());
-        env.insert("WEAVER_INSTANCE".into(), index.to_string());
-        let gpus = self.gpus_for(index);
-        if let Some(g) = &gpus {
-            let list: Vec<String> = g.iter().map(u32::to_string).collect();
-            env.insert("CUDA_VISIBLE_DEVICES".into(), list.join(","));
-        }
-        let work_dir = self.work_dir.as_deref().map(|p| subst_path(p, index));
-        let mut hooks = Hooks::default();
-        for kind in HookKind::ALL {
-            if let Some(h) = self.hooks.get(kind) {
-                let mut henv = env.clone();
-                henv.extend(h.env.iter().map(|(k, v)| (k.clone(), subst(v, index))));
-                *hooks.get_mut(kind) = Some(HookSpec {
-                    command: subst_all(&h.command, index),
-                    work_dir: h
-                        .work_dir
-                        .as_deref()
-                        .map(|p| subst_path(p, index))
-                        .or(work_dir.clone()),
-                    env: henv,
-                    ..h.clone()
-                });
-            }
-        }
-        let alive = self.alive.as_ref().map(|a| AliveDetector {
-            check: match &a.check {
-                AliveCheck::PidFile(p) => AliveCheck::PidFile(subst_path(p, index)),
-                AliveCheck::Command(c) => AliveCheck::Command(subst_all(c, index)),
-            },
-            interval: a.interval,
-        });
-        let ready = self.ready.as_ref().map(|r| ReadyProbe {
-            check: match &r.check {
-                ReadyCheck::Command(c) => ReadyCheck::Command(subst_all(c, index)),
-                ReadyCheck::PidFile(p) => ReadyCheck::PidFile(subst_path(p, index)),
-                ReadyCheck::LogPattern(s) => ReadyCheck::LogPattern(s.clone()),
-            },
-            ..r.clone()
-        });
-        InstanceSpec {
-            name: self.instance_name(index),
-            process: self.name.clone(),
-            index,
-            argv,
-            work_dir,
-            env,
-            pid_file: self.pid_file.as_deref().map(|p| subst_path(p, index)),
-            gpus,
-            priority: self.priority,
-            after: self.after.clone(),
-            start: self.start,
-            restart: self.restart,
-            detached: self.detached,
-            alive,
-            ready,
-            stop_signal: self.stop_signal,
-            stop_timeout: self.stop_timeout,
-            output: OutputSpec {
-                file: self.output.file.as_deref().map(|p| subst_path(p, index)),
-                ..self.output.clone()
-            },
-            hooks,
-        }
-    }
-}
-
-impl Config {
-    /// Every instance of every process, in declaration order.
-    pub fn expand(&self) -> Vec<InstanceSpec> {
-        self.processes.iter().flat_map(|p| (0..p.instances).map(move |i| p.instance(i))).collect()
-    }
-
-    pub fn process(&self, name: &str) -> Option<&ProcessSpec> {
-        self.processes.iter().find(|p| p.name == name)
-    }
 }
 
 // ---------------------------------------------------------------- the parser
@@ -839,7 +270,7 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest of `known` to `word`, if close enough to be a typo.
-pub fn suggest<'k>(word: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
+pub(crate) fn suggest<'k>(word: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
     let limit = (word.chars().count() / 3).clamp(1, 3);
     known
         .into_iter()
@@ -849,7 +280,8 @@ pub fn suggest<'k>(word: &str, known: impl IntoIterator<Item = &'k str>) -> Opti
         .map(|(_, k)| k)
 }
 
-fn did_you_mean(s: Option<&str>) -> String {
+/// `" (did you mean \"k\"?)"` for a suggestion, else nothing.
+pub(crate) fn did_you_mean(s: Option<&str>) -> String {
     s.map(|k| format!(" (did you mean \"{k}\"?)")).unwrap_or_default()
 }
 
@@ -1180,13 +612,13 @@ impl<'a> Parser<'a> {
         let start = StartPolicy {
             start_duration: self
                 .duration(tbl, "start_duration")
-                .unwrap_or(StartPolicy::default().start_duration),
+                .unwrap_or(StartPolicy::DEFAULT.start_duration),
             retry_count: self
                 .u32(tbl, "retry_count", 0)
-                .unwrap_or(StartPolicy::default().retry_count),
+                .unwrap_or(StartPolicy::DEFAULT.retry_count),
             retry_interval: self
                 .duration(tbl, "retry_interval")
-                .unwrap_or(StartPolicy::default().retry_interval),
+                .unwrap_or(StartPolicy::DEFAULT.retry_interval),
         };
         let stop_signal = self.field(tbl, "stop_signal").and_then(|f| {
             let s = self.string(tbl, "stop_signal")?;
@@ -1208,8 +640,10 @@ impl<'a> Parser<'a> {
             detached: self.boolean(tbl, "detached").unwrap_or(false),
             alive: None,
             ready: None,
-            stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
-            stop_timeout: self.duration(tbl, "stop_timeout").unwrap_or(Duration::from_secs(2)),
+            stop_signal: stop_signal.unwrap_or(ProcessSpec::DEFAULT_STOP_SIGNAL),
+            stop_timeout: self
+                .duration(tbl, "stop_timeout")
+                .unwrap_or(ProcessSpec::DEFAULT_STOP_TIMEOUT),
             output: OutputSpec::default(),
             hooks: Hooks::default(),
         };
@@ -1358,7 +792,7 @@ impl<'a> Parser<'a> {
 
     fn alive(&mut self, tbl: Tbl<'_>) -> Option<AliveDetector> {
         self.check_keys(tbl, &[ALIVE_KEYS]);
-        let interval = self.duration(tbl, "interval").unwrap_or(Duration::from_secs(1));
+        let interval = self.duration(tbl, "interval").unwrap_or(AliveDetector::DEFAULT_INTERVAL);
         let pid_file = self.path(tbl, "pid_file");
         let command = self.field(tbl, "command").and_then(|f| self.argv(f));
         let check = match (pid_file, command) {
@@ -1383,8 +817,8 @@ impl<'a> Parser<'a> {
 
     fn ready(&mut self, tbl: Tbl<'_>) -> Option<ReadyProbe> {
         self.check_keys(tbl, &[READY_KEYS]);
-        let interval = self.duration(tbl, "interval").unwrap_or(Duration::from_secs(1));
-        let timeout = self.duration(tbl, "timeout").unwrap_or(Duration::from_secs(30));
+        let interval = self.duration(tbl, "interval").unwrap_or(ReadyProbe::DEFAULT_INTERVAL);
+        let timeout = self.duration(tbl, "timeout").unwrap_or(ReadyProbe::DEFAULT_TIMEOUT);
         let given: Vec<&str> = ["command", "pid_file", "log_pattern"]
             .into_iter()
             .filter(|k| tbl.t.contains_key(k))
@@ -1422,7 +856,9 @@ impl<'a> Parser<'a> {
         self.check_keys(tbl, &[OUTPUT_KEYS]);
         let d = OutputSpec::default();
         OutputSpec {
-            ring_bytes: self.u64(tbl, "ring_bytes", 1024).map_or(d.ring_bytes, |n| n as usize),
+            ring_bytes: self
+                .u64(tbl, "ring_bytes", OutputSpec::MIN_RING_BYTES)
+                .map_or(d.ring_bytes, |n| n as usize),
             file: self.path(tbl, "file"),
             max_file_bytes: self.u64(tbl, "max_file_bytes", 1).unwrap_or(d.max_file_bytes),
             keep_files: self.u32(tbl, "keep_files", 0).unwrap_or(d.keep_files),
@@ -1476,7 +912,7 @@ impl<'a> Parser<'a> {
         };
         let work_dir = self.path(tbl, "work_dir");
         let env = self.env(tbl, "env");
-        let timeout = self.duration(tbl, "timeout").unwrap_or(Duration::from_secs(30));
+        let timeout = self.duration(tbl, "timeout").unwrap_or(HookSpec::DEFAULT_TIMEOUT);
         Some(HookSpec {
             command: command?,
             work_dir,
@@ -1504,7 +940,7 @@ impl<'a> Parser<'a> {
                 (None, Some(p)) => {
                     spec.alive = Some(AliveDetector {
                         check: AliveCheck::PidFile(p.clone()),
-                        interval: Duration::from_secs(1),
+                        interval: AliveDetector::DEFAULT_INTERVAL,
                     })
                 }
                 (None, None) => self.error(
@@ -1602,7 +1038,7 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        for cycle in graph::find_cycles(&waits) {
+        for cycle in find_cycles(&waits) {
             let path: Vec<&str> =
                 cycle.iter().map(|&i| config.processes[i].name.as_str()).collect();
             let start = cycle[0];
@@ -1613,7 +1049,7 @@ impl<'a> Parser<'a> {
                 .zip(&declared[start].after_at)
                 .find(|(d, _)| first.get(d.name.as_str()) == Some(&next))
                 .map_or(declared[start].at, |(_, &at)| at);
-            self.error(Some(at), format!("cycle: {}", graph::cycle_path(&path)));
+            self.error(Some(at), format!("cycle: {}", cycle_path(&path)));
         }
     }
 }
@@ -1689,40 +1125,6 @@ gpus = [1, 0]
 "#;
 
     #[test]
-    fn the_documented_example_is_valid() {
-        let source = include_str!("config.rs");
-        let mut example = String::new();
-        let mut inside = false;
-        for line in source.lines().map_while(|l| l.strip_prefix("//!")) {
-            let line = line.strip_prefix(' ').unwrap_or(line);
-            match (inside, line) {
-                (false, "```toml") => inside = true,
-                (true, "```") => break,
-                (true, _) => example.push_str(&format!("{line}\n")),
-                _ => {}
-            }
-        }
-        let c = parse(&example, "example.toml").unwrap_or_else(|e| panic!("{e}"));
-        let names: Vec<String> = c.expand().into_iter().map(|i| i.name).collect();
-        assert_eq!(
-            names,
-            ["db", "migrate", "worker.0", "worker.1", "worker.2", "worker.3", "legacy"]
-        );
-        assert_eq!(c.compute.workers, Some(4));
-    }
-
-    #[test]
-    fn the_readme_example_is_valid() {
-        let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n").expect("README has a weaver.toml example") + 8;
-        let len = readme[start..].find("```").unwrap();
-        let c = parse(&readme[start..start + len], "README.md").unwrap_or_else(|e| panic!("{e}"));
-        let names: Vec<String> = c.expand().into_iter().map(|i| i.name).collect();
-        assert_eq!(names, ["db", "migrate", "trainer.0", "trainer.1", "exporter"]);
-        assert_eq!(c.compute.workers, Some(4));
-    }
-
-    #[test]
     fn a_full_file_parses_into_every_field() {
         let c = parse(FULL, "weaver.toml").unwrap();
         assert_eq!(c.compute.command.as_deref().unwrap(), ["/opt/compute", "--fast"]);
@@ -1789,39 +1191,6 @@ gpus = [1, 0]
             AliveCheck::PidFile("/run/legacy.pid".into()),
             "defaults to pid_file"
         );
-    }
-
-    #[test]
-    fn instances_are_expanded_with_their_index_and_gpus() {
-        let c = parse(FULL, "weaver.toml").unwrap();
-        let all = c.expand();
-        let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["db", "web.0", "web.1", "web.2", "migrate", "legacy"]);
-        let web2 = &all[3];
-        assert_eq!((web2.process.as_str(), web2.index), ("web", 2));
-        assert_eq!(web2.argv, ["web", "--port", "802"]);
-        assert_eq!(web2.work_dir.as_deref(), Some(Path::new("/srv/2")));
-        assert_eq!(web2.env["LOG"], "/tmp/web-2.log");
-        assert_eq!(web2.env["PLAIN"], "x");
-        assert_eq!(web2.env["WEAVER_PROCESS"], "web");
-        assert_eq!(web2.env["WEAVER_INSTANCE"], "2");
-        // gpus = [[0, 1], [2, 3]]: instance i gets entry i % 2.
-        assert_eq!(all[1].env["CUDA_VISIBLE_DEVICES"], "0,1");
-        assert_eq!(all[2].env["CUDA_VISIBLE_DEVICES"], "2,3");
-        assert_eq!(web2.env["CUDA_VISIBLE_DEVICES"], "0,1");
-        assert_eq!(web2.gpus.as_deref(), Some(&[0, 1][..]));
-        assert_eq!(web2.output.file.as_deref(), Some(Path::new("/tmp/web-2.out")));
-        let pre = web2.hooks.pre_start.as_ref().unwrap();
-        assert_eq!(pre.command, ["fetch", "2"]);
-        assert_eq!(pre.env["H"], "h2");
-        assert_eq!(pre.env["LOG"], "/tmp/web-2.log", "hooks see the instance's env");
-        assert_eq!(pre.work_dir.as_deref(), Some(Path::new("/srv/2")), "and its work_dir");
-        // A single instance keeps its name; a shell command is wrapped.
-        let migrate = &all[4];
-        assert_eq!(migrate.argv, ["/bin/sh", "-c", "psql -f schema.sql && echo 0"]);
-        assert!(!all[0].env.contains_key("CUDA_VISIBLE_DEVICES"));
-        // gpus = [1, 0]: a plain list pins one device per instance.
-        assert_eq!(all[5].env["CUDA_VISIBLE_DEVICES"], "1");
     }
 
     #[test]
@@ -1993,18 +1362,7 @@ bogus = 1
     }
 
     #[test]
-    fn durations_and_signals_parse() {
-        let ms = |s: &str| parse_duration(s).map(|d| d.as_millis());
-        assert_eq!(ms("500ms"), Ok(500));
-        assert_eq!(ms("2s"), Ok(2000));
-        assert_eq!(ms("1.5s"), Ok(1500));
-        assert_eq!(ms("1m"), Ok(60_000));
-        assert_eq!(ms("1m30s"), Ok(90_000));
-        assert_eq!(ms("1h"), Ok(3_600_000));
-        assert_eq!(ms("0"), Ok(0));
-        for bad in ["", "5", "s", "1.s", ".5s", "2 s", "-1s", "3d", "1e3ms"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
-        }
+    fn signals_parse() {
         assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("term"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("INT"), Ok(Signal::SIGINT));
