@@ -215,8 +215,7 @@ restart_interval = "20s"
 backoff_jitter = 0.0
 "#);
     let mut ev = s.events(&["crash"]);
-    s.wait_state("crash", "failed", secs(20));
-    let seen = ev.until(secs(5), |v| count(v, "crash", "failed") == 1).to_vec();
+    let seen = ev.until(secs(20), |v| count(v, "crash", "failed") == 1).to_vec();
     // 1 start + 4 restarts, each after the documented delay.
     let delays: Vec<u64> =
         of(&seen, "crash", "restarting").iter().map(|e| e["delay_ms"].as_u64().unwrap()).collect();
@@ -237,20 +236,32 @@ backoff_jitter = 0.0
         );
     }
     let row = s.row("crash");
+    assert_eq!(row["state"], "failed");
     assert_eq!(row["restarts"], 4);
     assert_eq!(row["last_exit"], "exited with code 1");
     let reason = row["reason"].as_str().unwrap();
     assert!(reason.contains("4") && reason.contains("exited with code 1"), "{reason}");
-    // No more starts once failed.
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(s.row("crash")["restarts"], 4);
+    // No more starts once failed: no restart is due (and below, the only
+    // starts after the failure are those of the explicit start).
+    assert!(row["next_restart_ms"].is_null(), "a restart is due after failing: {row}");
     // While backing off, ps says when the next start comes.
     let row = s.wait_row("slow", secs(10), |r| r["state"] == "exited(3)");
     let next = row["next_restart_ms"].as_u64().expect("next_restart_ms while backing off");
     assert!(next > 10_000 && next <= 20_000, "{row}");
-    // An explicit start resets the failed one.
+    assert_eq!(s.row("crash")["restarts"], 4);
+    // An explicit start resets the failed one: a new streak of 1 start and
+    // 4 restarts, and nothing else, came after the first failure.
     s.env.ok(&["start", "crash"]);
-    s.wait_row("crash", secs(10), |r| r["state"] == "failed" && r["restarts"].as_u64() > Some(4));
+    let row = s.wait_row("crash", secs(10), |r| {
+        r["state"] == "failed" && r["restarts"].as_u64() > Some(4)
+    });
+    assert_eq!(row["restarts"], 8, "{row}");
+    let seen = ev.until(secs(5), |v| count(v, "crash", "failed") == 2).to_vec();
+    let failed = seq_of(&seen, "crash", "failed");
+    let since: Vec<Value> =
+        seen.iter().filter(|e| e["seq"].as_u64().unwrap() > failed).cloned().collect();
+    assert_eq!(count(&since, "crash", "started"), 5, "{}", dump(&since));
+    assert_eq!(count(&since, "crash", "restarting"), 4, "{}", dump(&since));
 }
 
 #[test]
