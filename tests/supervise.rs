@@ -107,8 +107,35 @@ impl Drop for Owned {
 
 /// `weaver ARGS` printing JSON lines, which come through the channel.
 fn json_lines(s: &Sup, args: &[&str]) -> (Owned, mpsc::Receiver<Value>) {
-    let mut child =
+    let child =
         s.env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    lines_of(child)
+}
+
+/// [`json_lines`], with the lines the child writes to stderr through a
+/// second channel.
+fn json_lines_and_stderr(
+    s: &Sup,
+    args: &[&str],
+) -> (Owned, mpsc::Receiver<Value>, mpsc::Receiver<String>) {
+    let mut child =
+        s.env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let (child, rx) = lines_of(child);
+    (child, rx, err_rx)
+}
+
+/// The JSON lines `child` prints on stdout, through a channel.
+fn lines_of(mut child: Child) -> (Owned, mpsc::Receiver<Value>) {
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -718,10 +745,20 @@ name = "boot"
 command = ["sh", "-c", "echo hello; exec sleep 3081"]
 "#);
     s.wait_state("boot", "running", secs(10));
-    let (mut f, rx) = json_lines(&s, &["logs", "boot", "-f", "--json", "--since", "0"]);
+    let args = ["logs", "boot", "-f", "--json", "--since", "0"];
+    let (mut f, rx, err) = json_lines_and_stderr(&s, &args);
     assert_eq!(rx.recv_timeout(secs(10)).unwrap()["text"], "hello");
+    let daemon = s.env.daemon_pid().unwrap();
     s.env.ok(&["shutdown"]);
-    std::thread::sleep(Duration::from_millis(700));
+    // The follower finds the daemon gone and, having tried without
+    // starting one, says it waits.
+    let end = Instant::now() + secs(10);
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("waiting for it to come back")) {
+        let left = end.saturating_duration_since(Instant::now());
+        said.push(err.recv_timeout(left).unwrap_or_else(|_| panic!("follower said {said:?}")));
+    }
+    assert!(wait_for(secs(2), || gone(daemon)));
     assert_eq!(s.env.daemon_pid(), None, "the follower did not start a daemon");
     assert!(f.try_wait().unwrap().is_none(), "it waits for the daemon");
     // A new daemon: its output follows, from its first line.
