@@ -219,6 +219,34 @@ fn read_pid(path: &str) -> Option<u32> {
     pidfile::read(Path::new(path)).ok().map(|(p, _)| p)
 }
 
+/// The parent of `pid` (field 4 of /proc/PID/stat).
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The guard process (`weaver __guard`) of daemon `daemon`: its child.
+fn guard_of(daemon: u32) -> u32 {
+    let guards: Vec<u32> = processes_mentioning(&["__guard"])
+        .into_iter()
+        .filter(|&p| ppid(p) == Some(daemon))
+        .collect();
+    assert_eq!(guards.len(), 1, "daemon {daemon} runs one guard: {guards:?}");
+    guards[0]
+}
+
+/// True if a SIGKILL is queued for `pid` and not yet acted on.
+fn sigkill_pending(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let kill_bit = 1u64 << (libc::SIGKILL - 1);
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("SigPnd:").or_else(|| l.strip_prefix("ShdPnd:")))
+        .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & kill_bit != 0))
+}
+
 // ---------------------------------------------------------------- restarts
 
 #[test]
@@ -352,11 +380,14 @@ detectors = {{ alive = {{ pid_file = "{pidf}", interval = "100ms" }} }}
     s.env.track(pid);
     // weaver is killed: a detached process survives by definition ...
     let daemon = s.env.daemon_pid().unwrap();
+    let guard = guard_of(daemon);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::SIGKILL)
         .unwrap();
     assert!(wait_for(secs(5), || gone(daemon)));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!gone(pid), "a detached process outlives weaver");
+    // The guard kills what a killed weaver listed, then exits: once it is
+    // gone, every signal it was going to send has been sent.
+    assert!(wait_for(secs(5), || gone(guard)), "the guard exits after weaver");
+    assert!(!gone(pid) && !sigkill_pending(pid), "a detached process outlives weaver");
     // ... and the next weaver adopts it instead of starting another.
     let row = s.wait_state("legacy", "running", secs(10));
     assert_eq!(row["pid"].as_u64(), Some(pid as u64), "adopted: {row}");
