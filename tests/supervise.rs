@@ -247,6 +247,12 @@ fn sigkill_pending(pid: u32) -> bool {
         .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & kill_bit != 0))
 }
 
+/// Seconds since boot (/proc/uptime) in the first line of `path`.
+fn uptime_in(path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
 // ---------------------------------------------------------------- restarts
 
 #[test]
@@ -466,6 +472,19 @@ detectors = { ready = { log_pattern = "up" } }
 fn what_a_process_forks_is_stopped_with_it() {
     let s = sup("");
     let (a, b, e) = (s.file("a.pid"), s.file("b.pid"), s.file("e.pid"));
+    // The grandchild of "hard": SIGTERM does not end it; it writes the time
+    // (seconds since boot) when SIGTERM came to `term`, and keeps appending
+    // the time to `beats` as long as it runs.
+    let (hard, term, beats) = (s.file("hard.sh"), s.file("term"), s.file("beats"));
+    std::fs::write(
+        &hard,
+        format!(
+            "trap 'read up _ </proc/uptime; echo $up > {term}' TERM\n\
+             echo $$ > {b}\n\
+             while :; do sleep 0.05; read up _ </proc/uptime; echo $up >> {beats}; done\n"
+        ),
+    )
+    .unwrap();
     s.write_config(&format!(
         r#"
 # Forks a grandchild and exits at once: the grandchild gets the stop signal.
@@ -475,10 +494,10 @@ command = ["sh", "-c", "sleep 3021 & echo $! > {a}"]
 start_duration = 0
 auto_restart = false
 
-# Its grandchild ignores SIGTERM: SIGKILL after stop_timeout.
+# Its grandchild outlives SIGTERM: SIGKILL after stop_timeout.
 [[process]]
 name = "hard"
-command = ["sh", "-c", "sh -c 'trap \"\" TERM; echo $$ > {b}; while :; do sleep 0.05; done' & while [ ! -s {b} ]; do sleep 0.01; done"]
+command = ["sh", "-c", "sh {hard} & while [ ! -s {b} ]; do sleep 0.01; done"]
 start_duration = 0
 auto_restart = false
 stop_timeout = "500ms"
@@ -499,9 +518,14 @@ command = ["sh", "-c", "setsid sh -c 'echo $$ > {e}; exec sleep 3022' & exec sle
     assert!(wait_for(secs(5), || read_pid(&b).is_some()));
     let gc2 = read_pid(&b).unwrap();
     s.env.track(gc2);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!gone(gc2), "still in its grace");
+    // What is left of the group gets SIGTERM as its leader exits, ...
+    assert!(wait_for(secs(5), || uptime_in(&term).is_some()), "SIGTERM reached the grandchild");
+    // ... and SIGKILL stop_timeout (500 ms) later: it ran on after SIGTERM.
     assert!(wait_for(secs(5), || gone(gc2)), "SIGKILL after stop_timeout");
+    let termed = uptime_in(&term).unwrap();
+    let beats = std::fs::read_to_string(&beats).unwrap();
+    let last: f64 = beats.lines().filter_map(|l| l.trim().parse().ok()).fold(0.0, f64::max);
+    assert!(last - termed >= 0.2, "still in its grace: ran {:.2} s after SIGTERM", last - termed);
     s.wait_state("escapee", "running", secs(10));
     assert!(wait_for(secs(5), || read_pid(&e).is_some()));
     let esc = read_pid(&e).unwrap();
