@@ -1106,34 +1106,60 @@ pid_file = "{pf}"
 
 #[test]
 fn a_subscriber_that_falls_behind_is_told_what_it_lost_and_slows_nobody() {
-    let s = sup(r#"
+    let s = sup("");
+    let gate = s.file("gate");
+    s.write_config(&format!(
+        r#"
+# Floods once the test has its subscriber in place (the gate file exists).
 [[process]]
 name = "flood"
-command = ["sh", "-c", "sleep 0.3; yes event-line-padding-padding-padding | head -n 60000; echo last"]
+command = ["sh", "-c", "while [ ! -e {gate} ]; do sleep 0.01; done; yes event-line-padding-padding-padding | head -n 60000; echo last"]
 auto_restart = false
 start_duration = 0
-"#);
-    // The daemon starts (the flood waits 0.3 s before it begins).
-    s.row("flood");
-    // A subscriber whose reader does not read until the flood is over.
+"#
+    ));
+    s.wait_state("flood", "running", secs(10));
+    // A subscriber whose reader takes one line (the latest event, sent as
+    // history: the subscription is in place), then does not read until the
+    // flood is over.
     let mut child = Owned(
         s.env
             .cmd()
-            .args(["events", "--json", "--output", "flood"])
+            .args(["events", "--json", "--output", "--history", "1", "flood"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let (go, wait_go) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let pass = |l: Option<std::io::Result<String>>| {
+            let Some(Ok(l)) = l else { return false };
+            let v: Value = serde_json::from_str(&l).unwrap();
+            tx.send(v).is_ok()
+        };
+        if !pass(lines.next()) || wait_go.recv().is_err() {
+            return;
+        }
+        while pass(lines.next()) {}
+    });
+    let first = rx.recv_timeout(secs(10)).expect("the latest event of flood");
+    assert_eq!(first["instance"], "flood", "{first}");
+    std::fs::write(&gate, "").unwrap();
     // Everyone else is served meanwhile.
     let row = s.wait_state("flood", "exited(0)", secs(60));
     assert_eq!(row["last_exit"], "exited with code 0");
     assert_eq!(s.env.ok(&["logs", "flood", "-n", "1"]), "last\n");
     // Now read what the subscriber got, until the flood's exit event.
-    let mut seen: Vec<Value> = Vec::new();
-    for l in BufReader::new(out).lines() {
-        let v: Value = serde_json::from_str(&l.unwrap()).unwrap();
+    go.send(()).unwrap();
+    let mut seen: Vec<Value> = vec![first];
+    loop {
+        let v = rx.recv_timeout(secs(30)).unwrap_or_else(|_| {
+            panic!("no exit event; {} events, the last: {}", seen.len(), seen.last().unwrap())
+        });
         let end = v["event"] == "exited";
         seen.push(v);
         if end {
