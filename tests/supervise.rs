@@ -1184,15 +1184,25 @@ start_duration = 0
 
 #[test]
 fn a_follower_gets_a_whole_burst_even_when_the_process_goes_quiet() {
-    let s = sup(r#"
+    let s = sup("");
+    let gate = s.file("gate");
+    s.write_config(&format!(
+        r#"
+# One line, then once the test follows (the gate file exists) a burst of
+# 6000, then nothing.
 [[process]]
 name = "burst"
-command = ["sh", "-c", "sleep 0.5; seq 1 6000; exec sleep 3141"]
-# Room for every line, however late the follower connects.
-output = { ring_bytes = 4194304 }
-"#);
+command = ["sh", "-c", "echo before; while [ ! -e {gate} ]; do sleep 0.01; done; seq 1 6000; exec sleep 3141"]
+# Room for every line of the burst.
+output = {{ ring_bytes = 4194304 }}
+"#
+    ));
     s.row("burst");
     let (mut f, rx) = json_lines(&s, &["logs", "burst", "-f", "--json", "--since", "0"]);
+    // A line reaches the follower only once it is registered: the burst
+    // comes while it follows.
+    assert_eq!(rx.recv_timeout(secs(10)).expect("the first line")["text"], "before");
+    std::fs::write(&gate, "").unwrap();
     let mut n = 0;
     while n < 6000 {
         let v = rx.recv_timeout(secs(10)).unwrap_or_else(|_| panic!("stalled after {n} lines"));
