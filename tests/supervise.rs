@@ -599,6 +599,8 @@ after = [{{ name = "db", condition = "ready" }}]
 auto_restart = false
 start_duration = 0
 
+# Ready only 0.4 s after it starts (its probe fails until then): the
+# scenario, a slow database, not a wait of the test's.
 [[process]]
 name = "db"
 command = ["sh", "-c", "sleep 0.4; touch {ready}; exec sleep 3042"]
@@ -747,6 +749,8 @@ gpus = [0, [1, 2]]
 #[test]
 fn logs_follow_resumes_by_sequence_number_without_loss_or_repeats() {
     let s = sup(r#"
+# A slow writer (300 lines 4 ms apart) for a follower to be cut off from
+# mid-stream: the scenario, not a wait of the test's.
 [[process]]
 name = "tick"
 command = ["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line$i; i=$((i+1)); sleep 0.004; done; echo done; exec sleep 3071"]
