@@ -509,6 +509,13 @@ name = "escapee"
 command = ["sh", "-c", "setsid sh -c 'echo $$ > {e}; exec sleep 3022' & exec sleep 3023"]
 "#
     ));
+    // The escaped grandchild is tracked first: it is in no group of
+    // weaver's, so only the test can kill it if an assertion below fails.
+    s.wait_state("escapee", "running", secs(10));
+    assert!(wait_for(secs(5), || read_pid(&e).is_some()));
+    let esc = read_pid(&e).unwrap();
+    s.env.track(esc);
+    assert!(!gone(esc));
     s.wait_state("forker", "exited(0)", secs(10));
     assert!(wait_for(secs(5), || read_pid(&a).is_some()));
     let gc = read_pid(&a).unwrap();
@@ -526,11 +533,6 @@ command = ["sh", "-c", "setsid sh -c 'echo $$ > {e}; exec sleep 3022' & exec sle
     let beats = std::fs::read_to_string(&beats).unwrap();
     let last: f64 = beats.lines().filter_map(|l| l.trim().parse().ok()).fold(0.0, f64::max);
     assert!(last - termed >= 0.2, "still in its grace: ran {:.2} s after SIGTERM", last - termed);
-    s.wait_state("escapee", "running", secs(10));
-    assert!(wait_for(secs(5), || read_pid(&e).is_some()));
-    let esc = read_pid(&e).unwrap();
-    s.env.track(esc);
-    assert!(!gone(esc));
     s.env.ok(&["stop", "escapee"]);
     s.wait_state("escapee", "stopped", secs(10));
     assert!(wait_for(secs(5), || gone(esc)), "the escaped grandchild is stopped with it");
