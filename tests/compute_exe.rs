@@ -207,7 +207,11 @@ fn a_broken_header_exits_with_the_protocol_code() {
 #[test]
 fn stdin_from_dev_null_is_not_a_lifeline() {
     let mut r = start_with(Stdio::null());
-    std::thread::sleep(Duration::from_millis(300));
+    // stdin has been at end of file all along: a request that spans 300 ms
+    // is answered, and the daemon still runs after it.
+    r.peer.send(kind::REQUEST, 3, op::SLEEP, b"ms=300");
+    let f = r.peer.response(3);
+    assert_eq!(f.header.code, status::OK, "{}", describe(&f));
     assert!(r.guard.child().try_wait().unwrap().is_none(), "still running with stdin = /dev/null");
     r.peer.send(kind::REQUEST, 2, op::INFO, b"");
     let f = r.peer.response(2);

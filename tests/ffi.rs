@@ -84,6 +84,23 @@ fn echo_round_trip(peer: &mut Peer, id: u64, payload: &[u8]) {
     assert!(f.payload == payload, "echo of {} bytes came back different", payload.len());
 }
 
+/// An ECHO round trip that proves every request sent before it has been
+/// taken by a worker: the queue is FIFO (compute-daemon/README.md), so the
+/// echo is taken only after them, and it is answered only if a worker is
+/// left free for it. Frames are handled in order, so CANCEL or SHUTDOWN
+/// sent afterwards finds them running.
+fn all_taken(peer: &mut Peer, probe_id: u64) {
+    echo_round_trip(peer, probe_id, b"probe");
+}
+
+/// A PING round trip: frames are handled in order, so once the PONG is
+/// back compute has read (and queued) everything sent before it.
+fn all_read(peer: &mut Peer, ping_id: u64) {
+    peer.send(kind::PING, ping_id, 0, b"sync");
+    let f = peer.recv();
+    assert_eq!((f.header.kind, f.header.request_id), (kind::PONG, ping_id), "{}", describe(&f));
+}
+
 /// Independent Rust rendering of the header's Mandelbrot definition.
 fn render_reference(w: u32, h: u32, iterations: u32, x: (f64, f64), y: (f64, f64)) -> Vec<u8> {
     let mut img = format!("P6\n{w} {h}\n255\n").into_bytes();
@@ -358,14 +375,15 @@ fn replies_come_back_in_completion_order() {
 
 #[test]
 fn cancel_ends_queued_and_running_requests_with_one_response_each() {
-    let (mut peer, served) = start(1);
-    peer.request(1, op::SLEEP, "ms=60000"); // takes the only worker
-    peer.request(2, op::SLEEP, "ms=60000"); // queued behind it
-    thread::sleep(Duration::from_millis(200));
+    let (mut peer, served) = start(2);
+    peer.request(1, op::SLEEP, "ms=60000"); // takes one worker
+    all_taken(&mut peer, 10); // request 1 runs
+    peer.request(3, op::SLEEP, "ms=60000"); // takes the other worker
+    peer.request(4, op::SLEEP, "ms=60000"); // queued: no worker is left for it
 
     let t0 = Instant::now();
-    peer.send(kind::CANCEL, 2, op::SLEEP, b"");
-    let f = peer.response(2);
+    peer.send(kind::CANCEL, 4, op::SLEEP, b"");
+    let f = peer.response(4);
     assert_eq!(f.header.code, status::CANCELLED, "{}", describe(&f));
     assert!(text(&f).contains("before it started"), "{}", text(&f));
 
@@ -375,33 +393,40 @@ fn cancel_ends_queued_and_running_requests_with_one_response_each() {
     assert!(text(&f).contains("while running"), "{}", text(&f));
     assert!(t0.elapsed() < RETURN_WITHIN, "cancel took {:?}", t0.elapsed());
 
+    // Request 3 may or may not have reached its worker yet: either way it
+    // gets its one CANCELLED response.
+    peer.send(kind::CANCEL, 3, op::SLEEP, b"");
+    let f = peer.response(3);
+    assert_eq!(f.header.code, status::CANCELLED, "{}", describe(&f));
+
     // Cancelling answered or unknown ids is ignored: the PONG comes next.
     peer.send(kind::CANCEL, 1, 0, b"");
-    peer.send(kind::CANCEL, 2, 0, b"");
+    peer.send(kind::CANCEL, 3, 0, b"");
+    peer.send(kind::CANCEL, 4, 0, b"");
     peer.send(kind::CANCEL, 12345, 0, b"");
-    peer.send(kind::PING, 9, 0, b"sync");
-    let f = peer.recv();
-    assert_eq!((f.header.kind, f.header.request_id), (kind::PONG, 9), "{}", describe(&f));
+    all_read(&mut peer, 9);
 
-    // The worker is free again.
-    echo_round_trip(&mut peer, 3, b"after cancel");
+    // Both workers are free again.
+    echo_round_trip(&mut peer, 5, b"after cancel");
+    echo_round_trip(&mut peer, 6, b"after cancel, again");
     let rest = shutdown_and_drain(peer, served);
     assert!(rest.is_empty(), "no second response: {rest:?}");
 }
 
 #[test]
 fn cancel_stops_a_long_render() {
-    let (mut peer, served) = start(1);
+    let (mut peer, served) = start(2);
     peer.request(
         1,
         op::RENDER,
         "width=4000 height=1000 iterations=100000 x_min=-0.1 x_max=0.1 y_min=-0.1 y_max=0.1",
     );
-    thread::sleep(Duration::from_millis(100));
+    all_taken(&mut peer, 2); // the render runs
     let t0 = Instant::now();
     peer.send(kind::CANCEL, 1, op::RENDER, b"");
     let f = peer.response(1);
     assert_eq!(f.header.code, status::CANCELLED, "{}", describe(&f));
+    assert!(text(&f).contains("while running"), "{}", text(&f));
     assert!(t0.elapsed() < RETURN_WITHIN, "render noticed the cancel after {:?}", t0.elapsed());
     assert!(shutdown_and_drain(peer, served).is_empty());
 }
@@ -422,11 +447,11 @@ fn ping_is_answered_with_pong_of_the_same_id_and_payload() {
 
 #[test]
 fn shutdown_cancels_outstanding_requests_and_returns() {
-    let (mut peer, served) = start(1);
+    let (mut peer, served) = start(2);
     peer.request(1, op::SLEEP, "ms=60000");
-    peer.request(2, op::SLEEP, "ms=60000");
-    peer.request(3, op::RENDER, "");
-    thread::sleep(Duration::from_millis(100));
+    all_taken(&mut peer, 4); // request 1 runs
+    peer.request(2, op::SLEEP, "ms=60000"); // takes the other worker
+    peer.request(3, op::RENDER, ""); // queued: no worker is left for it
     let t0 = Instant::now();
     peer.send(kind::SHUTDOWN, 0, 0, b"");
     let (r, msg) = served.result_within(Duration::from_secs(5));
@@ -438,6 +463,9 @@ fn shutdown_cancels_outstanding_requests_and_returns() {
     for f in &frames {
         assert_eq!(f.header.code, status::CANCELLED, "{}", describe(f));
     }
+    let said = |id: u64| text(frames.iter().find(|f| f.header.request_id == id).unwrap());
+    assert!(said(1).contains("while running"), "{}", said(1));
+    assert!(said(3).contains("before it started"), "{}", said(3));
 }
 
 #[test]
@@ -607,10 +635,11 @@ fn garbage_parameters_are_bad_requests_and_the_loop_goes_on() {
 
 #[test]
 fn the_loop_returns_quickly_when_the_peer_closes_during_a_long_sleep() {
-    let (mut peer, served) = start(1);
+    let (mut peer, served) = start(2);
     peer.request(1, op::SLEEP, "ms=3600000");
+    all_taken(&mut peer, 3); // the sleep runs
     peer.request(2, op::RENDER, "width=4000 height=1000 iterations=100000 x_min=-0.1 x_max=0.1");
-    thread::sleep(Duration::from_millis(100));
+    all_read(&mut peer, 4);
     let t0 = Instant::now();
     drop(peer);
     let (r, msg) = served.result_within(Duration::from_secs(5));

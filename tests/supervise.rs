@@ -107,8 +107,35 @@ impl Drop for Owned {
 
 /// `weaver ARGS` printing JSON lines, which come through the channel.
 fn json_lines(s: &Sup, args: &[&str]) -> (Owned, mpsc::Receiver<Value>) {
-    let mut child =
+    let child =
         s.env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    lines_of(child)
+}
+
+/// [`json_lines`], with the lines the child writes to stderr through a
+/// second channel.
+fn json_lines_and_stderr(
+    s: &Sup,
+    args: &[&str],
+) -> (Owned, mpsc::Receiver<Value>, mpsc::Receiver<String>) {
+    let mut child =
+        s.env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let (child, rx) = lines_of(child);
+    (child, rx, err_rx)
+}
+
+/// The JSON lines `child` prints on stdout, through a channel.
+fn lines_of(mut child: Child) -> (Owned, mpsc::Receiver<Value>) {
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -192,6 +219,40 @@ fn read_pid(path: &str) -> Option<u32> {
     pidfile::read(Path::new(path)).ok().map(|(p, _)| p)
 }
 
+/// The parent of `pid` (field 4 of /proc/PID/stat).
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The guard process (`weaver __guard`) of daemon `daemon`: its child.
+fn guard_of(daemon: u32) -> u32 {
+    let guards: Vec<u32> = processes_mentioning(&["__guard"])
+        .into_iter()
+        .filter(|&p| ppid(p) == Some(daemon))
+        .collect();
+    assert_eq!(guards.len(), 1, "daemon {daemon} runs one guard: {guards:?}");
+    guards[0]
+}
+
+/// True if a SIGKILL is queued for `pid` and not yet acted on.
+fn sigkill_pending(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let kill_bit = 1u64 << (libc::SIGKILL - 1);
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("SigPnd:").or_else(|| l.strip_prefix("ShdPnd:")))
+        .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & kill_bit != 0))
+}
+
+/// Seconds since boot (/proc/uptime) in the first line of `path`.
+fn uptime_in(path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
 // ---------------------------------------------------------------- restarts
 
 #[test]
@@ -215,8 +276,7 @@ restart_interval = "20s"
 backoff_jitter = 0.0
 "#);
     let mut ev = s.events(&["crash"]);
-    s.wait_state("crash", "failed", secs(20));
-    let seen = ev.until(secs(5), |v| count(v, "crash", "failed") == 1).to_vec();
+    let seen = ev.until(secs(20), |v| count(v, "crash", "failed") == 1).to_vec();
     // 1 start + 4 restarts, each after the documented delay.
     let delays: Vec<u64> =
         of(&seen, "crash", "restarting").iter().map(|e| e["delay_ms"].as_u64().unwrap()).collect();
@@ -237,20 +297,32 @@ backoff_jitter = 0.0
         );
     }
     let row = s.row("crash");
+    assert_eq!(row["state"], "failed");
     assert_eq!(row["restarts"], 4);
     assert_eq!(row["last_exit"], "exited with code 1");
     let reason = row["reason"].as_str().unwrap();
     assert!(reason.contains("4") && reason.contains("exited with code 1"), "{reason}");
-    // No more starts once failed.
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(s.row("crash")["restarts"], 4);
+    // No more starts once failed: no restart is due (and below, the only
+    // starts after the failure are those of the explicit start).
+    assert!(row["next_restart_ms"].is_null(), "a restart is due after failing: {row}");
     // While backing off, ps says when the next start comes.
     let row = s.wait_row("slow", secs(10), |r| r["state"] == "exited(3)");
     let next = row["next_restart_ms"].as_u64().expect("next_restart_ms while backing off");
     assert!(next > 10_000 && next <= 20_000, "{row}");
-    // An explicit start resets the failed one.
+    assert_eq!(s.row("crash")["restarts"], 4);
+    // An explicit start resets the failed one: a new streak of 1 start and
+    // 4 restarts, and nothing else, came after the first failure.
     s.env.ok(&["start", "crash"]);
-    s.wait_row("crash", secs(10), |r| r["state"] == "failed" && r["restarts"].as_u64() > Some(4));
+    let row = s.wait_row("crash", secs(10), |r| {
+        r["state"] == "failed" && r["restarts"].as_u64() > Some(4)
+    });
+    assert_eq!(row["restarts"], 8, "{row}");
+    let seen = ev.until(secs(5), |v| count(v, "crash", "failed") == 2).to_vec();
+    let failed = seq_of(&seen, "crash", "failed");
+    let since: Vec<Value> =
+        seen.iter().filter(|e| e["seq"].as_u64().unwrap() > failed).cloned().collect();
+    assert_eq!(count(&since, "crash", "started"), 5, "{}", dump(&since));
+    assert_eq!(count(&since, "crash", "restarting"), 4, "{}", dump(&since));
 }
 
 #[test]
@@ -314,11 +386,14 @@ detectors = {{ alive = {{ pid_file = "{pidf}", interval = "100ms" }} }}
     s.env.track(pid);
     // weaver is killed: a detached process survives by definition ...
     let daemon = s.env.daemon_pid().unwrap();
+    let guard = guard_of(daemon);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::SIGKILL)
         .unwrap();
     assert!(wait_for(secs(5), || gone(daemon)));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!gone(pid), "a detached process outlives weaver");
+    // The guard kills what a killed weaver listed, then exits: once it is
+    // gone, every signal it was going to send has been sent.
+    assert!(wait_for(secs(5), || gone(guard)), "the guard exits after weaver");
+    assert!(!gone(pid) && !sigkill_pending(pid), "a detached process outlives weaver");
     // ... and the next weaver adopts it instead of starting another.
     let row = s.wait_state("legacy", "running", secs(10));
     assert_eq!(row["pid"].as_u64(), Some(pid as u64), "adopted: {row}");
@@ -397,6 +472,19 @@ detectors = { ready = { log_pattern = "up" } }
 fn what_a_process_forks_is_stopped_with_it() {
     let s = sup("");
     let (a, b, e) = (s.file("a.pid"), s.file("b.pid"), s.file("e.pid"));
+    // The grandchild of "hard": SIGTERM does not end it; it writes the time
+    // (seconds since boot) when SIGTERM came to `term`, and keeps appending
+    // the time to `beats` as long as it runs.
+    let (hard, term, beats) = (s.file("hard.sh"), s.file("term"), s.file("beats"));
+    std::fs::write(
+        &hard,
+        format!(
+            "trap 'read up _ </proc/uptime; echo $up > {term}' TERM\n\
+             echo $$ > {b}\n\
+             while :; do sleep 0.05; read up _ </proc/uptime; echo $up >> {beats}; done\n"
+        ),
+    )
+    .unwrap();
     s.write_config(&format!(
         r#"
 # Forks a grandchild and exits at once: the grandchild gets the stop signal.
@@ -406,10 +494,10 @@ command = ["sh", "-c", "sleep 3021 & echo $! > {a}"]
 start_duration = 0
 auto_restart = false
 
-# Its grandchild ignores SIGTERM: SIGKILL after stop_timeout.
+# Its grandchild outlives SIGTERM: SIGKILL after stop_timeout.
 [[process]]
 name = "hard"
-command = ["sh", "-c", "sh -c 'trap \"\" TERM; echo $$ > {b}; while :; do sleep 0.05; done' & while [ ! -s {b} ]; do sleep 0.01; done"]
+command = ["sh", "-c", "sh {hard} & while [ ! -s {b} ]; do sleep 0.01; done"]
 start_duration = 0
 auto_restart = false
 stop_timeout = "500ms"
@@ -421,6 +509,13 @@ name = "escapee"
 command = ["sh", "-c", "setsid sh -c 'echo $$ > {e}; exec sleep 3022' & exec sleep 3023"]
 "#
     ));
+    // The escaped grandchild is tracked first: it is in no group of
+    // weaver's, so only the test can kill it if an assertion below fails.
+    s.wait_state("escapee", "running", secs(10));
+    assert!(wait_for(secs(5), || read_pid(&e).is_some()));
+    let esc = read_pid(&e).unwrap();
+    s.env.track(esc);
+    assert!(!gone(esc));
     s.wait_state("forker", "exited(0)", secs(10));
     assert!(wait_for(secs(5), || read_pid(&a).is_some()));
     let gc = read_pid(&a).unwrap();
@@ -430,14 +525,14 @@ command = ["sh", "-c", "setsid sh -c 'echo $$ > {e}; exec sleep 3022' & exec sle
     assert!(wait_for(secs(5), || read_pid(&b).is_some()));
     let gc2 = read_pid(&b).unwrap();
     s.env.track(gc2);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!gone(gc2), "still in its grace");
+    // What is left of the group gets SIGTERM as its leader exits, ...
+    assert!(wait_for(secs(5), || uptime_in(&term).is_some()), "SIGTERM reached the grandchild");
+    // ... and SIGKILL stop_timeout (500 ms) later: it ran on after SIGTERM.
     assert!(wait_for(secs(5), || gone(gc2)), "SIGKILL after stop_timeout");
-    s.wait_state("escapee", "running", secs(10));
-    assert!(wait_for(secs(5), || read_pid(&e).is_some()));
-    let esc = read_pid(&e).unwrap();
-    s.env.track(esc);
-    assert!(!gone(esc));
+    let termed = uptime_in(&term).unwrap();
+    let beats = std::fs::read_to_string(&beats).unwrap();
+    let last: f64 = beats.lines().filter_map(|l| l.trim().parse().ok()).fold(0.0, f64::max);
+    assert!(last - termed >= 0.2, "still in its grace: ran {:.2} s after SIGTERM", last - termed);
     s.env.ok(&["stop", "escapee"]);
     s.wait_state("escapee", "stopped", secs(10));
     assert!(wait_for(secs(5), || gone(esc)), "the escaped grandchild is stopped with it");
@@ -506,6 +601,8 @@ after = [{{ name = "db", condition = "ready" }}]
 auto_restart = false
 start_duration = 0
 
+# Ready only 0.4 s after it starts (its probe fails until then): the
+# scenario, a slow database, not a wait of the test's.
 [[process]]
 name = "db"
 command = ["sh", "-c", "sleep 0.4; touch {ready}; exec sleep 3042"]
@@ -654,6 +751,8 @@ gpus = [0, [1, 2]]
 #[test]
 fn logs_follow_resumes_by_sequence_number_without_loss_or_repeats() {
     let s = sup(r#"
+# A slow writer (300 lines 4 ms apart) for a follower to be cut off from
+# mid-stream: the scenario, not a wait of the test's.
 [[process]]
 name = "tick"
 command = ["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line$i; i=$((i+1)); sleep 0.004; done; echo done; exec sleep 3071"]
@@ -707,10 +806,20 @@ name = "boot"
 command = ["sh", "-c", "echo hello; exec sleep 3081"]
 "#);
     s.wait_state("boot", "running", secs(10));
-    let (mut f, rx) = json_lines(&s, &["logs", "boot", "-f", "--json", "--since", "0"]);
+    let args = ["logs", "boot", "-f", "--json", "--since", "0"];
+    let (mut f, rx, err) = json_lines_and_stderr(&s, &args);
     assert_eq!(rx.recv_timeout(secs(10)).unwrap()["text"], "hello");
+    let daemon = s.env.daemon_pid().unwrap();
     s.env.ok(&["shutdown"]);
-    std::thread::sleep(Duration::from_millis(700));
+    // The follower finds the daemon gone and, having tried without
+    // starting one, says it waits.
+    let end = Instant::now() + secs(10);
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("waiting for it to come back")) {
+        let left = end.saturating_duration_since(Instant::now());
+        said.push(err.recv_timeout(left).unwrap_or_else(|_| panic!("follower said {said:?}")));
+    }
+    assert!(wait_for(secs(2), || gone(daemon)));
     assert_eq!(s.env.daemon_pid(), None, "the follower did not start a daemon");
     assert!(f.try_wait().unwrap().is_none(), "it waits for the daemon");
     // A new daemon: its output follows, from its first line.
@@ -1003,34 +1112,60 @@ pid_file = "{pf}"
 
 #[test]
 fn a_subscriber_that_falls_behind_is_told_what_it_lost_and_slows_nobody() {
-    let s = sup(r#"
+    let s = sup("");
+    let gate = s.file("gate");
+    s.write_config(&format!(
+        r#"
+# Floods once the test has its subscriber in place (the gate file exists).
 [[process]]
 name = "flood"
-command = ["sh", "-c", "sleep 0.3; yes event-line-padding-padding-padding | head -n 60000; echo last"]
+command = ["sh", "-c", "while [ ! -e {gate} ]; do sleep 0.01; done; yes event-line-padding-padding-padding | head -n 60000; echo last"]
 auto_restart = false
 start_duration = 0
-"#);
-    // The daemon starts (the flood waits 0.3 s before it begins).
-    s.row("flood");
-    // A subscriber whose reader does not read until the flood is over.
+"#
+    ));
+    s.wait_state("flood", "running", secs(10));
+    // A subscriber whose reader takes one line (the latest event, sent as
+    // history: the subscription is in place), then does not read until the
+    // flood is over.
     let mut child = Owned(
         s.env
             .cmd()
-            .args(["events", "--json", "--output", "flood"])
+            .args(["events", "--json", "--output", "--history", "1", "flood"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let (go, wait_go) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let pass = |l: Option<std::io::Result<String>>| {
+            let Some(Ok(l)) = l else { return false };
+            let v: Value = serde_json::from_str(&l).unwrap();
+            tx.send(v).is_ok()
+        };
+        if !pass(lines.next()) || wait_go.recv().is_err() {
+            return;
+        }
+        while pass(lines.next()) {}
+    });
+    let first = rx.recv_timeout(secs(10)).expect("the latest event of flood");
+    assert_eq!(first["instance"], "flood", "{first}");
+    std::fs::write(&gate, "").unwrap();
     // Everyone else is served meanwhile.
     let row = s.wait_state("flood", "exited(0)", secs(60));
     assert_eq!(row["last_exit"], "exited with code 0");
     assert_eq!(s.env.ok(&["logs", "flood", "-n", "1"]), "last\n");
     // Now read what the subscriber got, until the flood's exit event.
-    let mut seen: Vec<Value> = Vec::new();
-    for l in BufReader::new(out).lines() {
-        let v: Value = serde_json::from_str(&l.unwrap()).unwrap();
+    go.send(()).unwrap();
+    let mut seen: Vec<Value> = vec![first];
+    loop {
+        let v = rx.recv_timeout(secs(30)).unwrap_or_else(|_| {
+            panic!("no exit event; {} events, the last: {}", seen.len(), seen.last().unwrap())
+        });
         let end = v["event"] == "exited";
         seen.push(v);
         if end {
@@ -1055,15 +1190,25 @@ start_duration = 0
 
 #[test]
 fn a_follower_gets_a_whole_burst_even_when_the_process_goes_quiet() {
-    let s = sup(r#"
+    let s = sup("");
+    let gate = s.file("gate");
+    s.write_config(&format!(
+        r#"
+# One line, then once the test follows (the gate file exists) a burst of
+# 6000, then nothing.
 [[process]]
 name = "burst"
-command = ["sh", "-c", "sleep 0.5; seq 1 6000; exec sleep 3141"]
-# Room for every line, however late the follower connects.
-output = { ring_bytes = 4194304 }
-"#);
+command = ["sh", "-c", "echo before; while [ ! -e {gate} ]; do sleep 0.01; done; seq 1 6000; exec sleep 3141"]
+# Room for every line of the burst.
+output = {{ ring_bytes = 4194304 }}
+"#
+    ));
     s.row("burst");
     let (mut f, rx) = json_lines(&s, &["logs", "burst", "-f", "--json", "--since", "0"]);
+    // A line reaches the follower only once it is registered: the burst
+    // comes while it follows.
+    assert_eq!(rx.recv_timeout(secs(10)).expect("the first line")["text"], "before");
+    std::fs::write(&gate, "").unwrap();
     let mut n = 0;
     while n < 6000 {
         let v = rx.recv_timeout(secs(10)).unwrap_or_else(|_| panic!("stalled after {n} lines"));
