@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+
+use crate::protocol::LogStream;
 
 #[derive(Debug, Parser)]
 #[command(name = "weaver", version, about = "Conductor of a GPU host: one per-user daemon that owns the compute worker", long_about = None)]
@@ -73,8 +76,12 @@ pub enum Command {
         #[arg(short = 'n', long, value_name = "N")]
         lines: Option<u32>,
         /// Only this stream.
-        #[arg(long, value_parser = ["stdout", "stderr"])]
-        stream: Option<String>,
+        #[arg(
+            long,
+            value_parser = PossibleValuesParser::new(LogStream::NAMES)
+                .try_map(|s| s.parse::<LogStream>())
+        )]
+        stream: Option<LogStream>,
         /// Start after this sequence number (resume a follow).
         #[arg(long, value_name = "SEQ")]
         since: Option<u64>,

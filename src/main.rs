@@ -12,7 +12,8 @@ use weaver::client::Client;
 use weaver::error::{Error, Kind, Result};
 use weaver::launch::{self, Launch, Outcome};
 use weaver::protocol::{
-    EventRecord, LogChunk, LogQuery, ProcRow, ReloadReport, Request, Response, StatusReport, Verb,
+    EventRecord, LogChunk, LogQuery, LogStream, ProcRow, ReloadReport, Request, Response,
+    StatusReport, Verb,
 };
 use weaver::runtime_dir::{self, RuntimeDir};
 use weaver::{daemon, logging};
@@ -189,7 +190,7 @@ fn logs(
     name: String,
     follow: bool,
     tail: Option<u32>,
-    stream: Option<String>,
+    stream: Option<LogStream>,
     mut after: u64,
     json: bool,
 ) -> Result<()> {
@@ -232,7 +233,7 @@ fn logs(
             name: name.clone(),
             after,
             tail: tail.take(),
-            stream: stream.clone(),
+            stream,
             follow,
         });
         let tag = c

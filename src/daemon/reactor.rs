@@ -1119,7 +1119,7 @@ impl Reactor {
             },
             compute: ComputeStatus {
                 pid: c.pid(),
-                state: c.state.name().to_string(),
+                state: c.state.into(),
                 bin: c.bin.display().to_string(),
                 workers: c.hello.as_ref().map(|h| h.workers),
                 restarts: c.restarts,

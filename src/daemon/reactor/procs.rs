@@ -23,11 +23,9 @@ use nix::unistd::Pid;
 use super::{set_nonblocking, would_block, Reactor, Timer};
 use crate::pidfile::{self, PidRecord};
 use crate::protocol::{ErrorKind, ErrorReply};
-use crate::protocol::{
-    EventRecord, LogChunk, LogLine, LogQuery, ProcRow, ReloadReport, Response, Verb,
-};
+use crate::protocol::{LogChunk, LogLine, LogQuery, ProcRow, ReloadReport, Response, Verb};
 use crate::supervise::config::{self, Config};
-use crate::supervise::events::{Delivery, EventKind, Filter, SubscriberId};
+use crate::supervise::events::{EventKind, Filter, SubscriberId};
 use crate::supervise::machine::ProbeOutcome;
 use crate::supervise::ring::Stream;
 use crate::supervise::rotate::Rotation;
@@ -74,14 +72,6 @@ const FOLLOW_BATCH: usize = 512;
 
 pub(super) fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn stream_of(s: &str) -> Option<Stream> {
-    match s {
-        "stdout" => Some(Stream::Stdout),
-        "stderr" => Some(Stream::Stderr),
-        _ => None,
-    }
 }
 
 fn not_found(e: String) -> ErrorReply {
@@ -664,22 +654,7 @@ impl Reactor {
     // ---- Requests -------------------------------------------------------
 
     pub(super) fn ps(&self) -> Vec<ProcRow> {
-        self.sup
-            .ps(Instant::now())
-            .into_iter()
-            .map(|r| ProcRow {
-                name: r.name,
-                process: r.process,
-                state: r.state,
-                pid: r.pid,
-                restarts: r.restarts,
-                next_restart_ms: r.next_restart_in.map(|d| d.as_millis() as u64),
-                last_exit: r.last_exit,
-                uptime_ms: r.uptime.map(|d| d.as_millis() as u64),
-                reason: r.reason,
-                gpus: r.gpus,
-            })
-            .collect()
+        self.sup.ps(Instant::now()).into_iter().map(ProcRow::from).collect()
     }
 
     pub(super) fn control(&mut self, verb: Verb, names: &[String]) -> Result<Response, ErrorReply> {
@@ -703,13 +678,7 @@ impl Reactor {
 
     pub(super) fn logs(&mut self, client: u64, tag: u64, q: LogQuery) -> Result<(), ErrorReply> {
         let LogQuery { name, after, tail, stream, follow } = q;
-        let stream = match stream.as_deref() {
-            None => None,
-            Some(s) => Some(stream_of(s).ok_or_else(|| ErrorReply {
-                kind: ErrorKind::BadRequest,
-                message: format!("unknown stream {s:?}: use stdout or stderr"),
-            })?),
-        };
+        let stream = stream.map(Stream::from);
         let inst = self.sup.instance(&name).ok_or_else(|| {
             let known: Vec<String> =
                 self.sup.ps(Instant::now()).into_iter().map(|r| r.name).collect();
@@ -750,7 +719,7 @@ impl Reactor {
             .filter(|l| f.stream.map_or(true, |s| s == l.stream))
             .map(|l| LogLine {
                 seq: l.seq,
-                stream: l.stream.name().to_string(),
+                stream: l.stream.into(),
                 time_ms: l.time_ms,
                 text: String::from_utf8_lossy(&l.bytes).into_owned(),
             })
@@ -812,7 +781,7 @@ impl Reactor {
                 continue;
             }
             for d in self.bcast.drain(id, FOLLOW_BATCH) {
-                self.reply(client, tag, Response::Event(event_record(d)), Vec::new());
+                self.reply(client, tag, Response::Event(d.into()), Vec::new());
             }
         }
     }
@@ -916,61 +885,4 @@ fn signal_name(sig: i32) -> String {
     Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| format!("signal {sig}"))
-}
-
-fn event_record(d: Delivery) -> EventRecord {
-    let mut r = EventRecord {
-        seq: 0,
-        time_ms: 0,
-        instance: String::new(),
-        event: String::new(),
-        pid: None,
-        code: None,
-        signal: None,
-        delay_ms: None,
-        attempt: None,
-        detail: None,
-        lost: None,
-    };
-    let e = match d {
-        Delivery::Lost { count } => {
-            r.event = "lost".into();
-            r.lost = Some(count);
-            r.detail = Some(format!("{count} event(s) dropped: this subscriber fell behind"));
-            return r;
-        }
-        Delivery::Event(e) => e,
-    };
-    r.seq = e.seq;
-    r.time_ms = e.time_ms;
-    r.instance = e.instance;
-    r.event = e.kind.name().to_string();
-    match e.kind {
-        EventKind::Started { pid } => r.pid = Some(pid),
-        EventKind::Output { stream, seq, bytes } => {
-            r.detail =
-                Some(format!("{}#{seq}: {}", stream.name(), String::from_utf8_lossy(&bytes)));
-        }
-        EventKind::Exited { code } => r.code = Some(code),
-        EventKind::Killed { signal } => r.signal = Some(signal_name(signal)),
-        EventKind::Restarting { delay_ms, attempt } => {
-            r.delay_ms = Some(delay_ms);
-            r.attempt = Some(attempt);
-        }
-        EventKind::Failed { reason } => r.detail = Some(reason),
-        EventKind::Hook { hook, ok, detail } => {
-            r.detail = Some(format!(
-                "{hook} {}{}",
-                if ok { "ok" } else { "failed" },
-                if detail.is_empty() { String::new() } else { format!(": {detail}") }
-            ));
-        }
-        EventKind::Warning { message } => r.detail = Some(message),
-        EventKind::Running
-        | EventKind::Ready
-        | EventKind::Vanished
-        | EventKind::Stopping
-        | EventKind::Stopped => {}
-    }
-    r
 }
