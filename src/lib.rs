@@ -17,6 +17,7 @@
 
 pub mod cli; // clap definitions only
 pub mod client; // blocking control-socket client
+pub mod commands; // the CLI's commands, client side
 pub mod daemon; // the daemon: startup order, reactor, compute, mux
 pub mod error; // error kind + message; exit codes
 pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
@@ -25,6 +26,7 @@ pub mod launch; // connect-or-start, readiness pipe
 pub mod logging; // env_logger set-up for the daemon
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
+pub mod render; // every text the CLI prints; the event wording the daemon logs
 pub mod runtime_dir; // runtime dir checks and paths
 pub mod supervise; // supervised processes: config, order, lifecycle; pure
 pub mod sys; // signal names, wait statuses, child set-up, random source: one of each

@@ -23,7 +23,9 @@ use nix::unistd::Pid;
 use super::{set_nonblocking, would_block, Reactor, Timer};
 use crate::pidfile::{self, PidRecord};
 use crate::protocol::{ErrorKind, ErrorReply};
-use crate::protocol::{LogChunk, LogLine, LogQuery, ProcRow, ReloadReport, Response, Verb};
+use crate::protocol::{
+    EventRecord, LogChunk, LogLine, LogQuery, ProcRow, ReloadReport, Response, Verb,
+};
 use crate::supervise::config::{self, Config};
 use crate::supervise::events::{EventKind, Filter, SubscriberId};
 use crate::supervise::machine::ProbeOutcome;
@@ -596,15 +598,15 @@ impl Reactor {
                 self.write_output_file(instance, bytes);
                 self.followed_output = true;
             }
-            EventKind::Failed { reason } => {
+            EventKind::Failed { .. } => {
                 self.forget_detached(instance);
-                warn!("process {instance} failed: {reason}")
+                warn!("process {instance}: {}", describe_event(&kind))
             }
             EventKind::Vanished | EventKind::Stopped => {
                 self.forget_detached(instance);
                 info!("process {instance}: {}", describe_event(&kind))
             }
-            EventKind::Warning { message } => warn!("process {instance}: {message}"),
+            EventKind::Warning { .. } => warn!("process {instance}: {}", describe_event(&kind)),
             k => info!("process {instance}: {}", describe_event(k)),
         }
         self.bcast.publish(wall_ms(), instance, kind);
@@ -864,25 +866,8 @@ fn from_instance(pid: u32, process: &str, index: u32) -> bool {
     p && i
 }
 
+/// An event for the log, in the words of `weaver events` (without sequence
+/// number, time and instance).
 fn describe_event(k: &EventKind) -> String {
-    match k {
-        EventKind::Started { pid } => format!("started (pid {pid})"),
-        EventKind::Exited { code } => format!("exited with code {code}"),
-        EventKind::Killed { signal } => format!("killed by {}", signal_name(*signal)),
-        EventKind::Restarting { delay_ms, attempt } => {
-            format!("restarting in {delay_ms} ms (attempt {attempt})")
-        }
-        EventKind::Hook { hook, ok, detail } => format!(
-            "{hook} hook {}{}",
-            if *ok { "ok" } else { "failed" },
-            if detail.is_empty() { String::new() } else { format!(": {detail}") }
-        ),
-        other => other.name().to_string(),
-    }
-}
-
-fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {sig}"))
+    EventRecord::of(0, 0, "", k).what().to_string()
 }
