@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+
+use crate::protocol::LogStream;
 
 #[derive(Debug, Parser)]
 #[command(name = "weaver", version, about = "Conductor of a GPU host: one per-user daemon that owns the compute worker", long_about = None)]
@@ -63,38 +66,9 @@ pub enum Command {
     /// Stop, then start processes again.
     Restart(Targets),
     /// Output of a process or instance.
-    Logs {
-        /// Process instance, e.g. web or web.1.
-        name: String,
-        /// Keep printing lines as they come.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the last N lines (default: all kept, or 10 with --follow).
-        #[arg(short = 'n', long, value_name = "N")]
-        lines: Option<u32>,
-        /// Only this stream.
-        #[arg(long, value_parser = ["stdout", "stderr"])]
-        stream: Option<String>,
-        /// Start after this sequence number (resume a follow).
-        #[arg(long, value_name = "SEQ")]
-        since: Option<u64>,
-        /// JSON lines with sequence numbers, streams and times.
-        #[arg(long)]
-        json: bool,
-    },
+    Logs(LogsArgs),
     /// Lifecycle events as they happen (JSON lines with --json).
-    Events {
-        /// Only these processes or instances.
-        names: Vec<String>,
-        /// Include output lines.
-        #[arg(long)]
-        output: bool,
-        /// Recent events to show first.
-        #[arg(long, default_value_t = 0, value_name = "N")]
-        history: u32,
-        #[arg(long)]
-        json: bool,
-    },
+    Events(EventsArgs),
     /// Re-read the configuration and apply what changed.
     Reload {
         /// Only print the plan.
@@ -130,6 +104,45 @@ pub struct Targets {
     #[arg(long)]
     pub all: bool,
     /// Print what was acted on as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Process instance, e.g. web or web.1.
+    pub name: String,
+    /// Keep printing lines as they come.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines (default: all kept, or 10 with --follow).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub lines: Option<u32>,
+    /// Only this stream.
+    #[arg(
+        long,
+        value_parser = PossibleValuesParser::new(LogStream::NAMES)
+            .try_map(|s| s.parse::<LogStream>())
+    )]
+    pub stream: Option<LogStream>,
+    /// Start after this sequence number (resume a follow).
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
+    /// JSON lines with sequence numbers, streams and times.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only these processes or instances.
+    pub names: Vec<String>,
+    /// Include output lines.
+    #[arg(long)]
+    pub output: bool,
+    /// Recent events to show first.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub history: u32,
     #[arg(long)]
     pub json: bool,
 }

@@ -1,7 +1,7 @@
 //! Blocking client of the daemon's control socket: handshake, tagged
 //! requests (pipelining allowed), replies matched by tag.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -10,6 +10,9 @@ use crate::frame;
 use crate::protocol::{
     self, ClientMsg, Handshake, Request, Response, ServerMsg, HANDSHAKE_MAGIC, PROTOCOL_VERSION,
 };
+
+/// Read size while waiting for the daemon to close the connection.
+const DRAIN_BYTES: usize = 4096;
 
 pub struct Client {
     stream: UnixStream,
@@ -110,27 +113,31 @@ impl Client {
     /// Send one request and wait for its reply; an error reply becomes an
     /// `Error`.
     pub fn call(&mut self, req: Request, payload: &[u8]) -> Result<Reply> {
+        self.stream_replies(req, payload)?.next().unwrap_or_else(|| {
+            Err(Error::new(
+                Kind::Daemon,
+                "the daemon closed the connection before answering; see its log \
+                 (`weaver status` shows where)",
+            ))
+        })
+    }
+
+    /// Send a request answered by a stream of replies (`Logs` with
+    /// `follow`, `Events`) and iterate over them: each reply with the
+    /// request's tag, in order (replies to other tags are skipped). The
+    /// iteration ends when the daemon closes the connection, or after an
+    /// `Err`: an error reply (`Kind::Request`), or a broken connection or
+    /// unreadable reply (`Kind::Daemon`).
+    pub fn stream_replies(&mut self, req: Request, payload: &[u8]) -> Result<Replies<'_>> {
         let tag = self
             .send(req, payload)
             .map_err(|e| daemon_err("cannot send request to the daemon", e))?;
-        loop {
-            let r = self
-                .recv()
-                .map_err(|e| daemon_err("lost the connection to the daemon", e))?
-                .ok_or_else(|| Error::new(Kind::Daemon, "the daemon closed the connection before answering; see its log (`weaver status` shows where)"))?;
-            if r.tag != tag {
-                continue;
-            }
-            if let Response::Error(e) = r.resp {
-                return Err(e.into());
-            }
-            return Ok(r);
-        }
+        Ok(Replies { client: self, tag, done: false })
     }
 
     /// Block until the daemon closes the connection (it has stopped).
     pub fn wait_closed(&mut self) -> io::Result<()> {
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; DRAIN_BYTES];
         loop {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Ok(()),
@@ -152,14 +159,44 @@ impl Client {
     pub fn into_stream(self) -> UnixStream {
         self.stream
     }
+}
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+/// The replies to one request, from [`Client::stream_replies`].
+pub struct Replies<'a> {
+    client: &'a mut Client,
+    tag: u64,
+    done: bool,
+}
+
+impl Iterator for Replies<'_> {
+    type Item = Result<Reply>;
+
+    fn next(&mut self) -> Option<Result<Reply>> {
+        while !self.done {
+            let r = match self.client.recv() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(daemon_err("lost the connection to the daemon", e)));
+                }
+            };
+            if r.tag != self.tag {
+                continue;
+            }
+            if let Response::Error(e) = r.resp {
+                self.done = true;
+                return Some(Err(e.into()));
+            }
+            return Some(Ok(r));
+        }
+        self.done = true;
+        None
     }
 }
 
 /// The message for a daemon of another protocol version.
-pub fn mismatch_message(server: &Handshake) -> String {
+fn mismatch_message(server: &Handshake) -> String {
     format!(
         "the running weaver daemon (pid {}, release {}, protocol {}) does not speak this \
          client's protocol {} (release {}). Stop it with `weaver shutdown` (works across \

@@ -27,9 +27,16 @@ use crate::error::{Error, Kind, Result};
 use crate::runtime_dir::{self, RuntimeDir};
 
 /// The fd number the daemon finds its readiness pipe on.
-pub const READY_FD: i32 = 3;
+const READY_FD: i32 = 3;
 /// How long a command waits for a new daemon to report readiness.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a readiness report that is read (an error report may span
+/// lines; anything longer is cut).
+const MAX_READY_BYTES: u64 = 1 << 20;
+/// How long a command keeps trying to connect to a daemon that holds the
+/// lock but has not bound its socket yet, and how often it tries.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(3);
+const BUSY_RETRY_EVERY: Duration = Duration::from_millis(10);
 
 /// How to start a daemon if none runs.
 pub struct Launch<'a> {
@@ -80,25 +87,25 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
         Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
     }
     match spawn_daemon(l)? {
-        Ready::Pid(pid) => {
+        Started::Ready(pid) => {
             let c = Client::connect(&sock, false).map_err(|e| {
                 Error::io(Kind::Daemon, "connect to the new daemon at", &sock, &e)
             })??;
             Ok((c, Outcome::Started(pid)))
         }
-        Ready::Busy(msg) => connect_retrying(&sock, &msg).map(|c| (c, Outcome::Connected)),
+        Started::Busy(msg) => connect_retrying(&sock, &msg).map(|c| (c, Outcome::Connected)),
     }
 }
 
 /// Bounded retry for the one case where a daemon holds the lock but may not
 /// have bound its socket yet.
 fn connect_retrying(sock: &Path, why: &str) -> Result<Client> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + BUSY_RETRY_FOR;
     loop {
         match Client::connect(sock, false) {
             Ok(c) => return c,
             Err(e) if is_absent(&e) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
+                std::thread::sleep(BUSY_RETRY_EVERY)
             }
             Err(e) => {
                 return Err(Error::new(
@@ -110,12 +117,16 @@ fn connect_retrying(sock: &Path, why: &str) -> Result<Client> {
     }
 }
 
-enum Ready {
-    Pid(u32),
+/// What a daemon this command started said on the readiness pipe, when it
+/// did not fail.
+enum Started {
+    /// Serving, with this pid.
+    Ready(u32),
+    /// Another daemon holds the lock: why, in words.
     Busy(String),
 }
 
-fn spawn_daemon(l: &Launch) -> Result<Ready> {
+fn spawn_daemon(l: &Launch) -> Result<Started> {
     let exe = std::env::current_exe().map_err(|e| {
         Error::new(
             Kind::Daemon,
@@ -169,7 +180,7 @@ fn spawn_daemon(l: &Launch) -> Result<Ready> {
     read_ready(rd, pid, &log_path)
 }
 
-fn read_ready(rd: OwnedFd, pid: u32, log_path: &Path) -> Result<Ready> {
+fn read_ready(rd: OwnedFd, pid: u32, log_path: &Path) -> Result<Started> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -192,40 +203,124 @@ fn read_ready(rd: OwnedFd, pid: u32, log_path: &Path) -> Result<Ready> {
     // closes its end after writing either way.
     let mut text = String::new();
     BufReader::new(File::from(rd))
-        .take(1 << 20)
+        .take(MAX_READY_BYTES)
         .read_to_string(&mut text)
         .map_err(|e| Error::new(Kind::Daemon, format!("reading the daemon's readiness: {e}")))?;
-    let line = text.trim_end();
-    if let Some(p) = line.strip_prefix("ready ") {
-        return Ok(Ready::Pid(p.parse().unwrap_or(pid)));
+    match Readiness::parse(&text) {
+        Some(Readiness::Ready { pid }) => Ok(Started::Ready(pid)),
+        Some(Readiness::Busy(msg)) => Ok(Started::Busy(msg)),
+        Some(Readiness::Error { kind, message }) => {
+            Err(Error::new(kind, format!("the daemon could not start: {message}")))
+        }
+        None => Err(Error::new(
+            Kind::Daemon,
+            format!(
+                "the daemon (pid {pid}) exited before it was ready; its log {} says why",
+                log_path.display()
+            ),
+        )),
     }
-    if let Some(msg) = line.strip_prefix("busy ") {
-        return Ok(Ready::Busy(msg.to_string()));
+}
+
+/// How start-up went, as the daemon reports it on its readiness fd: one
+/// line, `ready <pid>`, `busy <why>` or `error <kind> <why>` (kind: `usage`,
+/// `runtime-dir` or `daemon`; the why of an error may span lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// The sockets are bound: clients can connect.
+    Ready { pid: u32 },
+    /// Another daemon holds the daemon lock (it may not answer yet).
+    Busy(String),
+    /// Start-up failed. Kinds other than `Usage` and `RuntimeDir` travel as
+    /// `Daemon`.
+    Error { kind: Kind, message: String },
+}
+
+impl Readiness {
+    /// The text written to the pipe, without the final newline.
+    pub fn encode(&self) -> String {
+        match self {
+            Readiness::Ready { pid } => format!("ready {pid}"),
+            Readiness::Busy(msg) => format!("busy {msg}"),
+            Readiness::Error { kind, message } => {
+                let kind = match kind {
+                    Kind::Usage => "usage",
+                    Kind::RuntimeDir => "runtime-dir",
+                    _ => "daemon",
+                };
+                format!("error {kind} {message}")
+            }
+        }
     }
-    if let Some(msg) = line.strip_prefix("error ") {
-        let (kind, msg) = match msg.split_once(' ') {
+
+    /// Read what [`encode`](Self::encode) wrote (trailing whitespace
+    /// ignored); `None` for anything else, e.g. nothing at all when the
+    /// daemon died first.
+    pub fn parse(text: &str) -> Option<Readiness> {
+        let text = text.trim_end();
+        if let Some(pid) = text.strip_prefix("ready ") {
+            return pid.parse().ok().map(|pid| Readiness::Ready { pid });
+        }
+        if let Some(msg) = text.strip_prefix("busy ") {
+            return Some(Readiness::Busy(msg.to_string()));
+        }
+        let rest = text.strip_prefix("error ")?;
+        let (kind, message) = match rest.split_once(' ') {
             Some(("usage", m)) => (Kind::Usage, m),
             Some(("runtime-dir", m)) => (Kind::RuntimeDir, m),
             Some(("daemon", m)) => (Kind::Daemon, m),
-            _ => (Kind::Daemon, msg),
+            _ => (Kind::Daemon, rest),
         };
-        return Err(Error::new(kind, format!("the daemon could not start: {msg}")));
+        Some(Readiness::Error { kind, message: message.to_string() })
     }
-    Err(Error::new(
-        Kind::Daemon,
-        format!(
-            "the daemon (pid {pid}) exited before it was ready; its log {} says why",
-            log_path.display()
-        ),
-    ))
 }
 
 /// Tell the process that started us (through `--ready-fd`) how start-up went.
-pub fn notify(fd: Option<i32>, line: &str) {
+pub fn notify(fd: Option<i32>, r: &Readiness) {
     let Some(fd) = fd else { return };
     // SAFETY: the fd was handed to us by our parent for this one purpose and
     // is used exactly once, here.
     let f = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut f = File::from(f);
-    let _ = io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    let _ = io::Write::write_all(&mut f, format!("{}\n", r.encode()).as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_round_trips() {
+        for r in [
+            Readiness::Ready { pid: 4242 },
+            Readiness::Busy("another weaver daemon (pid 7) already runs for /run/w".into()),
+            Readiness::Error { kind: Kind::Usage, message: "bad weaver.toml\nline 3".into() },
+            Readiness::Error { kind: Kind::RuntimeDir, message: "cannot lock x".into() },
+            Readiness::Error { kind: Kind::Daemon, message: "no".into() },
+        ] {
+            let line = r.encode();
+            assert!(!line.ends_with('\n'), "{line:?}");
+            assert_eq!(Readiness::parse(&format!("{line}\n")), Some(r));
+        }
+    }
+
+    #[test]
+    fn readiness_encodes_and_parses_known_lines() {
+        assert_eq!(Readiness::Ready { pid: 12 }.encode(), "ready 12");
+        assert_eq!(Readiness::Busy("held".into()).encode(), "busy held");
+        let io = Readiness::Error { kind: Kind::Io, message: "event loop failed".into() };
+        assert_eq!(io.encode(), "error daemon event loop failed");
+        assert_eq!(
+            Readiness::parse("error runtime-dir not yours\n"),
+            Some(Readiness::Error { kind: Kind::RuntimeDir, message: "not yours".into() })
+        );
+        // An unknown kind keeps the whole text as the message.
+        assert_eq!(
+            Readiness::parse("error exploded"),
+            Some(Readiness::Error { kind: Kind::Daemon, message: "exploded".into() })
+        );
+        for junk in ["", "\n", "ready", "ready x", "hello 1", "readyish 3"] {
+            assert_eq!(Readiness::parse(junk), None, "{junk:?}");
+        }
+    }
 }

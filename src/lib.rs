@@ -18,6 +18,7 @@
 pub mod cli; // clap definitions only
 pub mod client; // blocking control-socket client
 pub mod codec; // the frame decoder core shared by both framings, pure
+pub mod commands; // the CLI's commands, client side
 pub mod daemon; // the daemon: startup order, reactor, compute, mux
 pub mod error; // error kind + message; exit codes
 pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
@@ -26,6 +27,7 @@ pub mod launch; // connect-or-start, readiness pipe
 pub mod logging; // env_logger set-up for the daemon
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
+pub mod render; // every text the CLI prints; the event wording the daemon logs
 pub mod runtime_dir; // runtime dir checks and paths
 pub mod stream; // blocking frame reads and writes (client, test peers)
 pub mod supervise; // supervised processes: config, order, lifecycle; pure

@@ -8,10 +8,23 @@
 //! order. Bulk bytes (compute input and output) travel in the frame payload
 //! (frame.rs), never inside these messages.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use nix::sys::signal::Signal;
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::daemon::compute;
+use crate::supervise::events::{Delivery, EventKind};
+use crate::supervise::ring::Stream;
+use crate::supervise::PsRow;
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: process and compute states, output streams and event kinds are enums
+/// ([`ProcState`], [`ComputeState`], [`LogStream`], [`EventType`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -52,31 +65,48 @@ pub struct ClientMsg {
     pub req: Request,
 }
 
-/// What a client can ask.
+/// What a client can ask. Each request is answered by one [`Response`] with
+/// its tag ([`Response::Error`] when it fails), except the two streams
+/// (`Logs` with `follow`, and `Events`), which are answered by replies with
+/// its tag until the client closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Daemon and compute state. With `wait_compute`, the answer waits until
-    /// compute is connected (or has failed).
+    /// Daemon and compute state (`weaver status`). Answered by
+    /// [`Response::Status`] at once, or with `wait_compute` once compute is
+    /// connected (or has failed).
     Status { wait_compute: bool },
-    /// Run one compute op; the frame payload is its input.
+    /// Run one compute op (`weaver compute`); the frame payload is its
+    /// input. Answered by [`Response::ComputeOk`] with the output as payload
+    /// when compute replies, or by an error (unknown op, compute failed or
+    /// down, timeout after `timeout_ms`, queues full, shutting down).
     Compute { op: String, timeout_ms: Option<u64> },
-    /// Graceful stop. The reply comes at once; the connection then stays
-    /// open until the daemon has stopped, so EOF means "gone".
+    /// Graceful stop (`weaver shutdown`). Answered by
+    /// [`Response::ShutdownStarted`] at once; the connection then stays open
+    /// until the daemon has stopped, so EOF means "gone".
     Shutdown,
-    /// Supervised processes, one row per instance.
+    /// Supervised processes (`weaver ps`). Answered by [`Response::Ps`],
+    /// one row per instance.
     Ps,
-    /// Start, stop or restart processes or instances (empty: all).
+    /// Start, stop or restart processes or instances (empty `names`: all).
+    /// Answered by [`Response::Done`] once the request is taken (not once
+    /// the processes are up or down), or by an error for an unknown name or
+    /// while shutting down.
     Control { verb: Verb, names: Vec<String> },
-    /// Output lines of one process or instance after sequence number
-    /// `after` (0: from the oldest kept; with `tail`, only the last `tail`).
-    /// With `follow`, more `Logs` replies with the same tag come as lines
-    /// arrive, until the client closes the connection.
+    /// Output lines of one process or instance (`weaver logs`). Answered by
+    /// one [`Response::Logs`] with the lines after sequence number `after`
+    /// (0: from the oldest kept; with `tail`, only the last `tail`). With
+    /// `follow`, more `Logs` replies with the same tag come as lines arrive,
+    /// until the client closes the connection. An unknown name is an error.
     Logs(LogQuery),
-    /// Lifecycle events as they happen (replies with the same tag until the
-    /// client closes), after up to `history` recent ones.
+    /// Lifecycle events as they happen (`weaver events`): up to `history`
+    /// recent ones, then each new one, every one a [`Response::Event`] with
+    /// this tag, until the client closes the connection. Only events of
+    /// `names` (processes or instances; empty: all); output lines only with
+    /// `output`.
     Events { names: Vec<String>, output: bool, history: u32 },
-    /// Re-read the configuration; with `dry_run`, only say what would
-    /// change. A bad configuration changes nothing.
+    /// Re-read the configuration (`weaver reload`). Answered by
+    /// [`Response::Reload`] with the plan, applied unless `dry_run`. A bad
+    /// configuration is an error and changes nothing.
     Reload { dry_run: bool },
 }
 
@@ -95,22 +125,33 @@ pub struct ServerMsg {
     pub resp: Response,
 }
 
-/// What the daemon answers.
+/// What the daemon answers; each variant names the [`Request`] it answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// Answers `Status`: daemon and compute state, sent at once or (with
+    /// `wait_compute`) when compute is connected or has failed.
     Status(Box<StatusReport>),
-    /// The compute op succeeded; the frame payload is its output.
+    /// Answers `Compute` when the op succeeded; the frame payload is its
+    /// output.
     ComputeOk,
-    /// The daemon is stopping.
+    /// Answers `Shutdown` at once: the daemon is stopping. It closes the
+    /// connection when it is gone.
     ShutdownStarted,
+    /// Answers any request that failed: what went wrong and what to do. For
+    /// a stream it is the last reply with that tag.
     Error(ErrorReply),
+    /// Answers `Ps`: one row per supervised instance, in declaration order.
     Ps(Vec<ProcRow>),
-    /// A control request was taken: the instances it applies to.
-    Done {
-        instances: Vec<String>,
-    },
+    /// Answers `Control` once the request is taken: the instances it
+    /// applies to.
+    Done { instances: Vec<String> },
+    /// Answers `Logs`: one chunk of lines, and with `follow` one more each
+    /// time new lines (or lost ones) are there.
     Logs(LogChunk),
+    /// Answers `Events`, once per event (or per run of events a slow
+    /// subscriber missed: `event` is [`EventType::Lost`]).
     Event(EventRecord),
+    /// Answers `Reload`: what changes, and whether it was applied.
     Reload(ReloadReport),
 }
 
@@ -120,7 +161,8 @@ pub struct LogQuery {
     pub name: String,
     pub after: u64,
     pub tail: Option<u32>,
-    pub stream: Option<String>,
+    /// Only this stream; `None`: both.
+    pub stream: Option<LogStream>,
     pub follow: bool,
 }
 
@@ -129,9 +171,7 @@ pub struct LogQuery {
 pub struct ProcRow {
     pub name: String,
     pub process: String,
-    /// stopped | waiting | starting | running | ready | stopping |
-    /// exited(N) | killed(SIG) | failed
-    pub state: String,
+    pub state: ProcState,
     pub pid: Option<u32>,
     pub restarts: u64,
     /// While backing off: milliseconds until the next start.
@@ -141,6 +181,123 @@ pub struct ProcRow {
     /// Why it failed.
     pub reason: Option<String>,
     pub gpus: Option<Vec<u32>>,
+}
+
+impl From<PsRow> for ProcRow {
+    fn from(r: PsRow) -> Self {
+        ProcRow {
+            name: r.name,
+            process: r.process,
+            // Every label the supervisor gives parses (tested below).
+            state: r.state.parse().unwrap_or(ProcState::Failed),
+            pid: r.pid,
+            restarts: r.restarts,
+            next_restart_ms: r.next_restart_in.map(|d| d.as_millis() as u64),
+            last_exit: r.last_exit,
+            uptime_ms: r.uptime.map(|d| d.as_millis() as u64),
+            reason: r.reason,
+            gpus: r.gpus,
+        }
+    }
+}
+
+/// A supervised instance's state.
+///
+/// Wire form, in postcard and JSON alike: one string, the text `weaver ps`
+/// shows (`Display`): `stopped`, `waiting`, `starting`, `running`, `ready`,
+/// `stopping`, `exited(N)` (`exited(?)` when a detached process vanished),
+/// `killed(SIGNAME)` (`killed(N)` for a signal with no name), `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    /// Not running; never started, or stopped on request.
+    Stopped,
+    /// Start requested; waiting for what it runs after.
+    Waiting,
+    /// Being started (hooks, spawn, not up long enough yet).
+    Starting,
+    /// Counts as started; not (yet) ready by its probe.
+    Running,
+    /// Its ready probe passed.
+    Ready,
+    /// Being stopped on request.
+    Stopping,
+    /// Exited on its own with this code; `None`: a detached process
+    /// vanished (no status to report).
+    Exited { code: Option<i32> },
+    /// Ended by this signal, not sent by a stop.
+    Killed { signal: i32 },
+    /// Gave up, or cannot start; `ProcRow::reason` says why.
+    Failed,
+}
+
+impl fmt::Display for ProcState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            ProcState::Stopped => Cow::Borrowed("stopped"),
+            ProcState::Waiting => "waiting".into(),
+            ProcState::Starting => "starting".into(),
+            ProcState::Running => "running".into(),
+            ProcState::Ready => "ready".into(),
+            ProcState::Stopping => "stopping".into(),
+            ProcState::Exited { code: Some(c) } => format!("exited({c})").into(),
+            ProcState::Exited { code: None } => "exited(?)".into(),
+            ProcState::Killed { signal } => {
+                format!("killed({})", crate::sys::signal_name(*signal)).into()
+            }
+            ProcState::Failed => "failed".into(),
+        };
+        // `pad`, so that widths and alignment apply (the ps table).
+        f.pad(&text)
+    }
+}
+
+impl FromStr for ProcState {
+    type Err = String;
+
+    /// The inverse of `Display`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("unknown process state {s:?}");
+        let inner = |prefix: &str| s.strip_prefix(prefix).and_then(|r| r.strip_suffix(')'));
+        Ok(match s {
+            "stopped" => ProcState::Stopped,
+            "waiting" => ProcState::Waiting,
+            "starting" => ProcState::Starting,
+            "running" => ProcState::Running,
+            "ready" => ProcState::Ready,
+            "stopping" => ProcState::Stopping,
+            "failed" => ProcState::Failed,
+            "exited(?)" => ProcState::Exited { code: None },
+            _ => {
+                if let Some(code) = inner("exited(") {
+                    ProcState::Exited { code: Some(code.parse().map_err(|_| bad())?) }
+                } else if let Some(sig) = inner("killed(") {
+                    let signal = match Signal::from_str(sig) {
+                        Ok(named) => named as i32,
+                        Err(_) => sig
+                            .strip_prefix("signal ")
+                            .and_then(|n| n.parse().ok())
+                            .ok_or_else(bad)?,
+                    };
+                    ProcState::Killed { signal }
+                } else {
+                    return Err(bad());
+                }
+            }
+        })
+    }
+}
+
+impl Serialize for ProcState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(de::Error::custom)
+    }
 }
 
 /// Output lines of one instance.
@@ -158,31 +315,243 @@ pub struct LogChunk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     pub seq: u64,
-    /// stdout | stderr
-    pub stream: String,
+    pub stream: LogStream,
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
     pub text: String,
 }
 
-/// One lifecycle event (or, with `event = "lost"`, how many a slow
-/// subscriber missed).
+/// Which output of a process a line came from. Wire form: a unit variant
+/// (postcard: its index; JSON: `"stdout"` or `"stderr"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    /// The names, as the command line takes them.
+    pub const NAMES: [&'static str; 2] = ["stdout", "stderr"];
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+impl fmt::Display for LogStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for LogStream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(LogStream::Stdout),
+            "stderr" => Ok(LogStream::Stderr),
+            _ => Err(format!("unknown stream {s:?}: use stdout or stderr")),
+        }
+    }
+}
+
+impl From<Stream> for LogStream {
+    fn from(s: Stream) -> Self {
+        match s {
+            Stream::Stdout => LogStream::Stdout,
+            Stream::Stderr => LogStream::Stderr,
+        }
+    }
+}
+
+impl From<LogStream> for Stream {
+    fn from(s: LogStream) -> Self {
+        match s {
+            LogStream::Stdout => Stream::Stdout,
+            LogStream::Stderr => Stream::Stderr,
+        }
+    }
+}
+
+/// One lifecycle event (or, with `event` [`EventType::Lost`], how many a
+/// slow subscriber missed). The text form is in `render`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: u64,
     pub time_ms: u64,
     pub instance: String,
-    /// started | running | ready | output | exited | killed | vanished |
-    /// restarting | stopping | stopped | failed | hook | warning | lost
-    pub event: String,
+    pub event: EventType,
     pub pid: Option<u32>,
     pub code: Option<i32>,
+    /// The signal's name ("SIGKILL"; "signal N" with no name).
     pub signal: Option<String>,
     pub delay_ms: Option<u64>,
     pub attempt: Option<u32>,
     /// Reason, hook detail, warning, or the output line.
     pub detail: Option<String>,
     pub lost: Option<u64>,
+}
+
+impl EventRecord {
+    /// The record of a published event of `instance`.
+    pub fn of(seq: u64, time_ms: u64, instance: &str, kind: &EventKind) -> EventRecord {
+        let mut r = EventRecord {
+            seq,
+            time_ms,
+            instance: instance.to_string(),
+            event: EventType::from(kind),
+            pid: None,
+            code: None,
+            signal: None,
+            delay_ms: None,
+            attempt: None,
+            detail: None,
+            lost: None,
+        };
+        match kind {
+            EventKind::Started { pid } => r.pid = Some(*pid),
+            EventKind::Output { stream, seq, bytes } => {
+                r.detail = Some(format!(
+                    "{}#{seq}: {}",
+                    LogStream::from(*stream),
+                    String::from_utf8_lossy(bytes)
+                ));
+            }
+            EventKind::Exited { code } => r.code = Some(*code),
+            EventKind::Killed { signal } => r.signal = Some(crate::sys::signal_name(*signal)),
+            EventKind::Restarting { delay_ms, attempt } => {
+                r.delay_ms = Some(*delay_ms);
+                r.attempt = Some(*attempt);
+            }
+            EventKind::Failed { reason } => r.detail = Some(reason.clone()),
+            EventKind::Hook { hook, ok, detail } => {
+                let outcome = if *ok { "ok" } else { "failed" };
+                r.detail = Some(if detail.is_empty() {
+                    format!("{hook} {outcome}")
+                } else {
+                    format!("{hook} {outcome}: {detail}")
+                });
+            }
+            EventKind::Warning { message } => r.detail = Some(message.clone()),
+            EventKind::Running
+            | EventKind::Ready
+            | EventKind::Vanished
+            | EventKind::Stopping
+            | EventKind::Stopped => {}
+        }
+        r
+    }
+
+    /// The marker for `count` events a subscriber missed (no instance, seq
+    /// or time).
+    pub fn lost(count: u64) -> EventRecord {
+        EventRecord {
+            seq: 0,
+            time_ms: 0,
+            instance: String::new(),
+            event: EventType::Lost,
+            pid: None,
+            code: None,
+            signal: None,
+            delay_ms: None,
+            attempt: None,
+            detail: Some(format!("{count} event(s) dropped: this subscriber fell behind")),
+            lost: Some(count),
+        }
+    }
+}
+
+impl From<Delivery> for EventRecord {
+    fn from(d: Delivery) -> Self {
+        match d {
+            Delivery::Event(e) => EventRecord::of(e.seq, e.time_ms, &e.instance, &e.kind),
+            Delivery::Lost { count } => EventRecord::lost(count),
+        }
+    }
+}
+
+/// What happened, in an [`EventRecord`]. Wire form: a unit variant
+/// (postcard: its index; JSON: the snake_case name, e.g. `"restarting"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// Spawned (`pid`).
+    Started,
+    /// Up long enough to count as started.
+    Running,
+    /// The ready probe passed.
+    Ready,
+    /// One output line (`detail`: `stream#seq: text`).
+    Output,
+    /// Exited on its own (`code`).
+    Exited,
+    /// A signal ended it (`signal`).
+    Killed,
+    /// A detached process's pid is gone.
+    Vanished,
+    /// Will start again (`delay_ms`, `attempt`).
+    Restarting,
+    /// The stop signal was sent.
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Gave up, or cannot start (`detail`: why).
+    Failed,
+    /// A hook finished (`detail`: `hook ok|failed[: detail]`).
+    Hook,
+    /// Something worth telling (`detail`).
+    Warning,
+    /// A slow subscriber missed `lost` events here.
+    Lost,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Started => "started",
+            EventType::Running => "running",
+            EventType::Ready => "ready",
+            EventType::Output => "output",
+            EventType::Exited => "exited",
+            EventType::Killed => "killed",
+            EventType::Vanished => "vanished",
+            EventType::Restarting => "restarting",
+            EventType::Stopping => "stopping",
+            EventType::Stopped => "stopped",
+            EventType::Failed => "failed",
+            EventType::Hook => "hook",
+            EventType::Warning => "warning",
+            EventType::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl From<&EventKind> for EventType {
+    fn from(k: &EventKind) -> Self {
+        match k {
+            EventKind::Started { .. } => EventType::Started,
+            EventKind::Running => EventType::Running,
+            EventKind::Ready => EventType::Ready,
+            EventKind::Output { .. } => EventType::Output,
+            EventKind::Exited { .. } => EventType::Exited,
+            EventKind::Killed { .. } => EventType::Killed,
+            EventKind::Vanished => EventType::Vanished,
+            EventKind::Restarting { .. } => EventType::Restarting,
+            EventKind::Stopping => EventType::Stopping,
+            EventKind::Stopped => EventType::Stopped,
+            EventKind::Failed { .. } => EventType::Failed,
+            EventKind::Hook { .. } => EventType::Hook,
+            EventKind::Warning { .. } => EventType::Warning,
+        }
+    }
 }
 
 /// What a reload changes (and whether it was applied).
@@ -254,8 +623,7 @@ pub struct DaemonStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputeStatus {
     pub pid: Option<u32>,
-    /// starting | ready | backoff | stopping | failed | stopped
-    pub state: String,
+    pub state: ComputeState,
     pub bin: String,
     pub workers: Option<u32>,
     pub restarts: u64,
@@ -274,6 +642,61 @@ pub struct ComputeStatus {
     pub last_error: Option<String>,
     /// While backing off: milliseconds until the next start.
     pub next_restart_ms: Option<u64>,
+}
+
+/// The compute daemon's state. Wire form: a unit variant (postcard: its
+/// index; JSON: the snake_case name, e.g. `"backoff"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeState {
+    /// Spawned; not connected yet.
+    Starting,
+    /// Connected and serving.
+    Ready,
+    /// Its connection was lost; being killed and reaped.
+    Exiting,
+    /// Waiting to start again (`next_restart_ms`).
+    Backoff,
+    /// weaver is stopping it.
+    Stopping,
+    /// Not running and not coming back.
+    Stopped,
+    /// Gave up after too many crashes in a row.
+    Failed,
+}
+
+impl ComputeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeState::Starting => "starting",
+            ComputeState::Ready => "ready",
+            ComputeState::Exiting => "exiting",
+            ComputeState::Backoff => "backoff",
+            ComputeState::Stopping => "stopping",
+            ComputeState::Stopped => "stopped",
+            ComputeState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for ComputeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl From<compute::State> for ComputeState {
+    fn from(s: compute::State) -> Self {
+        match s {
+            compute::State::Starting { .. } => ComputeState::Starting,
+            compute::State::Ready { .. } => ComputeState::Ready,
+            compute::State::Exiting { .. } => ComputeState::Exiting,
+            compute::State::Backoff { .. } => ComputeState::Backoff,
+            compute::State::Stopping { .. } => ComputeState::Stopping,
+            compute::State::Idle | compute::State::Stopped => ComputeState::Stopped,
+            compute::State::Failed => ComputeState::Failed,
+        }
+    }
 }
 
 /// Encode a message (infallible for these types).
@@ -312,5 +735,101 @@ mod tests {
             ClientMsg { tag: 9, req: Request::Compute { op: "echo".into(), timeout_ms: Some(5) } };
         assert_eq!(decode::<ClientMsg>(&encode(&m), "request").unwrap(), m);
         assert!(decode::<ClientMsg>(&[0xff, 0xff], "request").unwrap_err().contains("malformed"));
+    }
+
+    #[test]
+    fn proc_states_are_the_supervisor_labels() {
+        use crate::supervise::machine::{StartPhase, State, StopPhase};
+        let states = [
+            State::Stopped,
+            State::Waiting,
+            State::Starting(StartPhase::PreStart),
+            State::Starting(StartPhase::PostStart),
+            State::Running,
+            State::Ready,
+            State::Stopping(StopPhase::Signalled),
+            State::Exited { code: Some(3) },
+            State::Exited { code: Some(-1) },
+            State::Exited { code: None },
+            State::Killed { signal: libc::SIGSEGV },
+            State::Killed { signal: 77 },
+            State::Failed { reason: "gave up".into() },
+        ];
+        for st in states {
+            let label = st.label();
+            let parsed: ProcState = label.parse().unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(parsed.to_string(), label);
+            // The wire form is the label, in JSON and in postcard.
+            assert_eq!(serde_json::to_value(parsed).unwrap(), serde_json::json!(label));
+            assert_eq!(encode(&parsed), encode(&label));
+            assert_eq!(decode::<ProcState>(&encode(&parsed), "state").unwrap(), parsed);
+        }
+        assert_eq!(
+            "killed(SIGKILL)".parse::<ProcState>(),
+            Ok(ProcState::Killed { signal: libc::SIGKILL })
+        );
+        for bad in ["", "exited()", "exited(x)", "killed(SIGNOPE)", "dancing", "exited(1"] {
+            assert!(bad.parse::<ProcState>().is_err(), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<ProcState>("\"dancing\"").is_err());
+        // Widths apply (the ps table pads the state).
+        assert_eq!(format!("[{:<10}]", ProcState::Exited { code: Some(1) }), "[exited(1) ]");
+    }
+
+    #[test]
+    fn unit_enums_are_their_snake_case_names_in_json() {
+        let name = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for s in [LogStream::Stdout, LogStream::Stderr] {
+            assert_eq!(name(serde_json::to_value(s).unwrap()), s.as_str());
+            assert_eq!(s.as_str().parse::<LogStream>(), Ok(s));
+            assert_eq!(LogStream::from(Stream::from(s)), s);
+        }
+        assert!("stdin".parse::<LogStream>().is_err());
+        use ComputeState as C;
+        for s in [C::Starting, C::Ready, C::Exiting, C::Backoff, C::Stopping, C::Stopped, C::Failed]
+        {
+            assert_eq!(name(serde_json::to_value(s).unwrap()), s.as_str());
+        }
+        use EventType as E;
+        for e in [
+            E::Started,
+            E::Running,
+            E::Ready,
+            E::Output,
+            E::Exited,
+            E::Killed,
+            E::Vanished,
+            E::Restarting,
+            E::Stopping,
+            E::Stopped,
+            E::Failed,
+            E::Hook,
+            E::Warning,
+            E::Lost,
+        ] {
+            assert_eq!(name(serde_json::to_value(e).unwrap()), e.as_str());
+        }
+    }
+
+    #[test]
+    fn event_records_of_supervise_events() {
+        use crate::supervise::events::Event;
+        let rec = |kind| EventRecord::of(7, 1000, "web.0", &kind);
+        let r = rec(EventKind::Killed { signal: libc::SIGKILL });
+        assert_eq!((r.seq, r.time_ms, r.instance.as_str()), (7, 1000, "web.0"));
+        assert_eq!((r.event, r.signal.as_deref()), (EventType::Killed, Some("SIGKILL")));
+        let r = rec(EventKind::Output { stream: Stream::Stderr, seq: 4, bytes: b"oops".to_vec() });
+        assert_eq!(r.detail.as_deref(), Some("stderr#4: oops"));
+        let r = rec(EventKind::Hook { hook: "pre_start", ok: false, detail: "exit 1".into() });
+        assert_eq!(r.detail.as_deref(), Some("pre_start failed: exit 1"));
+        let r = rec(EventKind::Hook { hook: "post_stop", ok: true, detail: String::new() });
+        assert_eq!(r.detail.as_deref(), Some("post_stop ok"));
+        let e = Event { seq: 3, time_ms: 5, instance: "a.0".into(), kind: EventKind::Running };
+        assert_eq!(
+            EventRecord::from(Delivery::Event(e)),
+            EventRecord::of(3, 5, "a.0", &EventKind::Running)
+        );
+        let lost = EventRecord::from(Delivery::Lost { count: 9 });
+        assert_eq!((lost.event, lost.lost), (EventType::Lost, Some(9)));
     }
 }

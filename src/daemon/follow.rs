@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use crate::daemon::effect::{Effect, Effects};
-use crate::protocol::{EventRecord, LogChunk, LogLine, Response};
-use crate::supervise::events::{Broadcaster, Delivery, EventKind, Filter, SubscriberId};
+use crate::protocol::{LogChunk, LogLine, Response};
+use crate::supervise::events::{Broadcaster, EventKind, Filter, SubscriberId};
 use crate::supervise::ring::Stream;
 use crate::supervise::Supervisor;
 
@@ -120,7 +120,7 @@ impl Follow {
                 fx.push(Effect::Reply {
                     client,
                     tag,
-                    resp: Response::Event(event_record(d)),
+                    resp: Response::Event(d.into()),
                     payload: Vec::new(),
                 });
             }
@@ -163,69 +163,12 @@ fn log_chunk(sup: &Supervisor, f: &mut Follower, max: usize) -> LogChunk {
         .filter(|l| f.stream.map_or(true, |s| s == l.stream))
         .map(|l| LogLine {
             seq: l.seq,
-            stream: l.stream.name().to_string(),
+            stream: l.stream.into(),
             time_ms: l.time_ms,
             text: String::from_utf8_lossy(&l.bytes).into_owned(),
         })
         .collect();
     LogChunk { instance: f.instance.clone(), lines, lost: since.lost, next: since.next }
-}
-
-fn event_record(d: Delivery) -> EventRecord {
-    let mut r = EventRecord {
-        seq: 0,
-        time_ms: 0,
-        instance: String::new(),
-        event: String::new(),
-        pid: None,
-        code: None,
-        signal: None,
-        delay_ms: None,
-        attempt: None,
-        detail: None,
-        lost: None,
-    };
-    let e = match d {
-        Delivery::Lost { count } => {
-            r.event = "lost".into();
-            r.lost = Some(count);
-            r.detail = Some(format!("{count} event(s) dropped: this subscriber fell behind"));
-            return r;
-        }
-        Delivery::Event(e) => e,
-    };
-    r.seq = e.seq;
-    r.time_ms = e.time_ms;
-    r.instance = e.instance;
-    r.event = e.kind.name().to_string();
-    match e.kind {
-        EventKind::Started { pid } => r.pid = Some(pid),
-        EventKind::Output { stream, seq, bytes } => {
-            r.detail =
-                Some(format!("{}#{seq}: {}", stream.name(), String::from_utf8_lossy(&bytes)));
-        }
-        EventKind::Exited { code } => r.code = Some(code),
-        EventKind::Killed { signal } => r.signal = Some(crate::sys::signal_name(signal)),
-        EventKind::Restarting { delay_ms, attempt } => {
-            r.delay_ms = Some(delay_ms);
-            r.attempt = Some(attempt);
-        }
-        EventKind::Failed { reason } => r.detail = Some(reason),
-        EventKind::Hook { hook, ok, detail } => {
-            r.detail = Some(format!(
-                "{hook} {}{}",
-                if ok { "ok" } else { "failed" },
-                if detail.is_empty() { String::new() } else { format!(": {detail}") }
-            ));
-        }
-        EventKind::Warning { message } => r.detail = Some(message),
-        EventKind::Running
-        | EventKind::Ready
-        | EventKind::Vanished
-        | EventKind::Stopping
-        | EventKind::Stopped => {}
-    }
-    r
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use log::{info, warn};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Kind, Result};
-use crate::launch;
+use crate::launch::{self, Readiness};
 use crate::pidfile::{self, PidRecord};
 use crate::runtime_dir::{self, RuntimeDir};
 
@@ -52,12 +52,7 @@ pub fn run(o: Options) -> Result<()> {
         Err(e) => {
             // The kind travels too: a bad configuration is the user's to
             // fix (usage), not a daemon fault.
-            let kind = match e.kind {
-                Kind::Usage => "usage",
-                Kind::RuntimeDir => "runtime-dir",
-                _ => "daemon",
-            };
-            launch::notify(o.ready_fd, &format!("error {kind} {e}"));
+            launch::notify(o.ready_fd, &Readiness::Error { kind: e.kind, message: e.to_string() });
             Err(e)
         }
     }
@@ -86,7 +81,7 @@ fn start(o: &Options) -> Result<Result<()>> {
                 "another weaver daemon ({holder}) already runs for {}",
                 dir.path().display()
             );
-            launch::notify(o.ready_fd, &format!("busy {msg}"));
+            launch::notify(o.ready_fd, &Readiness::Busy(msg.clone()));
             return Ok(Err(Error::new(Kind::Daemon, msg)));
         }
         Err((_, e)) => {
@@ -158,7 +153,7 @@ fn start(o: &Options) -> Result<Result<()>> {
         me.pid,
         dir.path().display()
     );
-    launch::notify(o.ready_fd, &format!("ready {}", me.pid));
+    launch::notify(o.ready_fd, &Readiness::Ready { pid: me.pid });
     let result = reactor.run().map_err(|e| Error::new(Kind::Io, format!("event loop failed: {e}")));
     drop(reactor);
     for p in [&control_path, &compute_path] {

@@ -23,13 +23,14 @@ use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::guard::Guard;
 use crate::daemon::token;
 use crate::pidfile::{self, PidRecord};
+use crate::protocol::EventRecord;
 use crate::supervise::config;
 use crate::supervise::events::EventKind;
 use crate::supervise::machine::ProbeOutcome;
 use crate::supervise::ring::Stream;
 use crate::supervise::rotate::Rotation;
 use crate::supervise::{Action, Check, Exit, RunId, Supervisor};
-use crate::sys::{signal_name, ChildSetup};
+use crate::sys::ChildSetup;
 
 /// Bytes read from a pipe per read call.
 const PIPE_READ: usize = 64 * 1024;
@@ -655,15 +656,15 @@ impl Procs {
     fn emit(&mut self, instance: &str, kind: EventKind, fx: &mut Effects) {
         match &kind {
             EventKind::Output { bytes, .. } => self.write_output_file(instance, bytes),
-            EventKind::Failed { reason } => {
+            EventKind::Failed { .. } => {
                 self.forget_detached(instance);
-                warn!("process {instance} failed: {reason}")
+                warn!("process {instance}: {}", describe_event(&kind))
             }
             EventKind::Vanished | EventKind::Stopped => {
                 self.forget_detached(instance);
                 info!("process {instance}: {}", describe_event(&kind))
             }
-            EventKind::Warning { message } => warn!("process {instance}: {message}"),
+            EventKind::Warning { .. } => warn!("process {instance}: {}", describe_event(&kind)),
             k => info!("process {instance}: {}", describe_event(k)),
         }
         fx.push(Effect::Publish { instance: instance.to_string(), kind });
@@ -726,21 +727,10 @@ fn from_instance(pid: u32, process: &str, index: u32) -> bool {
     p && i
 }
 
+/// An event for the log, in the words of `weaver events` (without sequence
+/// number, time and instance).
 fn describe_event(k: &EventKind) -> String {
-    match k {
-        EventKind::Started { pid } => format!("started (pid {pid})"),
-        EventKind::Exited { code } => format!("exited with code {code}"),
-        EventKind::Killed { signal } => format!("killed by {}", signal_name(*signal)),
-        EventKind::Restarting { delay_ms, attempt } => {
-            format!("restarting in {delay_ms} ms (attempt {attempt})")
-        }
-        EventKind::Hook { hook, ok, detail } => format!(
-            "{hook} hook {}{}",
-            if *ok { "ok" } else { "failed" },
-            if detail.is_empty() { String::new() } else { format!(": {detail}") }
-        ),
-        other => other.name().to_string(),
-    }
+    EventRecord::of(0, 0, "", k).what().to_string()
 }
 
 #[cfg(test)]

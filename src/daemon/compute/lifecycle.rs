@@ -42,18 +42,6 @@ pub enum State {
 }
 
 impl State {
-    pub fn name(&self) -> &'static str {
-        match self {
-            State::Idle | State::Stopped => "stopped",
-            State::Starting { .. } => "starting",
-            State::Ready { .. } => "ready",
-            State::Exiting { .. } => "exiting",
-            State::Backoff { .. } => "backoff",
-            State::Stopping { .. } => "stopping",
-            State::Failed => "failed",
-        }
-    }
-
     /// The process, while there is one.
     pub fn pid(&self) -> Option<u32> {
         match *self {
@@ -518,7 +506,8 @@ mod tests {
         let mut l = Lifecycle::new(policy());
         l.state = state;
         let steps: String = l.on(event, now, 0).iter().map(code).collect();
-        format!("{}:{steps}", l.state.name())
+        let name = format!("{:?}", crate::protocol::ComputeState::from(l.state)).to_lowercase();
+        format!("{name}:{steps}")
     }
 
     /// Every (state, event) pair, row by row in the order of `states()` and

@@ -397,7 +397,7 @@ impl Compute {
         let s = self.mux.stats;
         ComputeStatus {
             pid: self.pid(),
-            state: life.state.name().to_string(),
+            state: life.state.into(),
             bin: self.bin.display().to_string(),
             workers: self.hello.as_ref().map(|h| h.workers),
             restarts: life.restarts,
@@ -577,7 +577,7 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::ComputeDown);
         assert!(e.message.contains("cannot start the compute daemon"), "{}", e.message);
         let s = c.status(Instant::now());
-        assert_eq!(s.state, "backoff");
+        assert_eq!(s.state, crate::protocol::ComputeState::Backoff);
         assert!(s.next_restart_ms.is_some());
     }
 

@@ -2,7 +2,7 @@
 
 use super::{not_found, Ctx};
 use crate::daemon::follow::Follower;
-use crate::protocol::{ErrorKind, ErrorReply, LogQuery, Response};
+use crate::protocol::{ErrorReply, LogQuery, Response};
 use crate::supervise::ring::Stream;
 
 pub fn handle(cx: &mut Ctx, client: u64, tag: u64, q: LogQuery) {
@@ -13,17 +13,7 @@ pub fn handle(cx: &mut Ctx, client: u64, tag: u64, q: LogQuery) {
 
 fn logs(cx: &mut Ctx, client: u64, tag: u64, q: LogQuery) -> Result<(), ErrorReply> {
     let LogQuery { name, after, tail, stream, follow } = q;
-    let stream = match stream.as_deref() {
-        None => None,
-        Some("stdout") => Some(Stream::Stdout),
-        Some("stderr") => Some(Stream::Stderr),
-        Some(s) => {
-            return Err(ErrorReply {
-                kind: ErrorKind::BadRequest,
-                message: format!("unknown stream {s:?}: use stdout or stderr"),
-            })
-        }
-    };
+    let stream = stream.map(Stream::from);
     let sup = &cx.procs.sup;
     let inst = sup.instance(&name).ok_or_else(|| {
         let known: Vec<String> = sup.ps(cx.now).into_iter().map(|r| r.name).collect();

@@ -159,7 +159,7 @@ mod tests {
         match only_reply(r.serve(false, Request::Status { wait_compute: false })) {
             Response::Status(s) => {
                 assert_eq!(s.daemon.pid, std::process::id());
-                assert_eq!(s.compute.state, "stopped");
+                assert_eq!(s.compute.state, crate::protocol::ComputeState::Stopped);
                 assert_eq!(s.daemon.clients, 0);
             }
             other => panic!("{other:?}"),

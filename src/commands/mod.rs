@@ -1,0 +1,106 @@
+//! The client side of each `weaver` command: reach the daemon (starting it
+//! if need be), send the request, and print the answer through
+//! [`render`](crate::render). [`run`] picks the command.
+//!
+//! | file | commands |
+//! |---|---|
+//! | [`daemon`] | `daemon`, `status`, `shutdown` |
+//! | [`compute`] | `compute` |
+//! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
+//! | [`follow`] | `logs`, `events` (streamed replies) |
+
+mod compute;
+mod daemon;
+mod follow;
+mod procs;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Cli, Command, Global};
+use crate::client::Client;
+use crate::error::{Error, Kind, Result};
+use crate::launch::{self, Launch, Outcome};
+use crate::protocol::{Response, Verb};
+use crate::runtime_dir::{self, RuntimeDir};
+
+/// Run one command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let Cli { global, command } = cli;
+    if let Command::Guard = command {
+        crate::daemon::guard::run(std::io::stdin().lock());
+        return Ok(());
+    }
+    let dir =
+        RuntimeDir::open(&global.runtime_dir.clone().unwrap_or_else(runtime_dir::default_path))?;
+    let ctx = Ctx { global, dir };
+    match command {
+        Command::Guard => unreachable!("handled above"),
+        Command::Daemon { foreground: true, ready_fd, log_file } => {
+            daemon::foreground(ctx, ready_fd, log_file)
+        }
+        Command::Daemon { foreground: false, .. } => daemon::detached(&ctx),
+        Command::Status { json, wait } => daemon::status(&ctx, json, wait),
+        Command::Shutdown => daemon::shutdown(&ctx),
+        Command::Compute(args) => compute::compute(&ctx, args),
+        Command::Ps { json } => procs::ps(&ctx, json),
+        Command::Start(t) => procs::control(&ctx, Verb::Start, t),
+        Command::Stop(t) => procs::control(&ctx, Verb::Stop, t),
+        Command::Restart(t) => procs::control(&ctx, Verb::Restart, t),
+        Command::Reload { dry_run, json } => procs::reload(&ctx, dry_run, json),
+        Command::Logs(args) => follow::logs(&ctx, args),
+        Command::Events(args) => follow::events(&ctx, args),
+    }
+}
+
+/// What every command starts from: the global options and the runtime
+/// directory they name.
+struct Ctx {
+    global: Global,
+    dir: RuntimeDir,
+}
+
+impl Ctx {
+    /// Connect to the daemon, starting it unless `--no-start`.
+    fn connect(&self) -> Result<(Client, Outcome)> {
+        self.connect_with(self.global.no_start)
+    }
+
+    /// Connect to a running daemon; never start one.
+    fn connect_running(&self) -> Result<Client> {
+        self.connect_with(true).map(|(c, _)| c)
+    }
+
+    fn connect_with(&self, no_start: bool) -> Result<(Client, Outcome)> {
+        let g = &self.global;
+        let mut daemon_args: Vec<OsString> = Vec::new();
+        if let Some(b) = &g.compute_bin {
+            daemon_args.push("--compute-bin".into());
+            daemon_args.push(absolute(b)?.into());
+        }
+        if let Some(w) = g.compute_workers {
+            daemon_args.push("--compute-workers".into());
+            daemon_args.push(w.to_string().into());
+        }
+        if let Some(c) = &g.config {
+            daemon_args.push("--config".into());
+            daemon_args.push(absolute(c)?.into());
+        }
+        launch::connect_or_start(&Launch { dir: &self.dir, daemon_args, no_start })
+    }
+}
+
+/// `p` made absolute against the current directory (the daemon runs in /).
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::new(Kind::Io, format!("cannot resolve {}: {e}", p.display())))?;
+    Ok(cwd.join(p))
+}
+
+/// A reply of the wrong kind for the request.
+fn unexpected(r: &Response) -> Error {
+    Error::new(Kind::Daemon, format!("the daemon sent an unexpected reply: {r:?}"))
+}
