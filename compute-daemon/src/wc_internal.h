@@ -15,8 +15,11 @@
 
 #include "weaver_compute.h"
 
-/** Version reported by --version and the info op (matches Cargo.toml). */
-#define WC_DAEMON_VERSION "0.1.0"
+/* Version reported by --version and the info op: the crate's version, passed
+ * by build.rs (CARGO_PKG_VERSION) and by the Makefile (read from Cargo.toml). */
+#ifndef WC_DAEMON_VERSION
+#error "WC_DAEMON_VERSION is not defined: build with cargo or make -C compute-daemon, which pass -DWC_DAEMON_VERSION from Cargo.toml"
+#endif
 
 /* ---- Resource bounds of one wc_serve call ------------------------------ */
 
