@@ -629,13 +629,8 @@ static int end_frame(struct wc_server *s)
             char ops[96];
             size_t o = 0;
             ops[0] = '\0';
-            for (size_t i = 0; i < wc_ops_count && o < sizeof ops; i++) {
-                int n = snprintf(ops + o, sizeof ops - o, "%s%s (%u)", i ? ", " : "", wc_ops[i].name,
-                                 wc_ops[i].id);
-                if (n < 0)
-                    break;
-                o += (size_t)n;
-            }
+            for (size_t i = 0; i < wc_ops_count; i++)
+                wc_appendf(ops, sizeof ops, &o, "%s%s (%u)", i ? ", " : "", wc_ops[i].name, wc_ops[i].id);
             j = job_new(h.request_id, WC_FRAME_RESPONSE, 0);
             if (j)
                 job_set_message(j, WC_STATUS_UNKNOWN_OP, "unknown op %u: this compute daemon serves %s", h.code,

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,12 +47,17 @@ static void on_stop_signal(int sig)
 
 static void usage(FILE *to)
 {
+    char ops[128];
+    size_t o = 0;
+    ops[0] = '\0';
+    for (size_t i = 0; i < wc_ops_count; i++)
+        wc_appendf(ops, sizeof ops, &o, "%s%s", i ? ", " : "", wc_ops[i].name);
     fprintf(to,
             "Usage: " PROG " [--socket-path PATH] [--workers N]\n"
             "\n"
             "The weaver compute daemon. It connects to a Unix socket that weaver already\n"
             "listens on (it never creates one), sends HELLO, and serves compute requests\n"
-            "(echo, render, sleep, info) on a pool of worker threads. weaver starts it;\n"
+            "(%s) on a pool of worker threads. weaver starts it;\n"
             "running it by hand is for testing.\n"
             "\n"
             "Options:\n"
@@ -75,32 +81,20 @@ static void usage(FILE *to)
             "  %d  could not connect to the socket\n"
             "  %d  the peer broke the protocol\n"
             "  %d  internal error (out of memory, thread creation failed, I/O error)\n",
-            (unsigned)WC_MAX_WORKERS, WC_EXIT_OK, WC_EXIT_USAGE, WC_EXIT_CONNECT, WC_EXIT_PROTOCOL,
+            ops, (unsigned)WC_MAX_WORKERS, WC_EXIT_OK, WC_EXIT_USAGE, WC_EXIT_CONNECT, WC_EXIT_PROTOCOL,
             WC_EXIT_INTERNAL);
 }
 
-static int usage_error(const char *fmt, const char *arg)
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, PROG ": ");
-    fprintf(stderr, fmt, arg);
+    vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\nTry '" PROG " --help' for more information.\n");
+    va_end(ap);
     return WC_EXIT_USAGE;
-}
-
-static int parse_workers(const char *text, uint32_t *out)
-{
-    if (text[0] == '\0' || strlen(text) > 4)
-        return -1;
-    unsigned v = 0;
-    for (const char *c = text; *c; c++) {
-        if (*c < '0' || *c > '9')
-            return -1;
-        v = v * 10u + (unsigned)(*c - '0');
-    }
-    if (v > WC_MAX_WORKERS)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 /* stdin is a lifeline only when weaver can hold its other end. */
@@ -244,8 +238,9 @@ int wc_daemon_main(int argc, char **argv)
             socket_path = optarg;
             break;
         case 'w':
-            if (parse_workers(optarg, &workers) != 0)
-                return usage_error("--workers: '%s' is not a number of threads from 0 to 256", optarg);
+            if (wc_parse_u32(optarg, 0, WC_MAX_WORKERS, &workers) != 0)
+                return usage_error("--workers: '%s' is not a number of threads from 0 to %u", optarg,
+                                   (unsigned)WC_MAX_WORKERS);
             break;
         case 'h':
             usage(stdout);

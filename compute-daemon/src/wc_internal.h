@@ -74,18 +74,30 @@ static inline uint64_t wc_get_u64le(const uint8_t *p)
     return (uint64_t)wc_get_u32le(p) | ((uint64_t)wc_get_u32le(p + 4) << 32);
 }
 
-/* ---- frame.c: text helpers --------------------------------------------- */
+/* ---- frame.c: static texts --------------------------------------------- */
 
 /** Static name of a frame kind ("REQUEST", ...), "unknown kind" otherwise. */
 const char *wc_kind_str(uint32_t kind);
+
+/* ---- text.c: text helpers ---------------------------------------------- */
+
 /** Symbolic name of an errno value ("ENOENT"), "errno N" style otherwise
  *  (written into `buf`, which must hold 24 bytes). */
 const char *wc_errno_name(int e, char buf[24]);
 /** snprintf into a caller's error buffer; does nothing when err_len is 0. */
 void wc_errf(char *err, size_t err_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/** snprintf at `buf + *used` (`buf` holds `len` bytes) and advance *used; once
+ *  the text was cut short, *used >= len and later calls do nothing. */
+void wc_appendf(char *buf, size_t len, size_t *used, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/** Replace the buffer *out (freed) with the formatted message (not
+ *  NUL-terminated in *out_len); on allocation failure, empty. */
+void wc_vmessage(uint8_t **out, size_t *out_len, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 /** Copy `len` untrusted bytes into `out` (size `out_len` > 4) as printable
  *  ASCII: other bytes become '?', a cut-off ends in "...". Returns `out`. */
 const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len);
+/** Parse decimal digits only (no sign, no space) in min..max into *out.
+ *  Returns 0, -1 when `text` is not all digits, -2 when out of range. */
+int wc_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out);
 
 /* ---- ops.c: the op table and one call of an op ------------------------- */
 
@@ -121,7 +133,9 @@ struct wc_op_entry {
     wc_op_handler handler;
 };
 
-/** The ops this daemon serves, in HELLO order. */
+/** The ops this daemon serves, in HELLO order: the one place an op's id,
+ *  name and handler are written down (HELLO, info, wc_op_name, messages and
+ *  --help all read it). */
 extern const struct wc_op_entry wc_ops[];
 extern const size_t wc_ops_count;
 /** The table row for `op`, or NULL. */
@@ -129,9 +143,6 @@ const struct wc_op_entry *wc_op_find(uint32_t op);
 
 /** Non-zero once the call was cancelled. */
 int wc_call_cancelled(const struct wc_call *call);
-/** Replace the buffer *out (freed) with the formatted message (not
- *  NUL-terminated in *out_len); on allocation failure, empty. */
-void wc_vmessage(uint8_t **out, size_t *out_len, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 /** Finish the call with a non-OK status and a formatted message payload. */
 void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
