@@ -9,8 +9,9 @@
  *   - `workers` threads take jobs from `queue`, run the op (ops.c) and put
  *     the finished job on `done`, then wake the I/O thread through an
  *     eventfd (once per batch: `wake_pending`).
- *   - `mu` guards queue, running, done, quit and wake_pending, and the
- *     cancel flags' condition variable. Everything else is I/O-thread only.
+ *   - `mu` guards queue, running, done, quit and wake_pending, and is the
+ *     lock of `cancel_cv`, which a running op sleeps on (its struct wc_call
+ *     names both). Everything else is I/O-thread only.
  *
  * A request is one struct wc_job from the moment its header is read until
  * its RESPONSE is fully written: queue -> running -> done -> out -> freed.
@@ -37,7 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "wc_internal.h"
+#include "ops.h"
 
 /* Bytes read from the socket into the staging buffer at once. */
 #define STAGE_SIZE (64u * 1024u)
@@ -279,7 +280,8 @@ static void run_job(struct wc_server *s, struct wc_job *j)
         .payload = j->payload,
         .payload_len = j->payload_len,
         .cancel = &j->cancel,
-        .server = s,
+        .cancel_mu = &s->mu,
+        .cancel_cv = &s->cancel_cv,
         .pid = s->pid,
         .workers = s->nworkers,
         .status = WC_STATUS_INTERNAL,
@@ -332,33 +334,6 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
-}
-
-int wc_call_sleep_ms(struct wc_call *call, uint64_t ms)
-{
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += (time_t)(ms / 1000u);
-    deadline.tv_nsec += (long)(ms % 1000u) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
-    struct wc_server *s = call->server;
-    if (s == NULL) {
-        /* No server (an op tested on its own): a plain, uncancellable wait. */
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL) == EINTR)
-            ;
-        return 0;
-    }
-    pthread_mutex_lock(&s->mu);
-    while (!wc_call_cancelled(call)) {
-        if (pthread_cond_timedwait(&s->cancel_cv, &s->mu, &deadline) == ETIMEDOUT)
-            break;
-    }
-    int cancelled = wc_call_cancelled(call);
-    pthread_mutex_unlock(&s->mu);
-    return cancelled;
 }
 
 /* Move finished jobs from the workers to the outbound list (I/O thread). */

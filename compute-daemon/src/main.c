@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "wc_internal.h"
+#include "ops.h"
 
 #define PROG "compute-daemon"
 

@@ -3,21 +3,28 @@
  * The table is the only place an op's name is spelled: wc_op_name, HELLO,
  * the info op, error messages and --help derive from it.
  *
- * A handler runs on a worker thread with one struct wc_call: it reads the
- * request payload (bounded, never NUL-terminated), and sets status and out.
+ * A handler runs on a worker thread with one struct wc_call (ops.h): it
+ * reads the request payload (bounded, never NUL-terminated), and sets status
+ * and out. A sleep waits on the lock the call names, so this file needs
+ * nothing from the pool or the loop.
+ *
  * Parameters are `key=value` tokens separated by spaces, tabs, CR or LF;
  * unknown, duplicate, empty, unparsable or out-of-range values give
  * WC_STATUS_BAD_REQUEST with a message that names the key.
  */
 #define _GNU_SOURCE
 
+#include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "wc_internal.h"
+#include "ops.h"
+#include "render.h"
 
 /* ---- Call helpers ------------------------------------------------------ */
 
@@ -33,6 +40,32 @@ void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...)
     va_start(ap, fmt);
     wc_vmessage(&call->out, &call->out_len, fmt, ap);
     va_end(ap);
+}
+
+int wc_call_sleep_ms(struct wc_call *call, uint64_t ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)(ms / 1000u);
+    deadline.tv_nsec += (long)(ms % 1000u) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    if (call->cancel_mu == NULL) {
+        /* Nothing to wait on (an op tested on its own): a plain wait. */
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL) == EINTR)
+            ;
+        return 0;
+    }
+    pthread_mutex_lock(call->cancel_mu);
+    while (!wc_call_cancelled(call)) {
+        if (pthread_cond_timedwait(call->cancel_cv, call->cancel_mu, &deadline) == ETIMEDOUT)
+            break;
+    }
+    int cancelled = wc_call_cancelled(call);
+    pthread_mutex_unlock(call->cancel_mu);
+    return cancelled;
 }
 
 static void call_cancelled(struct wc_call *call)
