@@ -14,7 +14,10 @@ use std::path::Path;
 
 /// Library sources; `main.c` is compiled too (it exports `wc_daemon_main`),
 /// `entry.c` (the plain C `main`) is only for `make -C compute-daemon`.
-const C_SOURCES: &[&str] = &["frame.c", "text.c", "socket.c", "ops.c", "render.c", "loop.c", "main.c"];
+const C_SOURCES: &[&str] = &[
+    "frame.c", "text.c", "socket.c", "ops.c", "render.c", "job.c", "pool.c", "reader.c", "loop.c",
+    "main.c",
+];
 
 fn main() {
     let src = Path::new("compute-daemon/src");

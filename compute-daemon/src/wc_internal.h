@@ -4,10 +4,18 @@
  * of frame.c and the text helpers of text.c. Every file may include it; it
  * includes no other internal header.
  *
- * ops.h (the op table and one call of an op) and render.h sit on top of it.
- * ops.c knows nothing of the loop: a call carries its own cancel flag and
- * the lock a sleep waits on. Not part of the wire contract (that is
- * include/weaver_compute.h). Nothing here is global mutable state.
+ * Each other internal header declares what one .c file offers. Who uses
+ * whom (one way only; nothing on the left is used by what it uses):
+ *
+ *   loop.c   -> pool.h, job.h, reader.h, ops.h
+ *   pool.c   -> pool.h, job.h, ops.h
+ *   main.c   -> ops.h
+ *   ops.c    -> ops.h, render.h
+ *   reader.c -> reader.h;  job.c -> job.h;  render.c -> render.h
+ *
+ * ops.c knows nothing of the pool or the loop: a call carries its own
+ * cancel flag and the lock a sleep waits on. Not part of the wire contract
+ * (that is include/weaver_compute.h). Nothing here is global mutable state.
  */
 #ifndef WC_INTERNAL_H
 #define WC_INTERNAL_H
@@ -101,5 +109,11 @@ const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len
 /** Parse decimal digits only (no sign, no space) in min..max into *out.
  *  Returns 0, -1 when `text` is not all digits, -2 when out of range. */
 int wc_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out);
+
+/* ---- Steps of the serve loop ------------------------------------------- */
+
+/** What a step of wc_serve's parts (reader.c, loop.c) returns to go on;
+ *  any other value is the enum wc_serve_result to return. */
+#define WC_GO_ON (-1)
 
 #endif /* WC_INTERNAL_H */
