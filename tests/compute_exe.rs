@@ -224,7 +224,7 @@ fn stdin_from_dev_null_is_not_a_lifeline() {
 fn dies_with_its_parent() {
     // compute-daemon's parent is a shell that the test kills; the socket
     // and (the shell's) stdin stay open, so only the parent-death signal
-    // can end it.
+    // can end it. The shell arms none: compute owns its parent-death signal.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("compute.sock");
     let listener = UnixListener::bind(&path).unwrap();

@@ -153,6 +153,29 @@ static void signals_restore(struct signals *sg)
     sg->installed = 0;
 }
 
+/*
+ * Die with the parent. The compute daemon owns its parent-death signal (this
+ * is the one place it is set), so it holds whoever spawns it and a spawner
+ * need not arm one. SIGTERM reaches the self-pipe like any other stop, so
+ * the loop ends the normal way. The parent is read before prctl: if it died
+ * in between, getppid() already names the reaper and the signal will never
+ * come. Returns 0 when armed, 1 when the parent is already gone, -1 when
+ * prctl failed (both with a message on stderr).
+ */
+static int arm_parent_death(void)
+{
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
+        fprintf(stderr, PROG ": could not set the parent-death signal: %s\n", strerror(errno));
+        return -1;
+    }
+    if (getppid() != parent) {
+        fprintf(stderr, PROG ": parent process %ld exited before start-up finished; exiting\n", (long)parent);
+        return 1;
+    }
+    return 0;
+}
+
 static int run(const char *socket_path, uint32_t workers)
 {
     struct signals sg;
@@ -160,17 +183,9 @@ static int run(const char *socket_path, uint32_t workers)
         return WC_EXIT_INTERNAL;
 
     int code = WC_EXIT_OK;
-    /* Die with the parent. The parent is read before prctl: if it died in
-     * between, getppid() already names the reaper and the signal will never
-     * come, so leave now. */
-    pid_t parent = getppid();
-    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
-        fprintf(stderr, PROG ": could not set the parent-death signal: %s\n", strerror(errno));
-        code = WC_EXIT_INTERNAL;
-        goto out_restore_signals;
-    }
-    if (getppid() != parent) {
-        fprintf(stderr, PROG ": parent process %ld exited before start-up finished; exiting\n", (long)parent);
+    int armed = arm_parent_death();
+    if (armed != 0) {
+        code = armed < 0 ? WC_EXIT_INTERNAL : WC_EXIT_OK;
         goto out_restore_signals;
     }
 
