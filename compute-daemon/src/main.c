@@ -85,15 +85,32 @@ static void usage(FILE *to)
             WC_EXIT_INTERNAL);
 }
 
+/* One line on stderr: "compute-daemon: " and the message. */
+static void vcomplain(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+static void vcomplain(const char *fmt, va_list ap)
+{
+    fprintf(stderr, PROG ": ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+}
+
+static void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void complain(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vcomplain(fmt, ap);
+    va_end(ap);
+}
+
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, PROG ": ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\nTry '" PROG " --help' for more information.\n");
+    vcomplain(fmt, ap);
     va_end(ap);
+    fprintf(stderr, "Try '" PROG " --help' for more information.\n");
     return WC_EXIT_USAGE;
 }
 
@@ -118,7 +135,7 @@ static int signals_install(struct signals *sg)
 {
     sg->installed = 0;
     if (pipe2(sg->pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
-        fprintf(stderr, PROG ": could not create the signal pipe: %s\n", strerror(errno));
+        complain("could not create the signal pipe: %s", strerror(errno));
         return -1;
     }
     signal_pipe_fd = sg->pipe[1];
@@ -166,11 +183,11 @@ static int arm_parent_death(void)
 {
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
-        fprintf(stderr, PROG ": could not set the parent-death signal: %s\n", strerror(errno));
+        complain("could not set the parent-death signal: %s", strerror(errno));
         return -1;
     }
     if (getppid() != parent) {
-        fprintf(stderr, PROG ": parent process %ld exited before start-up finished; exiting\n", (long)parent);
+        complain("parent process %ld exited before start-up finished; exiting", (long)parent);
         return 1;
     }
     return 0;
@@ -192,7 +209,7 @@ static int run(const char *socket_path, uint32_t workers)
     char err[512];
     int fd = socket_connect(socket_path, err, sizeof err);
     if (fd < 0) {
-        fprintf(stderr, PROG ": %s\n", err);
+        complain("%s", err);
         code = WC_EXIT_CONNECT;
         goto out_restore_signals;
     }
@@ -212,12 +229,12 @@ static int run(const char *socket_path, uint32_t workers)
         code = WC_EXIT_OK;
         break;
     case WC_SERVE_PROTOCOL:
-        fprintf(stderr, PROG ": %s\n", err);
+        complain("%s", err);
         code = WC_EXIT_PROTOCOL;
         break;
     case WC_SERVE_ERROR:
     default:
-        fprintf(stderr, PROG ": %s\n", err);
+        complain("%s", err);
         code = WC_EXIT_INTERNAL;
         break;
     }
@@ -276,12 +293,11 @@ int wc_daemon_main(int argc, char **argv)
     if (socket_path == NULL) {
         const char *rt = getenv("XDG_RUNTIME_DIR");
         if (rt == NULL || rt[0] == '\0') {
-            fprintf(stderr, PROG ": XDG_RUNTIME_DIR is not set, so there is no default socket: "
-                            "pass --socket-path PATH\n");
+            complain("XDG_RUNTIME_DIR is not set, so there is no default socket: pass --socket-path PATH");
             return WC_EXIT_USAGE;
         }
         if (asprintf(&default_path, "%s/weaver/compute.sock", rt) < 0) {
-            fprintf(stderr, PROG ": out of memory\n");
+            complain("out of memory");
             return WC_EXIT_INTERNAL;
         }
         socket_path = default_path;
