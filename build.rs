@@ -2,6 +2,10 @@
 //! `regen-bindings` feature, regenerates `src/ffi/bindings.rs` from
 //! `include/weaver_compute.h` with bindgen.
 //!
+//! The C code gets the crate's version as `-DWC_DAEMON_VERSION="..."`, so
+//! `--version` and the `info` op report what `Cargo.toml` says (the Makefile
+//! reads the same line).
+//!
 //! The bindings are committed so that a machine without libclang builds. With
 //! the feature on, a committed file that differs from the fresh output fails
 //! the build (CI runs this), unless `WEAVER_BLESS_BINDINGS=1` asks to rewrite it.
@@ -10,7 +14,10 @@ use std::path::Path;
 
 /// Library sources; `main.c` is compiled too (it exports `wc_daemon_main`),
 /// `entry.c` (the plain C `main`) is only for `make -C compute-daemon`.
-const C_SOURCES: &[&str] = &["frame.c", "socket.c", "ops.c", "render.c", "loop.c", "main.c"];
+const C_SOURCES: &[&str] = &[
+    "frame.c", "text.c", "socket.c", "ops.c", "render.c", "job.c", "pool.c", "reader.c", "loop.c",
+    "main.c",
+];
 
 fn main() {
     let src = Path::new("compute-daemon/src");
@@ -23,6 +30,9 @@ fn main() {
         .warnings_into_errors(true)
         .flag("-ffp-contract=off")
         .flag("-pthread");
+    let version = std::env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION");
+    build.define("WC_DAEMON_VERSION", format!("\"{version}\"").as_str());
+    println!("cargo:rerun-if-changed=Cargo.toml");
     for f in C_SOURCES {
         let p = src.join(f);
         build.file(&p);

@@ -217,6 +217,7 @@ fn stdin_from_dev_null_is_not_a_lifeline() {
     let f = r.peer.response(2);
     let info: serde_json::Value = serde_json::from_slice(&f.payload).unwrap();
     assert_eq!(info["pid"], u64::from(r.hello.pid));
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     let t0 = Instant::now();
     drop(r.peer);
     let status = r.guard.wait_exit(Duration::from_secs(5));
@@ -227,7 +228,7 @@ fn stdin_from_dev_null_is_not_a_lifeline() {
 fn dies_with_its_parent() {
     // compute-daemon's parent is a shell that the test kills; the socket
     // and (the shell's) stdin stay open, so only the parent-death signal
-    // can end it.
+    // can end it. The shell arms none: compute owns its parent-death signal.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("compute.sock");
     let listener = UnixListener::bind(&path).unwrap();
@@ -311,9 +312,16 @@ fn help_and_version_exit_0() {
     for w in ["--socket-path", "--workers", "stdin", "Exit status", "/dev/null"] {
         assert!(out.contains(w), "--help mentions {w}: {out}");
     }
+    // The version is the crate's: build.rs and the Makefile both take it
+    // from Cargo.toml.
     let (code, out, _) = run_to_exit(&["--version"], &[]);
     assert_eq!(code, 0);
-    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    let want = format!(
+        "compute-daemon {} (protocol {})\n",
+        env!("CARGO_PKG_VERSION"),
+        ffi::WC_PROTOCOL_VERSION
+    );
+    assert_eq!(out, want);
 }
 
 #[test]

@@ -1,13 +1,11 @@
 /*
  * frame.c -- the 24-byte frame header, encoded and decoded byte by byte
- * (little-endian whatever the host), and the static texts for its fields.
+ * (little-endian whatever the host), and the static texts for its decode
+ * results, statuses and kinds (op names come from the op table, ops.c).
  * Pure: no I/O, no allocation, no state.
  */
 #define _GNU_SOURCE
 
-#include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "wc_internal.h"
@@ -85,22 +83,6 @@ const char *wc_status_str(uint32_t status)
     }
 }
 
-const char *wc_op_name(uint32_t op)
-{
-    switch (op) {
-    case WC_OP_ECHO:
-        return "echo";
-    case WC_OP_RENDER:
-        return "render";
-    case WC_OP_SLEEP:
-        return "sleep";
-    case WC_OP_INFO:
-        return "info";
-    default:
-        return "unknown op";
-    }
-}
-
 const char *wc_kind_str(uint32_t kind)
 {
     switch (kind) {
@@ -121,74 +103,4 @@ const char *wc_kind_str(uint32_t kind)
     default:
         return "unknown kind";
     }
-}
-
-const char *wc_errno_name(int e, char buf[24])
-{
-    switch (e) {
-    case ENOENT:
-        return "ENOENT";
-    case EACCES:
-        return "EACCES";
-    case EPERM:
-        return "EPERM";
-    case ECONNREFUSED:
-        return "ECONNREFUSED";
-    case ENOTDIR:
-        return "ENOTDIR";
-    case ENAMETOOLONG:
-        return "ENAMETOOLONG";
-    case EPROTOTYPE:
-        return "EPROTOTYPE";
-    case ENOTSOCK:
-        return "ENOTSOCK";
-    case ELOOP:
-        return "ELOOP";
-    case EAGAIN:
-        return "EAGAIN";
-    case EINVAL:
-        return "EINVAL";
-    case EMFILE:
-        return "EMFILE";
-    case ENFILE:
-        return "ENFILE";
-    case ENOMEM:
-        return "ENOMEM";
-    case ECONNRESET:
-        return "ECONNRESET";
-    case EPIPE:
-        return "EPIPE";
-    case ETIMEDOUT:
-        return "ETIMEDOUT";
-    default:
-        snprintf(buf, 24, "errno %d", e);
-        return buf;
-    }
-}
-
-void wc_errf(char *err, size_t err_len, const char *fmt, ...)
-{
-    if (err == NULL || err_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-}
-
-const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len)
-{
-    size_t o = 0;
-    size_t room = out_len - 4; /* keep space for "..." and the NUL */
-    for (size_t i = 0; i < len; i++) {
-        if (o >= room) {
-            memcpy(out + o, "...", 3);
-            o += 3;
-            break;
-        }
-        uint8_t c = in[i];
-        out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-    }
-    out[o] = '\0';
-    return out;
 }

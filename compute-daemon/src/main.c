@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "wc_internal.h"
+#include "ops.h"
 
 #define PROG "compute-daemon"
 
@@ -46,12 +47,17 @@ static void on_stop_signal(int sig)
 
 static void usage(FILE *to)
 {
+    char ops[128];
+    size_t o = 0;
+    ops[0] = '\0';
+    for (size_t i = 0; i < wc_ops_count; i++)
+        wc_appendf(ops, sizeof ops, &o, "%s%s", i ? ", " : "", wc_ops[i].name);
     fprintf(to,
             "Usage: " PROG " [--socket-path PATH] [--workers N]\n"
             "\n"
             "The weaver compute daemon. It connects to a Unix socket that weaver already\n"
             "listens on (it never creates one), sends HELLO, and serves compute requests\n"
-            "(echo, render, sleep, info) on a pool of worker threads. weaver starts it;\n"
+            "(%s) on a pool of worker threads. weaver starts it;\n"
             "running it by hand is for testing.\n"
             "\n"
             "Options:\n"
@@ -75,32 +81,37 @@ static void usage(FILE *to)
             "  %d  could not connect to the socket\n"
             "  %d  the peer broke the protocol\n"
             "  %d  internal error (out of memory, thread creation failed, I/O error)\n",
-            (unsigned)WC_MAX_WORKERS, WC_EXIT_OK, WC_EXIT_USAGE, WC_EXIT_CONNECT, WC_EXIT_PROTOCOL,
+            ops, (unsigned)WC_MAX_WORKERS, WC_EXIT_OK, WC_EXIT_USAGE, WC_EXIT_CONNECT, WC_EXIT_PROTOCOL,
             WC_EXIT_INTERNAL);
 }
 
-static int usage_error(const char *fmt, const char *arg)
+/* One line on stderr: "compute-daemon: " and the message. */
+static void vcomplain(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+static void vcomplain(const char *fmt, va_list ap)
 {
     fprintf(stderr, PROG ": ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nTry '" PROG " --help' for more information.\n");
-    return WC_EXIT_USAGE;
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
 }
 
-static int parse_workers(const char *text, uint32_t *out)
+static void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void complain(const char *fmt, ...)
 {
-    if (text[0] == '\0' || strlen(text) > 4)
-        return -1;
-    unsigned v = 0;
-    for (const char *c = text; *c; c++) {
-        if (*c < '0' || *c > '9')
-            return -1;
-        v = v * 10u + (unsigned)(*c - '0');
-    }
-    if (v > WC_MAX_WORKERS)
-        return -1;
-    *out = v;
-    return 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vcomplain(fmt, ap);
+    va_end(ap);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vcomplain(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try '" PROG " --help' for more information.\n");
+    return WC_EXIT_USAGE;
 }
 
 /* stdin is a lifeline only when weaver can hold its other end. */
@@ -124,7 +135,7 @@ static int signals_install(struct signals *sg)
 {
     sg->installed = 0;
     if (pipe2(sg->pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
-        fprintf(stderr, PROG ": could not create the signal pipe: %s\n", strerror(errno));
+        complain("could not create the signal pipe: %s", strerror(errno));
         return -1;
     }
     signal_pipe_fd = sg->pipe[1];
@@ -159,6 +170,29 @@ static void signals_restore(struct signals *sg)
     sg->installed = 0;
 }
 
+/*
+ * Die with the parent. The compute daemon owns its parent-death signal (this
+ * is the one place it is set), so it holds whoever spawns it and a spawner
+ * need not arm one. SIGTERM reaches the self-pipe like any other stop, so
+ * the loop ends the normal way. The parent is read before prctl: if it died
+ * in between, getppid() already names the reaper and the signal will never
+ * come. Returns 0 when armed, 1 when the parent is already gone, -1 when
+ * prctl failed (both with a message on stderr).
+ */
+static int arm_parent_death(void)
+{
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
+        complain("could not set the parent-death signal: %s", strerror(errno));
+        return -1;
+    }
+    if (getppid() != parent) {
+        complain("parent process %ld exited before start-up finished; exiting", (long)parent);
+        return 1;
+    }
+    return 0;
+}
+
 static int run(const char *socket_path, uint32_t workers)
 {
     struct signals sg;
@@ -166,24 +200,16 @@ static int run(const char *socket_path, uint32_t workers)
         return WC_EXIT_INTERNAL;
 
     int code = WC_EXIT_OK;
-    /* Die with the parent. The parent is read before prctl: if it died in
-     * between, getppid() already names the reaper and the signal will never
-     * come, so leave now. */
-    pid_t parent = getppid();
-    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
-        fprintf(stderr, PROG ": could not set the parent-death signal: %s\n", strerror(errno));
-        code = WC_EXIT_INTERNAL;
-        goto out_restore_signals;
-    }
-    if (getppid() != parent) {
-        fprintf(stderr, PROG ": parent process %ld exited before start-up finished; exiting\n", (long)parent);
+    int armed = arm_parent_death();
+    if (armed != 0) {
+        code = armed < 0 ? WC_EXIT_INTERNAL : WC_EXIT_OK;
         goto out_restore_signals;
     }
 
     char err[512];
     int fd = socket_connect(socket_path, err, sizeof err);
     if (fd < 0) {
-        fprintf(stderr, PROG ": %s\n", err);
+        complain("%s", err);
         code = WC_EXIT_CONNECT;
         goto out_restore_signals;
     }
@@ -203,12 +229,12 @@ static int run(const char *socket_path, uint32_t workers)
         code = WC_EXIT_OK;
         break;
     case WC_SERVE_PROTOCOL:
-        fprintf(stderr, PROG ": %s\n", err);
+        complain("%s", err);
         code = WC_EXIT_PROTOCOL;
         break;
     case WC_SERVE_ERROR:
     default:
-        fprintf(stderr, PROG ": %s\n", err);
+        complain("%s", err);
         code = WC_EXIT_INTERNAL;
         break;
     }
@@ -244,8 +270,9 @@ int wc_daemon_main(int argc, char **argv)
             socket_path = optarg;
             break;
         case 'w':
-            if (parse_workers(optarg, &workers) != 0)
-                return usage_error("--workers: '%s' is not a number of threads from 0 to 256", optarg);
+            if (wc_parse_u32(optarg, 0, WC_MAX_WORKERS, &workers) != 0)
+                return usage_error("--workers: '%s' is not a number of threads from 0 to %u", optarg,
+                                   (unsigned)WC_MAX_WORKERS);
             break;
         case 'h':
             usage(stdout);
@@ -266,12 +293,11 @@ int wc_daemon_main(int argc, char **argv)
     if (socket_path == NULL) {
         const char *rt = getenv("XDG_RUNTIME_DIR");
         if (rt == NULL || rt[0] == '\0') {
-            fprintf(stderr, PROG ": XDG_RUNTIME_DIR is not set, so there is no default socket: "
-                            "pass --socket-path PATH\n");
+            complain("XDG_RUNTIME_DIR is not set, so there is no default socket: pass --socket-path PATH");
             return WC_EXIT_USAGE;
         }
         if (asprintf(&default_path, "%s/weaver/compute.sock", rt) < 0) {
-            fprintf(stderr, PROG ": out of memory\n");
+            complain("out of memory");
             return WC_EXIT_INTERNAL;
         }
         socket_path = default_path;

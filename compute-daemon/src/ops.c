@@ -1,8 +1,13 @@
 /*
  * ops.c -- the table of ops { id, name, handler } and their parameters.
+ * The table is the only place an op's name is spelled: wc_op_name, HELLO,
+ * the info op, error messages and --help derive from it.
  *
- * A handler runs on a worker thread with one struct wc_call: it reads the
- * request payload (bounded, never NUL-terminated), and sets status and out.
+ * A handler runs on a worker thread with one struct wc_call (ops.h): it
+ * reads the request payload (bounded, never NUL-terminated), and sets status
+ * and out. A sleep waits on the lock the call names, so this file needs
+ * nothing from the pool or the loop.
+ *
  * Parameters are `key=value` tokens separated by spaces, tabs, CR or LF;
  * unknown, duplicate, empty, unparsable or out-of-range values give
  * WC_STATUS_BAD_REQUEST with a message that names the key.
@@ -11,31 +16,21 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "wc_internal.h"
+#include "ops.h"
+#include "render.h"
 
 /* ---- Call helpers ------------------------------------------------------ */
 
 int wc_call_cancelled(const struct wc_call *call)
 {
     return call->cancel != NULL && atomic_load(call->cancel) != 0;
-}
-
-void wc_vmessage(uint8_t **out, size_t *out_len, const char *fmt, va_list ap)
-{
-    free(*out);
-    *out = NULL;
-    *out_len = 0;
-    char *msg = NULL;
-    int n = vasprintf(&msg, fmt, ap);
-    if (n >= 0) {
-        *out = (uint8_t *)msg;
-        *out_len = (size_t)n;
-    }
 }
 
 void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...)
@@ -45,6 +40,32 @@ void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...)
     va_start(ap, fmt);
     wc_vmessage(&call->out, &call->out_len, fmt, ap);
     va_end(ap);
+}
+
+int wc_call_sleep_ms(struct wc_call *call, uint64_t ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)(ms / 1000u);
+    deadline.tv_nsec += (long)(ms % 1000u) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    if (call->cancel_mu == NULL) {
+        /* Nothing to wait on (an op tested on its own): a plain wait. */
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL) == EINTR)
+            ;
+        return 0;
+    }
+    pthread_mutex_lock(call->cancel_mu);
+    while (!wc_call_cancelled(call)) {
+        if (pthread_cond_timedwait(call->cancel_cv, call->cancel_mu, &deadline) == ETIMEDOUT)
+            break;
+    }
+    int cancelled = wc_call_cancelled(call);
+    pthread_mutex_unlock(call->cancel_mu);
+    return cancelled;
 }
 
 static void call_cancelled(struct wc_call *call)
@@ -78,27 +99,8 @@ static void list_keys(const struct param *ps, size_t np, char *buf, size_t len)
 {
     size_t o = 0;
     buf[0] = '\0';
-    for (size_t i = 0; i < np && o < len; i++) {
-        int n = snprintf(buf + o, len - o, "%s%s", i ? ", " : "", ps[i].key);
-        if (n < 0)
-            break;
-        o += (size_t)n;
-    }
-}
-
-static int parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out)
-{
-    if (text[0] < '0' || text[0] > '9')
-        return -1;
-    for (const char *c = text; *c; c++)
-        if (*c < '0' || *c > '9')
-            return -1;
-    errno = 0;
-    unsigned long long v = strtoull(text, NULL, 10);
-    if (errno == ERANGE || v < min || v > max)
-        return -2;
-    *out = (uint32_t)v;
-    return 0;
+    for (size_t i = 0; i < np; i++)
+        wc_appendf(buf, len, &o, "%s%s", i ? ", " : "", ps[i].key);
 }
 
 static int parse_f64(const char *text, double *out)
@@ -176,7 +178,7 @@ static int parse_params(struct wc_call *call, struct param *ps, size_t np)
 
         int r;
         if (hit->type == PARAM_U32) {
-            r = parse_u32(text, hit->min, hit->max, hit->dst);
+            r = wc_parse_u32(text, hit->min, hit->max, hit->dst);
             if (r == -1) {
                 wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: %s='%s' is not a whole number", op, hit->key,
                              wc_sanitize(shown, sizeof shown, val, val_len));
@@ -245,16 +247,17 @@ static void op_render(struct wc_call *call)
     if (parse_params(call, ps, sizeof ps / sizeof ps[0]) != 0)
         return;
 
+    const char *op = wc_op_name(call->op);
     size_t size = wc_render_size(&rp);
     if (size > WC_MAX_PAYLOAD) {
         wc_call_fail(call, WC_STATUS_TOO_LARGE,
-                     "render: a %ux%u image is %zu bytes, over the %u-byte payload limit: ask for fewer pixels",
+                     "%s: a %ux%u image is %zu bytes, over the %u-byte payload limit: ask for fewer pixels", op,
                      rp.width, rp.height, size, (unsigned)WC_MAX_PAYLOAD);
         return;
     }
     uint8_t *img = malloc(size);
     if (img == NULL) {
-        wc_call_fail(call, WC_STATUS_INTERNAL, "render: out of memory for %zu bytes", size);
+        wc_call_fail(call, WC_STATUS_INTERNAL, "%s: out of memory for %zu bytes", op, size);
         return;
     }
     if (wc_render(&rp, img, size, call->cancel) != 0) {
@@ -284,21 +287,18 @@ static void op_sleep(struct wc_call *call)
 
 static void op_info(struct wc_call *call)
 {
+    const char *op = wc_op_name(call->op);
     for (size_t i = 0; i < call->payload_len; i++) {
         if (!is_sep(call->payload[i])) {
-            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "info: takes no parameters");
+            wc_call_fail(call, WC_STATUS_BAD_REQUEST, "%s: takes no parameters", op);
             return;
         }
     }
     char ops[128];
     size_t o = 0;
     ops[0] = '\0';
-    for (size_t i = 0; i < wc_ops_count; i++) {
-        int n = snprintf(ops + o, sizeof ops - o, "%s\"%s\"", i ? "," : "", wc_ops[i].name);
-        if (n < 0 || (size_t)n >= sizeof ops - o)
-            break;
-        o += (size_t)n;
-    }
+    for (size_t i = 0; i < wc_ops_count; i++)
+        wc_appendf(ops, sizeof ops, &o, "%s\"%s\"", i ? "," : "", wc_ops[i].name);
     char *json = NULL;
     int n = asprintf(&json,
                      "{\"pid\":%u,\"version\":\"%s\",\"protocol\":%u,\"workers\":%u,\"max_frame\":%u,"
@@ -306,7 +306,7 @@ static void op_info(struct wc_call *call)
                      call->pid, WC_DAEMON_VERSION, (unsigned)WC_PROTOCOL_VERSION, call->workers,
                      (unsigned)WC_MAX_FRAME, ops);
     if (n < 0) {
-        wc_call_fail(call, WC_STATUS_INTERNAL, "info: out of memory");
+        wc_call_fail(call, WC_STATUS_INTERNAL, "%s: out of memory", op);
         return;
     }
     call->status = WC_STATUS_OK;
@@ -316,6 +316,7 @@ static void op_info(struct wc_call *call)
 
 /* ---- The table --------------------------------------------------------- */
 
+/* The one list of ops: everything that names or numbers an op reads it. */
 const struct wc_op_entry wc_ops[] = {
     {WC_OP_ECHO, "echo", op_echo},
     {WC_OP_RENDER, "render", op_render},
@@ -331,4 +332,10 @@ const struct wc_op_entry *wc_op_find(uint32_t op)
         if (wc_ops[i].id == op)
             return &wc_ops[i];
     return NULL;
+}
+
+const char *wc_op_name(uint32_t op)
+{
+    const struct wc_op_entry *e = wc_op_find(op);
+    return e != NULL ? e->name : "unknown op";
 }

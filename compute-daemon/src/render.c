@@ -22,7 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "wc_internal.h"
+#include "render.h"
 
 /* "P6\n<w> <h>\n255\n" for w, h <= 4096 fits easily. */
 static int ppm_header(const struct wc_render_params *p, char buf[32])

@@ -1,22 +1,36 @@
 /*
- * wc_internal.h -- declarations shared by the compute daemon's C files.
+ * wc_internal.h -- the base layer of the compute daemon's C files: the
+ * version, the resource bounds, the little-endian helpers, the static texts
+ * of frame.c and the text helpers of text.c. Every file may include it; it
+ * includes no other internal header.
  *
- * Not part of the wire contract (that is include/weaver_compute.h). Nothing
- * here is global mutable state: the op table is const, everything else lives
- * in structs owned by the caller.
+ * Each other internal header declares what one .c file offers. Who uses
+ * whom (one way only; nothing on the left is used by what it uses):
+ *
+ *   loop.c   -> pool.h, job.h, reader.h, ops.h
+ *   pool.c   -> pool.h, job.h, ops.h
+ *   main.c   -> ops.h
+ *   ops.c    -> ops.h, render.h
+ *   reader.c -> reader.h;  job.c -> job.h;  render.c -> render.h
+ *
+ * ops.c knows nothing of the pool or the loop: a call carries its own
+ * cancel flag and the lock a sleep waits on. Not part of the wire contract
+ * (that is include/weaver_compute.h). Nothing here is global mutable state.
  */
 #ifndef WC_INTERNAL_H
 #define WC_INTERNAL_H
 
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "weaver_compute.h"
 
-/** Version reported by --version and the info op (matches Cargo.toml). */
-#define WC_DAEMON_VERSION "0.1.0"
+/* Version reported by --version and the info op: the crate's version, passed
+ * by build.rs (CARGO_PKG_VERSION) and by the Makefile (read from Cargo.toml). */
+#ifndef WC_DAEMON_VERSION
+#error "WC_DAEMON_VERSION is not defined: build with cargo or make -C compute-daemon (both pass it from Cargo.toml)"
+#endif
 
 /* ---- Resource bounds of one wc_serve call ------------------------------ */
 
@@ -71,86 +85,35 @@ static inline uint64_t wc_get_u64le(const uint8_t *p)
     return (uint64_t)wc_get_u32le(p) | ((uint64_t)wc_get_u32le(p + 4) << 32);
 }
 
-/* ---- frame.c: text helpers --------------------------------------------- */
+/* ---- frame.c: static texts --------------------------------------------- */
 
 /** Static name of a frame kind ("REQUEST", ...), "unknown kind" otherwise. */
 const char *wc_kind_str(uint32_t kind);
+
+/* ---- text.c: text helpers ---------------------------------------------- */
+
 /** Symbolic name of an errno value ("ENOENT"), "errno N" style otherwise
  *  (written into `buf`, which must hold 24 bytes). */
 const char *wc_errno_name(int e, char buf[24]);
 /** snprintf into a caller's error buffer; does nothing when err_len is 0. */
 void wc_errf(char *err, size_t err_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/** Copy `len` untrusted bytes into `out` (size `out_len` > 4) as printable
- *  ASCII: other bytes become '?', a cut-off ends in "...". Returns `out`. */
-const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len);
-
-/* ---- ops.c: the op table and one call of an op ------------------------- */
-
-struct wc_server; /* loop.c */
-
-/** One request as a handler sees it. The handler fills status/out. */
-struct wc_call {
-    uint64_t request_id;
-    uint32_t op;
-    /** Request payload, owned by the call (not NUL-terminated). A handler
-     *  may take it (set to NULL) to reply with the same buffer. */
-    uint8_t *payload;
-    size_t payload_len;
-    /** Non-zero once CANCEL or SHUTDOWN reached this request. */
-    atomic_int *cancel;
-    /** For wc_call_sleep_ms; NULL makes sleeps plain (tests of ops only). */
-    struct wc_server *server;
-    /** Facts for the info op. */
-    uint32_t pid;
-    uint32_t workers;
-    /** Result: a WC_STATUS_* and its payload (malloc'd, or NULL). */
-    uint32_t status;
-    uint8_t *out;
-    size_t out_len;
-};
-
-typedef void (*wc_op_handler)(struct wc_call *call);
-
-/** One row of the op table. */
-struct wc_op_entry {
-    uint32_t id;          /**< enum wc_op */
-    const char *name;     /**< as sent in HELLO and info */
-    wc_op_handler handler;
-};
-
-/** The ops this daemon serves, in HELLO order. */
-extern const struct wc_op_entry wc_ops[];
-extern const size_t wc_ops_count;
-/** The table row for `op`, or NULL. */
-const struct wc_op_entry *wc_op_find(uint32_t op);
-
-/** Non-zero once the call was cancelled. */
-int wc_call_cancelled(const struct wc_call *call);
+/** snprintf at `buf + *used` (`buf` holds `len` bytes) and advance *used; once
+ *  the text was cut short, *used >= len and later calls do nothing. */
+void wc_appendf(char *buf, size_t len, size_t *used, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /** Replace the buffer *out (freed) with the formatted message (not
  *  NUL-terminated in *out_len); on allocation failure, empty. */
 void wc_vmessage(uint8_t **out, size_t *out_len, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
-/** Finish the call with a non-OK status and a formatted message payload. */
-void wc_call_fail(struct wc_call *call, uint32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/** Copy `len` untrusted bytes into `out` (size `out_len` > 4) as printable
+ *  ASCII: other bytes become '?', a cut-off ends in "...". Returns `out`. */
+const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len);
+/** Parse decimal digits only (no sign, no space) in min..max into *out.
+ *  Returns 0, -1 when `text` is not all digits, -2 when out of range. */
+int wc_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out);
 
-/* ---- loop.c: cancellable waiting for ops ------------------------------- */
+/* ---- Steps of the serve loop ------------------------------------------- */
 
-/** Wait `ms` milliseconds unless the call is cancelled first.
- *  Returns 0 after the full wait, 1 when cancelled. */
-int wc_call_sleep_ms(struct wc_call *call, uint64_t ms);
-
-/* ---- render.c: the Mandelbrot op's pixels ------------------------------ */
-
-struct wc_render_params {
-    uint32_t width;      /**< 1..4096 */
-    uint32_t height;     /**< 1..4096 */
-    uint32_t iterations; /**< 1..100000 */
-    double x_min, x_max, y_min, y_max;
-};
-
-/** Bytes of the PPM image for `p` (header + pixels). */
-size_t wc_render_size(const struct wc_render_params *p);
-/** Write the PPM image into `out` (exactly wc_render_size bytes).
- *  Returns 0 when complete, 1 when `cancel` became non-zero first. */
-int wc_render(const struct wc_render_params *p, uint8_t *out, size_t out_len, const atomic_int *cancel);
+/** What a step of wc_serve's parts (reader.c, loop.c) returns to go on;
+ *  any other value is the enum wc_serve_result to return. */
+#define WC_GO_ON (-1)
 
 #endif /* WC_INTERNAL_H */

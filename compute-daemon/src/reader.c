@@ -1,0 +1,224 @@
+/*
+ * reader.c -- frame reassembly from the socket: headers decoded as they
+ * complete, payloads read incrementally, whole frames handed to the sink.
+ *
+ * Small reads go through the staging buffer (STAGE_SIZE bytes per recv, as
+ * many frames as it holds). Once a kept payload has STAGE_SIZE or more bytes
+ * to come it is read straight into its own buffer, which grows by doubling
+ * from STAGE_SIZE up to payload_len, so a 16 MiB frame never needs 16 MiB
+ * up front nor a second copy. I/O-thread only; no locking.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "reader.h"
+
+/* Bytes read from the socket into the staging buffer at once. */
+#define STAGE_SIZE (64u * 1024u)
+
+static int protocol_error(struct wc_reader *rd, enum wc_decode_result r)
+{
+    const struct wc_header *h = &rd->h;
+    switch (r) {
+    case WC_DECODE_BAD_MAGIC:
+        wc_errf(rd->err, rd->err_len,
+                "protocol error: bad magic 0x%08x (expected 0x%08x, \"WVRC\"); the connection cannot be resynced",
+                h->magic, (unsigned)WC_MAGIC);
+        break;
+    case WC_DECODE_BAD_VERSION:
+        wc_errf(rd->err, rd->err_len,
+                "protocol error: peer speaks protocol version %u, this daemon speaks %u; upgrade one side",
+                h->version, (unsigned)WC_PROTOCOL_VERSION);
+        break;
+    case WC_DECODE_BAD_KIND:
+        wc_errf(rd->err, rd->err_len, "protocol error: unknown frame kind %u; the connection cannot be resynced",
+                h->kind);
+        break;
+    case WC_DECODE_TOO_LARGE:
+        wc_errf(rd->err, rd->err_len,
+                "protocol error: frame payload_len %u is over the maximum %u (16 MiB frame); the connection "
+                "cannot be resynced",
+                h->payload_len, (unsigned)WC_MAX_PAYLOAD);
+        break;
+    default:
+        wc_errf(rd->err, rd->err_len, "protocol error: %s", wc_decode_result_str(r));
+        break;
+    }
+    return WC_SERVE_PROTOCOL;
+}
+
+/* A header was read: decode it and ask the sink whether to keep the
+ * payload that follows. */
+static int begin_frame(struct wc_reader *rd)
+{
+    enum wc_decode_result r = wc_header_decode(rd->hdr, WC_HEADER_SIZE, &rd->h);
+    if (r != WC_DECODE_OK)
+        return protocol_error(rd, r);
+    rd->in_payload = 1;
+    rd->fill = 0;
+    rd->discard = !rd->sink.begin(rd->sink.ctx, &rd->h);
+    return WC_GO_ON;
+}
+
+/* Make room for `need` payload bytes (need <= payload_len). 0, or -1 with a
+ * reason in err. */
+static int reserve(struct wc_reader *rd, size_t need)
+{
+    if (need <= rd->cap)
+        return 0;
+    size_t cap = rd->cap ? rd->cap : STAGE_SIZE;
+    while (cap < need)
+        cap *= 2;
+    if (cap > rd->h.payload_len)
+        cap = rd->h.payload_len;
+    uint8_t *b = realloc(rd->buf, cap);
+    if (b == NULL) {
+        wc_errf(rd->err, rd->err_len, "out of memory reading a %u-byte payload", rd->h.payload_len);
+        return -1;
+    }
+    rd->buf = b;
+    rd->cap = cap;
+    return 0;
+}
+
+/* A whole frame is in: reset for the next header and hand it over. */
+static int end_frame(struct wc_reader *rd)
+{
+    const struct wc_header h = rd->h;
+    uint8_t *payload = rd->discard ? NULL : rd->buf;
+    size_t len = rd->discard ? 0 : rd->fill;
+    if (!rd->discard) {
+        rd->buf = NULL; /* ownership moves to the sink */
+        rd->cap = 0;
+    }
+    rd->in_payload = 0;
+    rd->hdr_fill = 0;
+    rd->fill = 0;
+    return rd->sink.frame(rd->sink.ctx, &h, payload, len);
+}
+
+/* Consume `len` staged bytes. */
+static int consume(struct wc_reader *rd, const uint8_t *p, size_t len)
+{
+    while (len > 0) {
+        if (!rd->in_payload) {
+            size_t take = WC_HEADER_SIZE - rd->hdr_fill;
+            if (take > len)
+                take = len;
+            memcpy(rd->hdr + rd->hdr_fill, p, take);
+            rd->hdr_fill += take;
+            p += take;
+            len -= take;
+            if (rd->hdr_fill < WC_HEADER_SIZE)
+                break;
+            int r = begin_frame(rd);
+            if (r != WC_GO_ON)
+                return r;
+        } else {
+            size_t take = rd->h.payload_len - rd->fill;
+            if (take > len)
+                take = len;
+            if (!rd->discard) {
+                if (reserve(rd, rd->fill + take) != 0)
+                    return WC_SERVE_ERROR;
+                memcpy(rd->buf + rd->fill, p, take);
+            }
+            rd->fill += take;
+            p += take;
+            len -= take;
+        }
+        if (rd->in_payload && rd->fill == rd->h.payload_len) {
+            int r = end_frame(rd);
+            if (r != WC_GO_ON)
+                return r;
+        }
+    }
+    return WC_GO_ON;
+}
+
+static int read_eof(struct wc_reader *rd)
+{
+    if (rd->in_payload)
+        wc_errf(rd->err, rd->err_len,
+                "peer closed the connection in the middle of a %s frame (payload %zu of %u bytes)",
+                wc_kind_str(rd->h.kind), rd->fill, rd->h.payload_len);
+    else if (rd->hdr_fill > 0)
+        wc_errf(rd->err, rd->err_len,
+                "peer closed the connection in the middle of a frame header (%zu of %u bytes)", rd->hdr_fill,
+                (unsigned)WC_HEADER_SIZE);
+    else
+        wc_errf(rd->err, rd->err_len, "peer closed the connection");
+    return WC_SERVE_PEER_CLOSED;
+}
+
+static int read_error(struct wc_reader *rd, int e)
+{
+    char name_buf[24];
+    if (e == ECONNRESET) {
+        wc_errf(rd->err, rd->err_len, "peer reset the connection (ECONNRESET)");
+        return WC_SERVE_PEER_CLOSED;
+    }
+    wc_errf(rd->err, rd->err_len, "reading the socket failed: %s (%s)", strerror(e), wc_errno_name(e, name_buf));
+    return WC_SERVE_ERROR;
+}
+
+int wc_reader_recv(struct wc_reader *rd, int fd, size_t *got)
+{
+    *got = 0;
+    for (;;) {
+        ssize_t n;
+        size_t remaining = rd->in_payload ? rd->h.payload_len - rd->fill : 0;
+        if (rd->in_payload && !rd->discard && remaining >= STAGE_SIZE) {
+            /* Large payload: read straight into its buffer, growing it. */
+            if (reserve(rd, rd->fill + (remaining < STAGE_SIZE * 4 ? remaining : STAGE_SIZE * 4)) != 0)
+                return WC_SERVE_ERROR;
+            size_t room = rd->cap - rd->fill;
+            n = recv(fd, rd->buf + rd->fill, room < remaining ? room : remaining, MSG_DONTWAIT);
+            if (n > 0) {
+                rd->fill += (size_t)n;
+                *got = (size_t)n;
+                return rd->fill == rd->h.payload_len ? end_frame(rd) : WC_GO_ON;
+            }
+        } else {
+            n = recv(fd, rd->stage, STAGE_SIZE, MSG_DONTWAIT);
+            if (n > 0) {
+                *got = (size_t)n;
+                return consume(rd, rd->stage, (size_t)n);
+            }
+        }
+        if (n == 0)
+            return read_eof(rd);
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return WC_GO_ON;
+        return read_error(rd, errno);
+    }
+}
+
+int wc_reader_init(struct wc_reader *rd, const struct wc_reader_sink *sink, char *err, size_t err_len)
+{
+    memset(rd, 0, sizeof *rd);
+    rd->sink = *sink;
+    rd->err = err;
+    rd->err_len = err_len;
+    rd->stage = malloc(STAGE_SIZE);
+    if (rd->stage == NULL) {
+        wc_errf(err, err_len, "out of memory for the read buffer");
+        return -1;
+    }
+    return 0;
+}
+
+void wc_reader_free(struct wc_reader *rd)
+{
+    free(rd->buf);
+    free(rd->stage);
+    rd->buf = NULL;
+    rd->stage = NULL;
+    rd->cap = rd->fill = 0;
+}
