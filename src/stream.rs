@@ -10,8 +10,8 @@ use crate::codec::{Decoder, Framing, NextBuffer};
 /// buffer; larger ones go in a second write, uncopied.
 const COPY_MAX: usize = 64 * 1024;
 
-/// Read one frame from a blocking reader; `Ok(None)` on EOF between
-/// frames, `UnexpectedEof` inside one, `InvalidData` for a bad head.
+/// Read one frame from a blocking reader (a read interrupted by a signal
+/// is retried); `Ok(None)` on EOF between frames, `UnexpectedEof` inside one, `InvalidData` for a bad head.
 pub fn read_frame<F: Framing, R: Read>(
     dec: &mut Decoder<F>,
     r: &mut R,
@@ -20,7 +20,10 @@ pub fn read_frame<F: Framing, R: Read>(
         let n = match dec.next_buffer() {
             None => return Ok(dec.direct_done()),
             Some(NextBuffer::Head(buf)) => {
-                let n = r.read(buf)?;
+                let n = match r.read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    n => n?,
+                };
                 if n == 0 {
                     if !dec.in_head() {
                         return Ok(None);
@@ -36,7 +39,10 @@ pub fn read_frame<F: Framing, R: Read>(
                 buf.resize(want, 0);
                 let n = r.read(&mut buf[start..]);
                 buf.truncate(start + *n.as_ref().unwrap_or(&0));
-                n?
+                match n {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    n => n?,
+                }
             }
         };
         if n == 0 {
