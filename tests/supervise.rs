@@ -1068,6 +1068,7 @@ pid_file = "{pf}"
     ));
     // Start the daemon with a low soft open-file limit.
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     let low = lim.rlim_max.min(512);
     let mut first = s.env.cmd();

@@ -258,6 +258,7 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         // The sleep was in the group too: the group empties.
         let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // SAFETY: kill with signal 0 only checks that the group exists.
         while unsafe { libc::kill(-(pgid as i32), 0) } == 0 {
             assert!(std::time::Instant::now() < end, "group {pgid} still has members");
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -108,7 +108,7 @@ fn start(o: &Options) -> Result<Result<()>> {
     // faulting it back in on the next (large payloads are mmapped and
     // returned at once regardless).
     // SAFETY: plain mallopt before any thread exists.
-    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20) };
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) };
     raise_nofile();
     // Orphaned descendants of our children come to us, so they can be reaped
     // and stopped too.
@@ -194,12 +194,16 @@ fn bind(p: &Path) -> Result<mio::net::UnixListener> {
     // SAFETY: umask is process-wide; the daemon is single-threaded here.
     let old = unsafe { libc::umask(0o177) };
     let l = mio::net::UnixListener::bind(p);
+    // SAFETY: as above; the previous mask comes back.
     unsafe { libc::umask(old) };
     let l = l.map_err(|e| Error::io(Kind::RuntimeDir, "bind socket", p, &e))?;
     fs::set_permissions(p, fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(Kind::RuntimeDir, "chmod", p, &e))?;
     Ok(l)
 }
+
+/// Freed heap kept instead of returned to the kernel.
+const TRIM_THRESHOLD: i32 = 8 << 20;
 
 /// The open-file limit the daemon was started with, for its children (set
 /// once by [`raise_nofile`]).
