@@ -36,8 +36,6 @@ use crate::sys::ChildSetup;
 const PIPE_READ: usize = 64 * 1024;
 /// Reads of one pipe per turn: a fast writer must not hold the reactor.
 const PIPE_READS_PER_TURN: usize = 16;
-/// Grace for what an instance no longer in the configuration left behind.
-const UNKNOWN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One end of a supervised process's stdout or stderr.
 #[derive(Debug)]
@@ -492,7 +490,7 @@ impl Procs {
             let spec = self.sup.instance(&name).map(|i| i.spec());
             let detached = spec.is_some_and(|s| s.detached);
             let signal = spec.map_or(Signal::SIGTERM, |s| s.stop_signal);
-            let grace = spec.map_or(UNKNOWN_STOP_TIMEOUT, |s| s.stop_timeout);
+            let grace = spec.map_or(config::ProcessSpec::DEFAULT_STOP_TIMEOUT, |s| s.stop_timeout);
             if !detached {
                 self.sweep_group(&name, pid, signal, grace, fx);
                 self.sweep_orphans(&name, signal, grace, compute, fx);
