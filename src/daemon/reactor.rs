@@ -71,6 +71,8 @@ pub struct Reactor {
     stopping: bool,
     /// Effects waiting to be applied.
     fx: Effects,
+    /// The batch being applied (kept to reuse its allocation).
+    applying: Effects,
     /// Scratch buffer for reads.
     scratch: Vec<u8>,
 }
@@ -98,6 +100,7 @@ impl Reactor {
             info: DaemonInfo { dir: s.dir, log_file: s.log_file, started: Instant::now() },
             stopping: false,
             fx: Effects::new(),
+            applying: Effects::new(),
             scratch: vec![0; SCRATCH],
         })
     }
@@ -251,10 +254,11 @@ impl Reactor {
     /// Apply effects until none are left (applying one may produce more).
     fn apply(&mut self) {
         while !self.fx.is_empty() {
-            let batch = std::mem::take(&mut self.fx);
-            for e in batch {
+            let mut batch = std::mem::replace(&mut self.fx, std::mem::take(&mut self.applying));
+            for e in batch.drain(..) {
                 self.apply_one(e);
             }
+            self.applying = batch;
         }
     }
 
