@@ -627,6 +627,8 @@ pub struct ComputeStatus {
     pub bin: String,
     pub workers: Option<u32>,
     pub restarts: u64,
+    /// Times compute was found hung (no PONG in time) and restarted.
+    pub hangs: u64,
     pub in_flight: u64,
     pub queued: u64,
     pub served: u64,

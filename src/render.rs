@@ -79,9 +79,10 @@ pub fn status(s: &StatusReport) -> String {
     );
     let pid = c.pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "no process".into());
     let workers = c.workers.map(|w| format!(", {w} workers")).unwrap_or_default();
+    let hangs = if c.hangs > 0 { format!(" ({} after it hung)", c.hangs) } else { String::new() };
     let _ = writeln!(
         t,
-        "compute  {}, {pid}{workers}, {} restart(s), bin {}",
+        "compute  {}, {pid}{workers}, {} restart(s){hangs}, bin {}",
         c.state, c.restarts, c.bin
     );
     let _ = writeln!(
@@ -392,6 +393,7 @@ mod tests {
                 bin: "/bin/c".into(),
                 workers: None,
                 restarts: 2,
+                hangs: 0,
                 in_flight: 0,
                 queued: 0,
                 served: 0,

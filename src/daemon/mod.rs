@@ -122,13 +122,7 @@ fn start(o: &Options) -> Result<Result<()>> {
             None
         }
     };
-    let base = compute::Launch {
-        bin: o.compute_bin.clone(),
-        args: Vec::new(),
-        env: Default::default(),
-        workers: o.compute_workers,
-        policy: crate::supervise::config::RestartPolicy::COMPUTE,
-    };
+    let base = compute::Launch::defaults(o.compute_bin.clone(), o.compute_workers);
     let compute = compute::Compute::new(
         base,
         o.compute_workers.is_some(),

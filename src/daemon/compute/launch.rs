@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
+use super::lifecycle::Liveness;
 use crate::supervise::config::{ComputeSpec, RestartPolicy};
 use crate::sys::ChildSetup;
 
@@ -19,9 +20,18 @@ pub struct Launch {
     pub env: std::collections::BTreeMap<String, String>,
     pub workers: Option<u32>,
     pub policy: RestartPolicy,
+    pub liveness: Liveness,
 }
 
 impl Launch {
+    /// `bin` with `--workers` (if given) and every other setting at its
+    /// default.
+    pub fn defaults(bin: PathBuf, workers: Option<u32>) -> Launch {
+        let d = ComputeSpec::default();
+        let liveness = Liveness { interval: d.ping_interval, timeout: d.ping_timeout };
+        Launch { bin, args: Vec::new(), env: d.env, workers, policy: d.restart, liveness }
+    }
+
     /// The defaults (`--compute-bin`, `--compute-workers`, the bundled
     /// daemon) with `[compute]` of weaver.toml laid over them; an explicit
     /// `--compute-workers` wins over the file.
@@ -31,7 +41,8 @@ impl Launch {
             _ => (self.bin.clone(), self.args.clone()),
         };
         let workers = if workers_flag { self.workers } else { spec.workers.or(self.workers) };
-        Launch { bin, args, env: spec.env.clone(), workers, policy: spec.restart }
+        let liveness = Liveness { interval: spec.ping_interval, timeout: spec.ping_timeout };
+        Launch { bin, args, env: spec.env.clone(), workers, policy: spec.restart, liveness }
     }
 }
 

@@ -54,11 +54,23 @@ impl State {
     }
 }
 
+/// How a connected compute is checked for being alive: a PING every
+/// `interval` (zero: never), answered within `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
 /// A lifecycle deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Deadline {
     /// This compute has not said HELLO in time.
     Hello { pid: u32 },
+    /// Time to PING this compute.
+    Ping { pid: u32 },
+    /// This compute has not answered its PING in time: it is hung.
+    Pong { pid: u32 },
     /// Start compute again after backoff.
     Restart,
     /// The stop grace is over: SIGKILL what is left.
@@ -78,6 +90,8 @@ pub enum Event {
     },
     /// compute connected and said a valid HELLO.
     Hello,
+    /// compute answered a PING.
+    Pong,
     /// The connection failed, closed, or broke the protocol.
     Lost {
         why: String,
@@ -107,6 +121,8 @@ pub enum Do {
         pid: u32,
         signal: Signal,
     },
+    /// Send a PING frame.
+    Ping,
     /// Send the SHUTDOWN frame.
     SayShutdown,
     /// Close compute's stdin (its lifeline).
@@ -124,6 +140,11 @@ pub enum Do {
 pub struct Lifecycle {
     pub state: State,
     pub policy: RestartPolicy,
+    pub liveness: Liveness,
+    /// Times compute was found hung (no PONG in time).
+    pub hangs: u64,
+    /// The process found hung, until it is reaped.
+    hung: Option<u32>,
     /// Restarts after crashes, for `status`.
     pub restarts: u64,
     /// Crashes since compute last ran stably.
@@ -136,10 +157,13 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(policy: RestartPolicy) -> Lifecycle {
+    pub fn new(policy: RestartPolicy, liveness: Liveness) -> Lifecycle {
         Lifecycle {
             state: State::Idle,
             policy,
+            liveness,
+            hangs: 0,
+            hung: None,
             restarts: 0,
             failures: 0,
             last_exit: None,
@@ -171,6 +195,28 @@ impl Lifecycle {
             (S::Starting { pid }, E::Hello) => {
                 self.state = S::Ready { pid };
                 out.push(Do::Cancel(Deadline::Hello { pid }));
+                self.next_ping(pid, now, &mut out);
+            }
+
+            // ---- Liveness ----------------------------------------------
+            (S::Ready { pid }, E::Due(Deadline::Ping { pid: p })) if p == pid => {
+                out.extend([
+                    Do::Ping,
+                    Do::Arm(Deadline::Pong { pid }, now + self.liveness.timeout),
+                ]);
+            }
+            (S::Ready { pid }, E::Pong) => {
+                out.push(Do::Cancel(Deadline::Pong { pid }));
+                self.next_ping(pid, now, &mut out);
+            }
+            (S::Ready { pid }, E::Due(Deadline::Pong { pid: p })) if p == pid => {
+                self.hung = Some(pid);
+                self.hangs += 1;
+                let why = format!(
+                    "compute (pid {pid}) hung: no PONG within {}",
+                    crate::supervise::human(self.liveness.timeout)
+                );
+                self.lost(pid, &why, &mut out)
             }
 
             // ---- Losing it ---------------------------------------------
@@ -194,6 +240,8 @@ impl Lifecycle {
             (S::Starting { pid } | S::Ready { pid } | S::Exiting { pid }, E::Stop) => {
                 self.state = S::Stopping { pid };
                 out.extend([
+                    Do::Cancel(Deadline::Ping { pid }),
+                    Do::Cancel(Deadline::Pong { pid }),
                     Do::SayShutdown,
                     Do::CloseStdin,
                     Do::Kill { pid, signal: Signal::SIGTERM },
@@ -285,6 +333,30 @@ impl Lifecycle {
                 | S::Failed,
                 E::Hello,
             ) => {}
+            // A PONG counts only while ready (one after a loss is late).
+            (
+                S::Idle
+                | S::Starting { .. }
+                | S::Exiting { .. }
+                | S::Backoff { .. }
+                | S::Stopping { .. }
+                | S::Stopped
+                | S::Failed,
+                E::Pong,
+            ) => {}
+            // Liveness deadlines of another process, or of a state that
+            // has passed.
+            (S::Ready { .. }, E::Due(Deadline::Ping { .. } | Deadline::Pong { .. })) => {}
+            (
+                S::Idle
+                | S::Starting { .. }
+                | S::Exiting { .. }
+                | S::Backoff { .. }
+                | S::Stopping { .. }
+                | S::Stopped
+                | S::Failed,
+                E::Due(Deadline::Ping { .. } | Deadline::Pong { .. }),
+            ) => {}
             // No connection without a process.
             (S::Idle | S::Backoff { .. } | S::Stopped | S::Failed, E::Lost { .. }) => {}
             // No exit without a process.
@@ -327,6 +399,13 @@ impl Lifecycle {
         out
     }
 
+    /// Arm the next PING of a ready compute, when liveness checks are on.
+    fn next_ping(&self, pid: u32, now: Instant, out: &mut Vec<Do>) {
+        if !self.liveness.interval.is_zero() {
+            out.push(Do::Arm(Deadline::Ping { pid }, now + self.liveness.interval));
+        }
+    }
+
     fn spawned(&mut self, pid: u32, now: Instant, out: &mut Vec<Do>) {
         self.state = State::Starting { pid };
         self.last_error = None;
@@ -346,6 +425,8 @@ impl Lifecycle {
     fn lost(&mut self, pid: u32, why: &str, out: &mut Vec<Do>) {
         self.state = State::Exiting { pid };
         out.extend([
+            Do::Cancel(Deadline::Ping { pid }),
+            Do::Cancel(Deadline::Pong { pid }),
             Do::DropConn,
             Do::FailInFlight(
                 ErrorKind::ComputeDown,
@@ -367,8 +448,17 @@ impl Lifecycle {
         random: u64,
         out: &mut Vec<Do>,
     ) {
+        let how = match self.hung.take() {
+            Some(p) if p == pid => format!(
+                "{how} after it hung (no PONG within {})",
+                crate::supervise::human(self.liveness.timeout)
+            ),
+            _ => how,
+        };
         let why = format!("compute (pid {pid}) {how}");
         out.extend([
+            Do::Cancel(Deadline::Ping { pid }),
+            Do::Cancel(Deadline::Pong { pid }),
             Do::DropConn,
             Do::FailInFlight(
                 ErrorKind::ComputeDown,
@@ -454,6 +544,13 @@ mod tests {
         RestartPolicy { backoff_jitter: 0.0, ..RestartPolicy::COMPUTE }
     }
 
+    const LIVE: Liveness =
+        Liveness { interval: Duration::from_secs(5), timeout: Duration::from_secs(3) };
+
+    fn life(policy: RestartPolicy) -> Lifecycle {
+        Lifecycle::new(policy, LIVE)
+    }
+
     fn states(now: Instant) -> Vec<State> {
         vec![
             State::Idle,
@@ -473,10 +570,14 @@ mod tests {
             Event::Spawned { pid: 9 },
             Event::SpawnFailed { why: "no such file".into() },
             Event::Hello,
+            Event::Pong,
             Event::Lost { why: "compute closed its connection".into() },
             Event::Exited { pid: PID, how: "exited with code 1".into(), ran: Duration::ZERO },
             Event::Due(Deadline::Hello { pid: PID }),
             Event::Due(Deadline::Hello { pid: 8 }),
+            Event::Due(Deadline::Ping { pid: PID }),
+            Event::Due(Deadline::Pong { pid: PID }),
+            Event::Due(Deadline::Pong { pid: 8 }),
             Event::Due(Deadline::Restart),
             Event::Due(Deadline::Grace),
             Event::Stop,
@@ -493,6 +594,7 @@ mod tests {
             Do::Cancel(_) => 'C',
             Do::Kill { signal: Signal::SIGTERM, .. } => 'T',
             Do::Kill { .. } => 'K',
+            Do::Ping => 'P',
             Do::SayShutdown => 'H',
             Do::CloseStdin => 'I',
             Do::DropConn => 'D',
@@ -503,119 +605,44 @@ mod tests {
     }
 
     fn cell(state: State, event: Event, now: Instant) -> String {
-        let mut l = Lifecycle::new(policy());
+        let mut l = life(policy());
         l.state = state;
         let steps: String = l.on(event, now, 0).iter().map(code).collect();
         let name = format!("{:?}", crate::protocol::ComputeState::from(l.state)).to_lowercase();
         format!("{name}:{steps}")
     }
 
-    /// Every (state, event) pair, row by row in the order of `states()` and
-    /// columns in the order of `events()`.
-    const TABLE: [[&str; 12]; 8] = [
-        // Start, Spawned, SpawnFailed, Hello, Lost, Exited, Due(Hello 7), Due(Hello 8), Due(Restart), Due(Grace), Stop, Reconfigured
-        [
-            "stopped:S",
-            "starting:A",
-            "backoff:LAQ",
-            "stopped:",
-            "stopped:",
-            "stopped:",
-            "stopped:",
-            "stopped:",
-            "stopped:",
-            "stopped:",
-            "stopped:C",
-            "stopped:CS",
-        ],
-        [
-            "starting:",
-            "starting:",
-            "starting:",
-            "ready:C",
-            "exiting:DFLK",
-            "backoff:DFKCLS",
-            "exiting:DFLK",
-            "starting:",
-            "starting:",
-            "starting:",
-            "stopping:HITA",
-            "starting:HT",
-        ],
-        [
-            "ready:",
-            "ready:",
-            "ready:",
-            "ready:",
-            "exiting:DFLK",
-            "backoff:DFKCLS",
-            "ready:",
-            "ready:",
-            "ready:",
-            "ready:",
-            "stopping:HITA",
-            "ready:HT",
-        ],
-        [
-            "exiting:",
-            "exiting:",
-            "exiting:",
-            "exiting:",
-            "exiting:D",
-            "backoff:DFKCLS",
-            "exiting:",
-            "exiting:",
-            "exiting:",
-            "exiting:",
-            "stopping:HITA",
-            "exiting:",
-        ],
-        [
-            "backoff:",
-            "starting:A",
-            "backoff:LAQ",
-            "backoff:",
-            "backoff:",
-            "backoff:",
-            "backoff:",
-            "backoff:",
-            "backoff:S",
-            "backoff:",
-            "stopped:C",
-            "backoff:CS",
-        ],
-        [
-            "stopping:",
-            "stopping:",
-            "stopping:",
-            "stopping:",
-            "stopping:DF",
-            "stopped:DFCL",
-            "stopping:",
-            "stopping:",
-            "stopping:",
-            "stopping:LK",
-            "stopping:",
-            "stopping:",
-        ],
-        [
-            "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:",
-            "stopped:", "stopped:", "stopped:", "stopped:", "stopped:",
-        ],
-        [
-            "failed:",
-            "starting:A",
-            "backoff:LAQ",
-            "failed:",
-            "failed:",
-            "failed:",
-            "failed:",
-            "failed:",
-            "failed:",
-            "failed:",
-            "stopped:C",
-            "failed:CS",
-        ],
+    /// Every (state, event) pair: rows in the order of `states()`, columns
+    /// in the order of `events()`:
+    /// Start, Spawned, SpawnFailed, Hello, Pong, Lost, Exited, Due(Hello 7),
+    /// Due(Hello 8), Due(Ping 7), Due(Pong 7), Due(Pong 8), Due(Restart),
+    /// Due(Grace), Stop, Reconfigured.
+    #[rustfmt::skip]
+    const TABLE: [[&str; 16]; 8] = [
+        // Idle
+        ["stopped:S", "starting:A", "backoff:LAQ", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:",
+         "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:C", "stopped:CS"],
+        // Starting
+        ["starting:", "starting:", "starting:", "ready:CA", "starting:", "exiting:CCDFLK", "backoff:CCDFKCLS", "exiting:CCDFLK",
+         "starting:", "starting:", "starting:", "starting:", "starting:", "starting:", "stopping:CCHITA", "starting:HT"],
+        // Ready
+        ["ready:", "ready:", "ready:", "ready:", "ready:CA", "exiting:CCDFLK", "backoff:CCDFKCLS", "ready:",
+         "ready:", "ready:PA", "exiting:CCDFLK", "ready:", "ready:", "ready:", "stopping:CCHITA", "ready:HT"],
+        // Exiting
+        ["exiting:", "exiting:", "exiting:", "exiting:", "exiting:", "exiting:D", "backoff:CCDFKCLS", "exiting:",
+         "exiting:", "exiting:", "exiting:", "exiting:", "exiting:", "exiting:", "stopping:CCHITA", "exiting:"],
+        // Backoff
+        ["backoff:", "starting:A", "backoff:LAQ", "backoff:", "backoff:", "backoff:", "backoff:", "backoff:",
+         "backoff:", "backoff:", "backoff:", "backoff:", "backoff:S", "backoff:", "stopped:C", "backoff:CS"],
+        // Stopping
+        ["stopping:", "stopping:", "stopping:", "stopping:", "stopping:", "stopping:DF", "stopped:DFCL", "stopping:",
+         "stopping:", "stopping:", "stopping:", "stopping:", "stopping:", "stopping:LK", "stopping:", "stopping:"],
+        // Stopped
+        ["stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:",
+         "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:", "stopped:"],
+        // Failed
+        ["failed:", "starting:A", "backoff:LAQ", "failed:", "failed:", "failed:", "failed:", "failed:",
+         "failed:", "failed:", "failed:", "failed:", "failed:", "failed:", "stopped:C", "failed:CS"],
     ];
 
     #[test]
@@ -656,7 +683,7 @@ mod tests {
     #[test]
     fn restarts_are_immediate_then_capped_exponential_and_a_stable_run_resets_them() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(policy());
+        let mut l = life(policy());
         let mut delays = Vec::new();
         for i in 0..10 {
             run(&mut l, t0, 100 + i);
@@ -677,7 +704,7 @@ mod tests {
     #[test]
     fn gives_up_after_max_restarts_and_a_reload_starts_it_again() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(RestartPolicy { max_restarts: 2, ..policy() });
+        let mut l = life(RestartPolicy { max_restarts: 2, ..policy() });
         for pid in 1..=2 {
             run(&mut l, t0, pid);
             assert!(crash(&mut l, t0, Duration::ZERO).is_some());
@@ -699,7 +726,7 @@ mod tests {
     #[test]
     fn a_reconfigured_compute_restarts_at_once_without_counting_a_crash() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(policy());
+        let mut l = life(policy());
         run(&mut l, t0, 1);
         assert_eq!(
             l.on(Event::Reconfigured, t0, 0),
@@ -717,7 +744,7 @@ mod tests {
     #[test]
     fn a_silent_compute_is_killed_at_its_hello_deadline() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(policy());
+        let mut l = life(policy());
         let steps = l.on(Event::Spawned { pid: 5 }, t0, 0);
         assert_eq!(steps, [Do::Arm(Deadline::Hello { pid: 5 }, t0 + HELLO_TIMEOUT)]);
         let steps = l.on(Event::Due(Deadline::Hello { pid: 5 }), t0 + HELLO_TIMEOUT, 0);
@@ -731,12 +758,14 @@ mod tests {
     #[test]
     fn a_stop_sends_shutdown_then_sigterm_then_sigkill_after_the_grace() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(policy());
+        let mut l = life(policy());
         run(&mut l, t0, 4);
         let steps = l.on(Event::Stop, t0, 0);
         assert_eq!(
             steps,
             [
+                Do::Cancel(Deadline::Ping { pid: 4 }),
+                Do::Cancel(Deadline::Pong { pid: 4 }),
                 Do::SayShutdown,
                 Do::CloseStdin,
                 Do::Kill { pid: 4, signal: Signal::SIGTERM },
@@ -753,11 +782,63 @@ mod tests {
     #[test]
     fn a_spawn_failure_backs_off_at_least_the_base() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(policy());
+        let mut l = life(policy());
         let steps = l.on(Event::SpawnFailed { why: "cannot start".into() }, t0, 0);
         assert_eq!(l.state, State::Backoff { until: t0 + BACKOFF_BASE });
         assert!(steps.contains(&Do::Arm(Deadline::Restart, t0 + BACKOFF_BASE)));
         assert_eq!(l.last_error.as_deref(), Some("cannot start"));
         assert_eq!(l.on(Event::Due(Deadline::Restart), t0 + BACKOFF_BASE, 0), [Do::Spawn]);
+    }
+
+    #[test]
+    fn a_ready_compute_is_pinged_and_one_that_stops_answering_is_killed_as_hung() {
+        let t0 = Instant::now();
+        let mut l = life(policy());
+        l.on(Event::Spawned { pid: 3 }, t0, 0);
+        let steps = l.on(Event::Hello, t0, 0);
+        assert!(steps.contains(&Do::Arm(Deadline::Ping { pid: 3 }, t0 + LIVE.interval)));
+        // Answered: the next PING is armed.
+        let t1 = t0 + LIVE.interval;
+        assert_eq!(
+            l.on(Event::Due(Deadline::Ping { pid: 3 }), t1, 0),
+            [Do::Ping, Do::Arm(Deadline::Pong { pid: 3 }, t1 + LIVE.timeout)]
+        );
+        assert_eq!(
+            l.on(Event::Pong, t1, 0),
+            [
+                Do::Cancel(Deadline::Pong { pid: 3 }),
+                Do::Arm(Deadline::Ping { pid: 3 }, t1 + LIVE.interval)
+            ]
+        );
+        // Not answered: hung, killed, its requests failed, then restarted.
+        let t2 = t1 + LIVE.interval;
+        l.on(Event::Due(Deadline::Ping { pid: 3 }), t2, 0);
+        let steps = l.on(Event::Due(Deadline::Pong { pid: 3 }), t2 + LIVE.timeout, 0);
+        assert_eq!(l.state, State::Exiting { pid: 3 });
+        assert!(steps.contains(&Do::Kill { pid: 3, signal: Signal::SIGKILL }));
+        assert!(steps.iter().any(
+            |d| matches!(d, Do::FailInFlight(ErrorKind::ComputeDown, m) if m.contains("hung: no PONG within 3s"))
+        ));
+        assert_eq!(l.hangs, 1);
+        let ran = Duration::from_secs(60);
+        let steps = l.on(Event::Exited { pid: 3, how: "killed by SIGKILL".into(), ran }, t2, 0);
+        assert_eq!(steps.last(), Some(&Do::Spawn));
+        assert_eq!(
+            l.last_exit.as_deref(),
+            Some("killed by SIGKILL after it hung (no PONG within 3s)")
+        );
+        // A deadline of the old process means nothing to the next one.
+        l.on(Event::Spawned { pid: 4 }, t2, 0);
+        l.on(Event::Hello, t2, 0);
+        assert!(l.on(Event::Due(Deadline::Pong { pid: 3 }), t2, 0).is_empty());
+        assert_eq!(l.state, State::Ready { pid: 4 });
+    }
+
+    #[test]
+    fn a_zero_ping_interval_turns_liveness_checks_off() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(policy(), Liveness { interval: Duration::ZERO, ..LIVE });
+        l.on(Event::Spawned { pid: 3 }, t0, 0);
+        assert_eq!(l.on(Event::Hello, t0, 0), [Do::Cancel(Deadline::Hello { pid: 3 })]);
     }
 }

@@ -67,7 +67,7 @@ impl Compute {
         let launch = base.configured(spec, workers_flag);
         Compute {
             bin: launch.bin.clone(),
-            life: Lifecycle::new(launch.policy),
+            life: Lifecycle::new(launch.policy, launch.liveness),
             base,
             workers_flag,
             launch,
@@ -116,6 +116,7 @@ impl Compute {
             Do::Arm(d, at) => fx.push(Effect::Arm { at, timer: Timer::Compute(d) }),
             Do::Cancel(d) => fx.push(Effect::Cancel(Timer::Compute(d))),
             Do::Kill { pid, signal } => kill_group(pid, signal),
+            Do::Ping => self.send(kind::PING, 0, 0, &[]),
             Do::SayShutdown => self.send(kind::SHUTDOWN, 0, 0, &[]),
             Do::CloseStdin => {
                 if let Some(c) = self.child.as_mut() {
@@ -165,12 +166,15 @@ impl Compute {
     /// `[compute]` changed on reload: run compute the new way.
     pub fn reconfigure(&mut self, spec: &ComputeSpec, now: Instant, fx: &mut Effects) {
         let launch = self.base.configured(spec, self.workers_flag);
-        if launch == self.launch {
+        // New liveness settings apply from the next PING on.
+        self.life.liveness = launch.liveness;
+        let same = Launch { liveness: self.launch.liveness, ..launch.clone() } == self.launch;
+        self.launch = launch;
+        if same {
             return;
         }
         info!("compute configuration changed: restarting compute");
-        self.life.policy = launch.policy;
-        self.launch = launch;
+        self.life.policy = self.launch.policy;
         self.step(Event::Reconfigured, now, fx);
     }
 
@@ -248,7 +252,7 @@ impl Compute {
                 self.step(Event::Hello, now, fx);
             }
             kind::PING => self.send(kind::PONG, h.request_id, 0, &f.payload),
-            kind::PONG => {}
+            kind::PONG => self.step(Event::Pong, now, fx),
             k => return Err(format!("compute sent an unexpected frame of kind {k}")),
         }
         Ok(())
@@ -401,6 +405,7 @@ impl Compute {
             bin: self.bin.display().to_string(),
             workers: self.hello.as_ref().map(|h| h.workers),
             restarts: life.restarts,
+            hangs: life.hangs,
             in_flight: self.mux.in_flight() as u64,
             queued: self.mux.queued() as u64,
             served: s.served,
@@ -537,16 +542,9 @@ fn log_lines(buf: &mut Vec<u8>, pid: u32, stream: &str, eof: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervise::config::RestartPolicy;
 
     fn room(bin: &str) -> Compute {
-        let launch = Launch {
-            bin: bin.into(),
-            args: vec![],
-            env: Default::default(),
-            workers: None,
-            policy: RestartPolicy::COMPUTE,
-        };
+        let launch = Launch::defaults(bin.into(), None);
         Compute::new(launch, false, &ComputeSpec::default(), "/nonexistent/compute.sock".into())
     }
 

@@ -92,7 +92,7 @@ mod tests {
     use super::*;
     use crate::daemon::compute::Launch;
     use crate::protocol::Verb;
-    use crate::supervise::config::{ComputeSpec, RestartPolicy};
+    use crate::supervise::config::ComputeSpec;
     use crate::supervise::Supervisor;
 
     struct Rooms {
@@ -108,13 +108,7 @@ mod tests {
     fn rooms(toml: &str) -> Rooms {
         let tmp = tempfile::tempdir().unwrap();
         let dir = RuntimeDir::open(&tmp.path().join("rt")).unwrap();
-        let launch = Launch {
-            bin: "/nonexistent/compute-daemon".into(),
-            args: vec![],
-            env: Default::default(),
-            workers: None,
-            policy: RestartPolicy::COMPUTE,
-        };
+        let launch = Launch::defaults("/nonexistent/compute-daemon".into(), None);
         let sup = Supervisor::new(crate::supervise::parse(toml, "t").unwrap(), 1).unwrap();
         Rooms {
             clients: Clients::new(),

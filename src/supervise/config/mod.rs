@@ -18,6 +18,8 @@
 //! command = ["/opt/weaver/compute-daemon"]  # default: the bundled daemon
 //! env = { RUST_LOG = "info" }
 //! workers = 4
+//! ping_interval = "5s"                      # PING a connected compute; 0: never
+//! ping_timeout = "5s"                       # no PONG in time: hung, killed, restarted
 //! max_restarts = 0                          # + the other restart fields
 //!
 //! [[process]]

@@ -25,6 +25,18 @@ pub struct ComputeSpec {
     pub env: BTreeMap<String, String>,
     pub workers: Option<u32>,
     pub restart: RestartPolicy,
+    /// How often weaver PINGs a connected compute; zero: never.
+    pub ping_interval: Duration,
+    /// A compute that has not answered a PING this long is hung: it is
+    /// killed and restarted.
+    pub ping_timeout: Duration,
+}
+
+impl ComputeSpec {
+    /// `ping_interval` when not given.
+    pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+    /// `ping_timeout` when not given.
+    pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 impl Default for ComputeSpec {
@@ -34,6 +46,8 @@ impl Default for ComputeSpec {
             env: BTreeMap::new(),
             workers: None,
             restart: RestartPolicy::COMPUTE,
+            ping_interval: Self::DEFAULT_PING_INTERVAL,
+            ping_timeout: Self::DEFAULT_PING_TIMEOUT,
         }
     }
 }

@@ -163,7 +163,7 @@ const RESTART_KEYS: &[&str] = &[
     "stable_after",
     "max_restarts",
 ];
-const COMPUTE_KEYS: &[&str] = &["command", "env", "workers"];
+const COMPUTE_KEYS: &[&str] = &["command", "env", "workers", "ping_interval", "ping_timeout"];
 const PROCESS_KEYS: &[&str] = &[
     "name",
     "command",
@@ -564,7 +564,19 @@ impl<'a> Parser<'a> {
         let env = self.env(tbl, "env");
         let workers = self.u32(tbl, "workers", 1);
         let restart = self.restart(tbl, RestartPolicy::COMPUTE);
-        ComputeSpec { command, env, workers, restart }
+        let ping_interval =
+            self.duration(tbl, "ping_interval").unwrap_or(ComputeSpec::DEFAULT_PING_INTERVAL);
+        let ping_timeout = match self.duration(tbl, "ping_timeout") {
+            Some(d) if d.is_zero() => {
+                if let Some(f) = self.field(tbl, "ping_timeout") {
+                    self.invalid(f, "must be more than 0".to_string());
+                }
+                ComputeSpec::DEFAULT_PING_TIMEOUT
+            }
+            Some(d) => d,
+            None => ComputeSpec::DEFAULT_PING_TIMEOUT,
+        };
+        ComputeSpec { command, env, workers, restart, ping_interval, ping_timeout }
     }
 
     fn restart(&mut self, tbl: Tbl<'_>, d: RestartPolicy) -> RestartPolicy {
