@@ -46,7 +46,10 @@ fn a_hung_compute_is_found_by_ping_killed_and_restarted() {
     assert_eq!(out.status.code(), Some(69), "compute down: {stderr}");
     assert!(stderr.contains("hung"), "the reply says compute hung: {stderr}");
     assert!(t0.elapsed() < Duration::from_secs(5), "found within interval + timeout, not never");
-    assert!(wait_for(Duration::from_secs(5), || !pidfile::alive(old)), "the hung compute was killed");
+    assert!(
+        wait_for(Duration::from_secs(5), || !pidfile::alive(old)),
+        "the hung compute was killed"
+    );
     let s = env.status();
     assert_eq!(s["compute"]["state"], "ready", "{s}");
     assert_ne!(s["compute"]["pid"].as_u64(), Some(old as u64), "a new compute serves");
@@ -55,4 +58,47 @@ fn a_hung_compute_is_found_by_ping_killed_and_restarted() {
     assert!(last.contains("hung"), "status says how the last one ended: {last}");
     assert!(env.ok(&["status"]).contains("after it hung"));
     assert_eq!(env.ok(&["compute", "echo", "--data", "again"]), "again");
+}
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64
+}
+
+fn set_nofile(pid: u32, n: u64) {
+    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+    // SAFETY: prlimit reads `lim` and writes nothing (old limit pointer null).
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn clients_queued_at_the_open_file_limit_are_served_once_fds_free() {
+    let env = TestEnv::new();
+    env.status();
+    let pid = env.daemon_pid().unwrap();
+    set_nofile(pid, open_fds(pid) + 20);
+    // More connections than the daemon has fds for: some are accepted,
+    // the rest wait in the listen queue.
+    let held: Vec<_> = (0..40).map(|_| env.raw()).collect();
+    assert!(
+        wait_for(Duration::from_secs(5), || env.log().contains("Too many open files")),
+        "the daemon met its limit:\n{}",
+        env.log()
+    );
+    // This one is queued for sure: the daemon has no fd to accept it with.
+    let mut late = env.raw();
+    drop(held);
+    // Once fds free it is served: its handshake is answered in time.
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let hs = weaver::protocol::encode(&weaver::protocol::Handshake::new(false));
+    weaver::stream::write_control(&mut late, &hs, &[]).unwrap();
+    let reply = weaver::stream::read_frame(&mut weaver::frame::Decoder::new(), &mut late);
+    assert!(
+        matches!(reply, Ok(Some(_))),
+        "the queued client got its handshake: {reply:?}\nlog:\n{}",
+        env.log()
+    );
+    let out = env.run(&["--no-start", "status"]);
+    assert!(out.status.success(), "and the daemon serves new clients");
+    assert!(env.log().contains("accepting clients again"));
 }

@@ -28,6 +28,8 @@ pub enum Timer {
     Sweep { pgid: u32 },
     /// The same for one process that had left its group.
     SweepOrphan { pid: u32 },
+    /// Accepting stopped at the open-file limit: try again.
+    AcceptRetry,
 }
 
 #[derive(Debug)]

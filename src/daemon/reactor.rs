@@ -38,6 +38,9 @@ const EVENTS_PER_POLL: usize = 256;
 const SCRATCH: usize = 256 * 1024;
 /// How long the guard may take to confirm it let go of everything.
 const GUARD_RELEASE: Duration = Duration::from_millis(500);
+/// While out of file descriptors, accepting is tried again this often (and
+/// whenever a client leaves).
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// What the daemon needs to run.
 pub struct Setup {
@@ -69,6 +72,9 @@ pub struct Reactor {
     info: DaemonInfo,
     /// A graceful stop is under way.
     stopping: bool,
+    /// Accepting hit the open-file limit at this time; connections wait in
+    /// the listen queue until fds free.
+    accept_starved: Option<Instant>,
     /// Effects waiting to be applied.
     fx: Effects,
     /// The batch being applied (kept to reuse its allocation).
@@ -99,6 +105,7 @@ impl Reactor {
             follow: Follow::new(),
             info: DaemonInfo { dir: s.dir, log_file: s.log_file, started: Instant::now() },
             stopping: false,
+            accept_starved: None,
             fx: Effects::new(),
             applying: Effects::new(),
             scratch: vec![0; SCRATCH],
@@ -191,11 +198,34 @@ impl Reactor {
         }
     }
 
+    /// Accept every queued client. At the open-file limit the rest stay
+    /// queued in the kernel, and accepting is tried again when a client
+    /// leaves or after [`ACCEPT_RETRY`] (the listener is edge-triggered: no
+    /// new event would come for them).
     fn accept_clients(&mut self) {
         while let Some(listener) = self.control.as_ref() {
             match listener.accept() {
-                Ok((stream, _)) => self.clients.accept(stream, &mut self.fx),
+                Ok((stream, _)) => {
+                    if let Some(since) = self.accept_starved.take() {
+                        info!(
+                            "accepting clients again after {:?} out of file descriptors",
+                            since.elapsed()
+                        );
+                    }
+                    self.clients.accept(stream, &mut self.fx)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if self.accept_starved.is_none() {
+                        warn!(
+                            "out of file descriptors ({e}) with {} clients: new clients wait until some leave",
+                            self.clients.len()
+                        );
+                        self.accept_starved = Some(Instant::now());
+                    }
+                    self.timers.arm(Instant::now() + ACCEPT_RETRY, Timer::AcceptRetry);
+                    return;
+                }
                 Err(e) => {
                     warn!("accept on the control socket failed: {e}");
                     return;
@@ -299,6 +329,10 @@ impl Reactor {
                 debug!("client {client} {why}");
                 self.compute.forget_client(client, &mut self.fx);
                 self.follow.forget(client);
+                if self.accept_starved.is_some() {
+                    drop(fd);
+                    self.accept_clients();
+                }
             }
             Effect::Publish { instance, kind } => self.follow.publish(wall_ms(), &instance, kind),
             Effect::Stop { why } => self.begin_stop(&why),
@@ -337,6 +371,7 @@ impl Reactor {
                 }
                 Timer::Sweep { pgid } => self.procs.sweep_done(pgid),
                 Timer::SweepOrphan { pid } => self.procs.orphan_overdue(pid),
+                Timer::AcceptRetry => self.accept_clients(),
             }
         }
     }
