@@ -102,3 +102,88 @@ fn clients_queued_at_the_open_file_limit_are_served_once_fds_free() {
     assert!(out.status.success(), "and the daemon serves new clients");
     assert!(env.log().contains("accepting clients again"));
 }
+
+/// The file at `p` (device, inode), if any.
+fn identity(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[test]
+fn a_removed_control_socket_is_bound_again() {
+    let env = TestEnv::new();
+    env.status();
+    let pid = env.daemon_pid().unwrap();
+    let sock = env.path("control.sock");
+    let before = identity(&sock).unwrap();
+    std::fs::remove_file(&sock).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || identity(&sock).is_some_and(|i| i != before)),
+        "control.sock came back"
+    );
+    assert!(env.log().contains("bound it again"));
+    let s = env.status();
+    assert_eq!(s["daemon"]["pid"], pid, "the same daemon answers");
+}
+
+#[test]
+fn a_replaced_control_socket_is_taken_back() {
+    let env = TestEnv::new();
+    env.status();
+    let pid = env.daemon_pid().unwrap();
+    let sock = env.path("control.sock");
+    std::fs::remove_file(&sock).unwrap();
+    // Someone else's socket at our path (if the daemon was not faster).
+    let foreign = std::os::unix::net::UnixListener::bind(&sock);
+    let foreign_id = foreign.as_ref().ok().and_then(|_| identity(&sock));
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let now = identity(&sock);
+            now.is_some() && now != foreign_id && env.log().contains("bound it again")
+        }),
+        "the daemon's socket is back at the path"
+    );
+    assert_eq!(env.status()["daemon"]["pid"], pid);
+    drop(foreign);
+}
+
+#[test]
+fn a_removed_compute_socket_is_bound_again_so_compute_restarts() {
+    let env = TestEnv::new();
+    let old = env.compute_pid();
+    let sock = env.path("compute.sock");
+    let before = identity(&sock).unwrap();
+    std::fs::remove_file(&sock).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || identity(&sock).is_some_and(|i| i != before)),
+        "compute.sock came back"
+    );
+    signal(old, Signal::SIGKILL);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let s = env.status();
+            s["compute"]["state"] == "ready" && s["compute"]["pid"].as_u64() != Some(old as u64)
+        }),
+        "a new compute connected:\n{}",
+        env.log()
+    );
+    assert_eq!(env.ok(&["compute", "echo", "--data", "x"]), "x");
+}
+
+#[test]
+fn sigusr1_and_sigusr2_do_not_kill_the_daemon() {
+    let env = TestEnv::new();
+    env.status();
+    let pid = env.daemon_pid().unwrap();
+    signal(pid, Signal::SIGUSR2);
+    signal(pid, Signal::SIGUSR1);
+    assert!(
+        wait_for(Duration::from_secs(5), || env.log().contains("SIGUSR1")
+            && env.log().contains("SIGUSR2")),
+        "both were received:\n{}",
+        env.log()
+    );
+    assert!(pidfile::alive(pid));
+    assert_eq!(env.status()["daemon"]["pid"], pid);
+    assert!(env.path("control.sock").exists() && env.path("weaver.pid").exists());
+}

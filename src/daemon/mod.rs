@@ -12,6 +12,7 @@ pub mod mux; // in-flight table, pure
 pub mod outq; // write queue of a non-blocking socket
 pub mod procs; // room: supervised processes' plumbing
 pub mod reactor; // the loop
+pub mod sockets; // notices a removed or replaced socket path
 pub mod timers; // deadline heap
 pub mod token; // the token space
 
@@ -161,7 +162,7 @@ fn start(o: &Options) -> Result<Result<()>> {
 }
 
 /// Remove a socket left by a daemon that died; only called under the lock.
-fn remove_stale(p: &Path) -> Result<()> {
+pub(crate) fn remove_stale(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Ok(md) => {
             use std::os::unix::fs::FileTypeExt;
@@ -184,7 +185,7 @@ fn remove_stale(p: &Path) -> Result<()> {
 }
 
 /// Bind a listening socket that only we can use (0600).
-fn bind(p: &Path) -> Result<mio::net::UnixListener> {
+pub(crate) fn bind(p: &Path) -> Result<mio::net::UnixListener> {
     // SAFETY: umask is process-wide; the daemon is single-threaded here.
     let old = unsafe { libc::umask(0o177) };
     let l = mio::net::UnixListener::bind(p);

@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::daemon::clients::Clients;
@@ -25,6 +25,7 @@ use crate::daemon::follow::Follow;
 use crate::daemon::guard::Guard;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
 use crate::daemon::procs::{wall_ms, Procs};
+use crate::daemon::sockets::{Sockets, Which};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
 use crate::frame::RawFrame;
@@ -60,8 +61,10 @@ pub struct Reactor {
     control: Option<UnixListener>,
     /// The socket compute connects back to.
     compute_listener: UnixListener,
-    /// SIGINT, SIGTERM, SIGCHLD, SIGHUP as events.
+    /// SIGINT, SIGTERM, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2 as events.
     signals: Signals,
+    /// Notices when a socket path is removed or replaced.
+    sockets: Sockets,
     /// Every deadline.
     timers: Timers<Timer>,
     /// The rooms.
@@ -86,18 +89,23 @@ pub struct Reactor {
 impl Reactor {
     pub fn new(s: Setup) -> io::Result<Reactor> {
         let poll = Poll::new()?;
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGCHLD, SIGHUP])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2])?;
         let mut control = s.control;
         let mut compute_listener = s.compute_listener;
         let reg = poll.registry();
         reg.register(&mut control, token::CONTROL_LISTENER, Interest::READABLE)?;
         reg.register(&mut compute_listener, token::COMPUTE_LISTENER, Interest::READABLE)?;
         reg.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
+        let sockets = Sockets::new(s.dir.path(), s.dir.control_socket(), s.dir.compute_socket());
+        if let Some(fd) = sockets.fd() {
+            reg.register(&mut SourceFd(&fd), token::RUNTIME_DIR, Interest::READABLE)?;
+        }
         Ok(Reactor {
             poll,
             control: Some(control),
             compute_listener,
             signals,
+            sockets,
             timers: Timers::new(),
             clients: Clients::new(),
             compute: s.compute,
@@ -175,6 +183,10 @@ impl Reactor {
                 }
             },
             Source::Signals => self.on_signals(),
+            Source::RuntimeDir => {
+                let changed = self.sockets.changed();
+                self.rebind(&changed);
+            }
             Source::ComputeConn => {
                 if writable {
                     self.compute.flush(now, fx);
@@ -384,8 +396,57 @@ impl Reactor {
                 SIGINT => self.begin_stop("SIGINT received"),
                 SIGTERM => self.begin_stop("SIGTERM received"),
                 SIGHUP => handlers::reload::on_hangup(&mut self.ctx()),
+                SIGUSR1 => {
+                    let changed = self.sockets.check();
+                    info!("SIGUSR1: {} socket(s) to bind again", changed.len());
+                    self.rebind(&changed);
+                }
+                SIGUSR2 => info!("SIGUSR2 received: ignored"),
                 other => debug!("signal {other} ignored"),
             }
+        }
+    }
+
+    /// Bind again the sockets whose path was removed or replaced. Clients
+    /// already queued on the old socket are accepted first; we hold the
+    /// daemon lock, so whatever else sits at the path is stale.
+    fn rebind(&mut self, which: &[Which]) {
+        for &w in which {
+            if self.stopping {
+                return;
+            }
+            let path = self.sockets.path(w).to_path_buf();
+            let fresh = crate::daemon::remove_stale(&path).and_then(|_| crate::daemon::bind(&path));
+            let mut fresh = match fresh {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("{} is gone and cannot be bound again: {e}", path.display());
+                    continue;
+                }
+            };
+            let token = match w {
+                Which::Control => token::CONTROL_LISTENER,
+                Which::Compute => token::COMPUTE_LISTENER,
+            };
+            if let Err(e) = self.poll.registry().register(&mut fresh, token, Interest::READABLE) {
+                warn!("cannot watch the new {}: {e}", path.display());
+                continue;
+            }
+            let old = match w {
+                Which::Control => {
+                    self.accept_clients();
+                    self.control.replace(fresh)
+                }
+                Which::Compute => {
+                    self.dispatch(token::COMPUTE_LISTENER, true, false);
+                    Some(std::mem::replace(&mut self.compute_listener, fresh))
+                }
+            };
+            if let Some(mut old) = old {
+                let _ = self.poll.registry().deregister(&mut old);
+            }
+            self.sockets.rebound(w);
+            warn!("{} was removed or replaced: bound it again", path.display());
         }
     }
 

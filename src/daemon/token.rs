@@ -11,6 +11,8 @@ pub const SIGNALS: Token = Token(2);
 pub const COMPUTE_CONN: Token = Token(3);
 pub const COMPUTE_STDOUT: Token = Token(4);
 pub const COMPUTE_STDERR: Token = Token(5);
+/// inotify on the runtime dir (the sockets' paths).
+pub const RUNTIME_DIR: Token = Token(6);
 
 /// Width of each dynamic range: ids within a range count up from 1.
 const RANGE: usize = 1 << 40;
@@ -30,6 +32,7 @@ pub enum Source {
     ComputeConn,
     ComputeStdout,
     ComputeStderr,
+    RuntimeDir,
     Client(u64),
     Pipe(u64),
     Unknown,
@@ -43,6 +46,7 @@ pub fn source(t: Token) -> Source {
         COMPUTE_CONN => Source::ComputeConn,
         COMPUTE_STDOUT => Source::ComputeStdout,
         COMPUTE_STDERR => Source::ComputeStderr,
+        RUNTIME_DIR => Source::RuntimeDir,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..END).contains(&n) => Source::Pipe((n - PIPES) as u64),
         _ => Source::Unknown,
@@ -67,7 +71,7 @@ mod tests {
             assert_eq!(source(client(id)), Source::Client(id));
             assert_eq!(source(pipe(id)), Source::Pipe(id));
         }
-        assert_eq!(source(Token(6)), Source::Unknown);
+        assert_eq!(source(Token(7)), Source::Unknown);
         assert_eq!(source(Token(END)), Source::Unknown);
         assert_eq!(source(COMPUTE_CONN), Source::ComputeConn);
     }
