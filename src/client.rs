@@ -59,14 +59,23 @@ impl Client {
             ));
         }
         let hs = protocol::encode(&Handshake::new(shutdown));
-        crate::stream::write_control(&mut stream, &hs, &[])
-            .map_err(|e| daemon_err("cannot send handshake", e))?;
+        // A daemon that refuses us (too many clients) may say so and close
+        // before our handshake is written: its answer is read all the same.
+        let sent = crate::stream::write_control(&mut stream, &hs, &[]);
         let mut dec = frame::Decoder::new();
-        let f = crate::stream::read_frame(&mut dec, &mut stream)
-            .map_err(|e| daemon_err("cannot read the daemon's handshake", e))?
-            .ok_or_else(|| {
-                Error::new(Kind::Daemon, "the daemon closed the connection during the handshake")
-            })?;
+        let f = match crate::stream::read_frame(&mut dec, &mut stream) {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(_) if sent.is_err() => {
+                return Err(daemon_err("cannot send handshake", sent.unwrap_err()))
+            }
+            Ok(None) => {
+                return Err(Error::new(
+                    Kind::Daemon,
+                    "the daemon closed the connection during the handshake",
+                ))
+            }
+            Err(e) => return Err(daemon_err("cannot read the daemon's handshake", e)),
+        };
         let server: Handshake = protocol::decode(&f.meta, "handshake").map_err(|e| {
             Error::new(
                 Kind::Mismatch,
@@ -83,7 +92,14 @@ impl Client {
             ));
         }
         if !server.refusal.is_empty() {
-            return Err(Error::new(Kind::Mismatch, server.refusal));
+            // A daemon of our protocol refuses only for a while (too many
+            // clients): retry later. Otherwise the releases differ.
+            let kind = if server.protocol == PROTOCOL_VERSION {
+                Kind::Request(crate::protocol::ErrorKind::Busy)
+            } else {
+                Kind::Mismatch
+            };
+            return Err(Error::new(kind, server.refusal));
         }
         if server.protocol != PROTOCOL_VERSION && !shutdown {
             return Err(Error::new(Kind::Mismatch, mismatch_message(&server)));

@@ -22,6 +22,8 @@ pub trait Framing {
     /// Validate a complete head: what it says, and the sizes of the
     /// message and payload that follow.
     fn parse(head: &[u8]) -> Result<(Self::Head, usize, usize), Self::Error>;
+    /// The error for a frame of `len` body bytes over a decoder's `limit`.
+    fn over_limit(len: usize, limit: usize) -> Self::Error;
     fn assemble(head: Self::Head, meta: Vec<u8>, payload: Vec<u8>) -> Self::Frame;
 }
 
@@ -46,6 +48,8 @@ pub struct Decoder<F: Framing> {
     current: Option<(F::Head, usize, usize)>,
     meta: Vec<u8>,
     payload: Vec<u8>,
+    /// Largest body (message and payload) this decoder takes now.
+    limit: usize,
 }
 
 impl<F: Framing> fmt::Debug for Decoder<F> {
@@ -68,6 +72,7 @@ impl<F: Framing> Default for Decoder<F> {
             current: None,
             meta: Vec::new(),
             payload: Vec::new(),
+            limit: usize::MAX,
         }
     }
 }
@@ -75,6 +80,29 @@ impl<F: Framing> Default for Decoder<F> {
 impl<F: Framing> Decoder<F> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Take frames with at most `limit` body bytes (the framing's own cap
+    /// still holds); a larger one is an error before any of it is held.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Parse a complete head and make room for its body.
+    fn start(&mut self) -> Result<(), F::Error> {
+        let (head, meta_len, payload_len) = F::parse(&self.head[..F::HEAD_LEN])?;
+        if meta_len + payload_len > self.limit {
+            return Err(F::over_limit(meta_len + payload_len, self.limit));
+        }
+        self.meta = Vec::with_capacity(meta_len);
+        self.payload = Vec::with_capacity(payload_len);
+        self.current = Some((head, meta_len, payload_len));
+        Ok(())
+    }
+
+    /// Bytes of a partial frame held now.
+    pub fn buffered(&self) -> usize {
+        self.head_len + self.meta.len() + self.payload.len()
     }
 
     /// True when no partial frame is held (a clean place for EOF).
@@ -105,10 +133,7 @@ impl<F: Framing> Decoder<F> {
             if self.head_len < F::HEAD_LEN {
                 return Ok((used, None));
             }
-            let (head, meta_len, payload_len) = F::parse(&self.head[..F::HEAD_LEN])?;
-            self.meta = Vec::with_capacity(meta_len);
-            self.payload = Vec::with_capacity(payload_len);
-            self.current = Some((head, meta_len, payload_len));
+            self.start()?;
         }
         let (_, meta_len, payload_len) = self.current.expect("head parsed above");
         let take = (meta_len - self.meta.len()).min(data.len() - used);
@@ -155,10 +180,7 @@ impl<F: Framing> Decoder<F> {
     pub(crate) fn head_read(&mut self, n: usize) -> Result<(), F::Error> {
         self.head_len += n;
         if self.head_len == F::HEAD_LEN {
-            let (head, meta_len, payload_len) = F::parse(&self.head[..F::HEAD_LEN])?;
-            self.meta = Vec::with_capacity(meta_len);
-            self.payload = Vec::with_capacity(payload_len);
-            self.current = Some((head, meta_len, payload_len));
+            self.start()?;
         }
         Ok(())
     }

@@ -29,7 +29,15 @@ pub const MAX_META: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     TooLarge(u64),
-    BadMeta { len: u32, meta_len: u32 },
+    BadMeta {
+        len: u32,
+        meta_len: u32,
+    },
+    /// Over what this connection may send now (e.g. before its handshake).
+    OverLimit {
+        len: usize,
+        limit: usize,
+    },
 }
 
 impl fmt::Display for FrameError {
@@ -41,6 +49,12 @@ impl fmt::Display for FrameError {
                  (compute payloads are at most {} bytes)",
                 wire::MAX_PAYLOAD
             ),
+            FrameError::OverLimit { len, limit } => {
+                write!(
+                    f,
+                    "a frame of {len} bytes, over the {limit} bytes this connection may send now"
+                )
+            }
             FrameError::BadMeta { len, meta_len } => {
                 write!(f, "control frame of {len} bytes claims a {meta_len}-byte message")
             }
@@ -94,6 +108,10 @@ impl Framing for Control {
             return Err(FrameError::BadMeta { len, meta_len });
         }
         Ok(((), meta_len as usize, (len - 4 - meta_len) as usize))
+    }
+
+    fn over_limit(len: usize, limit: usize) -> FrameError {
+        FrameError::OverLimit { len, limit }
     }
 
     fn assemble(_: (), meta: Vec<u8>, payload: Vec<u8>) -> RawFrame {

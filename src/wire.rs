@@ -179,6 +179,10 @@ impl Framing for Compute {
         Ok((h, 0, h.payload_len as usize))
     }
 
+    fn over_limit(len: usize, _limit: usize) -> DecodeError {
+        DecodeError::TooLarge(len.min(u32::MAX as usize) as u32)
+    }
+
     fn assemble(header: Header, _meta: Vec<u8>, payload: Vec<u8>) -> Frame {
         Frame { header, payload }
     }

@@ -187,3 +187,134 @@ fn sigusr1_and_sigusr2_do_not_kill_the_daemon() {
     assert_eq!(env.status()["daemon"]["pid"], pid);
     assert!(env.path("control.sock").exists() && env.path("weaver.pid").exists());
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn peak_rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether the daemon closed `s` (EOF or reset) within `limit`.
+fn closed_by_daemon(s: &mut std::os::unix::net::UnixStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_connection_that_never_handshakes_is_closed_after_the_deadline() {
+    let env = TestEnv::new();
+    env.status();
+    let mut silent = env.raw();
+    let t0 = Instant::now();
+    assert!(closed_by_daemon(&mut silent, Duration::from_secs(10)), "closed at its deadline");
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(8), "{took:?}");
+    assert!(env.log().contains("did not finish its handshake"));
+}
+
+#[test]
+fn connections_are_capped_with_a_clear_busy_error() {
+    let env = TestEnv::new();
+    env.status();
+    let cap = 1024;
+    let mut held: Vec<_> = (0..cap).map(|_| env.raw()).collect();
+    // Every one of them is accepted before the next is refused.
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_dir(format!("/proc/{}/fd", env.daemon_pid().unwrap())).unwrap().count() > cap
+    }));
+    let out = env.run(&["--no-start", "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "busy: {stderr}");
+    assert!(stderr.contains("1024 clients"), "{stderr}");
+    held.truncate(10);
+    assert!(wait_for(Duration::from_secs(10), || env
+        .run(&["--no-start", "status"])
+        .status
+        .success()));
+}
+
+#[test]
+fn partial_frames_are_bounded_in_total_and_before_the_handshake() {
+    use std::io::Write;
+    let env = TestEnv::new();
+    env.status();
+    let pid = env.daemon_pid().unwrap();
+    let idle = rss_kb(pid);
+    // 32 connections send 12 MiB of a 16 MiB frame, half of them after a
+    // handshake, half without one.
+    let prefix = weaver::frame::prefix(0, 16 << 20);
+    let chunk = vec![7u8; 1 << 20];
+    let writers: Vec<_> = (0..32)
+        .map(|i| {
+            let mut s = if i % 2 == 0 { env.client().into_stream() } else { env.raw() };
+            let (prefix, chunk) = (prefix, chunk.clone());
+            std::thread::spawn(move || {
+                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(&prefix);
+                for _ in 0..12 {
+                    if s.write_all(&chunk).is_err() {
+                        return (false, s); // cut off
+                    }
+                }
+                // Held open (unfinished) until every writer is done.
+                (true, s)
+            })
+        })
+        .collect();
+    let (results, streams): (Vec<bool>, Vec<_>) =
+        writers.into_iter().map(|w| w.join().unwrap()).unzip();
+    let cut = results.iter().filter(|ok| !**ok).count();
+    let peak = peak_rss_kb(pid);
+    assert!(cut >= 16, "the ones without a handshake and those past the total were cut off: {cut}");
+    assert!(peak < idle + 200 * 1024, "peak RSS {peak} kB, idle {idle} kB");
+    assert!(env.log().contains("this connection may send now"), "refused before the handshake");
+    assert!(env.log().contains("unfinished requests"));
+    assert!(env.run(&["--no-start", "status"]).status.success());
+    drop(streams);
+}
+
+#[test]
+fn memory_comes_back_after_a_client_that_never_reads_is_cut_off() {
+    let env = TestEnv::new();
+    env.status();
+    let pid = env.daemon_pid().unwrap();
+    // Warm up: what a few ordinary echoes cost.
+    for _ in 0..10 {
+        env.ok(&["compute", "echo", "--data", "warm"]);
+    }
+    let idle = rss_kb(pid);
+    let mut c = env.client();
+    let payload = vec![1u8; 64 << 10];
+    let req = weaver::protocol::Request::Compute { op: "echo".into(), timeout_ms: None };
+    for _ in 0..2000 {
+        if c.send(req.clone(), &payload).is_err() {
+            break; // cut off
+        }
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || env.log().contains("is not reading its replies")),
+        "the daemon cut the client off:\n{}",
+        env.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || rss_kb(pid) <= 2 * idle),
+        "RSS back within 2x idle ({idle} kB): now {} kB",
+        rss_kb(pid)
+    );
+    drop(c);
+}

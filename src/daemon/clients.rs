@@ -4,20 +4,32 @@
 //! a request means is for the handlers.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::net::UnixStream;
 
 use crate::daemon::conn::{self, Conn, Drained, Flushed};
-use crate::daemon::effect::{Effect, Effects};
+use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::token;
 use crate::frame::{self, RawFrame};
-use crate::protocol::{self, ErrorKind, ErrorReply, Response, ServerMsg};
+use crate::protocol::{self, ErrorKind, ErrorReply, Handshake, Response, ServerMsg};
 
 /// A client whose unread replies exceed this is cut off: a client that stops
 /// reading must not make weaver buffer without limit.
 pub const MAX_CLIENT_BUFFER: usize = 64 << 20;
+/// Connected clients at most; more are refused with a busy handshake.
+pub const MAX_CLIENTS: usize = 1024;
+/// A connection must finish its handshake this soon.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// A handshake is small: a client that sends more before it is done is cut
+/// off.
+pub const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
+/// Bytes of unfinished frames held for all clients together; the client
+/// that would push past it is cut off.
+pub const MAX_PARTIAL_TOTAL: usize = 128 << 20;
 
 #[derive(Debug)]
 pub struct Client {
@@ -30,6 +42,8 @@ pub struct Client {
     /// its EOF tells the client that everything is gone.
     pub awaits_exit: bool,
     pub peer_pid: i32,
+    /// Bytes of an unfinished frame counted in [`Clients::partial`].
+    partial: usize,
 }
 
 /// What a read of one client gave.
@@ -49,6 +63,8 @@ pub struct Clients {
     next_id: u64,
     /// Clients with queued output to flush at the end of this turn.
     dirty: Vec<u64>,
+    /// Bytes of unfinished frames held for all clients.
+    partial: usize,
 }
 
 impl Clients {
@@ -77,8 +93,9 @@ impl Clients {
         self.map.get(&id).map_or(usize::MAX, |c| c.conn.out.len())
     }
 
-    /// A new connection: only our own uid may talk to us.
-    pub fn accept(&mut self, stream: UnixStream, fx: &mut Effects) {
+    /// A new connection: only our own uid may talk to us, only so many at
+    /// once, and it must say its handshake in time.
+    pub fn accept(&mut self, mut stream: UnixStream, now: Instant, fx: &mut Effects) {
         let cred = match conn::peer(&stream) {
             Ok(c) => c,
             Err(why) => {
@@ -86,10 +103,31 @@ impl Clients {
                 return;
             }
         };
+        if self.map.len() >= MAX_CLIENTS {
+            warn!(
+                "refused a control connection from pid {}: {MAX_CLIENTS} clients are connected",
+                cred.pid()
+            );
+            let mut hs = Handshake::new(false);
+            hs.refusal = format!(
+                "the weaver daemon (pid {}) already serves {MAX_CLIENTS} clients, its limit; retry when some have left",
+                std::process::id()
+            );
+            let meta = protocol::encode(&hs);
+            let mut frame = Vec::new();
+            frame::push(&mut frame, &meta, &[]);
+            // A small frame into a fresh socket: it fits, or the peer
+            // learns from the close.
+            let _ = stream.write(&frame);
+            return;
+        }
         let id = self.next_id;
         self.next_id += 1;
-        let (conn, watch) = Conn::new(stream, frame::Decoder::new(), token::client(id));
+        let mut dec = frame::Decoder::new();
+        dec.set_limit(MAX_HANDSHAKE_BYTES);
+        let (conn, watch) = Conn::new(stream, dec, token::client(id));
         fx.push(watch);
+        fx.push(Effect::Arm { at: now + HANDSHAKE_DEADLINE, timer: Timer::Handshake(id) });
         debug!("client {id} connected (pid {})", cred.pid());
         let c = Client {
             conn,
@@ -97,11 +135,13 @@ impl Clients {
             close_after_flush: false,
             awaits_exit: false,
             peer_pid: cred.pid(),
+            partial: 0,
         };
         self.map.insert(id, c);
     }
 
-    /// Read what `id` sent.
+    /// Read what `id` sent. Unfinished frames count against the bounds:
+    /// a client over them is reported bad (and closed by the caller).
     pub fn read(&mut self, id: u64, scratch: &mut [u8]) -> Read {
         let mut r = Read::default();
         let Some(c) = self.map.get_mut(&id) else { return r };
@@ -114,7 +154,50 @@ impl Clients {
             }
             Drained::Bad(e) => r.bad = Some(e.to_string()),
         }
+        let held = c.conn.dec.buffered();
+        self.partial = self.partial - c.partial + held;
+        c.partial = held;
+        if r.bad.is_none() && held > 0 && self.partial > MAX_PARTIAL_TOTAL {
+            r.bad = Some(format!(
+                "weaver holds {} bytes of unfinished requests from its clients, over its \
+                 {MAX_PARTIAL_TOTAL}-byte limit; retry this request",
+                self.partial
+            ));
+        }
+        if r.bad.is_some() {
+            // Nothing more is read from it: give its partial frame back.
+            c.conn.dec = frame::Decoder::new();
+            c.conn.dec.set_limit(0);
+            self.partial -= c.partial;
+            c.partial = 0;
+        }
         r
+    }
+
+    /// `id` finished its handshake: it may send whole requests now.
+    pub fn handshaken(&mut self, id: u64) {
+        if let Some(c) = self.map.get_mut(&id) {
+            c.ready = true;
+            c.conn.dec.set_limit(usize::MAX);
+        }
+    }
+
+    /// Total bytes of unfinished frames held.
+    pub fn partial(&self) -> usize {
+        self.partial
+    }
+
+    /// `id`'s handshake deadline passed: close it if it is still not done.
+    pub fn handshake_overdue(&mut self, id: u64, fx: &mut Effects) {
+        if let Some(c) = self.map.get(&id) {
+            if !c.ready {
+                warn!(
+                    "client {id} (pid {}) did not finish its handshake within {HANDSHAKE_DEADLINE:?}; closing",
+                    c.peer_pid
+                );
+                fx.push(Effect::Close { client: id, why: "no handshake in time" });
+            }
+        }
     }
 
     /// Whether requests of `id` are still to be served.
@@ -192,11 +275,14 @@ impl Clients {
         self.dirty = dirty;
     }
 
-    /// Forget `id`; its fd is handed back to be unwatched and closed.
-    pub fn remove(&mut self, id: u64) -> Option<OwnedFd> {
+    /// Forget `id`; its fd is handed back to be unwatched and closed, with
+    /// the bytes it had queued.
+    pub fn remove(&mut self, id: u64) -> Option<(OwnedFd, usize)> {
         let c = self.map.remove(&id)?;
+        self.partial -= c.partial;
+        let queued = c.conn.out.len() + c.partial;
         // SAFETY: `into_raw_fd` gives up ownership of a valid, open fd.
-        Some(unsafe { OwnedFd::from_raw_fd(c.conn.stream.into_raw_fd()) })
+        Some((unsafe { OwnedFd::from_raw_fd(c.conn.stream.into_raw_fd()) }, queued))
     }
 
     /// At exit: give every client what it can take now.
@@ -223,8 +309,14 @@ mod tests {
         };
         let mut cs = Clients::new();
         let mut fx = Effects::new();
-        cs.accept(ours, &mut fx);
-        assert!(matches!(fx[..], [Effect::Watch { .. }]), "{fx:?}");
+        cs.accept(ours, Instant::now(), &mut fx);
+        assert!(
+            matches!(
+                fx[..],
+                [Effect::Watch { .. }, Effect::Arm { timer: Timer::Handshake(1), .. }]
+            ),
+            "{fx:?}"
+        );
         assert_eq!(cs.len(), 1);
         let id = 1;
         let hs = protocol::encode(&Handshake::new(false));
@@ -260,7 +352,7 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut cs = Clients::new();
         let mut fx = Effects::new();
-        cs.accept(ours, &mut fx);
+        cs.accept(ours, Instant::now(), &mut fx);
         let mut theirs = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(theirs));
         std::io::Write::write_all(&mut theirs, &[0xff; 8]).unwrap();
         let mut scratch = vec![0u8; 64];
@@ -268,7 +360,7 @@ mod tests {
         assert!(r.bad.unwrap().contains("over the"), "an oversized prefix is named");
         drop(theirs);
         let (ours, theirs) = UnixStream::pair().unwrap();
-        cs.accept(ours, &mut fx);
+        cs.accept(ours, Instant::now(), &mut fx);
         drop(theirs);
         assert!(cs.read(2, &mut scratch).gone);
     }

@@ -30,6 +30,8 @@ pub enum Timer {
     SweepOrphan { pid: u32 },
     /// Accepting stopped at the open-file limit: try again.
     AcceptRetry,
+    /// This client has not finished its handshake in time.
+    Handshake(u64),
 }
 
 #[derive(Debug)]

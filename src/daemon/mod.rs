@@ -110,6 +110,11 @@ fn start(o: &Options) -> Result<Result<()>> {
     // returned at once regardless).
     // SAFETY: plain mallopt before any thread exists.
     unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) };
+    // A fixed mmap threshold: glibc would otherwise raise it after the first
+    // large payload is freed and serve later ones from the heap, where they
+    // stay after a burst. Payloads above it are mapped and unmapped.
+    // SAFETY: as above.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
     raise_nofile();
     // Orphaned descendants of our children come to us, so they can be reaped
     // and stopped too.
@@ -199,6 +204,8 @@ pub(crate) fn bind(p: &Path) -> Result<mio::net::UnixListener> {
 
 /// Freed heap kept instead of returned to the kernel.
 const TRIM_THRESHOLD: i32 = 8 << 20;
+/// Allocations from this size on are mapped on their own.
+const MMAP_THRESHOLD: i32 = 256 << 10;
 
 /// The open-file limit the daemon was started with, for its children (set
 /// once by [`raise_nofile`]).

@@ -42,6 +42,9 @@ const GUARD_RELEASE: Duration = Duration::from_millis(500);
 /// While out of file descriptors, accepting is tried again this often (and
 /// whenever a client leaves).
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// A client leaving with this much buffered has its memory handed back to
+/// the kernel at once.
+const TRIM_AFTER: usize = 1 << 20;
 
 /// What the daemon needs to run.
 pub struct Setup {
@@ -224,7 +227,7 @@ impl Reactor {
                             since.elapsed()
                         );
                     }
-                    self.clients.accept(stream, &mut self.fx)
+                    self.clients.accept(stream, Instant::now(), &mut self.fx)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -336,13 +339,18 @@ impl Reactor {
             }
             Effect::CloseAfterFlush { client } => self.clients.close_after_flush(client),
             Effect::Close { client, why } => {
-                let Some(fd) = self.clients.remove(client) else { return };
+                let Some((fd, queued)) = self.clients.remove(client) else { return };
                 let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
                 debug!("client {client} {why}");
                 self.compute.forget_client(client, &mut self.fx);
                 self.follow.forget(client);
+                drop(fd);
+                if queued >= TRIM_AFTER {
+                    // Give a burst's buffers back to the kernel now.
+                    // SAFETY: malloc_trim only walks the allocator's own lists.
+                    unsafe { libc::malloc_trim(0) };
+                }
                 if self.accept_starved.is_some() {
-                    drop(fd);
                     self.accept_clients();
                 }
             }
@@ -384,6 +392,7 @@ impl Reactor {
                 Timer::Sweep { pgid } => self.procs.sweep_done(pgid),
                 Timer::SweepOrphan { pid } => self.procs.orphan_overdue(pid),
                 Timer::AcceptRetry => self.accept_clients(),
+                Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
             }
         }
     }

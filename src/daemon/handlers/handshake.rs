@@ -36,8 +36,10 @@ pub fn handle(clients: &mut Clients, id: u64, f: RawFrame, fx: &mut Effects) {
     let refused = !mine.refusal.is_empty();
     clients.queue(id, &protocol::encode(&mine), Vec::new(), fx);
     if let Some(c) = clients.get_mut(id) {
-        c.ready = !refused;
         c.awaits_exit = hs.shutdown;
+    }
+    if !refused {
+        clients.handshaken(id);
     }
     if refused {
         return clients.close_after_flush(id);
