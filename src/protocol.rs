@@ -618,6 +618,9 @@ pub struct DaemonStatus {
     /// Where the daemon logs; `None` when it logs to a terminal.
     pub log_file: Option<String>,
     pub clients: u64,
+    /// What keeps its children from outliving it: "cgroup DIR" or
+    /// "environment marker WEAVER_DAEMON_ID=...".
+    pub containment: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

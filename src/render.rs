@@ -77,6 +77,9 @@ pub fn status(s: &StatusReport) -> String {
         d.runtime_dir,
         d.log_file.as_deref().unwrap_or("stderr")
     );
+    if !d.containment.is_empty() {
+        let _ = writeln!(t, "         children contained by {}", d.containment);
+    }
     let pid = c.pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "no process".into());
     let workers = c.workers.map(|w| format!(", {w} workers")).unwrap_or_default();
     let hangs = if c.hangs > 0 { format!(" ({} after it hung)", c.hangs) } else { String::new() };
@@ -386,6 +389,7 @@ mod tests {
                 runtime_dir: "/run/w".into(),
                 log_file: None,
                 clients: 1,
+                containment: "cgroup /sys/fs/cgroup/weaver-9".into(),
             },
             compute: ComputeStatus {
                 pid: None,

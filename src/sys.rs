@@ -58,6 +58,10 @@ pub fn set_nonblocking(fd: std::os::fd::RawFd) {
 /// What a child of the daemon gets between fork and exec.
 #[derive(Debug, Clone, Copy)]
 pub struct ChildSetup {
+    /// Joins the daemon's containment (its cgroup, and the marker in its
+    /// environment), so it cannot outlive weaver. Off for detached
+    /// processes, which are meant to.
+    pub contained: bool,
     /// Set SIGKILL as the parent-death signal (and exit if weaver already
     /// died between fork and prctl). Off for a program that owns its own
     /// parent-death signal, as compute does.
@@ -69,20 +73,36 @@ pub struct ChildSetup {
 impl ChildSetup {
     /// The set-up every supervised process, hook and probe gets.
     pub fn supervised() -> ChildSetup {
-        ChildSetup { die_with_parent: true, nofile: crate::daemon::child_nofile() }
+        ChildSetup { contained: true, die_with_parent: true, nofile: crate::daemon::child_nofile() }
     }
 
     /// Apply to `cmd`: its own process group, the original open-file limit,
-    /// umask 022 (weaver's own 077 is not its children's), and the
-    /// parent-death signal when asked.
+    /// umask 022 (weaver's own 077 is not its children's), the daemon's
+    /// containment and the parent-death signal when asked.
     pub fn apply(self, cmd: &mut Command) {
+        use crate::daemon::contain::{Containment, MARKER};
         cmd.process_group(0);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (setrlimit, prctl, getppid,
-        // umask, _exit) run between fork and exec, and they touch no memory
-        // shared with the parent.
+        let containment = Containment::current().filter(|_| self.contained);
+        match containment {
+            Some(c) => cmd.env(MARKER, &c.marker),
+            None => cmd.env_remove(MARKER),
+        };
+        let join = containment.and_then(|c| c.procs_path()).cloned();
+        // SAFETY: only async-signal-safe calls (open, write, close,
+        // setrlimit, prctl, getppid, umask, _exit) run between fork and
+        // exec; `join` was allocated before the fork and is only read.
         unsafe {
             cmd.pre_exec(move || {
+                // Into the daemon's cgroup before anything can fork; a
+                // failure leaves the marker to find it by.
+                if let Some(path) = &join {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd >= 0 {
+                        libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
+                }
                 // select() users break above 1024 descriptors.
                 if let Some(lim) = self.nofile {
                     libc::setrlimit(libc::RLIMIT_NOFILE, &lim);

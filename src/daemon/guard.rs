@@ -39,6 +39,8 @@ pub struct Guard {
     /// What the guard was told to watch (to tell a new one).
     groups: HashSet<u32>,
     pids: HashSet<u32>,
+    /// The containment lines it was told.
+    contain: Vec<String>,
 }
 
 impl Guard {
@@ -51,7 +53,20 @@ impl Guard {
             pid,
             groups: HashSet::new(),
             pids: HashSet::new(),
+            contain: Vec::new(),
         })
+    }
+
+    /// Tell the guard the daemon's cgroup and marker: at EOF it kills what
+    /// is in the one and what carries the other too.
+    pub fn contain(&mut self, c: &crate::daemon::contain::Containment) {
+        if let Some(dir) = &c.cgroup {
+            self.contain.push(format!("c{}", dir.display()));
+        }
+        self.contain.push(format!("m{}", c.marker));
+        for line in self.contain.clone() {
+            self.send_line(&line);
+        }
     }
 
     /// The guard died: start another and tell it every group.
@@ -64,6 +79,9 @@ impl Guard {
         }
         for p in self.pids.clone() {
             self.send(b'>', p);
+        }
+        for line in self.contain.clone() {
+            self.send_line(&line);
         }
         Ok(())
     }
@@ -125,8 +143,12 @@ impl Guard {
     }
 
     fn send(&mut self, op: u8, pgid: u32) {
+        self.send_line(&format!("{}{pgid}", op as char));
+    }
+
+    fn send_line(&mut self, line: &str) {
         let Some(p) = self.pipe.as_mut() else { return };
-        let line = format!("{}{pgid}\n", op as char);
+        let line = format!("{line}\n");
         // A few bytes into a pipe the guard drains at once: never blocks
         // for long. A failure means the guard is gone.
         if let Err(e) = p.write_all(line.as_bytes()) {
@@ -163,6 +185,8 @@ impl Guard {
 pub fn run(mut input: impl Read) -> usize {
     let mut groups: HashSet<i32> = HashSet::new();
     let mut pids: HashSet<i32> = HashSet::new();
+    let mut cgroup: Option<std::path::PathBuf> = None;
+    let mut marker: Option<String> = None;
     let mut buf = [0u8; 4096];
     let mut line: Vec<u8> = Vec::with_capacity(32);
     loop {
@@ -174,12 +198,20 @@ pub fn run(mut input: impl Read) -> usize {
         };
         for &b in &buf[..n] {
             if b != b'\n' {
-                if line.len() < 32 {
+                if line.len() < MAX_LINE {
                     line.push(b);
                 }
                 continue;
             }
-            apply(&mut groups, &mut pids, &line);
+            match line.split_first() {
+                Some((b'c', path)) => {
+                    cgroup = Some(std::path::PathBuf::from(String::from_utf8_lossy(path).as_ref()))
+                }
+                Some((b'm', m)) if !m.is_empty() => {
+                    marker = Some(String::from_utf8_lossy(m).into_owned())
+                }
+                _ => apply(&mut groups, &mut pids, &line),
+            }
             line.clear();
         }
     }
@@ -196,8 +228,20 @@ pub fn run(mut input: impl Read) -> usize {
             killed += 1;
         }
     }
+    // What left its group while its parent lived: in the cgroup, or
+    // carrying the marker.
+    if let Some(dir) = &cgroup {
+        killed += crate::daemon::contain::kill_cgroup(dir);
+        let _ = std::fs::remove_dir(dir);
+    }
+    if let Some(m) = &marker {
+        killed += crate::daemon::contain::kill_marked(m);
+    }
     killed
 }
+
+/// Longest line the guard reads (a cgroup path).
+const MAX_LINE: usize = 4096;
 
 fn apply(groups: &mut HashSet<i32>, pids: &mut HashSet<i32>, line: &[u8]) {
     let Some((&op, num)) = line.split_first() else { return };

@@ -4,6 +4,7 @@
 pub mod clients; // room: control connections, their queues and handshakes
 pub mod compute; // room: the compute child, its connection, lifecycle table, request mux
 pub mod conn; // one framed non-blocking connection type
+pub mod contain; // cgroup or environment marker: nothing started outlives weaver
 pub mod effect; // what rooms ask the loop to do
 pub mod follow; // room: logs -f followers and event subscribers
 pub mod guard; // the guard process that outlives a SIGKILLed weaver
@@ -120,9 +121,15 @@ fn start(o: &Options) -> Result<Result<()>> {
     // and stopped too.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    // The guard first, before anything it must watch is spawned.
+    // Containment and the guard first, before anything they must hold is
+    // spawned.
+    let containment = contain::Containment::init(format!("{}.{}", me.pid, me.start_time));
+    log::info!("children are contained by {}", containment.describe());
     let guard = match std::env::current_exe().and_then(|exe| guard::Guard::spawn(&exe)) {
-        Ok(g) => Some(g),
+        Ok(mut g) => {
+            g.contain(containment);
+            Some(g)
+        }
         Err(e) => {
             warn!("cannot start the guard process ({e}): what supervised processes fork may outlive weaver if it is killed with SIGKILL");
             None

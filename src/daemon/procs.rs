@@ -70,13 +70,16 @@ fn child_command(
     argv: &[String],
     env: &std::collections::BTreeMap<String, String>,
     work_dir: Option<&Path>,
+    detached: bool,
 ) -> io::Result<Command> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     };
     let mut cmd = Command::new(prog);
     cmd.args(args).envs(env).current_dir(work_dir.unwrap_or(Path::new("/")));
-    ChildSetup::supervised().apply(&mut cmd);
+    // A detached process is meant to outlive weaver: outside its
+    // containment.
+    ChildSetup { contained: !detached, ..ChildSetup::supervised() }.apply(&mut cmd);
     Ok(cmd)
 }
 
@@ -344,7 +347,8 @@ impl Procs {
     }
 
     fn spawn_instance(&mut self, spec: &config::InstanceSpec, fx: &mut Effects) -> io::Result<u32> {
-        let mut cmd = child_command(&spec.argv, &spec.env, spec.work_dir.as_deref())?;
+        let mut cmd =
+            child_command(&spec.argv, &spec.env, spec.work_dir.as_deref(), spec.detached)?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let pid = child.id();
@@ -387,7 +391,7 @@ impl Procs {
         run: RunId,
         probe: bool,
     ) -> io::Result<u32> {
-        let mut cmd = child_command(argv, env, work_dir)?;
+        let mut cmd = child_command(argv, env, work_dir, false)?;
         cmd.stdin(Stdio::null());
         if probe {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -460,6 +464,19 @@ impl Procs {
     /// A reaped child that is not compute (`compute` is compute's pid, never
     /// taken for an orphan).
     pub fn child_exited(
+        &mut self,
+        pid: u32,
+        status: std::process::ExitStatus,
+        compute: Option<u32>,
+        fx: &mut Effects,
+    ) {
+        self.reaped(pid, status, compute, fx);
+        if !self.sweeps.is_empty() {
+            self.end_empty_sweeps(fx);
+        }
+    }
+
+    fn reaped(
         &mut self,
         pid: u32,
         status: std::process::ExitStatus,
@@ -599,6 +616,26 @@ impl Procs {
     }
 
     /// A sweep's grace is over.
+    /// Sweeps whose group emptied end now, not at their grace: checked
+    /// after every reap (what is left of a group comes to us, the
+    /// subreaper, when its parent is gone).
+    fn end_empty_sweeps(&mut self, fx: &mut Effects) {
+        let empty: Vec<u32> = self
+            .sweeps
+            .iter()
+            .copied()
+            .filter(|&g| kill(Pid::from_raw(-(g as i32)), None).is_err())
+            .collect();
+        for pgid in empty {
+            self.sweeps.remove(&pgid);
+            fx.push(Effect::Cancel(Timer::Sweep { pgid }));
+            if let Some(g) = self.guard.as_mut() {
+                g.withdraw(pgid);
+            }
+            debug!("process group {pgid} is empty: its sweep is over");
+        }
+    }
+
     pub fn sweep_done(&mut self, pgid: u32) {
         if self.sweeps.remove(&pgid) {
             self.kill_rest(pgid);

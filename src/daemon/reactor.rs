@@ -155,6 +155,12 @@ impl Reactor {
             }
         }
         self.procs.kill_adopted();
+        if let Some(c) = crate::daemon::contain::Containment::current() {
+            let n = c.sweep();
+            if n > 0 {
+                warn!("killed {n} leftover process(es) of this daemon at exit");
+            }
+        }
         if let Some(g) = self.procs.guard_mut() {
             g.release(GUARD_RELEASE);
         }

@@ -66,7 +66,8 @@ pub fn spawn(l: &Launch, socket: &Path) -> io::Result<Child> {
         cmd.arg("--workers").arg(w.to_string());
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).current_dir("/");
-    ChildSetup { die_with_parent: false, nofile: crate::daemon::child_nofile() }.apply(&mut cmd);
+    let nofile = crate::daemon::child_nofile();
+    ChildSetup { contained: true, die_with_parent: false, nofile }.apply(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         io::Error::new(
             e.kind(),

@@ -25,6 +25,9 @@ pub fn report(info: &DaemonInfo, clients: usize, compute: &Compute, now: Instant
             runtime_dir: info.dir.path().display().to_string(),
             log_file: info.log_file.as_ref().map(|p| p.display().to_string()),
             clients: clients as u64,
+            containment: crate::daemon::contain::Containment::current()
+                .map(|c| c.describe())
+                .unwrap_or_default(),
         },
         compute: compute.status(now),
     }

@@ -1,0 +1,214 @@
+//! What keeps everything weaver started from outliving it, even processes
+//! that left their process group with `setsid`: a cgroup (v2, or the
+//! unified hierarchy of a hybrid mount) that every child joins before exec,
+//! killed whole with `cgroup.kill`; where the daemon cannot make one, an
+//! environment marker (`WEAVER_DAEMON_ID`) every child inherits, which the
+//! guard looks for in `/proc` to kill what carries it. Detached processes
+//! get neither: they are meant to outlive weaver.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The environment variable that marks a process as started by one daemon.
+pub const MARKER: &str = "WEAVER_DAEMON_ID";
+/// `WEAVER_CONTAINMENT=marker` turns the cgroup off.
+pub const CHOICE_ENV: &str = "WEAVER_CONTAINMENT";
+/// How long a sweep waits for killed processes to be gone.
+const SWEEP_WAIT: Duration = Duration::from_secs(1);
+/// Kill passes over a cgroup or /proc before giving up on forkers.
+const SWEEP_PASSES: usize = 10;
+
+#[derive(Debug)]
+pub struct Containment {
+    /// The daemon's cgroup for its children, when it could make one.
+    pub cgroup: Option<PathBuf>,
+    /// `cgroup.procs` of it, for children to join before exec.
+    procs: Option<CString>,
+    /// This daemon's marker value (pid and start time).
+    pub marker: String,
+}
+
+static CURRENT: OnceLock<Containment> = OnceLock::new();
+
+impl Containment {
+    /// Set up once, at daemon start: a child cgroup of our own when the
+    /// cgroup v2 hierarchy lets us make one, and the marker always.
+    pub fn init(marker: String) -> &'static Containment {
+        CURRENT.get_or_init(|| {
+            let off = std::env::var(CHOICE_ENV).is_ok_and(|v| v == "marker");
+            let cgroup = if off { None } else { make_cgroup() };
+            let procs = cgroup
+                .as_ref()
+                .and_then(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok());
+            Containment { cgroup, procs, marker }
+        })
+    }
+
+    /// The containment of this daemon, once set up.
+    pub fn current() -> Option<&'static Containment> {
+        CURRENT.get()
+    }
+
+    /// `cgroup.procs` for a child to join (written from between fork and
+    /// exec).
+    pub fn procs_path(&self) -> Option<&CString> {
+        self.procs.as_ref()
+    }
+
+    /// For `status`.
+    pub fn describe(&self) -> String {
+        match &self.cgroup {
+            Some(d) => format!("cgroup {}", d.display()),
+            None => format!("environment marker {MARKER}={}", self.marker),
+        }
+    }
+
+    /// Kill whatever is left in the cgroup and whatever carries the marker;
+    /// then remove the cgroup. Returns how many processes were signalled.
+    pub fn sweep(&self) -> usize {
+        let mut killed = 0;
+        if let Some(dir) = &self.cgroup {
+            killed += kill_cgroup(dir);
+            let _ = std::fs::remove_dir(dir);
+        }
+        killed + kill_marked(&self.marker)
+    }
+}
+
+/// The unified hierarchy's mount point.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next() != Some("cgroup2") {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// Our own cgroup v2 path (the `0::` line).
+fn own_cgroup() -> Option<PathBuf> {
+    let s = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = s.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(PathBuf::from(rel.trim_start_matches('/')))
+}
+
+/// A fresh child cgroup of our own one, if we are allowed to make it.
+fn make_cgroup() -> Option<PathBuf> {
+    let dir = cgroup2_mount()?.join(own_cgroup()?).join(format!("weaver-{}", std::process::id()));
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // A daemon that had our pid died: what it left is stale.
+            kill_cgroup(&dir);
+        }
+        Err(e) => {
+            log::info!(
+                "no cgroup for children ({}: {e}); using the {MARKER} marker",
+                dir.display()
+            );
+            return None;
+        }
+    }
+    // Joining needs write access to cgroup.procs of both ends.
+    let ok = std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")).is_ok();
+    if !ok {
+        let _ = std::fs::remove_dir(&dir);
+        return None;
+    }
+    Some(dir)
+}
+
+fn pids_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// SIGKILL everything in the cgroup (`cgroup.kill`, or each listed pid)
+/// and wait a little for it to empty.
+pub fn kill_cgroup(dir: &Path) -> usize {
+    let found = pids_in(dir).len();
+    if found == 0 {
+        return 0;
+    }
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for _ in 0..SWEEP_PASSES {
+            let pids = pids_in(dir);
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                // SAFETY: plain kill of a listed pid.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+    let end = Instant::now() + SWEEP_WAIT;
+    while !pids_in(dir).is_empty() && Instant::now() < end {
+        std::thread::yield_now();
+    }
+    found
+}
+
+/// Whether `pid`'s environment carries `MARKER=marker`.
+fn carries(pid: i32, needle: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle))
+}
+
+/// SIGKILL every process (but this one) whose environment carries the
+/// marker, pass after pass until none is found.
+pub fn kill_marked(marker: &str) -> usize {
+    let needle = format!("{MARKER}={marker}").into_bytes();
+    let me = std::process::id() as i32;
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..SWEEP_PASSES {
+        let Ok(dir) = std::fs::read_dir("/proc") else { break };
+        let found: Vec<i32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&p| p != me && !killed.contains(&p) && carries(p, &needle))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for p in found {
+            // SAFETY: plain kill of a process that carries our marker.
+            if unsafe { libc::kill(p, libc::SIGKILL) } == 0 {
+                killed.insert(p);
+            }
+        }
+    }
+    killed.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn marked_processes_are_found_and_killed_and_others_are_not() {
+        let marker = format!("test-{}", std::process::id());
+        let mut marked = Command::new("sleep").arg("30").env(MARKER, &marker).spawn().unwrap();
+        let mut other =
+            Command::new("sleep").arg("30").env(MARKER, "someone-else").spawn().unwrap();
+        // Its environment is ours until it has exec'd.
+        let needle = format!("{MARKER}={marker}").into_bytes();
+        let end = Instant::now() + Duration::from_secs(5);
+        while !carries(marked.id() as i32, &needle) && Instant::now() < end {
+            std::thread::yield_now();
+        }
+        assert_eq!(kill_marked(&marker), 1);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(marked.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(other.try_wait().unwrap().is_none(), "another marker is left alone");
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
+}
