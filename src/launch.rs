@@ -150,6 +150,9 @@ fn spawn_daemon(l: &Launch) -> Result<Started> {
         .arg("--log-file")
         .arg(&log_path)
         .current_dir("/")
+        // A daemon started from a process of another daemon is not that
+        // daemon's to kill.
+        .env_remove(crate::daemon::contain::MARKER)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| Error::io(Kind::Io, "duplicate", &log_path, &e))?)
         .stderr(log);
