@@ -42,6 +42,18 @@ pub struct Options {
     pub log_file: Option<PathBuf>,
 }
 
+/// What the daemon needs to run.
+pub struct Setup {
+    pub dir: RuntimeDir,
+    pub control: mio::net::UnixListener,
+    pub compute_listener: mio::net::UnixListener,
+    pub compute: compute::Compute,
+    pub log_file: Option<PathBuf>,
+    pub supervisor: crate::supervise::Supervisor,
+    pub config_path: Option<PathBuf>,
+    pub guard: Option<guard::Guard>,
+}
+
 /// Run the daemon in this process until it is stopped.
 pub fn run(o: Options) -> Result<()> {
     // The readiness fd must not leak into compute.
@@ -142,7 +154,7 @@ fn start(o: &Options) -> Result<Result<()>> {
         &config.compute,
         compute_path.clone(),
     );
-    let setup = reactor::Setup {
+    let setup = Setup {
         dir: dir.clone(),
         control,
         compute_listener,

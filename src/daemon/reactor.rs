@@ -7,7 +7,6 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -22,16 +21,14 @@ use crate::daemon::compute::{Compute, Event};
 use crate::daemon::conn::SCRATCH_READ;
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::follow::Follow;
-use crate::daemon::guard::Guard;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
 use crate::daemon::procs::{wall_ms, Procs};
 use crate::daemon::sockets::{Sockets, Which};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
+use crate::daemon::Setup;
 use crate::frame::RawFrame;
 use crate::protocol::{self, ClientMsg, ErrorKind, Response};
-use crate::runtime_dir::RuntimeDir;
-use crate::supervise::Supervisor;
 
 /// Events taken from one poll.
 const EVENTS_PER_POLL: usize = 256;
@@ -45,18 +42,6 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// A client leaving with this much buffered has its memory handed back to
 /// the kernel at once.
 const TRIM_AFTER: usize = 1 << 20;
-
-/// What the daemon needs to run.
-pub struct Setup {
-    pub dir: RuntimeDir,
-    pub control: UnixListener,
-    pub compute_listener: UnixListener,
-    pub compute: Compute,
-    pub log_file: Option<PathBuf>,
-    pub supervisor: Supervisor,
-    pub config_path: Option<PathBuf>,
-    pub guard: Option<Guard>,
-}
 
 pub struct Reactor {
     poll: Poll,
@@ -430,21 +415,13 @@ impl Reactor {
             if self.stopping {
                 return;
             }
-            let path = self.sockets.path(w).to_path_buf();
-            let fresh = crate::daemon::remove_stale(&path).and_then(|_| crate::daemon::bind(&path));
-            let mut fresh = match fresh {
-                Ok(l) => l,
-                Err(e) => {
-                    log::error!("{} is gone and cannot be bound again: {e}", path.display());
-                    continue;
-                }
-            };
+            let Some(mut fresh) = self.sockets.bind_again(w) else { continue };
             let token = match w {
                 Which::Control => token::CONTROL_LISTENER,
                 Which::Compute => token::COMPUTE_LISTENER,
             };
             if let Err(e) = self.poll.registry().register(&mut fresh, token, Interest::READABLE) {
-                warn!("cannot watch the new {}: {e}", path.display());
+                warn!("cannot watch the new {}: {e}", self.sockets.path(w).display());
                 continue;
             }
             let old = match w {
@@ -461,7 +438,6 @@ impl Reactor {
                 let _ = self.poll.registry().deregister(&mut old);
             }
             self.sockets.rebound(w);
-            warn!("{} was removed or replaced: bound it again", path.display());
         }
     }
 

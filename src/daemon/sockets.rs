@@ -91,11 +91,25 @@ impl Sockets {
             .collect()
     }
 
-    /// `which` was bound again: remember the new file.
+    /// A fresh listener at `which`'s path (whatever stale file sits there
+    /// removed: we hold the daemon lock), or `None` with the reason logged.
+    pub fn bind_again(&self, which: Which) -> Option<mio::net::UnixListener> {
+        let path = self.path(which);
+        match crate::daemon::remove_stale(path).and_then(|_| crate::daemon::bind(path)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::error!("{} is gone and cannot be bound again: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// `which` was bound again and is watched: remember the new file.
     pub fn rebound(&mut self, which: Which) {
         for (w, path, id) in &mut self.paths {
             if *w == which {
                 *id = Identity::of(path);
+                log::warn!("{} was removed or replaced: bound it again", path.display());
             }
         }
     }
