@@ -87,6 +87,9 @@ const WALK_AWAY_ONE_IN: u64 = 300;
 const OVERSIZED_ONE_IN: u64 = 4000;
 /// How long the run may take beyond its load before the watchdog ends it.
 const OVERALL_SLACK: Duration = Duration::from_secs(150);
+/// What a child of the daemon is recorded as until it is known to be
+/// compute or the supervised process (the guard stays one).
+const CHILD: &str = "child of the daemon";
 /// The RSS goal: settled at most this many times idle.
 const RSS_GOAL: f64 = 2.0;
 
@@ -345,9 +348,15 @@ impl Run {
         self.rt.join("compute.sock").display().to_string()
     }
 
+    /// Record a process of the run; what it is, once known, replaces
+    /// [`CHILD`].
     fn saw(&self, pid: u32, what: &str) {
         if let Some(start) = pidfile::start_time(pid) {
-            self.seen.lock().unwrap().entry((pid, start)).or_insert_with(|| what.to_string());
+            let mut seen = self.seen.lock().unwrap();
+            let w = seen.entry((pid, start)).or_insert_with(|| what.to_string());
+            if what != CHILD {
+                *w = what.to_string();
+            }
         }
     }
 
@@ -924,7 +933,7 @@ fn monitor(run: &Run, t0: Instant, stop: &AtomicBool) -> Watch {
             }
         }
         for c in children(run.daemon.pid) {
-            run.saw(c, "child of the daemon");
+            run.saw(c, CHILD);
         }
         next += Duration::from_secs(1);
         nap_until(next, || stop.load(Ordering::SeqCst));
@@ -976,7 +985,14 @@ fn chaos(run: &Run) -> Chaos {
         };
         run.saw(pid, "compute");
         let target = Pid::from_raw(pid as i32);
-        if below(&mut rng, 2) == 0 {
+        // A kill first and a stop second, so that even a short run has
+        // both; then either, at random.
+        let kill_it = match (c.kills, c.stops) {
+            (0, _) => true,
+            (_, 0) => false,
+            _ => below(&mut rng, 2) == 0,
+        };
+        if kill_it {
             let _ = kill(target, Signal::SIGKILL);
             c.kills += 1;
             continue;
@@ -998,12 +1014,12 @@ fn chaos(run: &Run) -> Chaos {
 }
 
 /// After shutdown: what of the run still runs, waiting up to `limit` for
-/// it to go.
-fn leftovers(run: &Run, limit: Duration) -> Vec<String> {
+/// it to go; those recorded during the run, then any other.
+fn leftovers(run: &Run, limit: Duration) -> (Vec<String>, Vec<String>) {
     let me = std::process::id();
     let end = Instant::now() + limit;
     loop {
-        let mut left = Vec::new();
+        let (mut left, mut other) = (Vec::new(), Vec::new());
         let seen = run.seen.lock().unwrap().clone();
         for (&(pid, start), what) in &seen {
             if pidfile::start_time(pid) == Some(start) {
@@ -1020,11 +1036,11 @@ fn leftovers(run: &Run, limit: Duration) -> Vec<String> {
             }
             let line = cmdline(pid).unwrap_or_default();
             if line.contains(&run.mark) || environ_has(pid, &run.mark) {
-                left.push(format!("pid {pid}: {line}"));
+                other.push(format!("pid {pid}: {line}"));
             }
         }
-        if left.is_empty() || Instant::now() >= end {
-            return left;
+        if (left.is_empty() && other.is_empty()) || Instant::now() >= end {
+            return (left, other);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1087,7 +1103,7 @@ fn main() {
     });
     run.saw(daemon.pid, "daemon");
     for c in children(daemon.pid) {
-        run.saw(c, "child of the daemon");
+        run.saw(c, CHILD);
     }
 
     // The watchdog: a run that overstays is ended, whatever it waits for.
@@ -1101,8 +1117,9 @@ fn main() {
             }
             let phase = *run.phase.lock().unwrap();
             eprintln!(
-                "soak: FAILED: still running {:?} after the load was due to end, in phase \
-                 \"{phase}\"; daemon killed; kept {} (the daemon's log is rt/weaver.log)",
+                "soak: FAILED: the run took longer than its {load:?} of load and {:?} more, \
+                 in phase \"{phase}\"; daemon killed; kept {} (the daemon's log is \
+                 rt/weaver.log)",
                 OVERALL_SLACK, run.mark
             );
             run.emergency_stop();
@@ -1165,7 +1182,7 @@ fn main() {
     // Shutdown, then nothing of the run may be left.
     run.set_phase("shutdown");
     let shutdown_ok = run.weaver().arg("shutdown").status().is_ok_and(|s| s.success());
-    let left = leftovers(run, Duration::from_secs(5));
+    let (left, other) = leftovers(run, Duration::from_secs(5));
     run.done.store(true, Ordering::SeqCst);
 
     // ---- Report
@@ -1279,14 +1296,25 @@ fn main() {
         ratio.map_or("-".into(), |r| format!("{r:.2}x")),
         watch.rss.len()
     );
+    // Whether RSS stays flat under load or creeps up: the largest sample
+    // of each sixth of the run's samples, in order.
+    let n = watch.rss.len();
+    let slices: Vec<String> = (0..6)
+        .map(|i| &watch.rss[i * n / 6..(i + 1) * n / 6])
+        .filter(|c| !c.is_empty())
+        .map(|c| mb(c.iter().map(|r| r.1).max().unwrap_or(0)))
+        .collect();
+    println!("daemon RSS over the run, largest of each sixth: {}", slices.join(", "));
     println!(
         "daemon fds besides client connections: idle {idle_fds}, settled {}",
         settled_fds.map_or("-".into(), |n| n.to_string())
     );
     println!(
-        "after shutdown: {} of {} recorded processes and none other of the run left",
+        "after shutdown: {} of {} processes recorded during the run left, {} other naming its \
+         temp dir",
         left.len(),
-        run.seen.lock().unwrap().len()
+        run.seen.lock().unwrap().len(),
+        other.len()
     );
 
     // ---- Checks
@@ -1311,8 +1339,12 @@ fn main() {
             tally.closed_by_weaver, tally.connect_failures
         ));
     }
-    if chaos_out.kills + chaos_out.stops == 0 {
-        failed.push("chaos never struck (compute never ready?)".into());
+    if chaos_out.kills == 0 || chaos_out.stops == 0 {
+        failed.push(format!(
+            "chaos did not both kill and stop compute ({} kills, {} stops, {} skipped while \
+             compute was not ready)",
+            chaos_out.kills, chaos_out.stops, chaos_out.skipped
+        ));
     }
     if watch.daemon_gone {
         failed.push("the daemon died during the run".into());
@@ -1338,8 +1370,9 @@ fn main() {
     if !shutdown_ok {
         failed.push("`weaver shutdown` failed".into());
     }
-    if !left.is_empty() {
-        failed.push(format!("left running after shutdown: {}", left.join("; ")));
+    if !left.is_empty() || !other.is_empty() {
+        let all: Vec<String> = left.into_iter().chain(other).collect();
+        failed.push(format!("left running after shutdown: {}", all.join("; ")));
     }
     for f in &tally.findings {
         println!("  finding: {f}");
