@@ -55,6 +55,12 @@ pub fn set_nonblocking(fd: std::os::fd::RawFd) {
     }
 }
 
+/// Give freed heap back to the kernel (after a burst).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// What a child of the daemon gets between fork and exec.
 #[derive(Debug, Clone, Copy)]
 pub struct ChildSetup {

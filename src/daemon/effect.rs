@@ -32,6 +32,8 @@ pub enum Timer {
     AcceptRetry,
     /// This client has not finished its handshake in time.
     Handshake(u64),
+    /// Hand freed heap back to the kernel after a busy spell.
+    Trim,
 }
 
 #[derive(Debug)]

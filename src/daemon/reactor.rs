@@ -42,6 +42,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// A client leaving with this much buffered has its memory handed back to
 /// the kernel at once.
 const TRIM_AFTER: usize = 1 << 20;
+/// After traffic, freed heap goes back to the kernel this much later (once
+/// per spell, however busy), so RSS settles after a burst.
+const TRIM_DELAY: Duration = Duration::from_secs(2);
 
 pub struct Reactor {
     poll: Poll,
@@ -66,6 +69,8 @@ pub struct Reactor {
     /// Accepting hit the open-file limit at this time; connections wait in
     /// the listen queue until fds free.
     accept_starved: Option<Instant>,
+    /// A trim of the heap is armed.
+    trim_armed: bool,
     /// Effects waiting to be applied.
     fx: Effects,
     /// The batch being applied (kept to reuse its allocation).
@@ -102,6 +107,7 @@ impl Reactor {
             info: DaemonInfo { dir: s.dir, log_file: s.log_file, started: Instant::now() },
             stopping: false,
             accept_starved: None,
+            trim_armed: false,
             fx: Effects::new(),
             applying: Effects::new(),
             scratch: vec![0; SCRATCH],
@@ -118,11 +124,12 @@ impl Reactor {
         self.apply();
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
-            let timeout = if self.more_to_do() {
-                Some(Duration::ZERO)
-            } else {
-                self.timers.next_timeout(Instant::now())
-            };
+            // Pipes or followers with more than one turn's worth: no sleep.
+            let clients = &self.clients;
+            let more = self.procs.has_pending()
+                || self.follow.pending(&self.procs.sup, |c| clients.backlog(c) == 0);
+            let timeout =
+                if more { Some(Duration::ZERO) } else { self.timers.next_timeout(Instant::now()) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -133,6 +140,10 @@ impl Reactor {
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 self.dispatch(ev.token(), readable, ev.is_writable());
                 self.apply();
+            }
+            if !events.is_empty() && !self.trim_armed {
+                self.trim_armed = true;
+                self.timers.arm(Instant::now() + TRIM_DELAY, Timer::Trim);
             }
             self.end_of_turn();
             if self.stopping && self.compute.pid().is_none() && self.procs.all_gone() {
@@ -151,14 +162,6 @@ impl Reactor {
         }
         self.finish();
         Ok(())
-    }
-
-    /// Pipes or followers have more than one turn's worth: poll must not
-    /// sleep.
-    fn more_to_do(&self) -> bool {
-        let clients = &self.clients;
-        self.procs.has_pending()
-            || self.follow.pending(&self.procs.sup, |c| clients.backlog(c) == 0)
     }
 
     fn dispatch(&mut self, t: Token, readable: bool, writable: bool) {
@@ -337,9 +340,7 @@ impl Reactor {
                 self.follow.forget(client);
                 drop(fd);
                 if queued >= TRIM_AFTER {
-                    // Give a burst's buffers back to the kernel now.
-                    // SAFETY: malloc_trim only walks the allocator's own lists.
-                    unsafe { libc::malloc_trim(0) };
+                    crate::sys::trim_heap();
                 }
                 if self.accept_starved.is_some() {
                     self.accept_clients();
@@ -384,6 +385,10 @@ impl Reactor {
                 Timer::SweepOrphan { pid } => self.procs.orphan_overdue(pid),
                 Timer::AcceptRetry => self.accept_clients(),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
+                Timer::Trim => {
+                    self.trim_armed = false;
+                    crate::sys::trim_heap();
+                }
             }
         }
     }
