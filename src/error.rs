@@ -21,6 +21,9 @@ pub enum Kind {
     Request(ReplyKind),
     /// Anything else (local I/O).
     Io,
+    /// Standard output was closed (`weaver status | head -c0`): the command
+    /// ends quietly.
+    StdoutClosed,
 }
 
 #[derive(Debug)]
@@ -52,6 +55,8 @@ impl Error {
             Kind::Request(ReplyKind::Busy) | Kind::Request(ReplyKind::ShuttingDown) => 75,
             Kind::Request(ReplyKind::Timeout) => 124,
             Kind::Request(_) | Kind::Io => 1,
+            // What a shell reports for a process ended by SIGPIPE (128 + 13).
+            Kind::StdoutClosed => 141,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `weaver compute`: one compute request, its input from the command line,
 //! a file or stdin, its output to stdout or a file.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use super::Ctx;
 use crate::cli::ComputeArgs;
@@ -27,12 +27,7 @@ pub(super) fn compute(ctx: &Ctx, a: ComputeArgs) -> Result<()> {
     match a.output {
         Some(p) if p.as_os_str() != "-" => std::fs::write(&p, &r.payload)
             .map_err(|e| Error::io(Kind::Io, "write output to", &p, &e)),
-        _ => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&r.payload)
-                .and_then(|_| out.flush())
-                .map_err(|e| Error::new(Kind::Io, format!("cannot write the reply to stdout: {e}")))
-        }
+        _ => crate::output::write_bytes(&mut std::io::stdout().lock(), &r.payload),
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::{absolute, unexpected, Ctx};
 use crate::client::Client;
 use crate::error::{Error, Kind, Result};
+use crate::output::print;
 use crate::protocol::{Request, Response};
 use crate::{daemon, logging, render};
 
@@ -35,8 +36,7 @@ fn compute_bin(ctx: &Ctx) -> Result<PathBuf> {
 /// `weaver daemon`: make sure one runs, detached.
 pub(super) fn detached(ctx: &Ctx) -> Result<()> {
     let (_, outcome) = ctx.connect()?;
-    print!("{}", render::launched(outcome));
-    Ok(())
+    print(&render::launched(outcome))
 }
 
 /// `weaver status`.
@@ -44,8 +44,7 @@ pub(super) fn status(ctx: &Ctx, json: bool, wait: bool) -> Result<()> {
     let (mut c, _) = ctx.connect()?;
     let r = c.call(Request::Status { wait_compute: wait }, &[])?;
     let Response::Status(s) = r.resp else { return Err(unexpected(&r.resp)) };
-    print!("{}", if json { render::json_pretty(&s) } else { render::status(&s) });
-    Ok(())
+    print(&if json { render::json_pretty(&s) } else { render::status(&s) })
 }
 
 /// `weaver shutdown`: ask the daemon to stop (whatever its protocol) and
@@ -55,14 +54,12 @@ pub(super) fn shutdown(ctx: &Ctx) -> Result<()> {
     let mut c = match Client::connect(&sock, true) {
         Ok(c) => c?,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {
-            print!("{}", render::shut_down(None));
-            return Ok(());
+            return print(&render::shut_down(None));
         }
         Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
     };
     let pid = c.server.pid;
     c.wait_closed()
         .map_err(|e| Error::new(Kind::Daemon, format!("waiting for the daemon to stop: {e}")))?;
-    print!("{}", render::shut_down(Some(pid)));
-    Ok(())
+    print(&render::shut_down(Some(pid)))
 }
