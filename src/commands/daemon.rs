@@ -1,6 +1,7 @@
 //! `weaver daemon`, `status` and `shutdown`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{absolute, unexpected, Ctx};
 use crate::client::Client;
@@ -8,6 +9,10 @@ use crate::error::{Error, Kind, Result};
 use crate::output::print;
 use crate::protocol::{Request, Response};
 use crate::{daemon, logging, render};
+
+/// How long `shutdown` waits for a daemon of another protocol (which
+/// answers no pings) to stop.
+pub const UNCHECKED_STOP_WITHIN: Duration = Duration::from_secs(60);
 
 /// `weaver daemon --foreground`: be the daemon, in this process.
 pub(super) fn foreground(ctx: Ctx, ready_fd: Option<i32>, log_file: Option<PathBuf>) -> Result<()> {
@@ -59,7 +64,6 @@ pub(super) fn shutdown(ctx: &Ctx) -> Result<()> {
         Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
     };
     let pid = c.server.pid;
-    c.wait_closed()
-        .map_err(|e| Error::new(Kind::Daemon, format!("waiting for the daemon to stop: {e}")))?;
+    c.wait_closed(UNCHECKED_STOP_WITHIN)?;
     print(&render::shut_down(Some(pid)))
 }

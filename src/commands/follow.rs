@@ -1,6 +1,8 @@
 //! `weaver logs` and `weaver events`: requests answered by a stream of
 //! replies, printed as they come. A closed stdout (a pager quit) ends the
-//! command quietly ([`Kind::StdoutClosed`]).
+//! command quietly ([`Kind::StdoutClosed`]). A quiet stream goes on while
+//! the daemon answers its pings; one that stops answering ends the command
+//! ([`Kind::NotResponding`]).
 
 use std::time::Duration;
 
@@ -20,7 +22,8 @@ const RESUME_AFTER: Duration = Duration::from_millis(50);
 
 /// `weaver logs`. With `-f`, it follows across daemon restarts: when the
 /// daemon goes away it waits for one to come back (never starting one, so
-/// a follow does not undo a shutdown), like `tail -F`.
+/// a follow does not undo a shutdown), like `tail -F`. A daemon that is
+/// there but does not respond ends the follow.
 pub(super) fn logs(ctx: &Ctx, a: LogsArgs) -> Result<()> {
     let LogsArgs { name, follow, lines, stream, since, json } = a;
     let mut out = std::io::stdout().lock();
@@ -35,6 +38,7 @@ pub(super) fn logs(ctx: &Ctx, a: LogsArgs) -> Result<()> {
             None => ctx.connect()?.0,
             Some(_) => match ctx.connect_running() {
                 Ok(c) => c,
+                Err(e) if e.kind == Kind::NotResponding => return Err(e),
                 Err(_) => {
                     if !waiting {
                         eprint(&render::notice(
