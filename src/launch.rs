@@ -7,9 +7,16 @@
 //! - The daemon reports readiness on an inherited pipe once its sockets are
 //!   bound ("ready PID"), or why it could not start ("error ..."); EOF
 //!   without a line means it died, and the log says why.
-//! - A daemon started another way (`weaver daemon --foreground`) may hold
-//!   the daemon lock without answering yet; then the new daemon says
-//!   "busy" and the command retries its connect for a bounded time.
+//! - A daemon that holds the daemon lock without a socket that answers is
+//!   waited for, at most [`Deadlines::connect`]: one just started (another
+//!   way, e.g. `weaver daemon --foreground`) binds its socket; one that is
+//!   stopping exits, and then a new one is started. The holder is named by
+//!   the pid file or, without one, by `/proc/locks`.
+//! - One that does neither is reported with its pid and never replaced: its
+//!   socket is gone ([`Kind::NotResponding`]), or it is stopping and takes
+//!   no new connections (shutting down). Never two daemons.
+//! - A daemon that is there but does not accept or handshake within the
+//!   deadline is reported as not responding, with its pid.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -22,8 +29,10 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::client::Client;
+use crate::client::{Client, Deadlines};
 use crate::error::{Error, Kind, Result};
+use crate::pidfile::{self, PidRecord, Process};
+use crate::protocol::ErrorKind as ReplyKind;
 use crate::runtime_dir::{self, RuntimeDir};
 
 /// The fd number the daemon finds its readiness pipe on.
@@ -33,10 +42,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a readiness report that is read (an error report may span
 /// lines; anything longer is cut).
 const MAX_READY_BYTES: u64 = 1 << 20;
-/// How long a command keeps trying to connect to a daemon that holds the
-/// lock but has not bound its socket yet, and how often it tries.
-const BUSY_RETRY_FOR: Duration = Duration::from_secs(3);
-const BUSY_RETRY_EVERY: Duration = Duration::from_millis(10);
+/// How often a command looks again at a daemon that holds the lock without
+/// a socket that answers.
+const HELD_RETRY_EVERY: Duration = Duration::from_millis(10);
+/// How many daemons one command starts, when each finds the lock held by a
+/// daemon that then exits.
+const START_ATTEMPTS: u32 = 3;
 
 /// How to start a daemon if none runs.
 pub struct Launch<'a> {
@@ -62,11 +73,9 @@ fn is_absent(e: &io::Error) -> bool {
 
 /// Connect to the running daemon, starting one if needed.
 pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
-    let sock = l.dir.control_socket();
-    match Client::connect(&sock, false) {
-        Ok(c) => return c.map(|c| (c, Outcome::Connected)),
-        Err(e) if is_absent(&e) => {}
-        Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
+    let d = Deadlines::from_env();
+    if let Some(c) = reach(l.dir, d, false)? {
+        return Ok((c, Outcome::Connected));
     }
     if l.no_start {
         return Err(Error::new(
@@ -80,40 +89,152 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
     let _guard = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| {
         Error::new(Kind::RuntimeDir, format!("cannot lock {}: {e}", lock_path.display()))
     })?;
-    // Someone may have started it while we waited for the lock.
-    match Client::connect(&sock, false) {
-        Ok(c) => return c.map(|c| (c, Outcome::Connected)),
-        Err(e) if is_absent(&e) => {}
-        Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
-    }
-    match spawn_daemon(l)? {
-        Started::Ready(pid) => {
-            let c = Client::connect(&sock, false).map_err(|e| {
-                Error::io(Kind::Daemon, "connect to the new daemon at", &sock, &e)
-            })??;
-            Ok((c, Outcome::Started(pid)))
+    let mut busy = String::new();
+    for _ in 0..START_ATTEMPTS {
+        // Someone may have started it while we waited for the lock.
+        if let Some(c) = reach(l.dir, d, false)? {
+            return Ok((c, Outcome::Connected));
         }
-        Started::Busy(msg) => connect_retrying(&sock, &msg).map(|c| (c, Outcome::Connected)),
+        match spawn_daemon(l)? {
+            Started::Ready(pid) => {
+                let sock = l.dir.control_socket();
+                let c = Client::connect_with(&sock, false, d)
+                    .map_err(|e| {
+                        Error::io(Kind::Daemon, "connect to the new daemon at", &sock, &e)
+                    })?
+                    .map_err(|e| e.naming_pid(pid))?;
+                return Ok((c, Outcome::Started(pid)));
+            }
+            // Another daemon holds the lock: wait for it to answer, or to
+            // exit and leave the place to a new one.
+            Started::Busy(msg) => {
+                if let Some(c) = reach(l.dir, d, true)? {
+                    return Ok((c, Outcome::Connected));
+                }
+                busy = msg;
+            }
+        }
+    }
+    Err(Error::new(
+        Kind::Daemon,
+        format!(
+            "{busy}; {START_ATTEMPTS} daemons were started and each found the lock held by \
+             another. See {}",
+            l.dir.log_file().display()
+        ),
+    ))
+}
+
+/// Who holds the daemon lock.
+#[derive(Debug)]
+pub enum Holder {
+    /// This live process (named by the pid file or `/proc/locks`).
+    Process(PidRecord),
+    /// Nobody.
+    Free,
+    /// Cannot be told (no `/proc/locks`, and no live pid file).
+    Unknown,
+}
+
+/// Who holds the daemon lock of `dir`, without taking it.
+pub fn holder(dir: &RuntimeDir) -> Holder {
+    let mut unknown = false;
+    match runtime_dir::lock_holder(&dir.daemon_lock()) {
+        Ok(Some(pid)) => {
+            if let Some(rec) = PidRecord::of(pid) {
+                return Holder::Process(rec);
+            }
+        }
+        Ok(None) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(_) => unknown = true,
+    }
+    match pidfile::live_record(&dir.pid_file()) {
+        Some(rec) => Holder::Process(rec),
+        None if unknown => Holder::Unknown,
+        None => Holder::Free,
     }
 }
 
-/// Bounded retry for the one case where a daemon holds the lock but may not
-/// have bound its socket yet.
-fn connect_retrying(sock: &Path, why: &str) -> Result<Client> {
-    let deadline = Instant::now() + BUSY_RETRY_FOR;
+/// Connect to the daemon that runs, if one does; `Ok(None)` when none does.
+///
+/// A daemon that holds the lock but has no socket that answers is waited
+/// for, at most `d.connect`: it binds its socket (just started), or it
+/// exits (stopping: then `Ok(None)`, and a new one may start). One that
+/// does neither is an error that names it. `held`: the lock is known to be
+/// held (a daemon just said so), even where no holder can be named.
+fn reach(dir: &RuntimeDir, d: Deadlines, held: bool) -> Result<Option<Client>> {
+    let sock = dir.control_socket();
+    let deadline = Instant::now() + d.connect;
+    // A daemon whose socket went missing binds it again on SIGUSR1 (it
+    // also notices by itself where it can watch its runtime dir).
+    let mut nudged = false;
     loop {
-        match Client::connect(sock, false) {
-            Ok(c) => return c,
-            Err(e) if is_absent(&e) && Instant::now() < deadline => {
-                std::thread::sleep(BUSY_RETRY_EVERY)
+        let refused = match Client::connect_with(&sock, false, d) {
+            Ok(Ok(c)) => return Ok(Some(c)),
+            Ok(Err(e)) => {
+                return Err(match holder(dir) {
+                    Holder::Process(rec) => e.naming_pid(rec.pid),
+                    _ => e,
+                })
             }
-            Err(e) => {
-                return Err(Error::new(
-                    Kind::Daemon,
-                    format!("{why}, but {} does not answer ({e}); if that daemon is stuck, stop it (its pid is in weaver.pid) and retry", sock.display()),
-                ))
-            }
+            Err(e) if is_absent(&e) => e.raw_os_error() == Some(libc::ECONNREFUSED),
+            Err(e) => return Err(Error::io(Kind::Daemon, "connect to", &sock, &e)),
+        };
+        let holder = holder(dir);
+        let pid = match &holder {
+            Holder::Process(rec) => Some(rec.pid),
+            Holder::Free => return Ok(None),
+            Holder::Unknown if !held => return Ok(None),
+            Holder::Unknown => None,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(unreachable(pid, &sock, refused, d.connect));
         }
+        let next = deadline.min(now + HELD_RETRY_EVERY);
+        match holder {
+            // Returns early if it exits.
+            Holder::Process(rec) => {
+                if let Some(p) = Process::open(rec) {
+                    if !refused && !nudged {
+                        nudged = p.signal(nix::sys::signal::Signal::SIGUSR1);
+                    }
+                    p.wait_gone(next);
+                }
+            }
+            _ => std::thread::sleep(next - now),
+        }
+    }
+}
+
+/// The error for a daemon (`pid`, if known) that holds the lock but has not
+/// answered on `sock` for `waited`: its socket refuses connections (it is
+/// stopping) or is missing.
+fn unreachable(pid: Option<u32>, sock: &Path, refused: bool, waited: Duration) -> Error {
+    match (pid, refused) {
+        (Some(pid), true) => Error::new(
+            Kind::Request(ReplyKind::ShuttingDown),
+            format!(
+                "the weaver daemon (pid {pid}) is shutting down and takes no new connections; \
+                 retry once it has stopped (`weaver shutdown` waits for that)"
+            ),
+        ),
+        (Some(pid), false) => Error::not_responding(
+            Some(pid),
+            format!(
+                "it runs, but its control socket {} is missing, so no command can reach it",
+                sock.display()
+            ),
+        ),
+        (None, _) => Error::new(
+            Kind::Daemon,
+            format!(
+                "another weaver daemon holds the lock, but {} has not answered within {waited:?}; \
+                 if that daemon is stuck, stop it (its pid is in weaver.pid) and retry",
+                sock.display()
+            ),
+        ),
     }
 }
 

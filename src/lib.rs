@@ -25,6 +25,7 @@ pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
 pub mod frame; // control-socket framing, pure
 pub mod launch; // connect-or-start, readiness pipe
 pub mod logging; // env_logger set-up for the daemon
+pub mod output; // stdout (a closed one ends the command quietly) and stderr
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
 pub mod render; // every text the CLI prints; the event wording the daemon logs

@@ -4,13 +4,18 @@
 use clap::Parser;
 
 use weaver::cli::Cli;
-use weaver::{commands, render};
+use weaver::error::Kind;
+use weaver::{commands, output, render};
 
 fn main() {
     let code = match commands::run(Cli::parse()) {
         Ok(()) => 0,
         Err(e) => {
-            eprint!("{}", render::error(&e));
+            // A closed stdout ends the command quietly: whoever closed it
+            // wanted no more.
+            if e.kind != Kind::StdoutClosed {
+                output::eprint(&render::error(&e));
+            }
             e.exit_code()
         }
     };

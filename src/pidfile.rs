@@ -1,10 +1,21 @@
 //! Pid files that cannot be fooled by a recycled pid: each holds the pid and
 //! the process start time (field 22 of /proc/PID/stat, in clock ticks since
 //! boot), and a pid counts as ours only while both still match.
+//!
+//! [`Process`] is a handle on one such process that can signal it and wait
+//! for it to exit without the pid being recycled under it (a pidfd where the
+//! kernel has them, else polling the pid and its start time).
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+/// How often [`Process::wait_gone`] looks again where there is no pidfd.
+const POLL_GONE_EVERY: Duration = Duration::from_millis(5);
 
 /// Start time of `pid` in clock ticks since boot, or `None` if it is gone
 /// (zombies count as gone: they hold no resources and cannot be signalled
@@ -84,10 +95,104 @@ pub fn read(path: &Path) -> io::Result<(u32, Option<u64>)> {
 /// The live process a pid file names, if its start time still matches (or,
 /// for a file without one, if the pid is alive).
 pub fn live_pid(path: &Path) -> Option<u32> {
+    live_record(path).map(|r| r.pid)
+}
+
+/// The record of the live process a pid file names, as [`live_pid`] finds
+/// it.
+pub fn live_record(path: &Path) -> Option<PidRecord> {
     let (pid, start) = read(path).ok()?;
+    let rec = PidRecord::of(pid)?;
     match start {
-        Some(t) => (start_time(pid) == Some(t)).then_some(pid),
-        None => alive(pid).then_some(pid),
+        Some(t) => (rec.start_time == t).then_some(rec),
+        None => Some(rec),
+    }
+}
+
+/// A live process named by a [`PidRecord`]: signals and waits reach that
+/// very process, never one that got its pid later.
+#[derive(Debug)]
+pub struct Process {
+    rec: PidRecord,
+    /// `None` where `pidfd_open` is not available (kernels before 5.3).
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    /// The process of `rec`, if it still runs.
+    pub fn open(rec: PidRecord) -> Option<Process> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.pid as libc::c_int, 0) };
+        let pidfd = if fd >= 0 {
+            // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+            Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        } else if io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return None;
+        } else {
+            None
+        };
+        // Checked after the pidfd is open: if the start time still matches,
+        // the pidfd refers to the recorded process, not to a successor.
+        rec.is_current().then_some(Process { rec, pidfd })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.rec.pid
+    }
+
+    /// Send `sig`; false if the process is gone.
+    pub fn signal(&self, sig: Signal) -> bool {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: pidfd_send_signal takes an fd we own, a signal number,
+            // a null siginfo and flags 0.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            if r == 0 {
+                return true;
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return false;
+            }
+        }
+        self.rec.is_current()
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.rec.pid as i32), sig).is_ok()
+    }
+
+    /// Wait until the process has exited (its files closed, so its locks
+    /// released), at most until `deadline`; true once it is gone.
+    pub fn wait_gone(&self, deadline: Instant) -> bool {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match &self.pidfd {
+                Some(fd) => {
+                    let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                    let mut pfd =
+                        [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+                    match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)) {
+                        // Readable: it has exited.
+                        Ok(n) if n > 0 => return true,
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => return !self.rec.is_current(),
+                    }
+                }
+                None => {
+                    if !self.rec.is_current() {
+                        return true;
+                    }
+                    std::thread::sleep(left.min(POLL_GONE_EVERY));
+                }
+            }
+            if Instant::now() >= deadline {
+                return !self.rec.is_current();
+            }
+        }
     }
 }
 
@@ -111,5 +216,23 @@ mod tests {
         assert!(read(&p).is_err());
         fs::write(&p, format!("{}\n", me.pid)).unwrap();
         assert_eq!(live_pid(&p), Some(me.pid));
+    }
+
+    #[test]
+    fn a_process_handle_signals_and_sees_the_exit() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let rec = PidRecord::of(child.id()).unwrap();
+        let p = Process::open(rec).expect("the child runs");
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(!p.wait_gone(soon), "still running");
+        assert!(p.signal(Signal::SIGTERM));
+        assert!(p.wait_gone(Instant::now() + Duration::from_secs(10)), "gone after SIGTERM");
+        child.wait().unwrap();
+        assert!(Process::open(rec).is_none(), "a reaped process cannot be opened");
+        let forged = PidRecord {
+            start_time: rec.start_time + 1,
+            ..PidRecord::of(std::process::id()).unwrap()
+        };
+        assert!(Process::open(forged).is_none(), "another start time is another process");
     }
 }

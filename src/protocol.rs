@@ -24,7 +24,8 @@ use crate::supervise::PsRow;
 ///
 /// 2: process and compute states, output streams and event kinds are enums
 /// ([`ProcState`], [`ComputeState`], [`LogStream`], [`EventType`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: [`Request::Ping`] and [`Response::Pong`].
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -108,6 +109,11 @@ pub enum Request {
     /// [`Response::Reload`] with the plan, applied unless `dry_run`. A bad
     /// configuration is an error and changes nothing.
     Reload { dry_run: bool },
+    /// Are you alive? Answered by [`Response::Pong`] at once by the
+    /// daemon's loop, whatever else the connection waits for, even while
+    /// stopping. A client sends it after a quiet spell, to tell a long
+    /// request or a quiet stream from a daemon that is stuck.
+    Ping,
 }
 
 /// What `Control` does.
@@ -153,6 +159,8 @@ pub enum Response {
     Event(EventRecord),
     /// Answers `Reload`: what changes, and whether it was applied.
     Reload(ReloadReport),
+    /// Answers `Ping`.
+    Pong,
 }
 
 /// What `Request::Logs` asks for.

@@ -99,6 +99,44 @@ pub fn open_private(path: &Path, append: bool) -> io::Result<fs::File> {
     o.create(true).mode(0o600).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW).open(path)
 }
 
+/// The pid of the process holding a `flock` on `path`, from `/proc/locks`:
+/// `Ok(None)` when nobody holds one, an error when that cannot be told (no
+/// `/proc/locks`, or no such file). Lets a command name a daemon without
+/// taking its lock, even while the daemon has no pid file (just started,
+/// or about to exit).
+pub fn lock_holder(path: &Path) -> io::Result<Option<u32>> {
+    let md = fs::metadata(path)?;
+    let locks = fs::read_to_string("/proc/locks")?;
+    Ok(flock_holder(&locks, md.dev(), md.ino()))
+}
+
+/// The holder of a flock on the file (`dev`, `ino`) in the text of
+/// `/proc/locks`, whose lines read `1: FLOCK  ADVISORY  WRITE 4262
+/// 00:2c:1234 0 EOF` (waiters' lines have `->` after the number). A line of
+/// the same inode on a device numbered otherwise still counts when no line
+/// matches both: some filesystems (btrfs subvolumes) report another device
+/// in `stat` than in `/proc/locks`.
+fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let dev = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
+    let mut same_inode = None;
+    for line in locks.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            continue;
+        }
+        let Some((d, i)) = f[5].rsplit_once(':') else { continue };
+        let Ok(pid) = f[4].parse::<u32>() else { continue };
+        if i.parse() != Ok(ino) || pid == 0 {
+            continue;
+        }
+        if d == dev {
+            return Some(pid);
+        }
+        same_inode.get_or_insert(pid);
+    }
+    same_inode
+}
+
 /// Refuse a directory that is a symlink, not a directory, not ours, or open
 /// to group or other.
 pub fn check(path: &Path) -> Result<()> {
@@ -170,5 +208,32 @@ mod tests {
         let file = t.path().join("file");
         fs::write(&file, "").unwrap();
         assert!(RuntimeDir::open(&file).unwrap_err().message.contains("not a directory"));
+    }
+
+    #[test]
+    fn the_holder_of_a_flock_is_found_in_proc_locks() {
+        use nix::fcntl::{Flock, FlockArg};
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.lock");
+        let f = open_private(&p, false).unwrap();
+        assert_eq!(lock_holder(&p).unwrap(), None);
+        let held = Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap();
+        assert_eq!(lock_holder(&p).unwrap(), Some(std::process::id()));
+        drop(held);
+        assert_eq!(lock_holder(&p).unwrap(), None);
+        assert!(lock_holder(&t.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn proc_locks_lines_are_read_by_device_and_inode() {
+        let dev = libc::makedev(0, 0x2c);
+        let text = "1: POSIX  ADVISORY  WRITE 10 00:2c:77 0 EOF\n\
+                    2: FLOCK  ADVISORY  WRITE 11 00:2c:78 0 EOF\n\
+                    2: -> FLOCK  ADVISORY  WRITE 12 00:2c:77 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 13 00:2d:77 0 EOF\n\
+                    4: FLOCK  ADVISORY  WRITE 14 00:2c:77 0 EOF\n";
+        assert_eq!(flock_holder(text, dev, 77), Some(14), "device and inode match");
+        assert_eq!(flock_holder(text, libc::makedev(0, 0x99), 77), Some(13), "inode alone");
+        assert_eq!(flock_holder(text, dev, 79), None);
     }
 }

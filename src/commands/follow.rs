@@ -1,13 +1,15 @@
 //! `weaver logs` and `weaver events`: requests answered by a stream of
 //! replies, printed as they come. A closed stdout (a pager quit) ends the
-//! command quietly.
+//! command quietly ([`Kind::StdoutClosed`]). A quiet stream goes on while
+//! the daemon answers its pings; one that stops answering ends the command
+//! ([`Kind::NotResponding`]).
 
-use std::io::Write;
 use std::time::Duration;
 
 use super::{unexpected, Ctx};
 use crate::cli::{EventsArgs, LogsArgs};
 use crate::error::{Kind, Result};
+use crate::output::{eprint, write_to};
 use crate::protocol::{LogQuery, Request, Response};
 use crate::render;
 
@@ -18,14 +20,10 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(100);
 /// Pause before `logs -f` reconnects after its daemon closed the stream.
 const RESUME_AFTER: Duration = Duration::from_millis(50);
 
-/// Write `text` to stdout at once; false when stdout is closed.
-fn emit(out: &mut impl Write, text: &str) -> bool {
-    out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_ok()
-}
-
 /// `weaver logs`. With `-f`, it follows across daemon restarts: when the
 /// daemon goes away it waits for one to come back (never starting one, so
-/// a follow does not undo a shutdown), like `tail -F`.
+/// a follow does not undo a shutdown), like `tail -F`. A daemon that is
+/// there but does not respond ends the follow.
 pub(super) fn logs(ctx: &Ctx, a: LogsArgs) -> Result<()> {
     let LogsArgs { name, follow, lines, stream, since, json } = a;
     let mut out = std::io::stdout().lock();
@@ -40,14 +38,12 @@ pub(super) fn logs(ctx: &Ctx, a: LogsArgs) -> Result<()> {
             None => ctx.connect()?.0,
             Some(_) => match ctx.connect_running() {
                 Ok(c) => c,
+                Err(e) if e.kind == Kind::NotResponding => return Err(e),
                 Err(_) => {
                     if !waiting {
-                        eprint!(
-                            "{}",
-                            render::notice(
-                                "the daemon is gone; waiting for it to come back (Ctrl-C to quit)"
-                            )
-                        );
+                        eprint(&render::notice(
+                            "the daemon is gone; waiting for it to come back (Ctrl-C to quit)",
+                        ));
                         waiting = true;
                     }
                     std::thread::sleep(RECONNECT_EVERY);
@@ -56,13 +52,10 @@ pub(super) fn logs(ctx: &Ctx, a: LogsArgs) -> Result<()> {
             },
         };
         if daemon_pid.is_some_and(|p| p != c.server.pid) {
-            eprint!(
-                "{}",
-                render::notice(&format!(
-                    "the daemon restarted (pid {}); following its output from the start",
-                    c.server.pid
-                ))
-            );
+            eprint(&render::notice(&format!(
+                "the daemon restarted (pid {}); following its output from the start",
+                c.server.pid
+            )));
             after = 0;
         }
         daemon_pid = Some(c.server.pid);
@@ -80,7 +73,8 @@ pub(super) fn logs(ctx: &Ctx, a: LogsArgs) -> Result<()> {
                 Err(e) => return Err(e),
             };
             after = chunk.next;
-            if !emit(&mut out, &render::log_chunk(&chunk, json)) || !follow {
+            write_to(&mut out, &render::log_chunk(&chunk, json))?;
+            if !follow {
                 return Ok(());
             }
         }
@@ -98,11 +92,7 @@ pub(super) fn events(ctx: &Ctx, a: EventsArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for r in c.stream_replies(Request::Events { names, output, history }, &[])? {
         match r?.resp {
-            Response::Event(e) => {
-                if !emit(&mut out, &render::event(&e, json)) {
-                    return Ok(());
-                }
-            }
+            Response::Event(e) => write_to(&mut out, &render::event(&e, json))?,
             other => return Err(unexpected(&other)),
         }
     }

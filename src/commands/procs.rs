@@ -4,6 +4,7 @@
 use super::{unexpected, Ctx};
 use crate::cli::Targets;
 use crate::error::Result;
+use crate::output::print;
 use crate::protocol::{Request, Response, Verb};
 use crate::render;
 
@@ -12,8 +13,7 @@ pub(super) fn ps(ctx: &Ctx, json: bool) -> Result<()> {
     let (mut c, _) = ctx.connect()?;
     let r = c.call(Request::Ps, &[])?;
     let Response::Ps(rows) = r.resp else { return Err(unexpected(&r.resp)) };
-    print!("{}", if json { render::json_pretty(&rows) } else { render::ps(&rows) });
-    Ok(())
+    print(&if json { render::json_pretty(&rows) } else { render::ps(&rows) })
 }
 
 /// `weaver start|stop|restart`.
@@ -22,8 +22,7 @@ pub(super) fn control(ctx: &Ctx, verb: Verb, t: Targets) -> Result<()> {
     let names = if t.all { Vec::new() } else { t.names };
     let r = c.call(Request::Control { verb, names }, &[])?;
     let Response::Done { instances } = r.resp else { return Err(unexpected(&r.resp)) };
-    print!("{}", render::control(verb, &instances, t.json));
-    Ok(())
+    print(&render::control(verb, &instances, t.json))
 }
 
 /// `weaver reload`.
@@ -31,6 +30,5 @@ pub(super) fn reload(ctx: &Ctx, dry_run: bool, json: bool) -> Result<()> {
     let (mut c, _) = ctx.connect()?;
     let r = c.call(Request::Reload { dry_run }, &[])?;
     let Response::Reload(rep) = r.resp else { return Err(unexpected(&r.resp)) };
-    print!("{}", if json { render::json_pretty(&rep) } else { render::reload(&rep) });
-    Ok(())
+    print(&if json { render::json_pretty(&rep) } else { render::reload(&rep) })
 }

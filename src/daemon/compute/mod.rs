@@ -281,6 +281,9 @@ impl Compute {
             self.mux.set_timeout(id, ms);
             fx.push(Effect::Arm { at: now + Duration::from_millis(ms), timer: Timer::Request(id) });
         }
+        // Into the window at once (written at the end of the turn), so the
+        // queue limit counts only what really waits.
+        self.pump(fx);
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod control;
 pub mod events;
 pub mod handshake;
 pub mod logs;
+pub mod ping;
 pub mod ps;
 pub mod reload;
 pub mod shutdown;
@@ -80,6 +81,7 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
             events::handle(cx, client, tag, names, output, history)
         }
         Request::Reload { dry_run } => reload::handle(cx, client, tag, dry_run),
+        Request::Ping => ping::handle(cx, client, tag),
     }
 }
 
