@@ -171,11 +171,12 @@ fn a_removed_compute_socket_is_bound_again_so_compute_restarts() {
 }
 
 #[test]
-fn sigusr1_and_sigusr2_do_not_kill_the_daemon() {
+fn sigusr1_sigusr2_and_sigpipe_do_not_kill_the_daemon() {
     let env = TestEnv::new();
     env.status();
     let pid = env.daemon_pid().unwrap();
     signal(pid, Signal::SIGUSR2);
+    signal(pid, Signal::SIGPIPE);
     signal(pid, Signal::SIGUSR1);
     assert!(
         wait_for(Duration::from_secs(5), || env.log().contains("SIGUSR1")
