@@ -182,11 +182,6 @@ impl Clients {
         }
     }
 
-    /// Total bytes of unfinished frames held.
-    pub fn partial(&self) -> usize {
-        self.partial
-    }
-
     /// `id`'s handshake deadline passed: close it if it is still not done.
     pub fn handshake_overdue(&mut self, id: u64, fx: &mut Effects) {
         if let Some(c) = self.map.get(&id) {

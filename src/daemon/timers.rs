@@ -77,10 +77,12 @@ impl<K: Clone + Eq + Hash> Timers<K> {
     }
 
     /// Armed keys.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.live.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
     }
