@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import unittest
 from typing import Any, Dict, List
 
@@ -95,6 +96,119 @@ class TestApplyDocument(unittest.TestCase):
         self.assertEqual(t.optimizers[0].param_groups[0]["lr"], 0.1)
 
 
+class StubCallback:
+    """Stands in for Lightning's Callback base class."""
+
+
+class FakeBroadcast:
+    """What rank 0 broadcast last; the other ranks' broadcast returns it
+    (the ranks run one after the other in the test)."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+
+class HookTrainer(StubTrainer):
+    def __init__(self, rank: int = 0, world: int = 1, shared: "Any" = None) -> None:
+        super().__init__()
+        self.global_rank = rank
+        self.world_size = world
+        self.global_step = 0
+        self.callback_metrics: Dict[str, Any] = {"loss": 0.5, "name": "x"}
+        self.shared = shared
+        strategy = self.strategy
+
+        def broadcast(obj: Any, src: int = 0) -> Any:
+            if rank == 0:
+                shared.value = obj
+                return obj
+            return shared.value
+
+        strategy.broadcast = broadcast  # type: ignore[attr-defined]
+
+
+class TestCallbackWithStandIns(unittest.TestCase):
+    """WeaveletCallback's hooks, with a stand-in Lightning module."""
+
+    def setUp(self) -> None:
+        import types
+
+        self.saved = {k: sys.modules.get(k) for k in ("pytorch_lightning", "lightning", "weavelet.lightning")}
+        fake = types.ModuleType("pytorch_lightning")
+        fake.Callback = StubCallback  # type: ignore[attr-defined]
+        sys.modules["pytorch_lightning"] = fake
+        sys.modules.pop("lightning", None)
+        sys.modules.pop("weavelet.lightning", None)
+        import weavelet.lightning as wll
+
+        self.wll = wll
+        self.dir = tempfile.mkdtemp(prefix="wl-cb-")
+        self.path = os.path.join(self.dir, "weavelet.sock")
+        self.server = FakeWeaver(self.path, values={"lr": 0.5}).start()
+
+    def tearDown(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for k, v in self.saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+    def test_uses_the_lightning_already_imported(self) -> None:
+        self.assertIs(self.wll.pl, sys.modules["pytorch_lightning"])
+        self.assertTrue(issubclass(self.wll.WeaveletCallback, StubCallback))
+
+    def test_single_process(self) -> None:
+        cb = self.wll.WeaveletCallback("trainer", socket_path=self.path, first_wait=5.0, status_every_n_steps=1)
+        t = HookTrainer()
+        cb.on_fit_start(t, t.module)
+        self.assertEqual(t.optimizers[0].param_groups[0]["lr"], 0.5)
+        self.assertEqual(self.server.next_of("applied"), {"type": "applied", "revision": 1, "step": 0})
+        rev = self.server.set(lr=0.25)
+        deadline = time.monotonic() + 5
+        while t.optimizers[0].param_groups[0]["lr"] != 0.25 and time.monotonic() < deadline:
+            t.global_step += 1
+            cb.on_train_batch_start(t, t.module, None, 0)
+            time.sleep(0.005)
+        self.assertEqual(t.optimizers[0].param_groups[0]["lr"], 0.25)
+        self.assertEqual(self.server.next_of("applied")["revision"], rev)
+        self.server.set(lr=-1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            t.global_step += 1
+            cb.on_train_batch_start(t, t.module, None, 0)
+            if cb.weavelet.revision == rev + 1:
+                break
+            time.sleep(0.005)
+        self.assertIn("lr must be a positive number", self.server.next_of("rejected")["reason"])
+        self.assertEqual(t.optimizers[0].param_groups[0]["lr"], 0.25)
+        cb.on_train_batch_end(t, t.module, None, None, 0)
+        self.assertEqual(self.server.next_of("status")["metrics"], {"loss": 0.5})
+        cb.on_fit_end(t, t.module)
+
+    def test_ddp_rank0_polls_and_every_rank_applies_at_the_same_step(self) -> None:
+        shared = FakeBroadcast()
+        ranks = [HookTrainer(r, 2, shared) for r in (0, 1)]
+        cbs = [self.wll.WeaveletCallback("trainer", socket_path=self.path, every_n_steps=4, first_wait=5.0) for _ in ranks]
+        for cb, t in zip(cbs, ranks):
+            cb.on_fit_start(t, t.module)
+        self.assertIsNone(cbs[1].weavelet)
+        self.assertEqual([t.optimizers[0].param_groups[0]["lr"] for t in ranks], [0.5, 0.5])
+        self.server.set(lr=0.125)
+        time.sleep(0.1)  # the document is in rank 0's socket
+        applied_at = {}
+        for step in range(1, 9):
+            for cb, t in zip(cbs, ranks):
+                t.global_step = step
+                cb.on_train_batch_start(t, t.module, None, 0)
+                if t.optimizers[0].param_groups[0]["lr"] == 0.125 and t.global_rank not in applied_at:
+                    applied_at[t.global_rank] = step
+        self.assertEqual(applied_at, {0: 4, 1: 4})
+        self.assertEqual(self.server.next_of("applied"), {"type": "applied", "revision": 1, "step": 0})
+        self.assertEqual(self.server.next_of("applied"), {"type": "applied", "revision": 2, "step": 4})
+
+
 def _missing() -> str:
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed (pip install torch lightning)"
@@ -121,9 +235,9 @@ class TestLightningFit(unittest.TestCase):
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
-        from weavelet.lightning import WeaveletCallback, _pl
+        from weavelet.lightning import WeaveletCallback, pl
 
-        class Tiny(_pl.LightningModule):  # type: ignore[misc,name-defined]
+        class Tiny(pl.LightningModule):  # type: ignore[misc,name-defined]
             def __init__(self, lr: float = 0.1, optimizer: str = "sgd") -> None:
                 super().__init__()
                 self.save_hyperparameters()
@@ -143,7 +257,7 @@ class TestLightningFit(unittest.TestCase):
         try:
             data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
             callback = WeaveletCallback("trainer", socket_path=self.path, first_wait=5.0, status_every_n_steps=1)
-            trainer = _pl.Trainer(
+            trainer = pl.Trainer(
                 max_steps=steps,
                 accelerator="cpu",
                 devices=1,

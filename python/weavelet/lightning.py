@@ -50,9 +50,10 @@ def _lightning() -> Any:
     return pl
 
 
-_pl = _lightning()
+#: The Lightning package in use (``lightning.pytorch`` or ``pytorch_lightning``).
+pl = _lightning()
 
-class WeaveletCallback(_pl.Callback):  # type: ignore[misc,name-defined]
+class WeaveletCallback(pl.Callback):  # type: ignore[misc,name-defined]
     """Applies weaver's documents to a running ``Trainer.fit``.
 
     ``target``, ``runtime_dir``, ``socket_path`` and ``name`` are passed to
