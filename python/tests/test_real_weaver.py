@@ -76,11 +76,15 @@ class RealWeaver(unittest.TestCase):
         )
         self.env.pop("WEAVER_WEAVELET_SOCKET", None)
         self.started = False
+        # A cleanup, not tearDown: it runs even when starting weaver failed.
+        self.addCleanup(self._cleanup)
         self.start_weaver()
 
-    def tearDown(self) -> None:
-        if self.started:
+    def _cleanup(self) -> None:
+        try:
             self.weaver("shutdown", check=False)
+        except subprocess.TimeoutExpired:
+            pass
         self._kill_leftovers()
         shutil.rmtree(self.dir, ignore_errors=True)
 
