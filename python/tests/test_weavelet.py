@@ -57,6 +57,8 @@ class TestConversation(Base):
         self.assertEqual(dict(cfg), {"lr": 0.1, "optimizer": "sgd"})
         self.assertEqual(cfg.changed, frozenset({"lr", "optimizer"}))
         self.assertEqual(cfg["lr"], 0.1)
+        self.assertEqual(sorted(cfg.values(), key=str), [0.1, "sgd"])  # a full Mapping
+        self.assertEqual(cfg.as_dict(), {"lr": 0.1, "optimizer": "sgd"})
         self.assertEqual(cfg.target, "trainer")
         self.assertIsNotNone(self.wl.welcome)
         self.assertEqual(self.wl.revision, 1)

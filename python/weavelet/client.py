@@ -69,14 +69,15 @@ def find_socket(runtime_dir: Optional[str] = None) -> str:
 class Config(Mapping[str, Any]):
     """One document from weaver: the whole effective set of parameters.
 
-    It reads as a mapping (``cfg["lr"]``, ``cfg.get("optimizer")``) and also
+    It reads as a mapping (``cfg["lr"]``, ``cfg.get("optimizer")``,
+    ``cfg.as_dict()``) and also
     carries ``revision`` (pass the Config, or the revision, to
     :meth:`Weavelet.applied`), ``changed`` (the keys that differ from the
     previous document :meth:`Weavelet.poll` returned, removed keys included;
     every key for the first one) and ``target``.
     """
 
-    __slots__ = ("revision", "values", "changed", "target")
+    __slots__ = ("revision", "changed", "target", "_doc")
 
     def __init__(
         self,
@@ -86,23 +87,27 @@ class Config(Mapping[str, Any]):
         target: Optional[str] = None,
     ) -> None:
         self.revision = revision
-        self.values = values
         self.changed = changed
         self.target = target
+        self._doc = values
 
     def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+        return self._doc[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self._doc)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self._doc)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """A copy of the document as a plain dict."""
+        return dict(self._doc)
 
     def __repr__(self) -> str:
         return "Config(revision=%d, values=%r, changed=%r)" % (
             self.revision,
-            self.values,
+            self._doc,
             sorted(self.changed),
         )
 
@@ -197,7 +202,7 @@ class Weavelet:
         self._last_ack: Optional[Dict[str, Any]] = None
 
         self._pending_status: Optional[Dict[str, Any]] = None
-        self._status_sent_at = -math.inf
+        self._status_sent_at: float = -math.inf
 
     # -- public API ---------------------------------------------------------
 
@@ -237,13 +242,13 @@ class Weavelet:
                     delay = min(delay, remaining)
                 time.sleep(delay)
                 continue
-            delay = remaining
+            limit: Optional[float] = remaining
             if self._pending_status is not None:
                 due = max(0.0, self._status_sent_at + STATUS_INTERVAL - now)
-                delay = due if delay is None else min(delay, due)
+                limit = due if limit is None else min(limit, due)
             writers = [sock] if self._out else []
             try:
-                select.select([sock], writers, [], delay)
+                select.select([sock], writers, [], limit)
             except (OSError, ValueError):
                 self._lost()
 

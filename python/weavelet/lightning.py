@@ -46,7 +46,7 @@ def _lightning() -> Any:
     try:
         import lightning.pytorch as pl  # type: ignore[import-not-found]
     except ImportError:
-        import pytorch_lightning as pl  # type: ignore[import-not-found,no-redef]
+        import pytorch_lightning as pl  # type: ignore[no-redef,unused-ignore]
     return pl
 
 
@@ -141,7 +141,7 @@ class WeaveletCallback(pl.Callback):  # type: ignore[misc,name-defined]
         if trainer.global_rank == 0 and wl is not None:
             cfg = wl.wait(wait) if wait > 0 else wl.poll()
         if trainer.world_size > 1:
-            plain = None if cfg is None else (cfg.revision, cfg.values, sorted(cfg.changed), cfg.target)
+            plain = None if cfg is None else (cfg.revision, cfg.as_dict(), sorted(cfg.changed), cfg.target)
             plain = trainer.strategy.broadcast(plain, src=0)
             cfg = None if plain is None else Config(plain[0], plain[1], frozenset(plain[2]), plain[3])
         if cfg is None:
