@@ -203,6 +203,20 @@ class TestLines(Base):
         assert cfg is not None
         self.assertEqual(len(cfg["blob"]), pad)
 
+    def test_line_of_65537_bytes_raises(self) -> None:
+        self.assertIsNotNone(self.wl.wait(5))
+        conn = self.server.next_hello()
+        head = {"type": "config", "revision": 2, "values": {"blob": ""}, "changed": ["blob"]}
+        pad = 65537 - len(json.dumps(head, separators=(",", ":")))
+        head["values"] = {"blob": "x" * pad}
+        line = json.dumps(head, separators=(",", ":")).encode()
+        self.assertEqual(len(line), 65537)
+        conn.send_raw(line + b"\n")
+        with self.assertRaises(WeaveletError) as caught:
+            poll_until(self.wl)
+        self.assertIn("65536", str(caught.exception))
+        self.assertFalse(self.wl.connected)
+
     def test_line_over_64_kib_raises(self) -> None:
         self.assertIsNotNone(self.wl.wait(5))
         conn = self.server.next_hello()
