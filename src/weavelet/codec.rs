@@ -263,13 +263,13 @@ mod tests {
             let mut input = Vec::new();
             let lines = (rng.next_u64() % 8) + 1;
             for _ in 0..lines {
-                let len = match (rng.next_u64() % 10) {
+                let len = match rng.next_u64() % 10 {
                     0 => MAX_LINE + (rng.next_u64() % 3) as usize,
                     1 => MAX_LINE - (rng.next_u64() % 2) as usize,
                     _ => (rng.next_u64() % 40) as usize,
                 };
                 input.extend((0..len).map(|_| b"ab{}\":, \xff"[(rng.next_u64() % 9) as usize]));
-                if (rng.next_u64() % 8) != 0 {
+                if rng.next_u64() % 8 != 0 {
                     input.push(b'\n');
                 }
             }

@@ -293,9 +293,7 @@ fn toml_json(item: &Item) -> serde_json::Value {
         match v {
             Value::String(s) => J::String(s.value().clone()),
             Value::Integer(i) => J::from(*i.value()),
-            Value::Float(f) => {
-                serde_json::Number::from_f64(*f.value()).map_or(J::Null, J::Number)
-            }
+            Value::Float(f) => serde_json::Number::from_f64(*f.value()).map_or(J::Null, J::Number),
             Value::Boolean(b) => J::Bool(*b.value()),
             Value::Datetime(d) => J::String(d.value().to_string()),
             Value::Array(a) => J::Array(a.iter().map(value).collect()),
@@ -306,9 +304,7 @@ fn toml_json(item: &Item) -> serde_json::Value {
     }
     match item {
         Item::Value(v) => value(v),
-        Item::Table(t) => {
-            J::Object(t.iter().map(|(k, v)| (k.to_string(), toml_json(v))).collect())
-        }
+        Item::Table(t) => J::Object(t.iter().map(|(k, v)| (k.to_string(), toml_json(v))).collect()),
         Item::ArrayOfTables(a) => J::Array(
             a.iter()
                 .map(|t| J::Object(t.iter().map(|(k, v)| (k.to_string(), toml_json(v))).collect()))
