@@ -525,3 +525,20 @@ fn a_removed_weavelet_socket_is_bound_again_and_watch_shows_changes() {
     let _ = watch.wait();
     env.ok(&["shutdown"]);
 }
+
+#[test]
+fn a_reload_changes_the_defaults_of_revision_0() {
+    let env = TestEnv::new();
+    let cfg = env.tmp.path().join("weaver.toml");
+    std::fs::write(&cfg, TRAINER).unwrap();
+    let env = env.env("WEAVER_CONFIG", cfg.to_str().unwrap());
+    env.status();
+    let (mut w, c) = Weavelet::hello(&sock(&env), "trainer", "rank0");
+    assert_eq!(c["values"]["lr"], 0.1);
+    std::fs::write(&cfg, TRAINER.replace("lr = 0.1", "lr = 0.5")).unwrap();
+    env.ok(&["reload"]);
+    let c = w.recv();
+    assert_eq!((c["revision"].as_u64(), &c["values"]["lr"]), (Some(0), &json!(0.5)));
+    assert_eq!(c["changed"], json!(["lr"]));
+    env.ok(&["shutdown"]);
+}

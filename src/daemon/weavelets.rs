@@ -123,11 +123,20 @@ impl Hub {
     }
 
     /// Declare every process of the configuration as a target with its
-    /// `[process.params]` as defaults.
+    /// `[process.params]` as defaults; weavelets whose document changed
+    /// with it (a target still at revision 0) are sent the new one.
     pub fn declare(&mut self, sup: &Supervisor) {
         self.store.undeclare_all();
         for p in &sup.config().processes {
             self.store.declare(&p.name, p.params.clone());
+        }
+        for (&id, w) in &mut self.conns {
+            let Some(b) = w.bound.as_ref().filter(|_| !w.closing) else { continue };
+            let Some((rev, values)) = self.store.current(&b.target) else { continue };
+            if let Some(l) = w.d.offer(&b.target, rev, values, w.conn.out.is_empty()) {
+                w.conn.out.push(l);
+                self.dirty.push(id);
+            }
         }
     }
 
