@@ -449,6 +449,53 @@ fn supervised_instances_are_bound_by_pid() {
     env.ok(&["shutdown"]);
 }
 
+/// The instance's main process, and a child of it that carries none of
+/// weaver's variables, are bound to the instance by pid (the ppid chain for
+/// the child).
+#[test]
+fn an_instance_and_its_descendant_are_bound_by_pid() {
+    let env = TestEnv::new();
+    let exe = std::env::current_exe().unwrap();
+    let args = "--exact weavelet_helper --nocapture --test-threads=1";
+    let sock = env.rt.join("weavelet.sock");
+    let cfg = env.tmp.path().join("weaver.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[[process]]
+name = "direct"
+command = ["{exe}", "--exact", "weavelet_helper", "--nocapture", "--test-threads=1"]
+env = {{ WEAVELET_HELPER_SOCKET = "{sock}" }}
+auto_restart = false
+
+[[process]]
+name = "child"
+shell = true
+command = "env -u WEAVER_PROCESS -u WEAVER_INSTANCE WEAVELET_HELPER_SOCKET={sock} {exe} {args}; sleep 3600"
+"#,
+            exe = exe.display(),
+            sock = sock.display(),
+        ),
+    )
+    .unwrap();
+    let env = env.env("WEAVER_CONFIG", cfg.to_str().unwrap());
+    env.status();
+    for (name, instance) in [("direct", "direct"), ("child", "child")] {
+        let mut text = String::new();
+        let ok = wait_for(Duration::from_secs(20), || {
+            text = env.ok(&["logs", name]);
+            text.contains("\"welcome\"")
+        });
+        assert!(ok, "{name}: {text}");
+        let line = text.lines().find(|l| l.contains("\"welcome\"")).unwrap();
+        let welcome = json_of(&line[line.find('{').unwrap()..]);
+        assert_eq!(welcome["instance"], instance, "{welcome}");
+        assert_eq!(welcome["target"], name, "{welcome}");
+    }
+    env.ok(&["shutdown"]);
+}
+
 /// Run by `supervised_instances_are_bound_by_pid` as a separate process:
 /// says hello without a target and prints what weaver answers.
 #[test]
