@@ -407,6 +407,7 @@ impl Reactor {
         self.compute.pump(&mut self.fx);
         let clients = &self.clients;
         self.follow.pump(&self.procs.sup, |c| clients.backlog(c), &mut self.fx);
+        self.hub.pump(|c| clients.backlog(c), &mut self.fx);
         self.apply();
         let now = Instant::now();
         self.compute.flush(now, &mut self.fx);
@@ -435,7 +436,7 @@ impl Reactor {
                     self.accept_clients();
                     self.accept_weavelets();
                 }
-                Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
+                Timer::WeaveletHello(id) => self.hub.hello_overdue(id),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 Timer::Trim => {

@@ -18,6 +18,7 @@ use mio::net::UnixStream;
 
 use crate::daemon::conn::{self, Conn, Drained, Flushed};
 use crate::daemon::effect::{Effect, Effects, Timer};
+use crate::daemon::follow::FOLLOW_BACKLOG;
 use crate::daemon::procs::wall_ms;
 use crate::daemon::token;
 use crate::protocol::{ConfigDoc, ConfigEvent, Response, WaitReport, WeaveletRow};
@@ -31,6 +32,9 @@ use crate::weavelet::{Doc, PROTOCOL};
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 /// Disconnected weavelets remembered for `config status`.
 pub const GONE_KEPT: usize = 256;
+/// Events queued per `config watch` client that is behind; older ones are
+/// dropped (and counted) past it.
+pub const WATCH_QUEUE: usize = 4096;
 /// Longest ppid chain followed to find an instance's descendant.
 const MAX_ANCESTRY: usize = 64;
 
@@ -70,6 +74,10 @@ struct Watcher {
     client: u64,
     tag: u64,
     targets: Vec<String>,
+    /// Events not sent yet (at most [`WATCH_QUEUE`]).
+    queue: VecDeque<ConfigEvent>,
+    /// Events dropped from a full queue since the last send.
+    lost: u64,
 }
 
 #[derive(Debug)]
@@ -198,7 +206,7 @@ impl Hub {
         match r {
             Drained::WouldBlock => {}
             Drained::Eof | Drained::Failed(_) => self.remove(id, "disconnected", fx),
-            Drained::Bad(e) => self.fail(id, &e.to_string(), fx),
+            Drained::Bad(e) => self.fail(id, &e.to_string()),
         }
     }
 
@@ -207,22 +215,22 @@ impl Hub {
         let n = w.conn.dec.lines;
         let msg = match codec::parse(line) {
             Ok(m) => m,
-            Err(e) => return self.fail(id, &format!("line {n}: {e}"), fx),
+            Err(e) => return self.fail(id, &format!("line {n}: {e}")),
         };
         match (msg, w.bound.is_some()) {
             (In::Hello { protocol, target, name }, false) => {
                 self.hello(id, protocol, target, name, sup, fx)
             }
-            (In::Hello { .. }, true) => self.fail(id, &format!("line {n}: a second hello"), fx),
-            (_, false) => self.fail(id, &format!("line {n}: the first line must be a hello"), fx),
+            (In::Hello { .. }, true) => self.fail(id, &format!("line {n}: a second hello")),
+            (_, false) => self.fail(id, &format!("line {n}: the first line must be a hello")),
             (In::Applied { revision, step }, true) => match w.d.applied(revision, step) {
                 Ok(()) => self.acked(id, revision, step, None, fx),
-                Err(e) => self.fail(id, &format!("line {n}: applied: {e}"), fx),
+                Err(e) => self.fail(id, &format!("line {n}: applied: {e}")),
             },
             (In::Rejected { revision, step, reason }, true) => {
                 match w.d.rejected(revision, step, reason.clone()) {
                     Ok(()) => self.acked(id, revision, step, Some(reason), fx),
-                    Err(e) => self.fail(id, &format!("line {n}: rejected: {e}"), fx),
+                    Err(e) => self.fail(id, &format!("line {n}: rejected: {e}")),
                 }
             }
             (In::Status { step, metrics }, true) => {
@@ -246,7 +254,6 @@ impl Hub {
                 &format!(
                     "hello: this weaver speaks weavelet protocol {PROTOCOL} only, not {protocol}"
                 ),
-                fx,
             );
         }
         let pid = self.conns[&id].pid;
@@ -259,7 +266,6 @@ impl Hub {
                         "hello: target {t:?} disagrees with the process it runs in: \
                          {inst} of {process:?}"
                     ),
-                    fx,
                 )
             }
             (Some(t), _) => t,
@@ -270,7 +276,6 @@ impl Hub {
                     &format!(
                         "hello: member \"target\" is required: weaver does not supervise pid {pid}"
                     ),
-                    fx,
                 )
             }
         };
@@ -281,7 +286,6 @@ impl Hub {
                     "hello: unknown target {target:?}: no [[process]] of that name and no \
                      `weaver config set {target} ...` made it"
                 ),
-                fx,
             );
         }
         fx.push(Effect::Cancel(Timer::WeaveletHello(id)));
@@ -296,7 +300,7 @@ impl Hub {
         info!("weavelet {label} of {target:?} said hello");
         w.bound = Some(bound);
         self.dirty.push(id);
-        self.publish(&target, "connected", None, Some(label), None, None, fx);
+        self.publish(&target, "connected", None, Some(label), None, None);
     }
 
     fn acked(
@@ -311,15 +315,7 @@ impl Hub {
         let b = w.bound.clone().expect("acks come after hello");
         let label = who(id, w.pid, Some(&b));
         let event = if reason.is_some() { "rejected" } else { "applied" };
-        self.publish(
-            &b.target,
-            event,
-            Some(revision),
-            Some(label.clone()),
-            step,
-            reason.clone(),
-            fx,
-        );
+        self.publish(&b.target, event, Some(revision), Some(label.clone()), step, reason.clone());
         let mut done = Vec::new();
         for (&wid, wt) in &mut self.waiters {
             if wt.target != b.target || !wt.pending.contains(&id) {
@@ -382,7 +378,7 @@ impl Hub {
 
     /// A broken rule: queue an `error` line, read nothing more, close once
     /// it is written.
-    fn fail(&mut self, id: u64, message: &str, fx: &mut Effects) {
+    fn fail(&mut self, id: u64, message: &str) {
         let Some(w) = self.conns.get_mut(&id) else { return };
         warn!("weavelet {}: {message}; closing its connection", who(id, w.pid, w.bound.as_ref()));
         w.conn.out.push(codec::error(message));
@@ -390,14 +386,13 @@ impl Hub {
         // Its partial line is dropped.
         w.conn.dec = LineDecoder::new();
         self.dirty.push(id);
-        let _ = fx;
     }
 
     /// `id`'s hello deadline passed.
-    pub fn hello_overdue(&mut self, id: u64, fx: &mut Effects) {
+    pub fn hello_overdue(&mut self, id: u64) {
         if self.conns.get(&id).is_some_and(|w| w.bound.is_none() && !w.closing) {
             let s = HELLO_DEADLINE.as_secs();
-            self.fail(id, &format!("no hello within {s} seconds"), fx);
+            self.fail(id, &format!("no hello within {s} seconds"));
         }
     }
 
@@ -459,7 +454,7 @@ impl Hub {
         if self.gone.len() > GONE_KEPT {
             self.gone.pop_front();
         }
-        self.publish(&b.target, "disconnected", None, Some(label.clone()), None, None, fx);
+        self.publish(&b.target, "disconnected", None, Some(label.clone()), None, None);
         let mut done = Vec::new();
         for (&wid, wt) in &mut self.waiters {
             if wt.pending.remove(&id) {
@@ -541,9 +536,9 @@ impl Hub {
     }
 
     /// After a commit: announce it to watchers.
-    pub fn announce(&mut self, doc: &ConfigDoc, fx: &mut Effects) {
+    pub fn announce(&mut self, doc: &ConfigDoc) {
         let detail = Some(doc.changed.join(","));
-        self.publish(&doc.target, "revision", Some(doc.revision), None, None, detail, fx);
+        self.publish(&doc.target, "revision", Some(doc.revision), None, None, detail);
     }
 
     /// `--wait`: answer `client`'s `tag` once every weavelet of `target`
@@ -596,7 +591,7 @@ impl Hub {
 
     /// `config watch`.
     pub fn watch(&mut self, client: u64, tag: u64, targets: Vec<String>) {
-        self.watchers.push(Watcher { client, tag, targets });
+        self.watchers.push(Watcher { client, tag, targets, queue: VecDeque::new(), lost: 0 });
     }
 
     /// The client left: stop waiting and watching for it.
@@ -612,14 +607,13 @@ impl Hub {
 
     #[allow(clippy::too_many_arguments)]
     fn publish(
-        &self,
+        &mut self,
         target: &str,
         event: &str,
         revision: Option<u64>,
         who: Option<String>,
         step: Option<u64>,
         detail: Option<String>,
-        fx: &mut Effects,
     ) {
         if self.watchers.is_empty() {
             return;
@@ -633,12 +627,45 @@ impl Hub {
             step,
             detail,
         };
-        for w in &self.watchers {
+        for w in &mut self.watchers {
             if w.targets.is_empty() || w.targets.iter().any(|t| t == target) {
+                w.queue.push_back(e.clone());
+                if w.queue.len() > WATCH_QUEUE {
+                    w.queue.pop_front();
+                    w.lost += 1;
+                }
+            }
+        }
+    }
+
+    /// Send watchers their queued events, as far as their clients keep up
+    /// (`backlog`: a client's unsent bytes); a watcher that fell behind
+    /// first gets a `lost` event saying how many it missed.
+    pub fn pump(&mut self, backlog: impl Fn(u64) -> usize, fx: &mut Effects) {
+        for w in &mut self.watchers {
+            if (w.queue.is_empty() && w.lost == 0) || backlog(w.client) > FOLLOW_BACKLOG {
+                continue;
+            }
+            if w.lost > 0 {
+                let lost = ConfigEvent {
+                    time_ms: wall_ms(),
+                    target: String::new(),
+                    event: "lost".into(),
+                    revision: None,
+                    who: None,
+                    step: None,
+                    detail: Some(format!(
+                        "{} event(s) dropped: this watcher fell behind",
+                        std::mem::take(&mut w.lost)
+                    )),
+                };
+                w.queue.push_front(lost);
+            }
+            for e in w.queue.drain(..) {
                 fx.push(Effect::Reply {
                     client: w.client,
                     tag: w.tag,
-                    resp: Response::ConfigEvent(e.clone()),
+                    resp: Response::ConfigEvent(e),
                     payload: Vec::new(),
                 });
             }
@@ -768,6 +795,40 @@ mod tests {
         assert!(!r.timed_out && r.rejected.is_empty() && r.applied.len() == 1, "{r:?}");
         let rows = h.rows(Some("trainer"));
         assert_eq!((rows[0].applied, rows[0].lag, rows[0].step), (Some(1), 0, Some(7)));
+    }
+
+    #[test]
+    fn watchers_get_events_as_far_as_they_keep_up() {
+        let s = sup(TRAINER);
+        let mut h = Hub::new(Store::in_memory());
+        h.declare(&s);
+        h.watch(5, 1, vec!["trainer".into()]);
+        h.watch(6, 2, vec!["other".into()]);
+        for i in 0..(WATCH_QUEUE + 3) {
+            let mut doc = Doc::new();
+            doc.insert("i".into(), serde_json::json!(i));
+            let d = h.commit("trainer", doc, "set".into()).unwrap();
+            h.announce(&d);
+        }
+        let mut fx = Effects::new();
+        h.pump(|_| FOLLOW_BACKLOG + 1, &mut fx);
+        assert!(fx.is_empty(), "a client that is behind gets nothing now");
+        h.pump(|_| 0, &mut fx);
+        let events: Vec<&ConfigEvent> = fx
+            .iter()
+            .map(|e| match e {
+                Effect::Reply { client: 5, tag: 1, resp: Response::ConfigEvent(e), .. } => e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(events.len(), WATCH_QUEUE + 1);
+        assert_eq!(events[0].event, "lost");
+        assert!(events[0].detail.as_deref().unwrap().starts_with("3 event(s)"));
+        assert_eq!(events[WATCH_QUEUE].revision, Some(WATCH_QUEUE as u64 + 3));
+        let mut fx = Effects::new();
+        h.forget_client(5, &mut fx);
+        h.pump(|_| 0, &mut fx);
+        assert!(fx.is_empty());
     }
 
     #[test]

@@ -135,7 +135,7 @@ fn committed(
 ) {
     match r {
         Ok(doc) => {
-            cx.hub.announce(&doc, cx.fx);
+            cx.hub.announce(&doc);
             let rev = doc.revision;
             cx.reply(client, tag, Response::Config(doc));
             if let Some(ms) = wait {
