@@ -436,7 +436,7 @@ impl Reactor {
                     self.accept_clients();
                     self.accept_weavelets();
                 }
-                Timer::WeaveletHello(id) => self.hub.hello_overdue(id),
+                Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 Timer::Trim => {

@@ -35,6 +35,8 @@ pub const GONE_KEPT: usize = 256;
 /// Events queued per `config watch` client that is behind; older ones are
 /// dropped (and counted) past it.
 pub const WATCH_QUEUE: usize = 4096;
+/// After an error, how long weaver waits for the weavelet to close.
+pub const LINGER: Duration = Duration::from_secs(1);
 /// Longest ppid chain followed to find an instance's descendant.
 const MAX_ANCESTRY: usize = 64;
 
@@ -54,6 +56,10 @@ struct Weavelet {
     d: Delivery,
     /// An `error` was queued: read nothing more, close once flushed.
     closing: bool,
+    /// The error is written and our side shut down: waiting for the peer
+    /// to close (or [`LINGER`]), so that closing with its unread bytes
+    /// cannot reset the connection before it read the error.
+    shut: bool,
 }
 
 /// A `config set --wait`.
@@ -172,7 +178,8 @@ impl Hub {
         fx.push(Effect::Arm { at: now + HELLO_DEADLINE, timer: Timer::WeaveletHello(id) });
         let pid = cred.pid().max(0) as u32;
         debug!("weavelet {id} connected (pid {pid})");
-        let w = Weavelet { conn, pid, bound: None, d: Delivery::new(), closing: false };
+        let w =
+            Weavelet { conn, pid, bound: None, d: Delivery::new(), closing: false, shut: false };
         self.conns.insert(id, w);
     }
 
@@ -389,7 +396,10 @@ impl Hub {
     }
 
     /// `id`'s hello deadline passed.
-    pub fn hello_overdue(&mut self, id: u64) {
+    pub fn hello_overdue(&mut self, id: u64, fx: &mut Effects) {
+        if self.conns.get(&id).is_some_and(|w| w.shut) {
+            return self.remove(id, "closed after an error", fx);
+        }
         if self.conns.get(&id).is_some_and(|w| w.bound.is_none() && !w.closing) {
             let s = HELLO_DEADLINE.as_secs();
             self.fail(id, &format!("no hello within {s} seconds"));
@@ -407,7 +417,15 @@ impl Hub {
                     debug!("weavelet {id}: write failed: {e}");
                     return self.remove(id, "write failed", fx);
                 }
-                Flushed::Done if w.closing => return self.remove(id, "closed after an error", fx),
+                Flushed::Done if w.closing => {
+                    if !w.shut {
+                        w.shut = true;
+                        let _ = w.conn.stream.shutdown(std::net::Shutdown::Write);
+                        let at = Instant::now() + LINGER;
+                        fx.push(Effect::Arm { at, timer: Timer::WeaveletHello(id) });
+                    }
+                    return;
+                }
                 Flushed::Done => {
                     if !w.d.pending {
                         return;
@@ -852,7 +870,15 @@ mod tests {
             let e = p.recv();
             assert_eq!(e["type"], "error");
             assert!(e["message"].as_str().unwrap().contains(want), "{e}");
-            assert!(!h.conns.contains_key(&id), "closed once the error is written");
+            assert_eq!(p.recv(), serde_json::Value::Null, "EOF after the error");
+            assert!(h.conns[&id].shut, "it waits for the peer to close");
+            assert!(fx
+                .iter()
+                .any(|e| matches!(e, Effect::Arm { timer: Timer::WeaveletHello(_), .. })));
+            drop(p);
+            let mut fx = Effects::new();
+            pump(&mut h, id, &s, &mut fx);
+            assert!(!h.conns.contains_key(&id), "gone once the peer closed");
             assert!(fx.iter().any(|e| matches!(e, Effect::Unwatch { .. })));
         }
     }
