@@ -197,6 +197,57 @@ mod tests {
     }
 
     #[test]
+    fn config_requests_make_revisions_and_name_what_is_unknown() {
+        use crate::protocol::ConfigReq;
+        let mut r = rooms(ONE);
+        r.hub.declare(&r.procs.sup);
+        match only_reply(r.serve(false, Request::Config(ConfigReq::Get { target: "a".into() }))) {
+            Response::Config(d) => assert_eq!((d.revision, d.values.as_str()), (0, "{}")),
+            other => panic!("{other:?}"),
+        }
+        let get = Request::Config(ConfigReq::Get { target: "zz".into() });
+        match only_reply(r.serve(false, get)) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+        let set = |v: &str| {
+            Request::Config(ConfigReq::Set {
+                target: "a".into(),
+                set: vec![("lr".into(), v.into())],
+                unset: vec![],
+                wait: None,
+            })
+        };
+        match only_reply(r.serve(false, set("0.5"))) {
+            Response::Config(d) => {
+                assert_eq!(
+                    (d.revision, d.values.as_str(), d.note.as_str()),
+                    (1, r#"{"lr":0.5}"#, "set")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match only_reply(r.serve(false, set("not json"))) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::BadRequest),
+            other => panic!("{other:?}"),
+        }
+        match only_reply(r.serve(true, set("1"))) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::ShuttingDown),
+            other => panic!("{other:?}"),
+        }
+        let back = Request::Config(ConfigReq::Rollback { target: "a".into(), to: 0, wait: None });
+        match only_reply(r.serve(false, back)) {
+            Response::Config(d) => assert_eq!((d.revision, d.values.as_str()), (2, "{}")),
+            other => panic!("{other:?}"),
+        }
+        let h = Request::Config(ConfigReq::History { target: "a".into() });
+        match only_reply(r.serve(false, h)) {
+            Response::ConfigHistory(h) => assert_eq!(h.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn shutdown_replies_then_asks_the_loop_to_stop() {
         let mut r = rooms(ONE);
         let fx = r.serve(false, Request::Shutdown);
