@@ -279,8 +279,15 @@ fn broken_rules_are_clear_errors_and_everyone_else_is_served() {
         let (mut w, _) = Weavelet::hello(&s, "trainer", "bad");
         w.send(&line);
         let msg = w.error_then_eof();
-        assert!(msg.contains(want), "{want}: {msg}");
+        assert!(msg.contains(want) && msg.starts_with("line 2:"), "{want}: {msg}");
     }
+    // Lines that arrive together are still numbered one by one.
+    let mut w = Weavelet::connect(&s);
+    w.raw(b"{\"type\":\"hello\",\"protocol\":1,\"target\":\"trainer\"}\n{\"type\":\"status\"}\n[]\n{}\n");
+    assert_eq!(w.recv()["type"], "welcome");
+    assert_eq!(w.recv()["type"], "config");
+    let msg = w.error_then_eof();
+    assert!(msg.starts_with("line 3: not a JSON object"), "{msg}");
     // A line over 65536 bytes.
     let mut w = Weavelet::connect(&s);
     let big = vec![b'x'; 65537];

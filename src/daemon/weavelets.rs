@@ -26,7 +26,7 @@ use crate::supervise::Supervisor;
 use crate::weavelet::codec::{self, In, LineDecoder};
 use crate::weavelet::delivery::Delivery;
 use crate::weavelet::store::{Revision, Store};
-use crate::weavelet::{Doc, PROTOCOL};
+use crate::weavelet::{Doc, MAX_LINE, PROTOCOL};
 
 /// The first line must be a `hello` this soon.
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(5);
@@ -54,6 +54,8 @@ struct Weavelet {
     pid: u32,
     bound: Option<Bound>,
     d: Delivery,
+    /// Lines taken so far (for errors: "line 3").
+    lines: u64,
     /// An `error` was queued: read nothing more, close once flushed.
     closing: bool,
     /// The error is written and our side shut down: waiting for the peer
@@ -178,8 +180,15 @@ impl Hub {
         fx.push(Effect::Arm { at: now + HELLO_DEADLINE, timer: Timer::WeaveletHello(id) });
         let pid = cred.pid().max(0) as u32;
         debug!("weavelet {id} connected (pid {pid})");
-        let w =
-            Weavelet { conn, pid, bound: None, d: Delivery::new(), closing: false, shut: false };
+        let w = Weavelet {
+            conn,
+            pid,
+            bound: None,
+            d: Delivery::new(),
+            lines: 0,
+            closing: false,
+            shut: false,
+        };
         self.conns.insert(id, w);
     }
 
@@ -213,13 +222,17 @@ impl Hub {
         match r {
             Drained::WouldBlock => {}
             Drained::Eof | Drained::Failed(_) => self.remove(id, "disconnected", fx),
-            Drained::Bad(e) => self.fail(id, &e.to_string()),
+            Drained::Bad(_) => {
+                let n = self.conns.get(&id).map_or(0, |w| w.lines) + 1;
+                self.fail(id, &format!("line {n}: over {} bytes without a newline", MAX_LINE))
+            }
         }
     }
 
     fn line(&mut self, id: u64, line: &[u8], sup: &Supervisor, now: Instant, fx: &mut Effects) {
         let Some(w) = self.conns.get_mut(&id) else { return };
-        let n = w.conn.dec.lines;
+        w.lines += 1;
+        let n = w.lines;
         let msg = match codec::parse(line) {
             Ok(m) => m,
             Err(e) => return self.fail(id, &format!("line {n}: {e}")),
@@ -386,7 +399,7 @@ impl Hub {
     /// A broken rule: queue an `error` line, read nothing more, close once
     /// it is written.
     fn fail(&mut self, id: u64, message: &str) {
-        let Some(w) = self.conns.get_mut(&id) else { return };
+        let Some(w) = self.conns.get_mut(&id).filter(|w| !w.closing) else { return };
         warn!("weavelet {}: {message}; closing its connection", who(id, w.pid, w.bound.as_ref()));
         w.conn.out.push(codec::error(message));
         w.closing = true;
