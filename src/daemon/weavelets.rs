@@ -35,6 +35,9 @@ pub const GONE_KEPT: usize = 256;
 /// Events queued per `config watch` client that is behind; older ones are
 /// dropped (and counted) past it.
 pub const WATCH_QUEUE: usize = 4096;
+/// Bytes of unfinished lines held for all weavelets together; the
+/// connection that would push past it gets an error.
+pub const MAX_PARTIAL_TOTAL: usize = 64 << 20;
 /// After an error, how long weaver waits for the weavelet to close.
 pub const LINGER: Duration = Duration::from_secs(1);
 /// Longest ppid chain followed to find an instance's descendant.
@@ -56,6 +59,8 @@ struct Weavelet {
     d: Delivery,
     /// Lines taken so far (for errors: "line 3").
     lines: u64,
+    /// Bytes of an unfinished line counted in [`Hub::partial`].
+    partial: usize,
     /// An `error` was queued: read nothing more, close once flushed.
     closing: bool,
     /// The error is written and our side shut down: waiting for the peer
@@ -101,6 +106,8 @@ pub struct Hub {
     watchers: Vec<Watcher>,
     /// Connections with output to flush this turn.
     dirty: Vec<u64>,
+    /// Bytes of unfinished lines held for all connections.
+    partial: usize,
 }
 
 /// `weavelet #id`, with the instance or name it gave and its pid.
@@ -135,6 +142,7 @@ impl Hub {
             next_waiter: 1,
             watchers: Vec::new(),
             dirty: Vec::new(),
+            partial: 0,
         }
     }
 
@@ -186,6 +194,7 @@ impl Hub {
             bound: None,
             d: Delivery::new(),
             lines: 0,
+            partial: 0,
             closing: false,
             shut: false,
         };
@@ -206,6 +215,7 @@ impl Hub {
             // Whatever it sends after its error is dropped.
             let mut sink = Vec::new();
             let r = w.conn.read(scratch, &mut sink);
+            w.conn.dec = LineDecoder::new();
             if matches!(r, Drained::Eof | Drained::Failed(_)) {
                 self.remove(id, "disconnected", fx);
             }
@@ -219,6 +229,7 @@ impl Hub {
             }
             self.line(id, &l, sup, now, fx);
         }
+        self.count_partial(id);
         match r {
             Drained::WouldBlock => {}
             Drained::Eof | Drained::Failed(_) => self.remove(id, "disconnected", fx),
@@ -226,6 +237,25 @@ impl Hub {
                 let n = self.conns.get(&id).map_or(0, |w| w.lines) + 1;
                 self.fail(id, &format!("line {n}: over {} bytes without a newline", MAX_LINE))
             }
+        }
+    }
+
+    /// Account `id`'s unfinished line; past [`MAX_PARTIAL_TOTAL`] for
+    /// everyone together, the connection that holds it gets an error.
+    fn count_partial(&mut self, id: u64) {
+        let Some(w) = self.conns.get_mut(&id) else { return };
+        let held = w.conn.dec.buffered();
+        self.partial = self.partial - w.partial + held;
+        w.partial = held;
+        if held > 0 && self.partial > MAX_PARTIAL_TOTAL {
+            let total = self.partial;
+            self.fail(
+                id,
+                &format!(
+                    "weaver holds {total} bytes of unfinished lines from its weavelets, over its \
+                     {MAX_PARTIAL_TOTAL}-byte limit"
+                ),
+            );
         }
     }
 
@@ -405,6 +435,7 @@ impl Hub {
         w.closing = true;
         // Its partial line is dropped.
         w.conn.dec = LineDecoder::new();
+        self.partial -= std::mem::take(&mut w.partial);
         self.dirty.push(id);
     }
 
@@ -471,6 +502,7 @@ impl Hub {
     /// waiting for it, and `config status` remembers it.
     fn remove(&mut self, id: u64, why: &str, fx: &mut Effects) {
         let Some(w) = self.conns.remove(&id) else { return };
+        self.partial -= w.partial;
         fx.push(Effect::Cancel(Timer::WeaveletHello(id)));
         let row = w.bound.as_ref().map(|_| self.row(id, &w));
         let (pid, bound) = (w.pid, w.bound);
@@ -860,6 +892,30 @@ mod tests {
         h.forget_client(5, &mut fx);
         h.pump(|_| 0, &mut fx);
         assert!(fx.is_empty());
+    }
+
+    #[test]
+    fn unfinished_lines_are_counted_for_everyone_together() {
+        let s = sup(TRAINER);
+        let mut h = Hub::new(Store::in_memory());
+        h.declare(&s);
+        let mut fx = Effects::new();
+        let (a, mut pa) = connect(&mut h, &mut fx);
+        let (b, mut pb) = connect(&mut h, &mut fx);
+        pa.w.write_all(b"{\"type\":").unwrap();
+        pb.w.write_all(&[b' '; 1000]).unwrap();
+        pump(&mut h, a, &s, &mut fx);
+        pump(&mut h, b, &s, &mut fx);
+        assert_eq!(h.partial, 1008);
+        drop(pa);
+        pump(&mut h, a, &s, &mut fx);
+        assert_eq!(h.partial, 1000, "a closed connection gives its bytes back");
+        h.partial += MAX_PARTIAL_TOTAL;
+        pb.w.write_all(b" ").unwrap();
+        pump(&mut h, b, &s, &mut fx);
+        let e = pb.recv();
+        assert!(e["message"].as_str().unwrap().contains("unfinished lines"), "{e}");
+        assert_eq!(h.partial, MAX_PARTIAL_TOTAL, "the failed connection's bytes are given back");
     }
 
     #[test]
