@@ -36,6 +36,11 @@ pub struct Global {
     /// the daemon when it starts and on `reload`.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where weavelet configuration revisions are kept (default:
+    /// $XDG_STATE_HOME/weaver, else ~/.local/state/weaver). Read by the
+    /// daemon when it starts.
+    #[arg(long, global = true, env = "WEAVER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +74,10 @@ pub enum Command {
     Logs(LogsArgs),
     /// Lifecycle events as they happen (JSON lines with --json).
     Events(EventsArgs),
+    /// Live configuration of weavelets (parameters pushed to running
+    /// processes, applied and acknowledged).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Re-read the configuration and apply what changed.
     Reload {
         /// Only print the plan.
@@ -167,4 +176,74 @@ pub struct ComputeArgs {
     /// when neither --data nor --input is given.
     #[arg(value_name = "KEY=VALUE")]
     pub params: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// The effective document of a target.
+    Get {
+        target: String,
+        /// One JSON object (target, revision, values, changed, time_ms, note).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new revision with these parameters set (values are JSON when they
+    /// parse as JSON: 0.01, true, "x"; else strings).
+    Set {
+        target: String,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// A new revision without these parameters.
+    Unset {
+        target: String,
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Kept revisions of a target (the last 64).
+    History {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new revision with the document of an old one (0: the defaults).
+    Rollback {
+        target: String,
+        #[arg(long, value_name = "REV")]
+        to: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Every weavelet: instance or name, pid, applied revision, lag, step,
+    /// last rejection, connected or not.
+    Status {
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revisions and acknowledgements as they happen (JSON lines with --json).
+    Watch {
+        targets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Return once every connected weavelet of the target applied the
+    /// revision (exit 0), one rejected it (exit 1) or the timeout passed
+    /// (exit 124).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in milliseconds (default 30000).
+    #[arg(long, value_name = "MS", requires = "wait")]
+    pub timeout: Option<u64>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -33,4 +33,5 @@ pub mod runtime_dir; // runtime dir checks and paths
 pub mod stream; // blocking frame reads and writes (client, test peers)
 pub mod supervise; // supervised processes: config, order, lifecycle; pure
 pub mod sys; // signal names, wait statuses, child set-up, random source: one of each
+pub mod weavelet; // live configuration for weavelets: documents, revisions, NDJSON codec; pure
 pub mod wire; // compute wire frames (encode, decode, HELLO), pure

@@ -25,7 +25,9 @@ use crate::supervise::PsRow;
 /// 2: process and compute states, output streams and event kinds are enums
 /// ([`ProcState`], [`ComputeState`], [`LogStream`], [`EventType`]).
 /// 3: [`Request::Ping`] and [`Response::Pong`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: [`Request::Config`] (`weaver config`) and its replies;
+/// [`ErrorKind::Rejected`].
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -114,6 +116,36 @@ pub enum Request {
     /// stopping. A client sends it after a quiet spell, to tell a long
     /// request or a quiet stream from a daemon that is stuck.
     Ping,
+    /// Live configuration of weavelets (`weaver config`); see [`ConfigReq`]
+    /// for what each answers.
+    Config(ConfigReq),
+}
+
+/// `weaver config`. Documents travel as JSON text (postcard cannot carry
+/// arbitrary JSON values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigReq {
+    /// The effective document: answered by [`Response::Config`]; an unknown
+    /// target is [`ErrorKind::NotFound`].
+    Get { target: String },
+    /// A new revision: `set` (name, value as JSON text) over the current
+    /// document, `unset` names removed. Answered by [`Response::Config`]
+    /// with the new revision once it is saved; with `wait` (a timeout in
+    /// ms) then by one [`Response::ConfigWaited`] with the same tag once
+    /// every connected weavelet of the target applied it, one rejected it,
+    /// or the timeout passed. A target weaver does not know yet is made.
+    Set { target: String, set: Vec<(String, String)>, unset: Vec<String>, wait: Option<u64> },
+    /// Kept revisions, oldest first: [`Response::ConfigHistory`].
+    History { target: String },
+    /// A new revision with the document of revision `to` (0: the
+    /// defaults); answered like `Set`.
+    Rollback { target: String, to: u64, wait: Option<u64> },
+    /// Every weavelet (of `target`): [`Response::ConfigStatus`].
+    Status { target: Option<String> },
+    /// Revisions, acknowledgements, connections and disconnections as they
+    /// happen (of `targets`; empty: all), each a [`Response::ConfigEvent`]
+    /// with this tag, until the client closes the connection.
+    Watch { targets: Vec<String> },
 }
 
 /// What `Control` does.
@@ -161,6 +193,88 @@ pub enum Response {
     Reload(ReloadReport),
     /// Answers `Ping`.
     Pong,
+    /// Answers `Config::Get`, `Set` and `Rollback`: a document and its
+    /// revision.
+    Config(ConfigDoc),
+    /// Answers `Config::History`.
+    ConfigHistory(Vec<ConfigDoc>),
+    /// Answers `Config::Status`.
+    ConfigStatus(Vec<WeaveletRow>),
+    /// The second answer of `Config::Set` or `Rollback` with `wait`.
+    ConfigWaited(WaitReport),
+    /// Answers `Config::Watch`, once per event.
+    ConfigEvent(ConfigEvent),
+}
+
+/// A target's document at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDoc {
+    pub target: String,
+    pub revision: u64,
+    /// The document, a JSON object as text.
+    pub values: String,
+    /// Keys that differ from the revision before.
+    pub changed: Vec<String>,
+    /// When it was made (ms since the epoch); `None` for the defaults.
+    pub time_ms: Option<u64>,
+    /// What made it: "defaults", "set", "unset", "rollback to 3".
+    pub note: String,
+}
+
+/// One weavelet in `weaver config status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeaveletRow {
+    /// The connection's id (its `welcome` says it).
+    pub id: u64,
+    pub target: String,
+    /// The supervised instance it came from.
+    pub instance: Option<String>,
+    /// The name it gave in `hello`.
+    pub name: Option<String>,
+    pub pid: u32,
+    pub connected: bool,
+    /// The newest revision it applied.
+    pub applied: Option<u64>,
+    /// The target's revision now.
+    pub current: u64,
+    /// Revisions behind `current`.
+    pub lag: u64,
+    pub step: Option<u64>,
+    /// Its last rejection: revision and reason.
+    pub rejected: Option<(u64, String)>,
+    /// Its latest metrics, a JSON object as text.
+    pub metrics: String,
+}
+
+/// How a `--wait` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitReport {
+    pub target: String,
+    pub revision: u64,
+    /// Weavelets (`render::who` labels) that applied it.
+    pub applied: Vec<String>,
+    /// Who rejected it and why.
+    pub rejected: Vec<(String, String)>,
+    /// Who had not answered when the timeout passed.
+    pub lagging: Vec<String>,
+    /// Who disconnected before answering.
+    pub disconnected: Vec<String>,
+    pub timed_out: bool,
+}
+
+/// One event of `weaver config watch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEvent {
+    pub time_ms: u64,
+    pub target: String,
+    /// "revision", "applied", "rejected", "connected", "disconnected".
+    pub event: String,
+    pub revision: Option<u64>,
+    /// The weavelet, for all but "revision".
+    pub who: Option<String>,
+    pub step: Option<u64>,
+    /// The keys that changed ("revision"), or the reason ("rejected").
+    pub detail: Option<String>,
 }
 
 /// What `Request::Logs` asks for.
@@ -607,6 +721,8 @@ pub enum ErrorKind {
     Timeout,
     /// The daemon is stopping.
     ShuttingDown,
+    /// A weavelet rejected a configuration revision.
+    Rejected,
 }
 
 /// `weaver status`.

@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::launch::Outcome;
-use crate::protocol::{EventRecord, LogChunk, ProcRow, ReloadReport, StatusReport, Verb};
+use crate::protocol::{
+    ConfigDoc, ConfigEvent, EventRecord, LogChunk, ProcRow, ReloadReport, StatusReport, Verb,
+    WaitReport, WeaveletRow,
+};
 
 /// Room per ps row, to size the table's buffer.
 const PS_ROW_BYTES: usize = 80;
@@ -230,6 +233,164 @@ pub fn event(e: &EventRecord, json: bool) -> String {
     } else {
         format!("{e}\n")
     }
+}
+
+/// A document's JSON text as a value (an object; `{}` if unreadable).
+fn values(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({}))
+}
+
+/// A [`ConfigDoc`] as JSON, its values as an object.
+fn config_doc_json(d: &ConfigDoc) -> serde_json::Value {
+    serde_json::json!({
+        "target": d.target,
+        "revision": d.revision,
+        "values": values(&d.values),
+        "changed": d.changed,
+        "time_ms": d.time_ms,
+        "note": d.note,
+    })
+}
+
+/// `weaver config get|set|unset|rollback`: one document.
+pub fn config_doc(d: &ConfigDoc, json: bool) -> String {
+    if json {
+        return config_doc_json(d).to_string() + "\n";
+    }
+    let mut t = format!("{} revision {} ({})\n", d.target, d.revision, d.note);
+    if let serde_json::Value::Object(m) = values(&d.values) {
+        for (k, v) in m {
+            let mark = if d.changed.contains(&k) { "*" } else { " " };
+            let _ = writeln!(t, "{mark} {k} = {v}");
+        }
+    }
+    t
+}
+
+/// `weaver config history`: one line per kept revision, oldest first.
+pub fn config_history(docs: &[ConfigDoc], json: bool) -> String {
+    if json {
+        let all: Vec<serde_json::Value> = docs.iter().map(config_doc_json).collect();
+        return json_pretty(&all);
+    }
+    let mut t = format!("{:>6}  {:<14}  {:<16}  CHANGED\n", "REV", "WHEN", "NOTE");
+    for d in docs {
+        let when = d.time_ms.map(|ms| format!("{}s ago", ago_s(ms))).unwrap_or_default();
+        let _ =
+            writeln!(t, "{:>6}  {:<14}  {:<16}  {}", d.revision, when, d.note, d.changed.join(","));
+    }
+    t
+}
+
+/// Whole seconds since `ms` (ms since the epoch).
+fn ago_s(ms: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.saturating_sub(ms) / 1000
+}
+
+/// A weavelet row's label: instance, else name, else `#id`.
+fn weavelet_label(r: &WeaveletRow) -> String {
+    r.instance.clone().or_else(|| r.name.clone()).unwrap_or_else(|| format!("#{}", r.id))
+}
+
+/// `weaver config status`.
+pub fn config_status(rows: &[WeaveletRow], json: bool) -> String {
+    if json {
+        let all: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).expect("protocol types serialise");
+                v["metrics"] = values(&r.metrics);
+                v["rejected"] = match &r.rejected {
+                    Some((rev, why)) => serde_json::json!({"revision": rev, "reason": why}),
+                    None => serde_json::Value::Null,
+                };
+                v
+            })
+            .collect();
+        return json_pretty(&all);
+    }
+    if rows.is_empty() {
+        return "no weavelets\n".into();
+    }
+    let mut t = format!(
+        "{:>4}  {:<12}  {:<16}  {:>8}  {:<12}  {:>7}  {:>4}  {:>8}  LAST REJECTION\n",
+        "ID", "TARGET", "WEAVELET", "PID", "STATE", "APPLIED", "LAG", "STEP"
+    );
+    for r in rows {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let state = if r.connected { "connected" } else { "disconnected" };
+        let rej = r.rejected.as_ref().map_or("-".to_string(), |(rev, why)| format!("{rev}: {why}"));
+        let _ = writeln!(
+            t,
+            "{:>4}  {:<12}  {:<16}  {:>8}  {:<12}  {:>7}  {:>4}  {:>8}  {}",
+            r.id,
+            r.target,
+            weavelet_label(r),
+            r.pid,
+            state,
+            opt(r.applied),
+            r.lag,
+            opt(r.step),
+            rej
+        );
+    }
+    t
+}
+
+/// `--wait`: how it ended.
+pub fn wait_report(r: &WaitReport, json: bool) -> String {
+    if json {
+        return serde_json::to_string(r).expect("protocol types serialise") + "\n";
+    }
+    let mut t = String::new();
+    if r.rejected.is_empty() && !r.timed_out {
+        let _ = writeln!(
+            t,
+            "revision {} of {} applied by {} weavelet(s)",
+            r.revision,
+            r.target,
+            r.applied.len()
+        );
+    }
+    for (who, why) in &r.rejected {
+        let _ = writeln!(t, "rejected by {who}: {why}");
+    }
+    if r.timed_out {
+        let _ =
+            writeln!(t, "{} weavelet(s) had not applied revision {}:", r.lagging.len(), r.revision);
+        for who in &r.lagging {
+            let _ = writeln!(t, "  {who}");
+        }
+    }
+    for who in &r.disconnected {
+        let _ = writeln!(t, "disconnected before answering: {who}");
+    }
+    t
+}
+
+/// `weaver config watch`: one event on a line.
+pub fn config_event(e: &ConfigEvent, json: bool) -> String {
+    if json {
+        return json_line(e);
+    }
+    let mut t = format!("{} {}", e.target, e.event);
+    if let Some(r) = e.revision {
+        let _ = write!(t, " revision={r}");
+    }
+    if let Some(w) = &e.who {
+        let _ = write!(t, " by {w}");
+    }
+    if let Some(s) = e.step {
+        let _ = write!(t, " step={s}");
+    }
+    if let Some(d) = &e.detail {
+        let _ = write!(t, ": {d}");
+    }
+    t + "\n"
 }
 
 /// `SEQ INSTANCE WHAT`, e.g. `12 web.0 exited code=1`.

@@ -66,6 +66,10 @@ impl RuntimeDir {
     pub fn compute_socket(&self) -> PathBuf {
         self.path.join("compute.sock")
     }
+    /// Socket weavelets connect to.
+    pub fn weavelet_socket(&self) -> PathBuf {
+        self.path.join(WEAVELET_SOCKET)
+    }
     /// Held (flock) by the daemon for its whole life.
     pub fn daemon_lock(&self) -> PathBuf {
         self.path.join("weaver.lock")
@@ -84,6 +88,9 @@ impl RuntimeDir {
         self.path.join("weaver.log")
     }
 }
+
+/// The weavelet socket's name in the runtime dir.
+pub const WEAVELET_SOCKET: &str = "weavelet.sock";
 
 /// Open (creating, mode 0600) a file of ours in the runtime dir: never
 /// through a symlink, closed on exec. `append` for logs; otherwise opened

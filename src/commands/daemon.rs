@@ -29,6 +29,10 @@ pub(super) fn foreground(ctx: Ctx, ready_fd: Option<i32>, log_file: Option<PathB
         dir: ctx.dir,
         ready_fd,
         log_file,
+        state_dir: match &ctx.global.state_dir {
+            Some(d) => absolute(d)?,
+            None => crate::weavelet::store::default_dir(),
+        },
     };
     daemon::run(opts)
 }

@@ -8,8 +8,10 @@
 //! | [`compute`] | `compute` |
 //! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
 //! | [`follow`] | `logs`, `events` (streamed replies) |
+//! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
 
 mod compute;
+mod config;
 mod daemon;
 mod follow;
 mod procs;
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reload { dry_run, json } => procs::reload(&ctx, dry_run, json),
         Command::Logs(args) => follow::logs(&ctx, args),
         Command::Events(args) => follow::events(&ctx, args),
+        Command::Config(cmd) => config::run(&ctx, cmd),
     }
 }
 
@@ -81,6 +84,10 @@ impl Ctx {
         if let Some(w) = g.compute_workers {
             daemon_args.push("--compute-workers".into());
             daemon_args.push(w.to_string().into());
+        }
+        if let Some(d) = &g.state_dir {
+            daemon_args.push("--state-dir".into());
+            daemon_args.push(absolute(d)?.into());
         }
         if let Some(c) = &g.config {
             daemon_args.push("--config".into());

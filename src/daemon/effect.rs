@@ -34,6 +34,11 @@ pub enum Timer {
     Handshake(u64),
     /// Hand freed heap back to the kernel after a busy spell.
     Trim,
+    /// This weavelet connection has not said `hello` in time, or (after
+    /// an error) has not closed in time.
+    WeaveletHello(u64),
+    /// A `config set --wait` (by waiter id) has waited long enough.
+    ConfigWait(u64),
 }
 
 #[derive(Debug)]

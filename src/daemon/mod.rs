@@ -16,6 +16,7 @@ pub mod reactor; // the loop
 pub mod sockets; // notices a removed or replaced socket path
 pub mod timers; // deadline heap
 pub mod token; // the token space
+pub mod weavelets; // room: the weavelet hub, its connections, revisions, waiters
 
 use std::fs;
 use std::io;
@@ -40,6 +41,8 @@ pub struct Options {
     pub ready_fd: Option<i32>,
     /// Where our stderr goes, for `status`.
     pub log_file: Option<PathBuf>,
+    /// Where weavelet configuration revisions are kept.
+    pub state_dir: PathBuf,
 }
 
 /// What the daemon needs to run.
@@ -47,6 +50,8 @@ pub struct Setup {
     pub dir: RuntimeDir,
     pub control: mio::net::UnixListener,
     pub compute_listener: mio::net::UnixListener,
+    pub weavelet_listener: mio::net::UnixListener,
+    pub store: crate::weavelet::store::Store,
     pub compute: compute::Compute,
     pub log_file: Option<PathBuf>,
     pub supervisor: crate::supervise::Supervisor,
@@ -82,6 +87,17 @@ fn start(o: &Options) -> Result<Result<()>> {
     };
     let supervisor = crate::supervise::Supervisor::new(config.clone(), std::process::id() as u64)
         .map_err(|e| Error::new(Kind::Usage, format!("{e}")))?;
+    let (store, problems) = crate::weavelet::store::Store::open(&o.state_dir).map_err(|e| {
+        Error::io(
+            Kind::Usage,
+            "open the state dir (--state-dir, WEAVER_STATE_DIR)",
+            &o.state_dir,
+            &e,
+        )
+    })?;
+    for p in problems {
+        warn!("skipped an unreadable weavelet revision file: {p}");
+    }
     let lock_path = dir.daemon_lock();
     let lock = runtime_dir::open_private(&lock_path, false)
         .map_err(|e| Error::io(Kind::RuntimeDir, "open", &lock_path, &e))?;
@@ -108,10 +124,13 @@ fn start(o: &Options) -> Result<Result<()>> {
     // We hold the lock: whatever sockets are there are stale.
     let control_path = dir.control_socket();
     let compute_path = dir.compute_socket();
+    let weavelet_path = dir.weavelet_socket();
     remove_stale(&control_path)?;
     remove_stale(&compute_path)?;
+    remove_stale(&weavelet_path)?;
     let control = bind(&control_path)?;
     let compute_listener = bind(&compute_path)?;
+    let weavelet_listener = bind(&weavelet_path)?;
     let pid_path = dir.pid_file();
     let me = PidRecord::of(std::process::id())
         .ok_or_else(|| Error::new(Kind::Io, "cannot read our own /proc entry"))?;
@@ -158,6 +177,8 @@ fn start(o: &Options) -> Result<Result<()>> {
         dir: dir.clone(),
         control,
         compute_listener,
+        weavelet_listener,
+        store,
         compute,
         log_file: o.log_file.clone(),
         supervisor,
@@ -175,7 +196,7 @@ fn start(o: &Options) -> Result<Result<()>> {
     launch::notify(o.ready_fd, &Readiness::Ready { pid: me.pid });
     let result = reactor.run().map_err(|e| Error::new(Kind::Io, format!("event loop failed: {e}")));
     drop(reactor);
-    for p in [&control_path, &compute_path] {
+    for p in [&control_path, &compute_path, &weavelet_path] {
         let _ = fs::remove_file(p);
     }
     if pidfile::read(&pid_path).is_ok_and(|(pid, _)| pid == me.pid) {

@@ -61,6 +61,9 @@ struct OutFile {
     rotation: Rotation,
 }
 
+/// Where a supervised process finds the weavelet socket.
+pub const WEAVELET_SOCKET_ENV: &str = "WEAVER_WEAVELET_SOCKET";
+
 pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -113,6 +116,9 @@ pub struct Procs {
     detached: HashMap<String, PidRecord>,
     /// Where detached records are kept (in the runtime dir).
     detached_dir: PathBuf,
+    /// The weavelet socket, given to every instance as
+    /// `WEAVER_WEAVELET_SOCKET`.
+    weavelet_socket: PathBuf,
 }
 
 impl Procs {
@@ -136,6 +142,7 @@ impl Procs {
             orphans: HashMap::new(),
             detached: HashMap::new(),
             detached_dir: runtime_dir.join("detached"),
+            weavelet_socket: runtime_dir.join(crate::runtime_dir::WEAVELET_SOCKET),
         }
     }
 
@@ -349,6 +356,7 @@ impl Procs {
     fn spawn_instance(&mut self, spec: &config::InstanceSpec, fx: &mut Effects) -> io::Result<u32> {
         let mut cmd =
             child_command(&spec.argv, &spec.env, spec.work_dir.as_deref(), spec.detached)?;
+        cmd.env(WEAVELET_SOCKET_ENV, &self.weavelet_socket);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let pid = child.id();

@@ -26,6 +26,7 @@ use crate::daemon::procs::{wall_ms, Procs};
 use crate::daemon::sockets::{Sockets, Which};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
+use crate::daemon::weavelets::Hub;
 use crate::daemon::Setup;
 use crate::frame::RawFrame;
 use crate::protocol::{self, ClientMsg, ErrorKind, Response};
@@ -52,6 +53,8 @@ pub struct Reactor {
     control: Option<UnixListener>,
     /// The socket compute connects back to.
     compute_listener: UnixListener,
+    /// The socket weavelets connect to; `None` once stopping.
+    weavelet_listener: Option<UnixListener>,
     /// SIGINT, SIGTERM, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2 as events.
     signals: Signals,
     /// Notices when a socket path is removed or replaced.
@@ -63,6 +66,7 @@ pub struct Reactor {
     compute: Compute,
     procs: Procs,
     follow: Follow,
+    hub: Hub,
     info: DaemonInfo,
     /// A graceful stop is under way.
     stopping: bool,
@@ -85,11 +89,21 @@ impl Reactor {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2])?;
         let mut control = s.control;
         let mut compute_listener = s.compute_listener;
+        let mut weavelet_listener = s.weavelet_listener;
         let reg = poll.registry();
+        reg.register(&mut weavelet_listener, token::WEAVELET_LISTENER, Interest::READABLE)?;
         reg.register(&mut control, token::CONTROL_LISTENER, Interest::READABLE)?;
         reg.register(&mut compute_listener, token::COMPUTE_LISTENER, Interest::READABLE)?;
         reg.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
-        let sockets = Sockets::new(s.dir.path(), s.dir.control_socket(), s.dir.compute_socket());
+        let sockets = Sockets::new(
+            s.dir.path(),
+            s.dir.control_socket(),
+            s.dir.compute_socket(),
+            s.dir.weavelet_socket(),
+        );
+        let procs = Procs::new(s.supervisor, s.config_path, s.guard, s.dir.path());
+        let mut hub = Hub::new(s.store);
+        hub.declare(&procs.sup);
         if let Some(fd) = sockets.fd() {
             reg.register(&mut SourceFd(&fd), token::RUNTIME_DIR, Interest::READABLE)?;
         }
@@ -97,13 +111,15 @@ impl Reactor {
             poll,
             control: Some(control),
             compute_listener,
+            weavelet_listener: Some(weavelet_listener),
             signals,
             sockets,
             timers: Timers::new(),
             clients: Clients::new(),
             compute: s.compute,
-            procs: Procs::new(s.supervisor, s.config_path, s.guard, s.dir.path()),
+            procs,
             follow: Follow::new(),
+            hub,
             info: DaemonInfo { dir: s.dir, log_file: s.log_file, started: Instant::now() },
             stopping: false,
             accept_starved: None,
@@ -179,6 +195,16 @@ impl Reactor {
                     }
                 }
             },
+            Source::WeaveletListener => self.accept_weavelets(),
+            Source::Weavelet(id) => {
+                if writable {
+                    self.hub.flush(id, fx);
+                }
+                if readable {
+                    let scratch = &mut self.scratch[..SCRATCH_READ];
+                    self.hub.read(id, scratch, &self.procs.sup, now, fx);
+                }
+            }
             Source::Signals => self.on_signals(),
             Source::RuntimeDir => {
                 let changed = self.sockets.changed();
@@ -243,6 +269,25 @@ impl Reactor {
         }
     }
 
+    /// Accept every queued weavelet (at the open-file limit, like clients,
+    /// the rest wait and accepting is tried again).
+    fn accept_weavelets(&mut self) {
+        while let Some(listener) = self.weavelet_listener.as_ref() {
+            match listener.accept() {
+                Ok((stream, _)) => self.hub.accept(stream, Instant::now(), &mut self.fx),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.timers.arm(Instant::now() + ACCEPT_RETRY, Timer::AcceptRetry);
+                    return;
+                }
+                Err(e) => {
+                    warn!("accept on the weavelet socket failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
     fn read_client(&mut self, id: u64) {
         let r = self.clients.read(id, &mut self.scratch[..SCRATCH_READ]);
         for f in r.frames {
@@ -283,6 +328,7 @@ impl Reactor {
             compute: &mut self.compute,
             procs: &mut self.procs,
             follow: &mut self.follow,
+            hub: &mut self.hub,
             info: &self.info,
             stopping: self.stopping,
             now: Instant::now(),
@@ -338,6 +384,7 @@ impl Reactor {
                 debug!("client {client} {why}");
                 self.compute.forget_client(client, &mut self.fx);
                 self.follow.forget(client);
+                self.hub.forget_client(client, &mut self.fx);
                 drop(fd);
                 if queued >= TRIM_AFTER {
                     crate::sys::trim_heap();
@@ -360,9 +407,11 @@ impl Reactor {
         self.compute.pump(&mut self.fx);
         let clients = &self.clients;
         self.follow.pump(&self.procs.sup, |c| clients.backlog(c), &mut self.fx);
+        self.hub.pump(|c| clients.backlog(c), &mut self.fx);
         self.apply();
         let now = Instant::now();
         self.compute.flush(now, &mut self.fx);
+        self.hub.flush_dirty(&mut self.fx);
         self.clients.flush_dirty(&mut self.fx);
         self.apply();
         // Closing clients may have queued cancellations for compute.
@@ -383,7 +432,12 @@ impl Reactor {
                 }
                 Timer::Sweep { pgid } => self.procs.sweep_done(pgid),
                 Timer::SweepOrphan { pid } => self.procs.orphan_overdue(pid),
-                Timer::AcceptRetry => self.accept_clients(),
+                Timer::AcceptRetry => {
+                    self.accept_clients();
+                    self.accept_weavelets();
+                }
+                Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
+                Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 Timer::Trim => {
                     self.trim_armed = false;
@@ -424,6 +478,7 @@ impl Reactor {
             let token = match w {
                 Which::Control => token::CONTROL_LISTENER,
                 Which::Compute => token::COMPUTE_LISTENER,
+                Which::Weavelet => token::WEAVELET_LISTENER,
             };
             if let Err(e) = self.poll.registry().register(&mut fresh, token, Interest::READABLE) {
                 warn!("cannot watch the new {}: {e}", self.sockets.path(w).display());
@@ -437,6 +492,10 @@ impl Reactor {
                 Which::Compute => {
                     self.dispatch(token::COMPUTE_LISTENER, true, false);
                     Some(std::mem::replace(&mut self.compute_listener, fresh))
+                }
+                Which::Weavelet => {
+                    self.accept_weavelets();
+                    self.weavelet_listener.replace(fresh)
                 }
             };
             if let Some(mut old) = old {
@@ -469,6 +528,9 @@ impl Reactor {
         info!("stopping: {why}");
         self.stopping = true;
         if let Some(mut l) = self.control.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        if let Some(mut l) = self.weavelet_listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let now = Instant::now();

@@ -15,6 +15,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 pub enum Which {
     Control,
     Compute,
+    Weavelet,
 }
 
 /// What a socket path must still be: the file we bound.
@@ -36,12 +37,12 @@ impl Identity {
 #[derive(Debug)]
 pub struct Sockets {
     inotify: Option<Inotify>,
-    paths: [(Which, PathBuf, Option<Identity>); 2],
+    paths: [(Which, PathBuf, Option<Identity>); 3],
 }
 
 impl Sockets {
-    /// Watch `dir` for changes to the two socket paths (bound already).
-    pub fn new(dir: &Path, control: PathBuf, compute: PathBuf) -> Sockets {
+    /// Watch `dir` for changes to the socket paths (bound already).
+    pub fn new(dir: &Path, control: PathBuf, compute: PathBuf, weavelet: PathBuf) -> Sockets {
         let inotify = match watch(dir) {
             Ok(i) => Some(i),
             Err(e) => {
@@ -52,10 +53,14 @@ impl Sockets {
                 None
             }
         };
-        let ids = (Identity::of(&control), Identity::of(&compute));
+        let ids = (Identity::of(&control), Identity::of(&compute), Identity::of(&weavelet));
         Sockets {
             inotify,
-            paths: [(Which::Control, control, ids.0), (Which::Compute, compute, ids.1)],
+            paths: [
+                (Which::Control, control, ids.0),
+                (Which::Compute, compute, ids.1),
+                (Which::Weavelet, weavelet, ids.2),
+            ],
         }
     }
 
@@ -65,7 +70,7 @@ impl Sockets {
     }
 
     pub fn path(&self, which: Which) -> &Path {
-        &self.paths.iter().find(|p| p.0 == which).expect("both are listed").1
+        &self.paths.iter().find(|p| p.0 == which).expect("all are listed").1
     }
 
     /// Read what inotify has (to WouldBlock) and say which sockets are no
@@ -135,9 +140,11 @@ mod tests {
     fn removed_and_replaced_sockets_are_noticed() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("control.sock"), tmp.path().join("compute.sock"));
+        let c = tmp.path().join("weavelet.sock");
         let _la = std::os::unix::net::UnixListener::bind(&a).unwrap();
         let _lb = std::os::unix::net::UnixListener::bind(&b).unwrap();
-        let mut s = Sockets::new(tmp.path(), a.clone(), b.clone());
+        let _lc = std::os::unix::net::UnixListener::bind(&c).unwrap();
+        let mut s = Sockets::new(tmp.path(), a.clone(), b.clone(), c.clone());
         assert!(s.fd().is_some());
         assert!(s.changed().is_empty());
         std::fs::remove_file(&a).unwrap();
@@ -149,5 +156,8 @@ mod tests {
         assert!(s.changed().is_empty());
         std::fs::remove_file(&b).unwrap();
         assert_eq!(s.check(), [Which::Compute]);
+        s.rebound(Which::Compute);
+        std::fs::remove_file(&c).unwrap();
+        assert_eq!(s.changed(), [Which::Weavelet]);
     }
 }

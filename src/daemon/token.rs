@@ -13,6 +13,8 @@ pub const COMPUTE_STDOUT: Token = Token(4);
 pub const COMPUTE_STDERR: Token = Token(5);
 /// inotify on the runtime dir (the sockets' paths).
 pub const RUNTIME_DIR: Token = Token(6);
+/// The weavelet socket.
+pub const WEAVELET_LISTENER: Token = Token(7);
 
 /// Width of each dynamic range: ids within a range count up from 1.
 const RANGE: usize = 1 << 40;
@@ -20,8 +22,10 @@ const RANGE: usize = 1 << 40;
 const CLIENTS: usize = RANGE;
 /// Supervised processes' stdout and stderr pipes, by pipe id.
 const PIPES: usize = 2 * RANGE;
+/// Weavelet connections, by connection id.
+const WEAVELETS: usize = 3 * RANGE;
 /// End of the ranges handed out so far.
-const END: usize = 3 * RANGE;
+const END: usize = 4 * RANGE;
 
 /// What an event's token refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +37,9 @@ pub enum Source {
     ComputeStdout,
     ComputeStderr,
     RuntimeDir,
+    WeaveletListener,
     Client(u64),
+    Weavelet(u64),
     Pipe(u64),
     Unknown,
 }
@@ -47,8 +53,10 @@ pub fn source(t: Token) -> Source {
         COMPUTE_STDOUT => Source::ComputeStdout,
         COMPUTE_STDERR => Source::ComputeStderr,
         RUNTIME_DIR => Source::RuntimeDir,
+        WEAVELET_LISTENER => Source::WeaveletListener,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
-        Token(n) if (PIPES..END).contains(&n) => Source::Pipe((n - PIPES) as u64),
+        Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
+        Token(n) if (WEAVELETS..END).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
         _ => Source::Unknown,
     }
 }
@@ -61,6 +69,10 @@ pub fn pipe(id: u64) -> Token {
     Token(PIPES + id as usize)
 }
 
+pub fn weavelet(id: u64) -> Token {
+    Token(WEAVELETS + id as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,8 +82,10 @@ mod tests {
         for id in [1u64, 2, 1 << 20, (1 << 40) - 1] {
             assert_eq!(source(client(id)), Source::Client(id));
             assert_eq!(source(pipe(id)), Source::Pipe(id));
+            assert_eq!(source(weavelet(id)), Source::Weavelet(id));
         }
-        assert_eq!(source(Token(7)), Source::Unknown);
+        assert_eq!(source(Token(8)), Source::Unknown);
+        assert_eq!(source(WEAVELET_LISTENER), Source::WeaveletListener);
         assert_eq!(source(Token(END)), Source::Unknown);
         assert_eq!(source(COMPUTE_CONN), Source::ComputeConn);
     }

@@ -68,6 +68,9 @@ impl TestEnv {
             // Never the user's own weaver.toml.
             .env_remove("WEAVER_CONFIG")
             .env("XDG_CONFIG_HOME", self.tmp.path().join("config"))
+            // Never the user's own state dir either.
+            .env_remove("WEAVER_STATE_DIR")
+            .env("XDG_STATE_HOME", self.tmp.path().join("state"))
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
             c.env(k, v);

@@ -3,6 +3,7 @@
 //! touches a socket.
 
 pub mod compute;
+pub mod config;
 pub mod control;
 pub mod events;
 pub mod handshake;
@@ -21,6 +22,7 @@ use crate::daemon::compute::Compute;
 use crate::daemon::effect::{Effect, Effects};
 use crate::daemon::follow::Follow;
 use crate::daemon::procs::Procs;
+use crate::daemon::weavelets::Hub;
 use crate::protocol::{ErrorKind, ErrorReply, Request, Response};
 use crate::runtime_dir::RuntimeDir;
 
@@ -38,6 +40,7 @@ pub struct Ctx<'a> {
     pub compute: &'a mut Compute,
     pub procs: &'a mut Procs,
     pub follow: &'a mut Follow,
+    pub hub: &'a mut Hub,
     pub info: &'a DaemonInfo,
     /// A graceful stop is under way.
     pub stopping: bool,
@@ -82,6 +85,7 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         }
         Request::Reload { dry_run } => reload::handle(cx, client, tag, dry_run),
         Request::Ping => ping::handle(cx, client, tag),
+        Request::Config(req) => config::handle(cx, client, tag, req),
     }
 }
 
@@ -102,6 +106,7 @@ mod tests {
         compute: Compute,
         procs: Procs,
         follow: Follow,
+        hub: Hub,
         info: DaemonInfo,
         fx: Effects,
         _dir: tempfile::TempDir,
@@ -117,6 +122,7 @@ mod tests {
             compute: Compute::new(launch, false, &ComputeSpec::default(), tmp.path().join("c")),
             procs: Procs::new(sup, None, None, dir.path()),
             follow: Follow::new(),
+            hub: Hub::new(crate::weavelet::store::Store::in_memory()),
             info: DaemonInfo { dir, log_file: None, started: Instant::now() },
             fx: Effects::new(),
             _dir: tmp,
@@ -130,6 +136,7 @@ mod tests {
                 compute: &mut self.compute,
                 procs: &mut self.procs,
                 follow: &mut self.follow,
+                hub: &mut self.hub,
                 info: &self.info,
                 stopping,
                 now: Instant::now(),
@@ -185,6 +192,57 @@ mod tests {
         let req = Request::Reload { dry_run: false };
         match only_reply(r.serve(true, req)) {
             Response::Error(e) => assert_eq!(e.kind, ErrorKind::ShuttingDown),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_requests_make_revisions_and_name_what_is_unknown() {
+        use crate::protocol::ConfigReq;
+        let mut r = rooms(ONE);
+        r.hub.declare(&r.procs.sup);
+        match only_reply(r.serve(false, Request::Config(ConfigReq::Get { target: "a".into() }))) {
+            Response::Config(d) => assert_eq!((d.revision, d.values.as_str()), (0, "{}")),
+            other => panic!("{other:?}"),
+        }
+        let get = Request::Config(ConfigReq::Get { target: "zz".into() });
+        match only_reply(r.serve(false, get)) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+        let set = |v: &str| {
+            Request::Config(ConfigReq::Set {
+                target: "a".into(),
+                set: vec![("lr".into(), v.into())],
+                unset: vec![],
+                wait: None,
+            })
+        };
+        match only_reply(r.serve(false, set("0.5"))) {
+            Response::Config(d) => {
+                assert_eq!(
+                    (d.revision, d.values.as_str(), d.note.as_str()),
+                    (1, r#"{"lr":0.5}"#, "set")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match only_reply(r.serve(false, set("not json"))) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::BadRequest),
+            other => panic!("{other:?}"),
+        }
+        match only_reply(r.serve(true, set("1"))) {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::ShuttingDown),
+            other => panic!("{other:?}"),
+        }
+        let back = Request::Config(ConfigReq::Rollback { target: "a".into(), to: 0, wait: None });
+        match only_reply(r.serve(false, back)) {
+            Response::Config(d) => assert_eq!((d.revision, d.values.as_str()), (2, "{}")),
+            other => panic!("{other:?}"),
+        }
+        let h = Request::Config(ConfigReq::History { target: "a".into() });
+        match only_reply(r.serve(false, h)) {
+            Response::ConfigHistory(h) => assert_eq!(h.len(), 2),
             other => panic!("{other:?}"),
         }
     }

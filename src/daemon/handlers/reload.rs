@@ -47,6 +47,7 @@ pub fn reload(cx: &mut Ctx, dry_run: bool) -> Result<ReloadReport, ErrorReply> {
         cx.compute.reconfigure(&compute, cx.now, cx.fx);
     }
     cx.procs.run_actions(actions, cx.fx);
+    cx.hub.declare(&cx.procs.sup);
     info!(
         "reloaded: {} added, {} removed, {} changed, {} unchanged",
         plan.added.len(),

@@ -166,6 +166,7 @@ mod tests {
             stop_timeout: Duration::from_secs(2),
             output: OutputSpec::default(),
             hooks: Hooks::default(),
+            params: Default::default(),
         }
     }
 

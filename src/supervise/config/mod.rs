@@ -58,6 +58,9 @@
 //! stable_after = "10s"            # a run this long resets the backoff
 //! max_restarts = 10               # 0 = never give up; default 10
 //! output = { ring_bytes = 1048576, file = "/tmp/worker-{instance}.out", max_file_bytes = 10485760, keep_files = 3 }
+//! [process.params]               # live configuration defaults (weavelets): any
+//! lr = 0.01                       # TOML values, as JSON; names [A-Za-z0-9_.-]
+//! optimizer = "adam"
 //! [process.hooks.pre_start]
 //! command = ["./fetch-model.sh"]
 //! timeout = "5m"                  # default 30s
@@ -92,6 +95,11 @@
 //! Every process also sees `WEAVER_PROCESS` (its `name`) and
 //! `WEAVER_INSTANCE` (its index) in its environment, and so do its hooks and
 //! probes.
+//!
+//! `[process.params]` is the default document of the process's weavelets
+//! (revision 0 of the target named like the process; `weaver config set`
+//! makes later ones). Changing it and reloading restarts nothing. Every
+//! instance also finds the weavelet socket in `WEAVER_WEAVELET_SOCKET`.
 
 mod expand;
 mod model;

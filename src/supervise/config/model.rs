@@ -339,6 +339,9 @@ pub struct ProcessSpec {
     pub stop_timeout: Duration,
     pub output: OutputSpec,
     pub hooks: Hooks,
+    /// `[process.params]`: the default live-configuration document of this
+    /// process's weavelets (TOML values as JSON).
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ProcessSpec {

@@ -184,6 +184,7 @@ const PROCESS_KEYS: &[&str] = &[
     "stop_timeout",
     "output",
     "hooks",
+    "params",
 ];
 const DETECTOR_KEYS: &[&str] = &["alive", "ready"];
 const ALIVE_KEYS: &[&str] = &["pid_file", "command", "interval"];
@@ -283,6 +284,34 @@ pub(crate) fn suggest<'k>(word: &str, known: impl IntoIterator<Item = &'k str>) 
 /// `" (did you mean \"k\"?)"` for a suggestion, else nothing.
 pub(crate) fn did_you_mean(s: Option<&str>) -> String {
     s.map(|k| format!(" (did you mean \"{k}\"?)")).unwrap_or_default()
+}
+
+/// A TOML item as JSON.
+fn toml_json(item: &Item) -> serde_json::Value {
+    use serde_json::Value as J;
+    fn value(v: &Value) -> J {
+        match v {
+            Value::String(s) => J::String(s.value().clone()),
+            Value::Integer(i) => J::from(*i.value()),
+            Value::Float(f) => serde_json::Number::from_f64(*f.value()).map_or(J::Null, J::Number),
+            Value::Boolean(b) => J::Bool(*b.value()),
+            Value::Datetime(d) => J::String(d.value().to_string()),
+            Value::Array(a) => J::Array(a.iter().map(value).collect()),
+            Value::InlineTable(t) => {
+                J::Object(t.iter().map(|(k, v)| (k.to_string(), value(v))).collect())
+            }
+        }
+    }
+    match item {
+        Item::Value(v) => value(v),
+        Item::Table(t) => J::Object(t.iter().map(|(k, v)| (k.to_string(), toml_json(v))).collect()),
+        Item::ArrayOfTables(a) => J::Array(
+            a.iter()
+                .map(|t| J::Object(t.iter().map(|(k, v)| (k.to_string(), toml_json(v))).collect()))
+                .collect(),
+        ),
+        Item::None => J::Null,
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -483,6 +512,25 @@ impl<'a> Parser<'a> {
         Some(out)
     }
 
+    /// `[process.params]`: every value as JSON (a datetime as its text),
+    /// every name a valid parameter name, the whole within a weavelet
+    /// document's size.
+    fn params(&mut self, tbl: Tbl<'_>) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for (k, item) in tbl.t.iter() {
+            let at = tbl.t.key(k).and_then(|k| span_start(k.span())).or(span_start(item.span()));
+            if let Err(e) = crate::weavelet::doc::check_param(k) {
+                self.error(at, format!("{e} in {}", tbl.what));
+                continue;
+            }
+            out.insert(k.to_string(), toml_json(item));
+        }
+        if let Err(e) = crate::weavelet::doc::check_doc(&out) {
+            self.error(Some(tbl.at), format!("{}: {e}", tbl.what));
+        }
+        out
+    }
+
     fn env(&mut self, tbl: Tbl<'_>, key: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let Some(f) = self.field(tbl, key) else { return out };
@@ -658,7 +706,12 @@ impl<'a> Parser<'a> {
                 .unwrap_or(ProcessSpec::DEFAULT_STOP_TIMEOUT),
             output: OutputSpec::default(),
             hooks: Hooks::default(),
+            params: serde_json::Map::new(),
         };
+        let params_what = format!("{} params", tbl.what);
+        if let Some(t) = self.sub(tbl, "params", &params_what) {
+            spec.params = self.params(t);
+        }
         let what = tbl.what;
         let det_what = format!("{what} detectors");
         if let Some(d) = self.sub(tbl, "detectors", &det_what) {
@@ -1135,6 +1188,37 @@ detached = true
 pid_file = "/run/legacy.pid"
 gpus = [1, 0]
 "#;
+
+    #[test]
+    fn params_are_json_documents() {
+        let text = r#"
+[[process]]
+name = "trainer"
+command = ["train"]
+[process.params]
+lr = 0.01
+optimizer = "adam"
+warmup = 100
+betas = [0.9, 0.999]
+sched = { kind = "cosine", min = 1e-5 }
+fused = true
+[process.params.nested]
+x = 1
+"#;
+        let c = parse(text, "weaver.toml").unwrap();
+        let p = serde_json::Value::Object(c.processes[0].params.clone());
+        assert_eq!(
+            p,
+            serde_json::json!({
+                "lr": 0.01, "optimizer": "adam", "warmup": 100, "betas": [0.9, 0.999],
+                "sched": {"kind": "cosine", "min": 1e-5}, "fused": true, "nested": {"x": 1}
+            })
+        );
+        let e = errors("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nparams = { \"a b\" = 1 }\n");
+        assert!(e[0].contains("bad parameter name"), "{e:?}");
+        let e = errors("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nparams = 3\n");
+        assert!(e[0].contains("params"), "{e:?}");
+    }
 
     #[test]
     fn a_full_file_parses_into_every_field() {

@@ -1,0 +1,109 @@
+//! `weaver config get|set|unset|history|rollback|status|watch`: weavelets'
+//! live configuration. `--wait` and `watch` are streamed replies, like
+//! `events`.
+
+use super::{unexpected, Ctx};
+use crate::cli::{ConfigCmd, WaitArgs};
+use crate::error::{Error, Kind, Result};
+use crate::output::{print, write_to};
+use crate::protocol::{ConfigReq, ErrorKind, Request, Response};
+use crate::render;
+use crate::weavelet::doc;
+
+pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
+    match cmd {
+        ConfigCmd::Get { target, json } => {
+            let (mut c, _) = ctx.connect()?;
+            let r = c.call(Request::Config(ConfigReq::Get { target }), &[])?;
+            let Response::Config(d) = r.resp else { return Err(unexpected(&r.resp)) };
+            print(&render::config_doc(&d, json))
+        }
+        ConfigCmd::Set { target, assignments, wait } => {
+            let mut set = Vec::new();
+            for a in &assignments {
+                let (k, v) = doc::parse_assignment(a).map_err(|e| Error::new(Kind::Usage, e))?;
+                set.push((k, v.to_string()));
+            }
+            let req = |w| ConfigReq::Set { target, set, unset: Vec::new(), wait: w };
+            commit(ctx, &wait, req)
+        }
+        ConfigCmd::Unset { target, keys, wait } => {
+            for k in &keys {
+                doc::check_param(k).map_err(|e| Error::new(Kind::Usage, e))?;
+            }
+            let req = |w| ConfigReq::Set { target, set: Vec::new(), unset: keys, wait: w };
+            commit(ctx, &wait, req)
+        }
+        ConfigCmd::Rollback { target, to, wait } => {
+            commit(ctx, &wait, |w| ConfigReq::Rollback { target, to, wait: w })
+        }
+        ConfigCmd::History { target, json } => {
+            let (mut c, _) = ctx.connect()?;
+            let r = c.call(Request::Config(ConfigReq::History { target }), &[])?;
+            let Response::ConfigHistory(h) = r.resp else { return Err(unexpected(&r.resp)) };
+            print(&render::config_history(&h, json))
+        }
+        ConfigCmd::Status { target, json } => {
+            let (mut c, _) = ctx.connect()?;
+            let r = c.call(Request::Config(ConfigReq::Status { target }), &[])?;
+            let Response::ConfigStatus(rows) = r.resp else { return Err(unexpected(&r.resp)) };
+            print(&render::config_status(&rows, json))
+        }
+        ConfigCmd::Watch { targets, json } => {
+            let (mut c, _) = ctx.connect()?;
+            let mut out = std::io::stdout().lock();
+            for r in c.stream_replies(Request::Config(ConfigReq::Watch { targets }), &[])? {
+                match r?.resp {
+                    Response::ConfigEvent(e) => {
+                        write_to(&mut out, &render::config_event(&e, json))?
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A request that makes a revision: print it, and with `--wait` wait for
+/// the acknowledgements (exit 0 all applied, 1 one rejected, 124 timeout).
+fn commit(ctx: &Ctx, w: &WaitArgs, req: impl FnOnce(Option<u64>) -> ConfigReq) -> Result<()> {
+    let wait = w.wait.then(|| w.timeout.unwrap_or(0));
+    let (mut c, _) = ctx.connect()?;
+    let mut out = std::io::stdout().lock();
+    let mut replies = c.stream_replies(Request::Config(req(wait)), &[])?;
+    let first = replies
+        .next()
+        .ok_or_else(|| Error::new(Kind::Daemon, "the daemon closed the connection"))??;
+    let Response::Config(d) = first.resp else { return Err(unexpected(&first.resp)) };
+    if !w.wait {
+        return write_to(&mut out, &render::config_doc(&d, w.json));
+    }
+    if !w.json {
+        write_to(&mut out, &render::config_doc(&d, false))?;
+    }
+    let second = replies.next().ok_or_else(|| {
+        Error::new(Kind::Daemon, "the daemon closed the connection while waiting")
+    })??;
+    let Response::ConfigWaited(rep) = second.resp else { return Err(unexpected(&second.resp)) };
+    write_to(&mut out, &render::wait_report(&rep, w.json))?;
+    if let Some((who, why)) = rep.rejected.first() {
+        return Err(Error::new(
+            Kind::Request(ErrorKind::Rejected),
+            format!("revision {} of {} was rejected by {who}: {why}", rep.revision, rep.target),
+        ));
+    }
+    if rep.timed_out {
+        return Err(Error::new(
+            Kind::Request(ErrorKind::Timeout),
+            format!(
+                "{} weavelet(s) of {} had not applied revision {} in time: {}",
+                rep.lagging.len(),
+                rep.target,
+                rep.revision,
+                rep.lagging.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
