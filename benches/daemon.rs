@@ -24,6 +24,8 @@ const COMPUTE: &str = env!("CARGO_BIN_EXE_compute-daemon");
 fn weaver(rt: &Path) -> Command {
     let mut c = Command::new(WEAVER);
     c.env("WEAVER_RUNTIME_DIR", rt)
+        // Revisions of the bench daemon, beside its runtime dir.
+        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
         .env("WEAVER_COMPUTE_BIN", COMPUTE)
         .env("WEAVER_LOG", "warn")
         .stdin(Stdio::null())

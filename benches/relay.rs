@@ -56,6 +56,8 @@ fn main() {
     let st = Command::new(WEAVER)
         .args(["status", "--wait"])
         .env("WEAVER_RUNTIME_DIR", &rt)
+        // Revisions of the bench daemon, beside its runtime dir.
+        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
         .env("WEAVER_COMPUTE_BIN", COMPUTE)
         .env("WEAVER_LOG", "warn")
         .stdout(Stdio::null())
@@ -109,6 +111,8 @@ fn main() {
     let _ = Command::new(WEAVER)
         .arg("shutdown")
         .env("WEAVER_RUNTIME_DIR", &rt)
+        // Revisions of the bench daemon, beside its runtime dir.
+        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
         .stdout(Stdio::null())
         .status();
 }

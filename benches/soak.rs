@@ -326,6 +326,8 @@ impl Run {
     fn weaver(&self) -> Command {
         let mut c = Command::new(WEAVER);
         c.env("WEAVER_RUNTIME_DIR", &self.rt)
+            // Revisions of the bench daemon, beside its runtime dir.
+            .env("WEAVER_STATE_DIR", self.rt.with_file_name("state"))
             .env("WEAVER_COMPUTE_BIN", COMPUTE)
             .env("WEAVER_LOG", "warn")
             .arg("--config")
@@ -1073,6 +1075,8 @@ fn main() {
     let mut start = Command::new(WEAVER);
     start
         .env("WEAVER_RUNTIME_DIR", &rt)
+        // Revisions of the bench daemon, beside its runtime dir.
+        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
         .env("WEAVER_COMPUTE_BIN", COMPUTE)
         .env("WEAVER_LOG", "warn")
         .arg("--config")

@@ -168,6 +168,8 @@ impl Daemon {
     fn weaver_base(&self) -> Command {
         let mut c = Command::new(WEAVER);
         c.env("WEAVER_RUNTIME_DIR", &self.rt)
+            // Revisions of the bench daemon, beside its runtime dir.
+            .env("WEAVER_STATE_DIR", self.rt.with_file_name("state"))
             .env("WEAVER_COMPUTE_BIN", COMPUTE)
             .env("WEAVER_LOG", "warn")
             .arg("--config")
