@@ -94,14 +94,18 @@ impl ChildSetup {
             Some(c) => cmd.env(MARKER, &c.marker),
             None => cmd.env_remove(MARKER),
         };
-        let join = containment.and_then(|c| c.procs_path()).cloned();
+        // Children are born in the daemon's cgroup; a detached one leaves
+        // it for the shared cgroup of detached processes.
+        let join = match (self.contained, Containment::current()) {
+            (false, Some(c)) => c.detached_procs().cloned(),
+            _ => None,
+        };
         // SAFETY: only async-signal-safe calls (open, write, close,
         // setrlimit, prctl, getppid, umask, _exit) run between fork and
         // exec; `join` was allocated before the fork and is only read.
         unsafe {
             cmd.pre_exec(move || {
-                // Into the daemon's cgroup before anything can fork; a
-                // failure leaves the marker to find it by.
+                // Out of the daemon's cgroup before anything can fork.
                 if let Some(path) = &join {
                     let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                     if fd >= 0 {

@@ -1,10 +1,16 @@
 //! What keeps everything weaver started from outliving it, even processes
 //! that left their process group with `setsid`: a cgroup (v2, or the
-//! unified hierarchy of a hybrid mount) that every child joins before exec,
-//! killed whole with `cgroup.kill`; where the daemon cannot make one, an
-//! environment marker (`WEAVER_DAEMON_ID`) every child inherits, which the
-//! guard looks for in `/proc` to kill what carries it. Detached processes
-//! get neither: they are meant to outlive weaver.
+//! unified hierarchy of a hybrid mount) that the daemon moves itself into
+//! once, so every child it forks from then on is born there, killed whole
+//! with `cgroup.kill`; and always an environment marker
+//! (`WEAVER_DAEMON_ID`) every child inherits, which the guard looks for in
+//! `/proc` (the only mechanism where no cgroup can be made). Detached
+//! processes get neither: they leave for a shared `weaver-detached` cgroup
+//! and carry no marker, since they are meant to outlive weaver.
+//!
+//! Moving a process between cgroups waits for a kernel grace period (10-20
+//! ms after a quiet spell), so it is done once, for the daemon, off the
+//! event loop, and never for each spawn.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -16,6 +22,8 @@ use std::time::{Duration, Instant};
 pub const MARKER: &str = "WEAVER_DAEMON_ID";
 /// `WEAVER_CONTAINMENT=marker` turns the cgroup off.
 pub const CHOICE_ENV: &str = "WEAVER_CONTAINMENT";
+/// The shared cgroup detached processes live in, beside the daemons'.
+const DETACHED: &str = "weaver-detached";
 /// How long a sweep waits for killed processes to be gone.
 const SWEEP_WAIT: Duration = Duration::from_secs(1);
 /// Kill passes over a cgroup or /proc before giving up on forkers.
@@ -23,10 +31,13 @@ const SWEEP_PASSES: usize = 10;
 
 #[derive(Debug)]
 pub struct Containment {
-    /// The daemon's cgroup for its children, when it could make one.
+    /// The daemon's cgroup, when it could make one.
     pub cgroup: Option<PathBuf>,
-    /// `cgroup.procs` of it, for children to join before exec.
-    procs: Option<CString>,
+    /// The cgroup the daemon's sits in, where it goes back to at exit.
+    base: Option<PathBuf>,
+    /// `cgroup.procs` of the cgroup detached processes leave for (written
+    /// from between fork and exec).
+    detached_procs: Option<CString>,
     /// This daemon's marker value (pid and start time).
     pub marker: String,
 }
@@ -34,16 +45,22 @@ pub struct Containment {
 static CURRENT: OnceLock<Containment> = OnceLock::new();
 
 impl Containment {
-    /// Set up once, at daemon start: a child cgroup of our own when the
-    /// cgroup v2 hierarchy lets us make one, and the marker always.
+    /// Set up once, at daemon start: a cgroup of the daemon's own (made,
+    /// not yet joined: see [`Containment::join`]) when the cgroup v2
+    /// hierarchy lets us, and the marker always.
     pub fn init(marker: String) -> &'static Containment {
         CURRENT.get_or_init(|| {
             let off = std::env::var(CHOICE_ENV).is_ok_and(|v| v == "marker");
-            let cgroup = if off { None } else { make_cgroup() };
-            let procs = cgroup
-                .as_ref()
-                .and_then(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok());
-            Containment { cgroup, procs, marker }
+            let (base, cgroup) = match if off { None } else { make_cgroup() } {
+                Some((b, c)) => (Some(b), Some(c)),
+                None => (None, None),
+            };
+            let detached_procs = base.as_ref().and_then(|b| {
+                let d = b.join(DETACHED);
+                let _ = std::fs::create_dir(&d);
+                CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok()
+            });
+            Containment { cgroup, base, detached_procs, marker }
         })
     }
 
@@ -52,10 +69,18 @@ impl Containment {
         CURRENT.get()
     }
 
-    /// `cgroup.procs` for a child to join (written from between fork and
-    /// exec).
-    pub fn procs_path(&self) -> Option<&CString> {
-        self.procs.as_ref()
+    /// Move the daemon into its cgroup: what it forks from then on is born
+    /// there. Blocks for a grace period: call it off the event loop.
+    pub fn join(&self) -> std::io::Result<()> {
+        match &self.cgroup {
+            Some(dir) => std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// `cgroup.procs` a detached process writes itself to, to leave.
+    pub fn detached_procs(&self) -> Option<&CString> {
+        self.detached_procs.as_ref()
     }
 
     /// For `status`.
@@ -66,12 +91,17 @@ impl Containment {
         }
     }
 
-    /// Kill whatever is left in the cgroup and whatever carries the marker;
-    /// then remove the cgroup. Returns how many processes were signalled.
+    /// At the daemon's exit: kill what is left in its cgroup (all but the
+    /// daemon) and what carries the marker, then leave the cgroup and
+    /// remove it. Returns how many processes were signalled.
     pub fn sweep(&self) -> usize {
+        let me = std::process::id();
         let mut killed = 0;
         if let Some(dir) = &self.cgroup {
-            killed += kill_cgroup(dir);
+            killed += kill_listed(dir, me as i32);
+            if let Some(base) = &self.base {
+                let _ = std::fs::write(base.join("cgroup.procs"), me.to_string());
+            }
             let _ = std::fs::remove_dir(dir);
         }
         killed + kill_marked(&self.marker)
@@ -97,9 +127,16 @@ fn own_cgroup() -> Option<PathBuf> {
     Some(PathBuf::from(rel.trim_start_matches('/')))
 }
 
-/// A fresh child cgroup of our own one, if we are allowed to make it.
-fn make_cgroup() -> Option<PathBuf> {
-    let dir = cgroup2_mount()?.join(own_cgroup()?).join(format!("weaver-{}", std::process::id()));
+/// A fresh cgroup for this daemon, beside (never inside) another daemon's,
+/// if we may make and enter it: (the cgroup it sits in, the new one).
+fn make_cgroup() -> Option<(PathBuf, PathBuf)> {
+    let mut own = own_cgroup()?;
+    // A daemon started from another's process starts in that one's cgroup.
+    while own.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weaver-")) {
+        own.pop();
+    }
+    let base = cgroup2_mount()?.join(own);
+    let dir = base.join(format!("weaver-{}", std::process::id()));
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -114,13 +151,37 @@ fn make_cgroup() -> Option<PathBuf> {
             return None;
         }
     }
-    // Joining needs write access to cgroup.procs of both ends.
-    let ok = std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")).is_ok();
-    if !ok {
+    // Moving in and back out needs write access to both.
+    let writable = |d: &Path| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs"));
+    if writable(&dir).is_err() || writable(&base).is_err() {
         let _ = std::fs::remove_dir(&dir);
         return None;
     }
-    Some(dir)
+    Some((base, dir))
+}
+
+/// SIGKILL every listed process of the cgroup but `spare`, pass after pass,
+/// and wait a little for them to go.
+fn kill_listed(dir: &Path, spare: i32) -> usize {
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..SWEEP_PASSES {
+        let pids: Vec<i32> =
+            pids_in(dir).into_iter().filter(|&p| p != spare && !killed.contains(&p)).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            // SAFETY: plain kill of a listed pid.
+            if unsafe { libc::kill(p, libc::SIGKILL) } == 0 {
+                killed.insert(p);
+            }
+        }
+    }
+    let end = Instant::now() + SWEEP_WAIT;
+    while pids_in(dir).iter().any(|&p| p != spare) && Instant::now() < end {
+        std::thread::yield_now();
+    }
+    killed.len()
 }
 
 fn pids_in(dir: &Path) -> Vec<i32> {

@@ -34,6 +34,8 @@ pub enum Timer {
     Handshake(u64),
     /// Hand freed heap back to the kernel after a busy spell.
     Trim,
+    /// Join the daemon's cgroup even if compute has not settled.
+    Join,
     /// This weavelet connection has not said `hello` in time, or (after
     /// an error) has not closed in time.
     WeaveletHello(u64),

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -19,6 +20,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::daemon::clients::Clients;
 use crate::daemon::compute::{Compute, Event};
 use crate::daemon::conn::SCRATCH_READ;
+use crate::daemon::contain::Containment;
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::follow::Follow;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
@@ -46,6 +48,8 @@ const TRIM_AFTER: usize = 1 << 20;
 /// After traffic, freed heap goes back to the kernel this much later (once
 /// per spell, however busy), so RSS settles after a burst.
 const TRIM_DELAY: Duration = Duration::from_secs(2);
+/// The cgroup is joined once compute is ready, or this long after start.
+const JOIN_AFTER: Duration = Duration::from_millis(200);
 
 pub struct Reactor {
     poll: Poll,
@@ -75,6 +79,10 @@ pub struct Reactor {
     accept_starved: Option<Instant>,
     /// A trim of the heap is armed.
     trim_armed: bool,
+    /// The cgroup to join before supervised processes start, until joined.
+    contain: Option<&'static Containment>,
+    /// Wakes the loop when the join is done (kept while it runs).
+    joining: Option<Arc<mio::Waker>>,
     /// Effects waiting to be applied.
     fx: Effects,
     /// The batch being applied (kept to reuse its allocation).
@@ -124,6 +132,8 @@ impl Reactor {
             stopping: false,
             accept_starved: None,
             trim_armed: false,
+            contain: Containment::current(),
+            joining: None,
             fx: Effects::new(),
             applying: Effects::new(),
             scratch: vec![0; SCRATCH],
@@ -132,11 +142,13 @@ impl Reactor {
 
     /// Run until a graceful stop completes.
     pub fn run(&mut self) -> io::Result<()> {
-        let now = Instant::now();
-        self.compute.step(Event::Start, now, &mut self.fx);
-        self.procs.adopt_detached(&mut self.fx);
-        let plan = self.procs.sup.plan_start_all(now);
-        self.procs.run_actions(plan, &mut self.fx);
+        self.compute.step(Event::Start, Instant::now(), &mut self.fx);
+        if self.contain.is_some_and(|c| c.cgroup.is_some()) {
+            self.timers.arm(Instant::now() + JOIN_AFTER, Timer::Join);
+        } else {
+            self.contain = None;
+            self.start_processes();
+        }
         self.apply();
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
@@ -162,6 +174,7 @@ impl Reactor {
                 self.timers.arm(Instant::now() + TRIM_DELAY, Timer::Trim);
             }
             self.end_of_turn();
+            self.join_cgroup_when_settled()?;
             if self.stopping && self.compute.pid().is_none() && self.procs.all_gone() {
                 break;
             }
@@ -178,6 +191,13 @@ impl Reactor {
         }
         self.finish();
         Ok(())
+    }
+
+    /// Adopt detached processes still running, then start what autostarts.
+    fn start_processes(&mut self) {
+        self.procs.adopt_detached(&mut self.fx);
+        let plan = self.procs.sup.plan_start_all(Instant::now());
+        self.procs.run_actions(plan, &mut self.fx);
     }
 
     fn dispatch(&mut self, t: Token, readable: bool, writable: bool) {
@@ -206,6 +226,13 @@ impl Reactor {
                 }
             }
             Source::Signals => self.on_signals(),
+            Source::Contained => {
+                self.contain = None;
+                self.joining = None;
+                if !self.stopping {
+                    self.start_processes();
+                }
+            }
             Source::RuntimeDir => {
                 let changed = self.sockets.changed();
                 self.rebind(&changed);
@@ -398,6 +425,28 @@ impl Reactor {
         }
     }
 
+    /// Join the daemon's cgroup once compute has settled (or a moment
+    /// after start): the move blocks every fork on the host for a kernel
+    /// grace period, so a helper thread makes it while the loop serves, and
+    /// supervised processes start when it is done, born in the cgroup.
+    fn join_cgroup_when_settled(&mut self) -> io::Result<()> {
+        let Some(c) = self.contain else { return Ok(()) };
+        let settled = !self.compute.life.settling() || self.info.started.elapsed() >= JOIN_AFTER;
+        if self.joining.is_some() || !settled {
+            return Ok(());
+        }
+        let waker = Arc::new(mio::Waker::new(self.poll.registry(), token::CONTAINED)?);
+        let w = waker.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = c.join() {
+                warn!("cannot join {}: {e}; the marker still holds", c.describe());
+            }
+            let _ = w.wake();
+        });
+        self.joining = Some(waker);
+        Ok(())
+    }
+
     /// After the events of one poll: bounded reads left over, deadlines,
     /// requests to compute, followers, then every write.
     fn end_of_turn(&mut self) {
@@ -439,6 +488,8 @@ impl Reactor {
                 Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
+                // The end of this turn joins the cgroup.
+                Timer::Join => {}
                 Timer::Trim => {
                     self.trim_armed = false;
                     crate::sys::trim_heap();
