@@ -100,7 +100,7 @@ fn clients_queued_at_the_open_file_limit_are_served_once_fds_free() {
     );
     let out = env.run(&["--no-start", "status"]);
     assert!(out.status.success(), "and the daemon serves new clients");
-    assert!(env.log().contains("accepting clients again"));
+    assert!(env.log().contains("accepting again"));
 }
 
 /// The file at `p` (device, inode), if any.

@@ -87,6 +87,38 @@ impl<D: StreamDecoder> Conn<D> {
     }
 }
 
+/// How accepting from a listener stopped.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Every queued connection was taken.
+    Drained,
+    /// Out of file descriptors: the rest wait in the listen queue.
+    OutOfFds(io::Error),
+    Failed(io::Error),
+}
+
+/// Accept every queued connection of `l`, handing each to `take`; how many
+/// and why it stopped.
+pub fn accept_all(
+    l: &mio::net::UnixListener,
+    mut take: impl FnMut(UnixStream),
+) -> (usize, Accepted) {
+    let mut n = 0;
+    loop {
+        match l.accept() {
+            Ok((stream, _)) => {
+                n += 1;
+                take(stream);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (n, Accepted::Drained),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                return (n, Accepted::OutOfFds(e))
+            }
+            Err(e) => return (n, Accepted::Failed(e)),
+        }
+    }
+}
+
 /// The peer's credentials, checked to be our own uid.
 pub fn peer(stream: &UnixStream) -> Result<UnixCredentials, String> {
     let cred = getsockopt(stream, PeerCredentials)

@@ -19,7 +19,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::daemon::clients::Clients;
 use crate::daemon::compute::{Compute, Event};
-use crate::daemon::conn::SCRATCH_READ;
+use crate::daemon::conn::{accept_all, Accepted, SCRATCH_READ};
 use crate::daemon::contain::Containment;
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::follow::Follow;
@@ -204,18 +204,9 @@ impl Reactor {
         let now = Instant::now();
         let fx = &mut self.fx;
         match token::source(t) {
-            Source::ControlListener => self.accept_clients(),
-            Source::ComputeListener => loop {
-                match self.compute_listener.accept() {
-                    Ok((stream, _)) => self.compute.accept(stream, fx),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        warn!("accept on the compute socket failed: {e}");
-                        break;
-                    }
-                }
-            },
-            Source::WeaveletListener => self.accept_weavelets(),
+            Source::ControlListener => self.accept_on(Which::Control),
+            Source::ComputeListener => self.accept_on(Which::Compute),
+            Source::WeaveletListener => self.accept_on(Which::Weavelet),
             Source::Weavelet(id) => {
                 if writable {
                     self.hub.flush(id, fx);
@@ -260,58 +251,51 @@ impl Reactor {
         }
     }
 
-    /// Accept every queued client. At the open-file limit the rest stay
-    /// queued in the kernel, and accepting is tried again when a client
-    /// leaves or after [`ACCEPT_RETRY`] (the listener is edge-triggered: no
-    /// new event would come for them).
-    fn accept_clients(&mut self) {
-        while let Some(listener) = self.control.as_ref() {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    if let Some(since) = self.accept_starved.take() {
-                        info!(
-                            "accepting clients again after {:?} out of file descriptors",
-                            since.elapsed()
-                        );
-                    }
-                    self.clients.accept(stream, Instant::now(), &mut self.fx)
+    /// Accept every queued connection on one listener. At the open-file
+    /// limit the rest stay queued in the kernel, and accepting is tried
+    /// again when a client leaves or after [`ACCEPT_RETRY`] (the listener is
+    /// edge-triggered: no new event would come for them).
+    fn accept_on(&mut self, which: Which) {
+        let now = Instant::now();
+        let (fx, clients, compute, hub) =
+            (&mut self.fx, &mut self.clients, &mut self.compute, &mut self.hub);
+        let (n, stop) = match which {
+            Which::Control => match self.control.as_ref() {
+                Some(l) => accept_all(l, |s| clients.accept(s, now, fx)),
+                None => return,
+            },
+            Which::Compute => accept_all(&self.compute_listener, |s| compute.accept(s, fx)),
+            Which::Weavelet => match self.weavelet_listener.as_ref() {
+                Some(l) => accept_all(l, |s| hub.accept(s, now, fx)),
+                None => return,
+            },
+        };
+        if let (true, Some(since)) = (n > 0, self.accept_starved) {
+            info!("accepting again after {:?} out of file descriptors", since.elapsed());
+            self.accept_starved = None;
+        }
+        match stop {
+            Accepted::Drained => {}
+            Accepted::OutOfFds(e) => {
+                if self.accept_starved.is_none() {
+                    warn!(
+                        "out of file descriptors ({e}) with {} clients: new connections wait until some leave",
+                        self.clients.len()
+                    );
+                    self.accept_starved = Some(now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    if self.accept_starved.is_none() {
-                        warn!(
-                            "out of file descriptors ({e}) with {} clients: new clients wait until some leave",
-                            self.clients.len()
-                        );
-                        self.accept_starved = Some(Instant::now());
-                    }
-                    self.timers.arm(Instant::now() + ACCEPT_RETRY, Timer::AcceptRetry);
-                    return;
-                }
-                Err(e) => {
-                    warn!("accept on the control socket failed: {e}");
-                    return;
-                }
+                self.timers.arm(now + ACCEPT_RETRY, Timer::AcceptRetry);
+            }
+            Accepted::Failed(e) => {
+                warn!("accept on {} failed: {e}", self.sockets.path(which).display())
             }
         }
     }
 
-    /// Accept every queued weavelet (at the open-file limit, like clients,
-    /// the rest wait and accepting is tried again).
-    fn accept_weavelets(&mut self) {
-        while let Some(listener) = self.weavelet_listener.as_ref() {
-            match listener.accept() {
-                Ok((stream, _)) => self.hub.accept(stream, Instant::now(), &mut self.fx),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    self.timers.arm(Instant::now() + ACCEPT_RETRY, Timer::AcceptRetry);
-                    return;
-                }
-                Err(e) => {
-                    warn!("accept on the weavelet socket failed: {e}");
-                    return;
-                }
-            }
+    /// Accepting stopped at the open-file limit: try every listener again.
+    fn accept_again(&mut self) {
+        for w in [Which::Control, Which::Weavelet, Which::Compute] {
+            self.accept_on(w);
         }
     }
 
@@ -417,7 +401,7 @@ impl Reactor {
                     crate::sys::trim_heap();
                 }
                 if self.accept_starved.is_some() {
-                    self.accept_clients();
+                    self.accept_again();
                 }
             }
             Effect::Publish { instance, kind } => self.follow.publish(wall_ms(), &instance, kind),
@@ -481,10 +465,7 @@ impl Reactor {
                 }
                 Timer::Sweep { pgid } => self.procs.sweep_done(pgid),
                 Timer::SweepOrphan { pid } => self.procs.orphan_overdue(pid),
-                Timer::AcceptRetry => {
-                    self.accept_clients();
-                    self.accept_weavelets();
-                }
+                Timer::AcceptRetry => self.accept_again(),
                 Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
@@ -535,19 +516,12 @@ impl Reactor {
                 warn!("cannot watch the new {}: {e}", self.sockets.path(w).display());
                 continue;
             }
+            // Connections queued on the old socket are taken first.
+            self.accept_on(w);
             let old = match w {
-                Which::Control => {
-                    self.accept_clients();
-                    self.control.replace(fresh)
-                }
-                Which::Compute => {
-                    self.dispatch(token::COMPUTE_LISTENER, true, false);
-                    Some(std::mem::replace(&mut self.compute_listener, fresh))
-                }
-                Which::Weavelet => {
-                    self.accept_weavelets();
-                    self.weavelet_listener.replace(fresh)
-                }
+                Which::Control => self.control.replace(fresh),
+                Which::Compute => Some(std::mem::replace(&mut self.compute_listener, fresh)),
+                Which::Weavelet => self.weavelet_listener.replace(fresh),
             };
             if let Some(mut old) = old {
                 let _ = self.poll.registry().deregister(&mut old);
