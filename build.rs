@@ -6,6 +6,9 @@
 //! `--version` and the `info` op report what `Cargo.toml` says (the Makefile
 //! reads the same line).
 //!
+//! Under `cargo fuzz` the C library is built with clang and the same
+//! sanitizer and coverage instrumentation as the Rust code.
+//!
 //! The bindings are committed so that a machine without libclang builds. With
 //! the feature on, a committed file that differs from the fresh output fails
 //! the build (CI runs this), unless `WEAVER_BLESS_BINDINGS=1` asks to rewrite it.
@@ -45,11 +48,41 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=include/weaver_compute.h");
+    fuzzing_instrumentation(&mut build);
     build.compile("weaver_compute");
     println!("cargo:rustc-link-lib=pthread");
 
     #[cfg(feature = "regen-bindings")]
     regen_bindings();
+}
+
+/// Under `cargo fuzz` (`--cfg fuzzing` and `-Zsanitizer=...` in RUSTFLAGS),
+/// the C library gets what the Rust code gets: libFuzzer's coverage
+/// instrumentation and the same sanitizer, so that fuzzing through the FFI
+/// is guided by the C code's branches and catches its memory errors. That
+/// takes clang (`CC` if set, else `clang`): gcc's coverage hooks are not
+/// the ones libFuzzer reads.
+fn fuzzing_instrumentation(build: &mut cc::Build) {
+    if std::env::var_os("CARGO_CFG_FUZZING").is_none() {
+        return;
+    }
+    if std::env::var_os("CC").is_none() {
+        build.compiler("clang");
+    }
+    if !build.get_compiler().is_like_clang() {
+        println!(
+            "cargo:warning=the C library is built without fuzzing instrumentation: \
+             it needs clang (set CC=clang)"
+        );
+        return;
+    }
+    build.flag("-fsanitize=fuzzer-no-link").flag("-fno-omit-frame-pointer");
+    let sanitizers = std::env::var("CARGO_CFG_SANITIZE").unwrap_or_default();
+    for s in sanitizers.split(',') {
+        if matches!(s, "address" | "memory" | "thread") {
+            build.flag(format!("-fsanitize={s}"));
+        }
+    }
 }
 
 #[cfg(feature = "regen-bindings")]

@@ -222,6 +222,26 @@ enum wc_serve_result {
  */
 enum wc_serve_result wc_serve(int fd, const struct wc_serve_opts *opts, char *err, size_t err_len);
 
+/** A whole frame from wc_read_frames: `payload` (`len` bytes; NULL and 0
+ *  when empty or not kept) is valid only during the call. */
+typedef void (*wc_frame_fn)(void *ctx, const struct wc_header *h, const uint8_t *payload, size_t len);
+
+/**
+ * Run `len` bytes at `in` through the frame reader wc_serve reads its socket
+ * with, as if each read had returned at most `chunk` of them (0: as many as
+ * the reader takes at once), then end of file. Each whole frame goes to
+ * `on_frame` (may be NULL) with `ctx`, its payload kept (`keep` != 0) or
+ * only counted (0). Pure: no I/O, no threads, nothing kept after it
+ * returns. Returns WC_SERVE_PEER_CLOSED once every byte is read,
+ * WC_SERVE_PROTOCOL at a header that cannot be trusted (nothing after it is
+ * read), WC_SERVE_ERROR when out of memory. *partial (if not NULL) is set to
+ * the bytes of the frame being read when reading stopped (header included;
+ * 0 when it stopped between frames). A one-line reason is written into
+ * `err` (NUL-terminated when err_len > 0).
+ */
+enum wc_serve_result wc_read_frames(const uint8_t *in, size_t len, size_t chunk, int keep, wc_frame_fn on_frame,
+                                    void *ctx, size_t *partial, char *err, size_t err_len);
+
 /**
  * The compute-daemon program: parses argv (--socket-path, --workers, --help),
  * arms the parent-death signal, connects, sends HELLO and serves until EOF on

@@ -110,6 +110,19 @@ impl<F: Framing> Decoder<F> {
         self.head_len == 0 && self.current.is_none()
     }
 
+    /// Bytes of the frame being read so far, head included (0 between
+    /// frames).
+    pub fn partial_len(&self) -> usize {
+        self.head_len + self.meta.len() + self.payload.len()
+    }
+
+    /// Bytes of buffer held for the frame being read (what its head
+    /// announced, reserved once the head is in): the decoder's memory
+    /// beyond its fixed head buffer.
+    pub fn reserved(&self) -> usize {
+        self.meta.capacity() + self.payload.capacity()
+    }
+
     /// The complete frame, if every byte of it is in.
     fn complete(&mut self) -> Option<F::Frame> {
         let (head, meta_len, payload_len) = self.current?;

@@ -23,6 +23,8 @@ pub mod daemon; // the daemon: startup order, reactor, compute, mux
 pub mod error; // error kind + message; exit codes
 pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
 pub mod frame; // control-socket framing, pure
+#[doc(hidden)]
+pub mod fuzzing; // fuzz target bodies, shared by fuzz/ and tests/fuzz_corpus.rs
 pub mod launch; // connect-or-start, readiness pipe
 pub mod logging; // env_logger set-up for the daemon
 pub mod output; // stdout (a closed one ends the command quietly) and stderr

@@ -10,12 +10,20 @@ use crate::codec::{Decoder, Framing, NextBuffer};
 /// buffer; larger ones go in a second write, uncopied.
 const COPY_MAX: usize = 64 * 1024;
 
+/// Bounds on the body bytes one read asks for. Each read may take twice
+/// what the one before it got, within these: the buffer is zero-filled up
+/// to what is asked, so a peer that sends a little at a time costs a
+/// little per read, not the whole rest of a large payload every time.
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 256 * 1024;
+
 /// Read one frame from a blocking reader (a read interrupted by a signal
 /// is retried); `Ok(None)` on EOF between frames, `UnexpectedEof` inside one, `InvalidData` for a bad head.
 pub fn read_frame<F: Framing, R: Read>(
     dec: &mut Decoder<F>,
     r: &mut R,
 ) -> io::Result<Option<F::Frame>> {
+    let mut ask = READ_MIN;
     loop {
         let n = match dec.next_buffer() {
             None => return Ok(dec.direct_done()),
@@ -36,13 +44,15 @@ pub fn read_frame<F: Framing, R: Read>(
             }
             Some(NextBuffer::Body(buf, want)) => {
                 let start = buf.len();
-                buf.resize(want, 0);
+                buf.resize(want.min(start + ask), 0);
                 let n = r.read(&mut buf[start..]);
                 buf.truncate(start + *n.as_ref().unwrap_or(&0));
-                match n {
+                let n = match n {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     n => n?,
-                }
+                };
+                ask = (2 * n).clamp(READ_MIN, READ_MAX);
+                n
             }
         };
         if n == 0 {
@@ -98,6 +108,44 @@ mod tests {
         let mut r = &[0xffu8; 8][..];
         let mut d = frame::Decoder::new();
         assert_eq!(read_frame(&mut d, &mut r).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// Returns at most `per_read` bytes a read and records what each read
+    /// asked for.
+    struct Recorder<'a> {
+        data: &'a [u8],
+        per_read: usize,
+        asked: Vec<usize>,
+    }
+
+    impl Read for Recorder<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.asked.push(buf.len());
+            let n = buf.len().min(self.per_read).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_slow_peer_is_asked_for_little_and_a_fast_one_for_more() {
+        let payload = vec![3u8; 4 * 1024 * 1024];
+        let bytes = wire::encode_frame(wire::kind::RESPONSE, 1, wire::status::OK, &payload);
+        let read = |per_read| {
+            let mut r = Recorder { data: &bytes, per_read, asked: Vec::new() };
+            let f = read_frame(&mut wire::FrameDecoder::new(), &mut r).unwrap().unwrap();
+            assert!(f.payload == payload);
+            r.asked
+        };
+        // A little at a time: no read asks for (and zero-fills) more than
+        // READ_MIN, however much of the payload is still to come.
+        let asked = read(100);
+        assert_eq!(asked.iter().max(), Some(&READ_MIN));
+        // All there is: the asks double up to READ_MAX.
+        let asked = read(usize::MAX);
+        assert_eq!(asked.iter().max(), Some(&READ_MAX));
+        assert!(asked.len() < 4 * 1024 * 1024 / READ_MAX + 10, "{} reads", asked.len());
     }
 
     #[test]

@@ -242,6 +242,58 @@ fn c_and_rust_headers_agree_byte_for_byte() {
     assert_eq!(ffi::op_name(99), "unknown op");
 }
 
+// ---- the frame reader over bytes in memory --------------------------------
+
+#[test]
+fn read_frames_gives_the_same_frames_for_every_chunking() {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut bytes = wire::encode_frame(kind::REQUEST, 1, op::ECHO, b"hello");
+    bytes.extend(wire::encode_frame(kind::PING, 2, 0, b""));
+    // Over the staging buffer: read straight into its own buffer.
+    bytes.extend(wire::encode_frame(kind::REQUEST, 3, op::ECHO, &big));
+    bytes.extend(wire::encode_frame(kind::CANCEL, 4, op::ECHO, b"x"));
+    for keep in [true, false] {
+        for chunk in [0, 1, 7, 24, 25, 4096, 65_536, 70_000] {
+            let r = ffi::read_frames(&bytes, chunk, keep);
+            assert_eq!(r.result, ServeResult::PeerClosed, "chunk {chunk}: {}", r.message);
+            assert_eq!((r.partial, r.message.as_str()), (0, "peer closed the connection"));
+            let ids: Vec<u64> = r.frames.iter().map(|(h, _)| h.request_id).collect();
+            assert_eq!(ids, [1, 2, 3, 4], "chunk {chunk}");
+            let lens: Vec<u32> = r.frames.iter().map(|(h, _)| h.payload_len).collect();
+            assert_eq!(lens, [5, 0, 300_000, 1]);
+            if keep {
+                assert_eq!(r.frames[0].1, b"hello");
+                assert!(r.frames[2].1 == big, "chunk {chunk}: the large payload differs");
+            } else {
+                assert!(r.frames.iter().all(|(_, p)| p.is_empty()), "chunk {chunk}");
+            }
+        }
+    }
+}
+
+#[test]
+fn read_frames_reports_a_cut_short_frame_and_a_bad_header() {
+    let mut bytes = wire::encode_frame(kind::PING, 1, 0, b"abc");
+    bytes.extend(wire::encode_frame(kind::REQUEST, 2, op::ECHO, &[9u8; 100]));
+    let r = ffi::read_frames(&bytes[..bytes.len() - 60], 5, true);
+    assert_eq!(r.result, ServeResult::PeerClosed);
+    assert_eq!((r.frames.len(), r.partial), (1, 24 + 40));
+    assert!(r.message.contains("40 of 100"), "{}", r.message);
+    let r = ffi::read_frames(&bytes[..30], 0, true);
+    assert_eq!((r.frames.len(), r.partial), (1, 3));
+    assert!(r.message.contains("3 of 24"), "{}", r.message);
+
+    let mut bad = wire::encode_frame(kind::PING, 1, 0, b"abc");
+    bad.extend(header_bytes(wire::MAGIC, 1, 42, 2, 0, 0));
+    bad.extend(wire::encode_frame(kind::PING, 3, 0, b""));
+    let r = ffi::read_frames(&bad, 0, true);
+    assert_eq!(r.result, ServeResult::Protocol);
+    assert_eq!(r.frames.len(), 1, "nothing after the bad header is read");
+    assert!(r.message.contains("unknown frame kind 42"), "{}", r.message);
+    let r = ffi::read_frames(b"", 0, true);
+    assert_eq!((r.result, r.frames.len(), r.partial), (ServeResult::PeerClosed, 0, 0));
+}
+
 // ---- the request loop ----------------------------------------------------
 
 #[test]

@@ -7,6 +7,10 @@
  * to come it is read straight into its own buffer, which grows by doubling
  * from STAGE_SIZE up to payload_len, so a 16 MiB frame never needs 16 MiB
  * up front nor a second copy. I/O-thread only; no locking.
+ *
+ * wc_read_frames (weaver_compute.h) runs the same reader over bytes in
+ * memory: each pass copies into the buffer a recv() would fill, so
+ * everything but the recv() call itself is the code wc_serve runs.
  */
 #define _GNU_SOURCE
 
@@ -166,29 +170,49 @@ static int read_error(struct wc_reader *rd, int e)
     return WC_SERVE_ERROR;
 }
 
+/* Where the next read goes: straight into a large kept payload's buffer
+ * (grown first; *direct = 1), or the staging buffer. 0, or -1 with a reason
+ * in err. */
+static int read_target(struct wc_reader *rd, uint8_t **dst, size_t *room, int *direct)
+{
+    size_t remaining = rd->in_payload ? rd->h.payload_len - rd->fill : 0;
+    if (rd->in_payload && !rd->discard && remaining >= STAGE_SIZE) {
+        if (reserve(rd, rd->fill + (remaining < STAGE_SIZE * 4 ? remaining : STAGE_SIZE * 4)) != 0)
+            return -1;
+        size_t room_left = rd->cap - rd->fill;
+        *dst = rd->buf + rd->fill;
+        *room = room_left < remaining ? room_left : remaining;
+        *direct = 1;
+    } else {
+        *dst = rd->stage;
+        *room = STAGE_SIZE;
+        *direct = 0;
+    }
+    return 0;
+}
+
+/* `n` > 0 bytes were read into the target read_target gave. */
+static int read_done(struct wc_reader *rd, int direct, size_t n)
+{
+    if (!direct)
+        return consume(rd, rd->stage, n);
+    rd->fill += n;
+    return rd->fill == rd->h.payload_len ? end_frame(rd) : WC_GO_ON;
+}
+
 int wc_reader_recv(struct wc_reader *rd, int fd, size_t *got)
 {
     *got = 0;
     for (;;) {
-        ssize_t n;
-        size_t remaining = rd->in_payload ? rd->h.payload_len - rd->fill : 0;
-        if (rd->in_payload && !rd->discard && remaining >= STAGE_SIZE) {
-            /* Large payload: read straight into its buffer, growing it. */
-            if (reserve(rd, rd->fill + (remaining < STAGE_SIZE * 4 ? remaining : STAGE_SIZE * 4)) != 0)
-                return WC_SERVE_ERROR;
-            size_t room = rd->cap - rd->fill;
-            n = recv(fd, rd->buf + rd->fill, room < remaining ? room : remaining, MSG_DONTWAIT);
-            if (n > 0) {
-                rd->fill += (size_t)n;
-                *got = (size_t)n;
-                return rd->fill == rd->h.payload_len ? end_frame(rd) : WC_GO_ON;
-            }
-        } else {
-            n = recv(fd, rd->stage, STAGE_SIZE, MSG_DONTWAIT);
-            if (n > 0) {
-                *got = (size_t)n;
-                return consume(rd, rd->stage, (size_t)n);
-            }
+        uint8_t *dst;
+        size_t room;
+        int direct;
+        if (read_target(rd, &dst, &room, &direct) != 0)
+            return WC_SERVE_ERROR;
+        ssize_t n = recv(fd, dst, room, MSG_DONTWAIT);
+        if (n > 0) {
+            *got = (size_t)n;
+            return read_done(rd, direct, (size_t)n);
         }
         if (n == 0)
             return read_eof(rd);
@@ -221,4 +245,63 @@ void wc_reader_free(struct wc_reader *rd)
     rd->buf = NULL;
     rd->stage = NULL;
     rd->cap = rd->fill = 0;
+}
+
+/* ---- Bytes from memory (wc_read_frames) -------------------------------- */
+
+struct memory_sink {
+    int keep;
+    wc_frame_fn on_frame;
+    void *ctx;
+};
+
+static int memory_begin(void *ctx, const struct wc_header *h)
+{
+    (void)h;
+    return ((const struct memory_sink *)ctx)->keep;
+}
+
+static int memory_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size_t len)
+{
+    const struct memory_sink *s = ctx;
+    if (s->on_frame != NULL)
+        s->on_frame(s->ctx, h, payload, len);
+    free(payload);
+    return WC_GO_ON;
+}
+
+enum wc_serve_result wc_read_frames(const uint8_t *in, size_t len, size_t chunk, int keep, wc_frame_fn on_frame,
+                                    void *ctx, size_t *partial, char *err, size_t err_len)
+{
+    struct memory_sink ms = {.keep = keep != 0, .on_frame = on_frame, .ctx = ctx};
+    const struct wc_reader_sink sink = {.ctx = &ms, .begin = memory_begin, .frame = memory_frame};
+    struct wc_reader rd;
+    int r = WC_GO_ON;
+    if (wc_reader_init(&rd, &sink, err, err_len) != 0)
+        r = WC_SERVE_ERROR;
+    size_t used = 0;
+    /* Each pass is one recv() that returned min(room, chunk, rest) bytes. */
+    while (r == WC_GO_ON && used < len) {
+        uint8_t *dst;
+        size_t room;
+        int direct;
+        if (read_target(&rd, &dst, &room, &direct) != 0) {
+            r = WC_SERVE_ERROR;
+            break;
+        }
+        size_t n = len - used;
+        if (chunk > 0 && n > chunk)
+            n = chunk;
+        if (n > room)
+            n = room;
+        memcpy(dst, in + used, n);
+        used += n;
+        r = read_done(&rd, direct, n);
+    }
+    if (r == WC_GO_ON)
+        r = read_eof(&rd);
+    if (partial != NULL)
+        *partial = rd.in_payload ? WC_HEADER_SIZE + rd.fill : rd.hdr_fill;
+    wc_reader_free(&rd);
+    return (enum wc_serve_result)r;
 }

@@ -229,6 +229,40 @@ extern "C" {
         err_len: usize,
     ) -> wc_serve_result;
 }
+/** A whole frame from wc_read_frames: `payload` (`len` bytes; NULL and 0
+  when empty or not kept) is valid only during the call.*/
+pub type wc_frame_fn = ::std::option::Option<
+    unsafe extern "C" fn(
+        ctx: *mut ::std::os::raw::c_void,
+        h: *const wc_header,
+        payload: *const u8,
+        len: usize,
+    ),
+>;
+extern "C" {
+    /** Run `len` bytes at `in` through the frame reader wc_serve reads its socket
+ with, as if each read had returned at most `chunk` of them (0: as many as
+ the reader takes at once), then end of file. Each whole frame goes to
+ `on_frame` (may be NULL) with `ctx`, its payload kept (`keep` != 0) or
+ only counted (0). Pure: no I/O, no threads, nothing kept after it
+ returns. Returns WC_SERVE_PEER_CLOSED once every byte is read,
+ WC_SERVE_PROTOCOL at a header that cannot be trusted (nothing after it is
+ read), WC_SERVE_ERROR when out of memory. *partial (if not NULL) is set to
+ the bytes of the frame being read when reading stopped (header included;
+ 0 when it stopped between frames). A one-line reason is written into
+ `err` (NUL-terminated when err_len > 0).*/
+    pub fn wc_read_frames(
+        in_: *const u8,
+        len: usize,
+        chunk: usize,
+        keep: ::std::os::raw::c_int,
+        on_frame: wc_frame_fn,
+        ctx: *mut ::std::os::raw::c_void,
+        partial: *mut usize,
+        err: *mut ::std::os::raw::c_char,
+        err_len: usize,
+    ) -> wc_serve_result;
+}
 extern "C" {
     /** The compute-daemon program: parses argv (--socket-path, --workers, --help),
  arms the parent-death signal, connects, sends HELLO and serves until EOF on

@@ -189,3 +189,66 @@ pub fn op_name(op: u32) -> &'static str {
     // SAFETY: pure function returning a static string.
     static_str(unsafe { wc_op_name(op) })
 }
+
+/// What [`read_frames`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FramesRead {
+    /// Each whole frame, in order: its header and payload (empty when
+    /// payloads are not kept).
+    pub frames: Vec<(wc_header, Vec<u8>)>,
+    /// Why reading stopped: [`ServeResult::PeerClosed`] once every byte
+    /// was read, [`ServeResult::Protocol`] at an untrustworthy header,
+    /// [`ServeResult::Error`] when out of memory.
+    pub result: ServeResult,
+    /// Bytes of the frame being read when reading stopped, header
+    /// included; 0 when it stopped between frames.
+    pub partial: usize,
+    /// The C side's one-line reason.
+    pub message: String,
+}
+
+/// Collects the frames [`read_frames`] hands over.
+extern "C" fn collect_frame(
+    ctx: *mut std::ffi::c_void,
+    h: *const wc_header,
+    payload: *const u8,
+    len: usize,
+) {
+    // SAFETY: ctx is the `Vec` read_frames passes, alive and not otherwise
+    // borrowed during the call; h points to a valid header for the call.
+    let (frames, h) = unsafe { (&mut *ctx.cast::<Vec<(wc_header, Vec<u8>)>>(), *h) };
+    let payload = if payload.is_null() || len == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: the C side passes `len` readable bytes at `payload`.
+        unsafe { std::slice::from_raw_parts(payload, len) }.to_vec()
+    };
+    frames.push((h, payload));
+}
+
+/// Run `bytes` through the compute daemon's frame reader
+/// (`wc_read_frames`), as if each socket read returned at most `chunk` of
+/// them (0: as many as the reader takes), then end of file; payloads kept
+/// or only counted.
+pub fn read_frames(bytes: &[u8], chunk: usize, keep: bool) -> FramesRead {
+    let mut frames: Vec<(wc_header, Vec<u8>)> = Vec::new();
+    let mut partial = 0usize;
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: bytes is readable for bytes.len(); collect_frame gets `frames`
+    // as ctx and only during this call; partial and err are writable (err
+    // for err.len() bytes).
+    let r = unsafe {
+        wc_read_frames(
+            bytes.as_ptr(),
+            bytes.len(),
+            chunk,
+            i32::from(keep),
+            Some(collect_frame),
+            (&mut frames as *mut Vec<(wc_header, Vec<u8>)>).cast(),
+            &mut partial,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    FramesRead { frames, result: r.into(), partial, message: message(&err) }
+}

@@ -1,0 +1,4 @@
+//! `weaver::fuzzing::config`: see src/fuzzing.rs.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weaver::fuzzing::config(data));

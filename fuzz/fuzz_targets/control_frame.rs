@@ -1,0 +1,4 @@
+//! `weaver::fuzzing::control_frame`: see src/fuzzing.rs.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weaver::fuzzing::control_frame(data));

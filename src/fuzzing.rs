@@ -1,0 +1,399 @@
+//! The body of every fuzz target, one function per decoder of outside
+//! bytes. The targets in `fuzz/fuzz_targets/` call these, and
+//! `tests/fuzz_corpus.rs` replays the saved corpora through them, so both
+//! run the same checks. Each takes arbitrary bytes and panics only when an
+//! invariant breaks:
+//!
+//! - no decoder panics, whatever the bytes: every failure is an error value
+//!   with a message;
+//! - bytes fed in any split (whole, one at a time, in pieces derived from
+//!   the input, through the reactor's direct reads or the blocking reader)
+//!   give the same frames and end the same way (clean, cut short after the
+//!   same number of bytes, or the same error);
+//! - a decoder never reserves more than its framing's largest frame, and
+//!   refuses a bad head before reserving anything;
+//! - what decodes re-encodes to bytes that decode to the same value;
+//! - the C reader (through FFI) and the Rust decoder read the same frames
+//!   and stop at the same place for the same reason.
+
+use std::fmt::Debug;
+use std::io::{self, Read};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{Decoder, Framing};
+use crate::ffi::{self, ServeResult};
+use crate::protocol::{self, ClientMsg, Handshake, ServerMsg};
+use crate::{frame, stream, supervise, wire};
+
+/// Control framing and message decoding: `frame::Decoder` fed every way,
+/// each frame's message (and the input itself) decoded as each message
+/// type.
+pub fn control_frame(data: &[u8]) {
+    let out = decode_every_way::<frame::Control>(data, frame::MAX_CONTROL_FRAME - 4);
+    for f in &out.frames {
+        assert!(f.meta.len() <= frame::MAX_META, "message of {} bytes", f.meta.len());
+        messages(&f.meta);
+    }
+    messages(data);
+}
+
+/// Compute framing: `wire::FrameDecoder` fed every way, each payload (and
+/// the input itself) parsed as a HELLO.
+pub fn compute_frame(data: &[u8]) {
+    let out = decode_every_way::<wire::Compute>(data, wire::MAX_PAYLOAD);
+    for f in &out.frames {
+        let h = &f.header;
+        assert!((1..=wire::kind::LAST).contains(&h.kind), "kind {}", h.kind);
+        assert_eq!(h.payload_len as usize, f.payload.len());
+        hello(&f.payload);
+    }
+    hello(data);
+}
+
+/// The C daemon's frame reader through FFI (`ffi::read_frames`): the same
+/// outcome in one read, a byte per read and in pieces derived from the
+/// input, payloads kept or counted; and the same frames and end as the Rust
+/// decoder.
+pub fn c_reader(data: &[u8]) {
+    let whole = ffi::read_frames(data, 0, true);
+    let chunk = 1 + (fnv1a(data) % 97) as usize;
+    for (chunk, keep) in [(1, true), (chunk, true), (chunk, false)] {
+        let r = ffi::read_frames(data, chunk, keep);
+        assert_eq!(
+            (r.result, r.partial, &r.message),
+            (whole.result, whole.partial, &whole.message),
+            "read {chunk} bytes at a time (keep {keep})"
+        );
+        assert_eq!(r.frames.len(), whole.frames.len(), "read {chunk} bytes at a time");
+        for ((h, p), (wh, wp)) in r.frames.iter().zip(&whole.frames) {
+            assert_eq!(h, wh, "read {chunk} bytes at a time");
+            assert_eq!(p, if keep { wp } else { &[][..] }, "read {chunk} bytes at a time");
+        }
+    }
+    assert!(!whole.message.is_empty());
+
+    let rust = decode(&mut Decoder::<wire::Compute>::new(), data, wire::MAX_PAYLOAD, &mut Whole);
+    assert_eq!(whole.frames.len(), rust.frames.len(), "C: {}", whole.message);
+    for ((h, p), f) in whole.frames.iter().zip(&rust.frames) {
+        let c = wire::Header {
+            kind: h.kind,
+            request_id: h.request_id,
+            code: h.code,
+            payload_len: h.payload_len,
+        };
+        assert_eq!((h.magic, h.version), (wire::MAGIC, wire::VERSION));
+        assert_eq!(c, f.header);
+        assert_eq!(p, &f.payload);
+    }
+    match (&rust.end, whole.result) {
+        (End::Clean, ServeResult::PeerClosed) => assert_eq!(whole.partial, 0),
+        (End::Partial(n), ServeResult::PeerClosed) => assert_eq!(whole.partial, *n),
+        (End::Bad(e), ServeResult::Protocol) => {
+            assert_eq!(whole.partial, wire::HEADER_SIZE);
+            let word = match e.split_whitespace().next() {
+                Some("bad") if e.starts_with("bad frame magic") => "bad magic",
+                Some("compute") => "protocol version",
+                Some("unknown") => "unknown frame kind",
+                _ => "over the maximum",
+            };
+            assert!(whole.message.contains(word), "C: {:?}, Rust: {e:?}", whole.message);
+        }
+        (end, r) => panic!("Rust ended {end:?}, C {r:?}: {}", whole.message),
+    }
+}
+
+/// Configurations with more instances than this are not expanded here
+/// (each instance is a full copy of its process's settings).
+const EXPAND_MAX: u64 = 64;
+
+/// The `weaver.toml` loader on any text (invalid UTF-8 replaced): a
+/// configuration that expands to uniquely named instances, or errors that
+/// each say something, with positions in the text, in file order.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let errors = match supervise::parse(&text, "weaver.toml") {
+        Ok(c) => {
+            let total: u64 = c.processes.iter().map(|p| u64::from(p.instances)).sum();
+            if total <= EXPAND_MAX {
+                let instances = c.expand();
+                assert_eq!(instances.len() as u64, total);
+                let mut names: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                assert_eq!(names.len(), instances.len(), "two instances share a name");
+            }
+            return;
+        }
+        Err(errors) => errors,
+    };
+    assert!(!errors.0.is_empty(), "an error without a message");
+    let lines = text.split('\n').count();
+    let mut last = (0, 0);
+    for e in &errors.0 {
+        assert!(!e.message.trim().is_empty(), "an empty message at {}:{}", e.line, e.col);
+        assert_eq!(e.file, "weaver.toml");
+        assert!((1..=lines).contains(&e.line) && e.col >= 1, "{e}");
+        assert!((e.line, e.col) >= last, "errors out of file order: {errors}");
+        last = (e.line, e.col);
+    }
+}
+
+// ---- decoders fed every way -----------------------------------------------
+
+/// How a run of a decoder over the whole input ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// Between frames.
+    Clean,
+    /// Inside a frame, after this many of its bytes.
+    Partial(usize),
+    /// At a bad head; the error's text.
+    Bad(String),
+}
+
+#[derive(Debug, PartialEq)]
+struct Outcome<T> {
+    frames: Vec<T>,
+    end: End,
+}
+
+/// Decode `data` whole, a byte at a time, in pieces with the reactor's
+/// direct reads, and through the blocking reader; all four must agree.
+fn decode_every_way<F: Framing>(data: &[u8], cap: usize) -> Outcome<F::Frame>
+where
+    F::Frame: PartialEq + Debug,
+{
+    let whole = decode(&mut Decoder::<F>::new(), data, cap, &mut Whole);
+    let seed = fnv1a(data);
+    let bytes = decode(&mut Decoder::<F>::new(), data, cap, &mut Splits::fixed(1));
+    assert_eq!(bytes, whole, "fed a byte at a time");
+    let pieces = decode(&mut Decoder::<F>::new(), data, cap, &mut Splits::new(seed));
+    assert_eq!(pieces, whole, "fed in pieces");
+    let blocking = read_blocking::<F>(data, cap, Splits::new(seed.rotate_left(32)));
+    assert_eq!(blocking, whole, "read by the blocking reader");
+    whole
+}
+
+/// Chunk lengths to feed.
+trait Chunking {
+    fn next_len(&mut self) -> usize;
+}
+
+/// Everything at once.
+struct Whole;
+
+impl Chunking for Whole {
+    fn next_len(&mut self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Pseudo-random lengths from a seed (derived from the input, so a saved
+/// input replays the same splits), all at most `max`.
+struct Splits {
+    state: u64,
+    max: usize,
+}
+
+impl Splits {
+    fn new(seed: u64) -> Splits {
+        let max = [1, 7, 64, 4096][(seed % 4) as usize];
+        Splits { state: seed | 1, max }
+    }
+
+    fn fixed(len: usize) -> Splits {
+        Splits { state: 0, max: len }
+    }
+}
+
+impl Chunking for Splits {
+    fn next_len(&mut self) -> usize {
+        if self.state == 0 {
+            return self.max;
+        }
+        // xorshift64
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        1 + (self.state % self.max as u64) as usize
+    }
+}
+
+/// Feed `data` in the chunks `split` gives, the way the reactor does: a
+/// large payload's bytes go straight into the buffer `direct_target` gives
+/// (never past its reserved room), everything else through `feed`.
+fn decode<F: Framing>(
+    dec: &mut Decoder<F>,
+    mut data: &[u8],
+    cap: usize,
+    split: &mut dyn Chunking,
+) -> Outcome<F::Frame> {
+    let mut frames = Vec::new();
+    while !data.is_empty() {
+        let n = split.next_len().min(data.len());
+        if let Some(v) = dec.direct_target() {
+            let room = v.capacity() - v.len();
+            assert!(room > 0, "a direct target with no room");
+            let n = n.min(room);
+            v.extend_from_slice(&data[..n]);
+            assert_eq!(v.capacity() - v.len(), room - n, "a direct read grew the buffer");
+            data = &data[n..];
+            frames.extend(dec.direct_done());
+            assert!(dec.reserved() <= cap, "{} bytes reserved", dec.reserved());
+            continue;
+        }
+        let mut piece = &data[..n];
+        data = &data[n..];
+        while !piece.is_empty() {
+            match dec.feed(piece) {
+                Ok((used, frame)) => {
+                    assert!(used > 0 && used <= piece.len(), "feed used {used} of {}", piece.len());
+                    piece = &piece[used..];
+                    frames.extend(frame);
+                }
+                Err(e) => return Outcome { frames, end: bad(dec, e) },
+            }
+            assert!(dec.reserved() <= cap, "{} bytes reserved", dec.reserved());
+        }
+    }
+    let end = if dec.is_idle() { End::Clean } else { End::Partial(dec.partial_len()) };
+    assert_eq!(dec.is_idle(), dec.partial_len() == 0);
+    Outcome { frames, end }
+}
+
+/// The end at a bad head: an error with a message, nothing reserved.
+fn bad<F: Framing>(dec: &Decoder<F>, e: F::Error) -> End {
+    let text = e.to_string();
+    assert!(!text.is_empty(), "an error without a message: {e:?}");
+    assert_eq!(dec.reserved(), 0, "a bad head reserved memory: {e}");
+    End::Bad(text)
+}
+
+/// A blocking reader that returns the bytes in pieces.
+struct Trickle<'a> {
+    data: &'a [u8],
+    split: Splits,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.split.next_len().min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Read every frame with `stream::read_frame`, as the command line does.
+fn read_blocking<F: Framing>(data: &[u8], cap: usize, split: Splits) -> Outcome<F::Frame> {
+    let mut r = Trickle { data, split };
+    let mut dec = Decoder::<F>::new();
+    let mut frames = Vec::new();
+    loop {
+        let got = stream::read_frame(&mut dec, &mut r);
+        assert!(dec.reserved() <= cap, "{} bytes reserved", dec.reserved());
+        let end = match got {
+            Ok(Some(f)) => {
+                frames.push(f);
+                continue;
+            }
+            Ok(None) => End::Clean,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => End::Partial(dec.partial_len()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                assert_eq!(dec.reserved(), 0, "a bad head reserved memory: {e}");
+                End::Bad(e.to_string())
+            }
+            Err(e) => panic!("read_frame failed with {e:?}"),
+        };
+        return Outcome { frames, end };
+    }
+}
+
+// ---- messages ---------------------------------------------------------------
+
+/// `bytes` decoded as each message type the control socket carries.
+fn messages(bytes: &[u8]) {
+    round_trip::<Handshake>(bytes, "handshake");
+    round_trip::<ClientMsg>(bytes, "request");
+    round_trip::<ServerMsg>(bytes, "reply");
+}
+
+/// A message that decodes encodes to bytes that decode to it again; one
+/// that does not is an error that says so.
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8], what: &str) {
+    match protocol::decode::<T>(bytes, what) {
+        Ok(m) => {
+            let again = protocol::encode(&m);
+            match protocol::decode::<T>(&again, what) {
+                Ok(m2) => assert_eq!(m2, m, "{what} changed in a round trip"),
+                Err(e) => panic!("{what} {m:?} encodes to bytes that do not decode: {e}"),
+            }
+        }
+        Err(e) => assert!(e.starts_with("malformed ") && e.len() > 10 + what.len(), "{e:?}"),
+    }
+}
+
+/// A HELLO payload that parses encodes back to the same bytes (the
+/// reserved field aside) and parses to the same value.
+fn hello(p: &[u8]) {
+    match wire::Hello::parse(p) {
+        Ok(h) => {
+            let again = h.encode();
+            assert_eq!(again.len(), p.len());
+            assert_eq!((&again[..2], &again[4..]), (&p[..2], &p[4..]));
+            assert_eq!(wire::Hello::parse(&again), Ok(h));
+        }
+        Err(e) => assert!(e.starts_with("HELLO "), "{e:?}"),
+    }
+}
+
+/// FNV-1a, to derive splits from the input.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The weavelet line codec (`weavelet::codec`): `LineDecoder` fed whole, a
+/// byte at a time and in pieces derived from the input gives the same
+/// lines and ends the same way; it never holds more than one bounded line;
+/// every line parses to a message or an error with a message.
+pub fn weavelet_line(data: &[u8]) {
+    use crate::codec::StreamDecoder;
+    use crate::weavelet::codec::{parse, LineDecoder};
+    use crate::weavelet::MAX_LINE;
+
+    fn run(data: &[u8], piece: impl Fn(usize) -> usize) -> (Vec<Vec<u8>>, Option<String>) {
+        let mut d = LineDecoder::new();
+        let mut lines = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + piece(at).max(1)).min(data.len());
+            let mut chunk = &data[at..end];
+            while !chunk.is_empty() {
+                match d.feed(chunk) {
+                    Ok((used, line)) => {
+                        assert!(used > 0 && used <= chunk.len(), "used {used} of {}", chunk.len());
+                        chunk = &chunk[used..];
+                        lines.extend(line);
+                    }
+                    Err(e) => return (lines, Some(e.to_string())),
+                }
+                assert!(d.buffered() <= MAX_LINE, "holds {} bytes", d.buffered());
+            }
+            at = end;
+        }
+        (lines, None)
+    }
+    let whole = run(data, |_| usize::MAX);
+    assert_eq!(run(data, |_| 1), whole, "a byte at a time");
+    let seed = data.first().copied().unwrap_or(1) as usize;
+    assert_eq!(run(data, |at| (at * 31 + seed) % 97 + 1), whole, "in pieces");
+    for line in &whole.0 {
+        assert!(line.len() <= MAX_LINE);
+        if let Err(e) = parse(line) {
+            assert!(!e.is_empty(), "an error says what is wrong");
+        }
+    }
+}
