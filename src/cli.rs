@@ -90,6 +90,11 @@ pub enum Command {
     /// the daemon's process groups listed on stdin once stdin closes.
     #[command(name = "__guard", hide = true)]
     Guard,
+    /// Move process PID into the cgroup whose `cgroup.procs` is PROCS
+    /// (started by the daemon itself, for itself: the move blocks for a
+    /// kernel grace period, which this process waits out instead).
+    #[command(name = "__join-cgroup", hide = true)]
+    JoinCgroup { procs: PathBuf, pid: u32 },
     /// Run the daemon (detached unless --foreground).
     Daemon {
         /// Stay in the foreground and log to stderr (systemd, containers, debugging).

@@ -33,11 +33,15 @@ pub fn run(cli: Cli) -> Result<()> {
         crate::daemon::guard::run(std::io::stdin().lock());
         return Ok(());
     }
+    if let Command::JoinCgroup { procs, pid } = &command {
+        return std::fs::write(procs, pid.to_string())
+            .map_err(|e| Error::io(Kind::Io, "write", procs, &e));
+    }
     let dir =
         RuntimeDir::open(&global.runtime_dir.clone().unwrap_or_else(runtime_dir::default_path))?;
     let ctx = Ctx { global, dir };
     match command {
-        Command::Guard => unreachable!("handled above"),
+        Command::Guard | Command::JoinCgroup { .. } => unreachable!("handled above"),
         Command::Daemon { foreground: true, ready_fd, log_file } => {
             daemon::foreground(ctx, ready_fd, log_file)
         }

@@ -9,8 +9,8 @@
 //! and carry no marker, since they are meant to outlive weaver.
 //!
 //! Moving a process between cgroups waits for a kernel grace period (10-20
-//! ms after a quiet spell), so it is done once, for the daemon, off the
-//! event loop, and never for each spawn.
+//! ms after a quiet spell, and every fork on the host waits meanwhile), so
+//! it is done once, for the daemon, by a helper process, never per spawn.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -69,12 +69,28 @@ impl Containment {
         CURRENT.get()
     }
 
-    /// Move the daemon into its cgroup: what it forks from then on is born
-    /// there. Blocks for a grace period: call it off the event loop.
-    pub fn join(&self) -> std::io::Result<()> {
-        match &self.cgroup {
-            Some(dir) => std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()),
-            None => Ok(()),
+    /// Start moving the daemon into its cgroup: what it forks from then on
+    /// is born there. The move blocks for a kernel grace period, so a
+    /// helper process (`weaver __join-cgroup`, holding none of the daemon's
+    /// files) makes it; its exit says the move is done. Its pid, if one was
+    /// started.
+    pub fn start_join(&self) -> Option<u32> {
+        let dir = self.cgroup.as_ref()?;
+        let exe = std::env::current_exe().ok()?;
+        let child = std::process::Command::new(exe)
+            .arg("__join-cgroup")
+            .arg(dir.join("cgroup.procs"))
+            .arg(std::process::id().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match child {
+            // Reaped by the reactor's waitpid loop.
+            Ok(c) => Some(c.id()),
+            Err(e) => {
+                log::warn!("cannot join {}: {e}; the {MARKER} marker still holds", dir.display());
+                None
+            }
         }
     }
 

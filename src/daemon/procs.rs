@@ -669,16 +669,19 @@ impl Procs {
         let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
             return;
         };
-        let mut killed = 0;
+        let mut killed = Vec::new();
         for pid in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-            if Some(pid) != guard {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                killed += 1;
+            if Some(pid) != guard && kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+                killed.push(pid);
             }
         }
-        if killed > 0 {
-            warn!("killed {killed} leftover descendant process(es) at exit");
-            while nix::sys::wait::waitpid(Pid::from_raw(-1), None).is_ok() {}
+        if !killed.is_empty() {
+            warn!("killed {} leftover descendant process(es) at exit", killed.len());
+        }
+        // Reap exactly those: the guard is a child too, and lives on until
+        // it is released.
+        for pid in killed {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
         }
     }
 

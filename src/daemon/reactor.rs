@@ -7,7 +7,6 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -81,8 +80,8 @@ pub struct Reactor {
     trim_armed: bool,
     /// The cgroup to join before supervised processes start, until joined.
     contain: Option<&'static Containment>,
-    /// Wakes the loop when the join is done (kept while it runs).
-    joining: Option<Arc<mio::Waker>>,
+    /// The helper process moving the daemon into it, while it runs.
+    joining: Option<u32>,
     /// Effects waiting to be applied.
     fx: Effects,
     /// The batch being applied (kept to reuse its allocation).
@@ -174,7 +173,7 @@ impl Reactor {
                 self.timers.arm(Instant::now() + TRIM_DELAY, Timer::Trim);
             }
             self.end_of_turn();
-            self.join_cgroup_when_settled()?;
+            self.join_cgroup_when_settled();
             if self.stopping && self.compute.pid().is_none() && self.procs.all_gone() {
                 break;
             }
@@ -217,13 +216,7 @@ impl Reactor {
                 }
             }
             Source::Signals => self.on_signals(),
-            Source::Contained => {
-                self.contain = None;
-                self.joining = None;
-                if !self.stopping {
-                    self.start_processes();
-                }
-            }
+
             Source::RuntimeDir => {
                 let changed = self.sockets.changed();
                 self.rebind(&changed);
@@ -410,25 +403,29 @@ impl Reactor {
     }
 
     /// Join the daemon's cgroup once compute has settled (or a moment
-    /// after start): the move blocks every fork on the host for a kernel
-    /// grace period, so a helper thread makes it while the loop serves, and
-    /// supervised processes start when it is done, born in the cgroup.
-    fn join_cgroup_when_settled(&mut self) -> io::Result<()> {
-        let Some(c) = self.contain else { return Ok(()) };
+    /// after start): the move holds every fork on the host for a kernel
+    /// grace period, so a helper process makes it while the loop serves,
+    /// and supervised processes start when it has exited, born in the
+    /// cgroup.
+    fn join_cgroup_when_settled(&mut self) {
+        let Some(c) = self.contain else { return };
         let settled = !self.compute.life.settling() || self.info.started.elapsed() >= JOIN_AFTER;
         if self.joining.is_some() || !settled {
-            return Ok(());
+            return;
         }
-        let waker = Arc::new(mio::Waker::new(self.poll.registry(), token::CONTAINED)?);
-        let w = waker.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = c.join() {
-                warn!("cannot join {}: {e}; the marker still holds", c.describe());
-            }
-            let _ = w.wake();
-        });
-        self.joining = Some(waker);
-        Ok(())
+        match c.start_join() {
+            Some(pid) => self.joining = Some(pid),
+            None => self.joined(),
+        }
+    }
+
+    /// The join is over (done or not possible): start the processes.
+    fn joined(&mut self) {
+        self.contain = None;
+        self.joining = None;
+        if !self.stopping {
+            self.start_processes();
+        }
     }
 
     /// After the events of one poll: bounded reads left over, deadlines,
@@ -535,7 +532,12 @@ impl Reactor {
         let now = Instant::now();
         for (pid, status) in crate::sys::reap_all() {
             let compute = self.compute.pid();
-            if Some(pid) == compute {
+            if Some(pid) == self.joining {
+                if !status.success() {
+                    warn!("joining the daemon's cgroup failed ({status}); the marker still holds");
+                }
+                self.joined();
+            } else if Some(pid) == compute {
                 self.compute.exited(status, now, &mut self.fx);
             } else {
                 self.procs.child_exited(pid, status, compute, &mut self.fx);

@@ -15,8 +15,6 @@ pub const COMPUTE_STDERR: Token = Token(5);
 pub const RUNTIME_DIR: Token = Token(6);
 /// The weavelet socket.
 pub const WEAVELET_LISTENER: Token = Token(7);
-/// The daemon has joined its cgroup (woken from a helper thread).
-pub const CONTAINED: Token = Token(8);
 
 /// Width of each dynamic range: ids within a range count up from 1.
 const RANGE: usize = 1 << 40;
@@ -40,7 +38,6 @@ pub enum Source {
     ComputeStderr,
     RuntimeDir,
     WeaveletListener,
-    Contained,
     Client(u64),
     Weavelet(u64),
     Pipe(u64),
@@ -57,7 +54,6 @@ pub fn source(t: Token) -> Source {
         COMPUTE_STDERR => Source::ComputeStderr,
         RUNTIME_DIR => Source::RuntimeDir,
         WEAVELET_LISTENER => Source::WeaveletListener,
-        CONTAINED => Source::Contained,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
         Token(n) if (WEAVELETS..END).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
@@ -88,7 +84,7 @@ mod tests {
             assert_eq!(source(pipe(id)), Source::Pipe(id));
             assert_eq!(source(weavelet(id)), Source::Weavelet(id));
         }
-        assert_eq!(source(Token(9)), Source::Unknown);
+        assert_eq!(source(Token(8)), Source::Unknown);
         assert_eq!(source(WEAVELET_LISTENER), Source::WeaveletListener);
         assert_eq!(source(Token(END)), Source::Unknown);
         assert_eq!(source(COMPUTE_CONN), Source::ComputeConn);
