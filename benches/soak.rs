@@ -324,18 +324,7 @@ struct Run {
 
 impl Run {
     fn weaver(&self) -> Command {
-        let mut c = Command::new(WEAVER);
-        c.env("WEAVER_RUNTIME_DIR", &self.rt)
-            // Revisions of the bench daemon, beside its runtime dir.
-            .env("WEAVER_STATE_DIR", self.rt.with_file_name("state"))
-            .env("WEAVER_COMPUTE_BIN", COMPUTE)
-            .env("WEAVER_LOG", "warn")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        c
+        common::weaver_with_config(WEAVER, COMPUTE, &self.rt, &self.config)
     }
 
     fn load_end(&self) -> Instant {

@@ -166,18 +166,7 @@ impl Daemon {
     }
 
     fn weaver_base(&self) -> Command {
-        let mut c = Command::new(WEAVER);
-        c.env("WEAVER_RUNTIME_DIR", &self.rt)
-            // Revisions of the bench daemon, beside its runtime dir.
-            .env("WEAVER_STATE_DIR", self.rt.with_file_name("state"))
-            .env("WEAVER_COMPUTE_BIN", COMPUTE)
-            .env("WEAVER_LOG", "warn")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        c
+        common::weaver_with_config(WEAVER, COMPUTE, &self.rt, &self.config)
     }
 
     /// `weaver ARGS` against this daemon; never starts another one.

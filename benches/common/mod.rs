@@ -159,6 +159,28 @@ pub fn percentile(times: &mut [Duration], p: f64) -> Duration {
 
 /// Iteration counts shrink under `WEAVER_BENCH_QUICK=1` (CI smoke runs).
 /// Run `c` to completion; it must succeed.
+/// `weaver` for a bench daemon in runtime dir `rt` with `config`: its
+/// revisions beside the runtime dir, quiet logs, no terminal.
+pub fn weaver_with_config(
+    weaver: &str,
+    compute: &str,
+    rt: &std::path::Path,
+    config: &std::path::Path,
+) -> std::process::Command {
+    use std::process::Stdio;
+    let mut c = std::process::Command::new(weaver);
+    c.env("WEAVER_RUNTIME_DIR", rt)
+        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
+        .env("WEAVER_COMPUTE_BIN", compute)
+        .env("WEAVER_LOG", "warn")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    c
+}
+
 pub fn run_ok(mut c: std::process::Command) {
     let s = c.status().expect("spawn");
     assert!(s.success(), "{c:?} failed: {s}");
