@@ -118,7 +118,7 @@ impl Containment {
             if let Some(base) = &self.base {
                 let _ = std::fs::write(base.join("cgroup.procs"), me.to_string());
             }
-            let _ = std::fs::remove_dir(dir);
+            remove_cgroup(dir);
         }
         killed + kill_marked(&self.marker)
     }
@@ -152,6 +152,7 @@ fn make_cgroup() -> Option<(PathBuf, PathBuf)> {
         own.pop();
     }
     let base = cgroup2_mount()?.join(own);
+    remove_stale_cgroups(&base);
     let dir = base.join(format!("weaver-{}", std::process::id()));
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
@@ -174,6 +175,32 @@ fn make_cgroup() -> Option<(PathBuf, PathBuf)> {
         return None;
     }
     Some((base, dir))
+}
+
+/// Remove an emptied cgroup: exiting processes keep it busy a moment after
+/// they leave `cgroup.procs`, so this tries again for a little while.
+pub fn remove_cgroup(dir: &Path) {
+    let end = Instant::now() + SWEEP_WAIT;
+    while std::fs::remove_dir(dir).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+        && Instant::now() < end
+    {
+        std::thread::yield_now();
+    }
+}
+
+/// Remove the empty cgroups of daemons that are gone (`weaver-PID` with no
+/// such process), which a daemon killed before its guard could clean up
+/// leaves behind.
+fn remove_stale_cgroups(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("weaver-")) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if !crate::pidfile::alive(pid) && pids_in(&e.path()).is_empty() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
 }
 
 /// SIGKILL every listed process of the cgroup but `spare`, pass after pass,

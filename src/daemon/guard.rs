@@ -232,7 +232,7 @@ pub fn run(mut input: impl Read) -> usize {
     // carrying the marker.
     if let Some(dir) = &cgroup {
         killed += crate::daemon::contain::kill_cgroup(dir);
-        let _ = std::fs::remove_dir(dir);
+        crate::daemon::contain::remove_cgroup(dir);
     }
     if let Some(m) = &marker {
         killed += crate::daemon::contain::kill_marked(m);
