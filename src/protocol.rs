@@ -27,7 +27,9 @@ use crate::supervise::PsRow;
 /// 3: [`Request::Ping`] and [`Response::Pong`].
 /// 4: [`Request::Config`] (`weaver config`) and its replies;
 /// [`ErrorKind::Rejected`].
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: [`Request::Send`] and [`Request::Attach`] (a process's stdin), their
+/// replies, [`EventType::StdinClosed`].
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -119,6 +121,22 @@ pub enum Request {
     /// Live configuration of weavelets (`weaver config`); see [`ConfigReq`]
     /// for what each answers.
     Config(ConfigReq),
+    /// Write the frame payload (at most 1 MiB) to the stdin of `name` (an
+    /// instance, or a process with one instance; `stdin = "pipe"`), then
+    /// with `close` close it. Answered by [`Response::Sent`] once every
+    /// byte is in the pipe; by [`ErrorKind::Busy`] if they are not by
+    /// `timeout_ms` (the message says how many went in; the rest never
+    /// will); by an error for an unknown name, a process without a stdin
+    /// pipe, one not running, or a closed stdin. With `attached`, only the
+    /// client attached as its writer may send.
+    Send { name: String, close: bool, timeout_ms: u64, attached: bool },
+    /// `weaver attach`: become the writer of `name`'s stdin (unless
+    /// `read_only`; another writer is an error unless `force`, which takes
+    /// over and ends the other attach with an error reply), and follow its
+    /// output: one [`Response::Attached`], then [`Response::Logs`] replies
+    /// with this tag as with `Logs` and `follow` (starting with the last
+    /// `tail` lines), until the client closes the connection.
+    Attach { name: String, read_only: bool, force: bool, tail: u32 },
 }
 
 /// `weaver config`. Documents travel as JSON text (postcard cannot carry
@@ -204,6 +222,12 @@ pub enum Response {
     ConfigWaited(WaitReport),
     /// Answers `Config::Watch`, once per event.
     ConfigEvent(ConfigEvent),
+    /// Answers `Send`: `bytes` are in the instance's stdin pipe (and it
+    /// was closed after them, with `closed`).
+    Sent { instance: String, bytes: u64, closed: bool },
+    /// The first answer of `Attach`: the instance, and whether this client
+    /// is its stdin's writer.
+    Attached { instance: String, writer: bool },
 }
 
 /// A target's document at one revision.
@@ -557,6 +581,7 @@ impl EventRecord {
                 });
             }
             EventKind::Warning { message } => r.detail = Some(message.clone()),
+            EventKind::StdinClosed { reason } => r.detail = Some(reason.clone()),
             EventKind::Running
             | EventKind::Ready
             | EventKind::Vanished
@@ -625,6 +650,8 @@ pub enum EventType {
     Hook,
     /// Something worth telling (`detail`).
     Warning,
+    /// Its stdin was closed while it runs (`detail`: by whom).
+    StdinClosed,
     /// A slow subscriber missed `lost` events here.
     Lost,
 }
@@ -645,6 +672,7 @@ impl EventType {
             EventType::Failed => "failed",
             EventType::Hook => "hook",
             EventType::Warning => "warning",
+            EventType::StdinClosed => "stdin_closed",
             EventType::Lost => "lost",
         }
     }
@@ -672,6 +700,7 @@ impl From<&EventKind> for EventType {
             EventKind::Failed { .. } => EventType::Failed,
             EventKind::Hook { .. } => EventType::Hook,
             EventKind::Warning { .. } => EventType::Warning,
+            EventKind::StdinClosed { .. } => EventType::StdinClosed,
         }
     }
 }
@@ -934,6 +963,7 @@ mod tests {
             E::Failed,
             E::Hook,
             E::Warning,
+            E::StdinClosed,
             E::Lost,
         ] {
             assert_eq!(name(serde_json::to_value(e).unwrap()), e.as_str());

@@ -41,6 +41,9 @@ pub enum Timer {
     WeaveletHello(u64),
     /// A `config set --wait` (by waiter id) has waited long enough.
     ConfigWait(u64),
+    /// A send to a process's stdin (by send id) is not all in by its
+    /// `--timeout`.
+    Stdin(u64),
 }
 
 #[derive(Debug)]
@@ -51,6 +54,8 @@ pub enum Effect {
     Rewatch { fd: RawFd, token: Token, interest: Interest },
     /// Stop watching `fd`, then close it.
     Unwatch { fd: OwnedFd },
+    /// Stop watching `fd`; it stays open (its owner keeps it).
+    Unregister { fd: RawFd },
     /// Arm a deadline (re-arming a key moves it).
     Arm { at: Instant, timer: Timer },
     /// Disarm a deadline.

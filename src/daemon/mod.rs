@@ -14,6 +14,7 @@ pub mod outq; // write queue of a non-blocking socket
 pub mod procs; // room: supervised processes' plumbing
 pub mod reactor; // the loop
 pub mod sockets; // notices a removed or replaced socket path
+pub mod stdin; // room: write ends of supervised processes' stdin, sends, attached writers
 pub mod timers; // deadline heap
 pub mod token; // the token space
 pub mod weavelets; // room: the weavelet hub, its connections, revisions, waiters

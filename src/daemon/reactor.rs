@@ -232,6 +232,7 @@ impl Reactor {
             Source::ComputeStdout => self.compute.read_output(0, &mut self.scratch, fx),
             Source::ComputeStderr => self.compute.read_output(1, &mut self.scratch, fx),
             Source::Pipe(id) => self.procs.read_pipe(id, &mut self.scratch, fx),
+            Source::Stdin(id) => self.procs.stdin.writable(id, fx),
             Source::Client(id) => {
                 if writable {
                     self.clients.flush(id, fx);
@@ -367,6 +368,9 @@ impl Reactor {
             Effect::Unwatch { fd } => {
                 let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
             }
+            Effect::Unregister { fd } => {
+                let _ = reg.deregister(&mut SourceFd(&fd));
+            }
             Effect::Arm { at, timer } => self.timers.arm(at, timer),
             Effect::Cancel(timer) => self.timers.cancel(&timer),
             Effect::Reply { client, tag, resp, payload } => {
@@ -389,6 +393,7 @@ impl Reactor {
                 self.compute.forget_client(client, &mut self.fx);
                 self.follow.forget(client);
                 self.hub.forget_client(client, &mut self.fx);
+                self.procs.stdin.forget_client(client, &mut self.fx);
                 drop(fd);
                 if queued >= TRIM_AFTER {
                     crate::sys::trim_heap();
@@ -465,6 +470,7 @@ impl Reactor {
                 Timer::AcceptRetry => self.accept_again(),
                 Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
+                Timer::Stdin(id) => self.procs.stdin.overdue(id, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 // The end of this turn joins the cgroup.
                 Timer::Join => {}

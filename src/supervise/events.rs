@@ -36,6 +36,9 @@ pub enum EventKind {
     Hook { hook: &'static str, ok: bool, detail: String },
     /// Something worth telling that changes no state.
     Warning { message: String },
+    /// Its stdin pipe was closed while it runs (`weaver send --close`,
+    /// `attach --close-on-eof`, or it closed its own end).
+    StdinClosed { reason: String },
 }
 
 impl EventKind {
@@ -55,6 +58,7 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::Hook { .. } => "hook",
             EventKind::Warning { .. } => "warning",
+            EventKind::StdinClosed { .. } => "stdin_closed",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod handshake;
+pub mod input;
 pub mod logs;
 pub mod ping;
 pub mod ps;
@@ -86,6 +87,13 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         Request::Reload { dry_run } => reload::handle(cx, client, tag, dry_run),
         Request::Ping => ping::handle(cx, client, tag),
         Request::Config(req) => config::handle(cx, client, tag, req),
+        Request::Send { name, close, timeout_ms, attached } => {
+            let s = input::SendReq { name, close, timeout_ms, attached };
+            input::send(cx, client, tag, s, payload)
+        }
+        Request::Attach { name, read_only, force, tail } => {
+            input::attach(cx, client, tag, &name, read_only, force, tail)
+        }
     }
 }
 

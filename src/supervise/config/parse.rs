@@ -17,7 +17,7 @@ use super::expand::INSTANCE;
 use super::model::{
     AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
     HookSpec, Hooks, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy, RunMode,
-    StartPolicy,
+    StartPolicy, StdinMode,
 };
 use crate::supervise::duration::parse_duration;
 use crate::supervise::graph::{cycle_path, find_cycles};
@@ -185,6 +185,7 @@ const PROCESS_KEYS: &[&str] = &[
     "output",
     "hooks",
     "params",
+    "stdin",
 ];
 const DETECTOR_KEYS: &[&str] = &["alive", "ready"];
 const ALIVE_KEYS: &[&str] = &["pid_file", "command", "interval"];
@@ -707,6 +708,7 @@ impl<'a> Parser<'a> {
             output: OutputSpec::default(),
             hooks: Hooks::default(),
             params: serde_json::Map::new(),
+            stdin: self.stdin(tbl),
         };
         let params_what = format!("{} params", tbl.what);
         if let Some(t) = self.sub(tbl, "params", &params_what) {
@@ -989,8 +991,35 @@ impl<'a> Parser<'a> {
     }
 
     /// Rules about one process as a whole.
+    /// `stdin = "null" | "pipe"`.
+    fn stdin(&mut self, tbl: Tbl<'_>) -> StdinMode {
+        let Some(f) = self.field(tbl, "stdin") else { return StdinMode::Null };
+        match self.string(tbl, "stdin").as_deref() {
+            Some("null") => StdinMode::Null,
+            Some("pipe") => StdinMode::Pipe,
+            Some(other) => {
+                let hint = suggest(other, StdinMode::NAMES);
+                let msg =
+                    format!("unknown stdin \"{other}\": use null or pipe{}", did_you_mean(hint));
+                self.invalid(f, msg);
+                StdinMode::Null
+            }
+            None => StdinMode::Null,
+        }
+    }
+
     fn process_rules(&mut self, tbl: Tbl<'_>, spec: &mut ProcessSpec) {
         let what = tbl.what;
+        if spec.detached && spec.stdin == StdinMode::Pipe {
+            let at = self.field(tbl, "stdin").map_or(tbl.at, |f| f.at);
+            self.error(
+                Some(at),
+                format!(
+                    "{what} is detached: the process that stays is not weaver's child, so \
+                     stdin = \"pipe\" cannot reach it; remove one of the two"
+                ),
+            );
+        }
         if spec.detached {
             let at = self.field(tbl, "detached").map_or(tbl.at, |f| f.at);
             match (&spec.alive, &spec.pid_file) {
