@@ -9,11 +9,13 @@
 //! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
 //! | [`follow`] | `logs`, `events` (streamed replies) |
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
+//! | [`input`] | `send`, `attach` (a process's stdin) |
 
 mod compute;
 mod config;
 mod daemon;
 mod follow;
+mod input;
 mod procs;
 
 use std::ffi::OsString;
@@ -57,6 +59,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => follow::logs(&ctx, args),
         Command::Events(args) => follow::events(&ctx, args),
         Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Send(args) => input::send(&ctx, args),
+        Command::Attach(args) => input::attach(&ctx, args),
     }
 }
 
