@@ -61,7 +61,7 @@ pub(super) fn send(ctx: &Ctx, a: SendArgs) -> Result<()> {
     };
     let (mut c, _) = ctx.connect()?;
     let mut total = 0u64;
-    let mut instance = None;
+    let mut instance: String;
     let mut buf = vec![0u8; SEND_CHUNK];
     loop {
         let n = fill(&mut reader, &mut buf).map_err(|e| {
@@ -79,7 +79,7 @@ pub(super) fn send(ctx: &Ctx, a: SendArgs) -> Result<()> {
             Ok(r) => match r.resp {
                 Response::Sent { instance: i, bytes, .. } => {
                     total += bytes;
-                    instance = Some(i);
+                    instance = i;
                 }
                 other => return Err(unexpected(&other)),
             },
@@ -93,7 +93,7 @@ pub(super) fn send(ctx: &Ctx, a: SendArgs) -> Result<()> {
         }
     }
     if json {
-        print(&render::sent(instance.as_deref().unwrap_or(&name), total, close))?;
+        print(&render::sent(&instance, total, close))?;
     }
     Ok(())
 }
