@@ -34,7 +34,7 @@ fn send_inner(
 ) -> Result<(), ErrorReply> {
     cx.not_stopping()?;
     let instance = one_instance(&cx.procs.sup, &s.name)?;
-    takes_input(&cx.procs.sup, &instance, "--read-only is for `attach`")?;
+    takes_input(&cx.procs.sup, &instance, "")?;
     let by = if s.attached { "weaver attach (end of input)" } else { "weaver send --close" };
     if s.attached {
         match cx.procs.stdin.writer(&instance) {
@@ -89,7 +89,7 @@ fn attach_inner(
     cx.not_stopping()?;
     let instance = one_instance(&cx.procs.sup, name)?;
     if !read_only {
-        takes_input(&cx.procs.sup, &instance, "`attach --read-only` follows its output")?;
+        takes_input(&cx.procs.sup, &instance, "; `attach --read-only` follows its output")?;
         let pid = cx.clients.get(client).map_or(0, |c| c.peer_pid);
         let me = Writer { client, tag, pid };
         match cx.procs.stdin.attach(&instance, me, force) {
@@ -149,7 +149,7 @@ fn takes_input(sup: &Supervisor, instance: &str, hint: &str) -> Result<(), Error
         kind: ErrorKind::BadRequest,
         message: format!(
             "{instance} takes no input: its stdin is /dev/null. Add stdin = \"pipe\" to its \
-             [[process]] in weaver.toml and run `weaver reload` ({hint})"
+             [[process]] in weaver.toml and run `weaver reload`{hint}"
         ),
     })
 }
