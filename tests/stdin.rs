@@ -190,9 +190,7 @@ fn a_process_without_a_pipe_is_a_clear_error() {
 
 #[test]
 fn close_gives_eof_the_process_exits_0_and_stdin_closed_is_an_event() {
-    let s = sup(&format!(
-        "[[process]]\nname = \"wc\"\nshell = true\ncommand = 'wc -c'\nstdin = \"pipe\"\nauto_restart = false\n"
-    ));
+    let s = sup("[[process]]\nname = \"wc\"\nshell = true\ncommand = 'wc -c'\nstdin = \"pipe\"\nauto_restart = false\n");
     s.wait_state("wc", "running");
     let mut events = s.spawn(&["events", "--json", "--history", "64", "wc"], Stdio::null());
     let rx = lines_of(events.stdout.take().unwrap());

@@ -253,8 +253,7 @@ impl Stdins {
         let waiting_before = input.queue.waiting();
         let mut done: Vec<Over> = Vec::new();
         let mut broken = false;
-        loop {
-            let Some(file) = input.file.as_mut() else { break };
+        while let Some(file) = input.file.as_mut() {
             let Some(buf) = input.queue.front() else { break };
             let n = if buf.is_empty() {
                 0
