@@ -1500,4 +1500,25 @@ bogus = 1
         assert_eq!(suggest("workdir", PROCESS_KEYS.iter().copied()), Some("work_dir"));
         assert_eq!(suggest("zzzzzz", PROCESS_KEYS.iter().copied()), None);
     }
+
+    #[test]
+    fn stdin_is_null_by_default_a_pipe_when_asked_and_never_for_a_detached_process() {
+        let c = parse("[[process]]\nname = \"a\"\ncommand = [\"cat\"]\n", "t").unwrap();
+        assert_eq!(c.processes[0].stdin, StdinMode::Null);
+        let c = parse(
+            "[[process]]\nname = \"a\"\ncommand = [\"cat\"]\nstdin = \"pipe\"\ninstances = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.processes[0].stdin, StdinMode::Pipe);
+        assert!(c.expand().iter().all(|i| i.stdin == StdinMode::Pipe), "every instance has one");
+        assert_eq!(
+            errors("[[process]]\nname = \"a\"\ncommand = [\"cat\"]\nstdin = \"pip\"\n"),
+            ["weaver.toml:4:9: stdin in [[process]] \"a\": unknown stdin \"pip\": use null or pipe (did you mean \"pipe\"?)"]
+        );
+        let det = "[[process]]\nname = \"d\"\ncommand = [\"x\"]\ndetached = true\npid_file = \"/tmp/d.pid\"\nstdin = \"pipe\"\n";
+        let e = errors(det);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("weaver.toml:6:9: [[process]] \"d\" is detached"), "{e:?}");
+    }
 }
