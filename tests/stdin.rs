@@ -471,3 +471,29 @@ fn two_attachers_share_the_output_and_one_writes_until_another_forces() {
     let _ = watcher.wait();
     s.send_ok("cat", &["--data", "after\n"]);
 }
+
+#[test]
+fn a_signal_ends_an_attach_and_the_terminal_is_restored() {
+    let s = sup(CAT);
+    s.wait_state("cat", "running");
+    let (child, _master, rx) = attach_on_pty(&s, &["cat"]);
+    let mut seen = Vec::new();
+    expect_line(&rx, &mut seen, "attached to cat");
+    let raw =
+        SLAVES.with(|v| nix::sys::termios::tcgetattr(v.borrow().last().unwrap().as_fd()).unwrap());
+    assert!(!raw.local_flags.contains(nix::sys::termios::LocalFlags::ICANON));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = wait_exit(child);
+    assert_eq!(st.code(), Some(1), "{st:?}");
+    expect_line(&rx, &mut seen, "detached from cat (signal)");
+    let restored =
+        SLAVES.with(|v| nix::sys::termios::tcgetattr(v.borrow().last().unwrap().as_fd()).unwrap());
+    assert!(restored.local_flags.contains(nix::sys::termios::LocalFlags::ICANON));
+    // The process goes on, its stdin open.
+    s.send_ok("cat", &["--data", "still here\n"]);
+    s.wait_logs("cat", |l| l == ["still here"]);
+}

@@ -15,10 +15,13 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, OutputFlags, SetArg, Termios};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use super::{unexpected, Ctx};
 use crate::cli::{AttachArgs, SendArgs};
@@ -222,7 +225,15 @@ pub(super) fn attach(ctx: &Ctx, a: AttachArgs) -> Result<()> {
     let (mut c, _) = ctx.connect()?;
     let req = Request::Attach { name: name.clone(), read_only, force, tail: lines };
     let tag = c.send(req, &[]).map_err(lost)?;
+    // A signal ends the attach through its normal way out, so the terminal
+    // is restored (poll returns EINTR when one arrives).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGHUP, SIGINT, SIGQUIT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Error::new(Kind::Io, format!("cannot handle signal {sig}: {e}")))?;
+    }
     let mut s = Session {
+        stop,
         tag,
         name,
         close_on_eof,
@@ -237,6 +248,8 @@ pub(super) fn attach(ctx: &Ctx, a: AttachArgs) -> Result<()> {
 }
 
 struct Session {
+    /// A signal asked us to stop.
+    stop: Arc<AtomicBool>,
     tag: u64,
     name: String,
     close_on_eof: bool,
@@ -264,6 +277,10 @@ impl Session {
         let mut replies = Vec::new();
         let stdin = io::stdin();
         loop {
+            if self.stop.load(Ordering::Relaxed) {
+                self.notice(&format!("detached from {} (signal)", self.name));
+                return Err(Error::new(Kind::Io, "attach stopped by a signal"));
+            }
             let now = Instant::now();
             let until = ping_due.unwrap_or(heard + d.ping_after);
             if now >= until {
