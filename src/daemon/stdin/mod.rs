@@ -135,8 +135,8 @@ impl Stdins {
     pub fn gone(&mut self, instance: &str, fx: &mut Effects) {
         let Some(mut input) = self.inputs.remove(instance) else { return };
         self.pipes.remove(&input.pipe);
-        let over = input.queue.fail_all();
         self.waiting -= input.queue.waiting();
+        let over = input.queue.fail_all();
         self.fail(instance, over, Why::Exited, fx);
         close(&mut input, fx);
     }
@@ -497,17 +497,21 @@ mod tests {
         let mut fx = Effects::new();
         s.opened("cat", w, &mut fx);
         s.send(send(1, 1, &vec![0; STDIN_BUFFER], false), Instant::now(), &mut fx).unwrap();
+        s.send(send(2, 2, &vec![1; STDIN_BUFFER], false), Instant::now(), &mut fx).unwrap();
+        assert_eq!(s.waiting(), STDIN_BUFFER);
         let mut fx = Effects::new();
         s.gone("cat", &mut fx);
         drop(r);
+        assert_eq!(s.waiting(), 0, "nothing is counted for a pipe that is gone");
         match &replies(&fx)[..] {
-            [(1, Response::Error(e))] => {
+            [(1, Response::Error(e)), (2, Response::Error(e2))] => {
                 assert_eq!(e.kind, ErrorKind::Cancelled);
                 assert!(
                     e.message.contains("bytes were written, the rest was not"),
                     "{}",
                     e.message
                 );
+                assert!(e2.message.contains("nothing of this send was written"), "{}", e2.message);
             }
             other => panic!("{other:?}"),
         }
