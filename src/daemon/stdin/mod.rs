@@ -91,8 +91,6 @@ pub struct Stdins {
     /// Send id -> (instance, its timeout), while queued.
     sends: HashMap<u64, (String, Duration)>,
     next_send: u64,
-    /// Bytes of sends waiting for room, all instances together.
-    waiting: usize,
     /// Attached writers by instance (they stay across restarts).
     writers: HashMap<String, Writer>,
 }
@@ -135,7 +133,6 @@ impl Stdins {
     pub fn gone(&mut self, instance: &str, fx: &mut Effects) {
         let Some(mut input) = self.inputs.remove(instance) else { return };
         self.pipes.remove(&input.pipe);
-        self.waiting -= input.queue.waiting();
         let over = input.queue.fail_all();
         self.fail(instance, over, Why::Exited, fx);
         close(&mut input, fx);
@@ -155,6 +152,7 @@ impl Stdins {
                 ),
             });
         }
+        let waiting = self.waiting();
         let Some(input) = self.inputs.get_mut(&instance) else {
             return Err(bad(format!(
                 "{instance} is not running: input is not kept for a later run"
@@ -165,22 +163,20 @@ impl Stdins {
                 "{instance}'s stdin is closed ({why}); it gets a new one when it starts again"
             )));
         }
-        let before = input.queue.waiting();
-        if input.queue.would_wait(bytes.len()) && self.waiting + bytes.len() > STDIN_WAITING {
+        let would_wait = input.queue.would_wait(bytes.len());
+        if would_wait && waiting + bytes.len() > STDIN_WAITING {
             return Err(ErrorReply {
                 kind: ErrorKind::Busy,
                 message: format!(
                     "{} bytes already wait for room in processes' stdin, weaver's limit; nothing \
                      of this send was written. Retry later",
-                    self.waiting
+                    waiting
                 ),
             });
         }
         let id = self.next_send;
         self.next_send += 1;
         input.queue.push(Pending { id, client, tag, bytes, written: 0, close });
-        self.waiting += input.queue.waiting();
-        self.waiting -= before;
         self.sends.insert(id, (instance.clone(), timeout));
         fx.push(Effect::Arm { at: now + timeout, timer: Timer::Stdin(id) });
         self.pump(&instance, by, fx);
@@ -198,9 +194,7 @@ impl Stdins {
     pub fn overdue(&mut self, id: u64, fx: &mut Effects) {
         let Some((instance, timeout)) = self.sends.get(&id).cloned() else { return };
         let Some(input) = self.inputs.get_mut(&instance) else { return };
-        let before = input.queue.waiting();
         let over = input.queue.fail(id);
-        self.waiting -= before - input.queue.waiting();
         let mut over = over.into_iter();
         if let Some(first) = over.next() {
             self.fail(&instance, vec![first], Why::Overdue(timeout), fx);
@@ -217,9 +211,7 @@ impl Stdins {
         let names: Vec<String> = self.inputs.keys().cloned().collect();
         for name in names {
             let input = self.inputs.get_mut(&name).expect("listed above");
-            let before = input.queue.waiting();
             let over = input.queue.forget_client(client);
-            self.waiting -= before - input.queue.waiting();
             if !over.is_empty() {
                 self.fail(&name, over, Why::ClientLeft, fx);
                 self.pump(&name, "weaver send", fx);
@@ -250,7 +242,6 @@ impl Stdins {
     /// for WRITABLE only while something is left.
     fn pump(&mut self, instance: &str, by: &str, fx: &mut Effects) {
         let Some(input) = self.inputs.get_mut(instance) else { return };
-        let waiting_before = input.queue.waiting();
         let mut done: Vec<Over> = Vec::new();
         let mut broken = false;
         while let Some(file) = input.file.as_mut() {
@@ -298,14 +289,12 @@ impl Stdins {
             close(input, fx);
             input.closed = Some(why.clone());
             let rest = input.queue.fail_all();
-            self.waiting -= waiting_before;
             let how = if closing { Why::Closed } else { Why::ProcessClosed };
             self.fail(instance, rest, how, fx);
             let kind = EventKind::StdinClosed { reason: why };
             fx.push(Effect::Publish { instance: instance.to_string(), kind });
             return;
         }
-        self.waiting -= waiting_before - input.queue.waiting();
         let want = input.queue.front().is_some();
         let Some(file) = input.file.as_ref() else { return };
         let (fd, token) = (file.as_raw_fd(), token::stdin(input.pipe));
@@ -366,10 +355,9 @@ impl Stdins {
         }
     }
 
-    /// Bytes waiting for room, all instances together (for tests and
-    /// `status`).
+    /// Bytes of sends waiting for room, all instances together.
     pub fn waiting(&self) -> usize {
-        self.waiting
+        self.inputs.values().map(|i| i.queue.waiting()).sum()
     }
 }
 
