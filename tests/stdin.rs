@@ -315,7 +315,7 @@ fn a_process_that_never_reads_makes_send_busy_and_the_daemon_keeps_serving() {
     // Meanwhile the daemon answers.
     for _ in 0..5 {
         let v: Value = serde_json::from_str(&s.env.ok(&["status", "--json"])).unwrap();
-        assert_eq!(v["protocol"], 5);
+        assert_eq!(v["protocol"], weaver::protocol::PROTOCOL_VERSION);
         assert_eq!(s.row("deaf")["state"], "running");
     }
     let mut written = 0u64;
