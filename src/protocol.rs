@@ -988,6 +988,9 @@ mod tests {
             EventRecord::from(Delivery::Event(e)),
             EventRecord::of(3, 5, "a.0", &EventKind::Running)
         );
+        let r = rec(EventKind::StdinClosed { reason: "closed by weaver send --close".into() });
+        assert_eq!(r.event.as_str(), "stdin_closed");
+        assert_eq!(r.what().to_string(), "stdin_closed: closed by weaver send --close");
         let lost = EventRecord::from(Delivery::Lost { count: 9 });
         assert_eq!((lost.event, lost.lost), (EventType::Lost, Some(9)));
     }
