@@ -399,6 +399,13 @@ impl Client {
         }
     }
 
+    /// The next reply, whatever its tag, for a caller with several
+    /// requests in flight (`send`); the daemon's liveness is checked as for
+    /// [`call`](Self::call). `Ok(None)` on EOF.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>> {
+        self.recv_live()
+    }
+
     /// How long this client waits on the daemon.
     pub fn deadlines(&self) -> Deadlines {
         self.deadlines

@@ -1,8 +1,9 @@
 //! `weaver send` and `weaver attach`: input to a supervised process's stdin.
 //!
-//! `send` splits its input into requests of [`SEND_CHUNK`] and sends them
-//! one after the other, each answered once its bytes are in the pipe; a
-//! failure names how much of the input went in before it.
+//! `send` splits its input into requests of [`SEND_CHUNK`], a few in
+//! flight, each answered once its bytes are in the pipe; the daemon writes
+//! them in order and refuses the rest of a connection's sends after one
+//! failed, so a failure names how much of the input went in: a prefix.
 //!
 //! `attach` polls the terminal and the connection together (one thread):
 //! what is typed goes to the process a line at a time (the terminal is in
@@ -32,6 +33,9 @@ use crate::output::{eprint, print, write_bytes};
 use crate::protocol::{Request, Response};
 use crate::render;
 
+/// Pieces of input one `send` has in flight (their bytes together: the
+/// daemon's bound per instance).
+const SEND_IN_FLIGHT: usize = 4;
 /// Sends of typed input one attach has in flight, at most; the terminal is
 /// not read while they are out.
 const ATTACH_IN_FLIGHT: usize = 16;
@@ -63,36 +67,52 @@ pub(super) fn send(ctx: &Ctx, a: SendArgs) -> Result<()> {
         (None, None) => Box::new(io::empty()),
     };
     let (mut c, _) = ctx.connect()?;
+    // Pieces in flight: the daemon writes one while the next arrive, so
+    // the pipe never waits on a round trip. Their tags, in order.
+    let mut in_flight = std::collections::VecDeque::new();
     let mut total = 0u64;
-    let mut instance: String;
+    let mut instance = name.clone();
     let mut buf = vec![0u8; SEND_CHUNK];
-    loop {
-        let n = fill(&mut reader, &mut buf).map_err(|e| {
-            let what = input.as_deref().map_or("--data".into(), |p| p.display().to_string());
-            Error::new(Kind::Io, format!("cannot read {what}: {e}{}", written(total)))
+    let mut more = true;
+    while more || !in_flight.is_empty() {
+        while more && in_flight.len() < SEND_IN_FLIGHT {
+            let n = fill(&mut reader, &mut buf).map_err(|e| {
+                let what = input.as_deref().map_or("--data".into(), |p| p.display().to_string());
+                Error::new(Kind::Io, format!("cannot read {what}: {e}{}", written(total)))
+            })?;
+            more = n == buf.len();
+            let req = Request::Send {
+                name: name.clone(),
+                close: close && !more,
+                timeout_ms: timeout,
+                attached: false,
+            };
+            let tag = c.send(req, &buf[..n]).map_err(|e| {
+                Error::new(Kind::Daemon, format!("lost the connection to the daemon: {e}"))
+            })?;
+            in_flight.push_back(tag);
+        }
+        let r = c.next_reply()?.ok_or_else(|| {
+            Error::new(
+                Kind::Daemon,
+                format!("the daemon closed the connection before answering{}", written(total)),
+            )
         })?;
-        let last = n < buf.len();
-        let req = Request::Send {
-            name: name.clone(),
-            close: close && last,
-            timeout_ms: timeout,
-            attached: false,
-        };
-        match c.call(req, &buf[..n]) {
-            Ok(r) => match r.resp {
-                Response::Sent { instance: i, bytes, .. } => {
-                    total += bytes;
-                    instance = i;
-                }
-                other => return Err(unexpected(&other)),
-            },
-            Err(mut e) => {
+        if !in_flight.contains(&r.tag) {
+            continue;
+        }
+        in_flight.retain(|&t| t != r.tag);
+        match r.resp {
+            Response::Sent { instance: i, bytes, .. } => {
+                total += bytes;
+                instance = i;
+            }
+            Response::Error(e) => {
+                let mut e = Error::from(e);
                 e.message.push_str(&written(total));
                 return Err(e);
             }
-        }
-        if last {
-            break;
+            other => return Err(unexpected(&other)),
         }
     }
     if json {
@@ -240,7 +260,6 @@ pub(super) fn attach(ctx: &Ctx, a: AttachArgs) -> Result<()> {
         editor: LineEditor::default(),
         term: None,
         in_flight: 0,
-        closing: false,
         reading: !read_only,
         attached: false,
     };
@@ -258,8 +277,6 @@ struct Session {
     term: Option<RawTerminal>,
     /// Sends not yet answered.
     in_flight: usize,
-    /// The closing send went out: its answer ends the attach.
-    closing: bool,
     /// stdin is read (writer, and input not ended).
     reading: bool,
     attached: bool,
@@ -360,12 +377,12 @@ impl Session {
                     return Ok(true);
                 }
             }
+            // Later lines would be refused after this one (the process
+            // gets no input with a hole): the attach ends, saying so.
             Response::Error(e) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                if self.closing && self.in_flight == 0 {
-                    return Err(e.into());
-                }
-                self.notice(&format!("input not delivered: {}", e.message));
+                let mut e = Error::from(e);
+                e.message = format!("input not delivered: {}; attach again to go on", e.message);
+                return Err(e);
             }
             other => return Err(unexpected(&other)),
         }
@@ -399,7 +416,6 @@ impl Session {
                 }
                 Key::Eof if self.close_on_eof => {
                     self.reading = false;
-                    self.closing = true;
                     self.send(c, Vec::new(), true)?;
                 }
                 Key::Eof => {

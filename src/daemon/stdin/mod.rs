@@ -13,7 +13,7 @@
 
 pub mod queue;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -44,6 +44,10 @@ struct Input {
     queue: Queue,
     /// Why it was closed, once it is.
     closed: Option<String>,
+    /// Clients a send of which failed here: their later sends are refused
+    /// too, so what one client sends arrives without a hole even when it
+    /// has several sends in flight.
+    failed: HashSet<u64>,
 }
 
 /// A `weaver attach` that writes to an instance.
@@ -113,6 +117,7 @@ impl Stdins {
             watched: false,
             queue: Queue::new(),
             closed: None,
+            failed: HashSet::new(),
         };
         self.inputs.insert(instance.to_string(), input);
     }
@@ -163,6 +168,15 @@ impl Stdins {
                 "{instance}'s stdin is closed ({why}); it gets a new one when it starts again"
             )));
         }
+        if input.failed.contains(&client) {
+            return Err(ErrorReply {
+                kind: ErrorKind::Busy,
+                message: format!(
+                    "an earlier send of this connection to {instance} failed: nothing of this \
+                     send was written"
+                ),
+            });
+        }
         let would_wait = input.queue.would_wait(bytes.len());
         if would_wait && waiting + bytes.len() > STDIN_WAITING {
             return Err(ErrorReply {
@@ -211,6 +225,7 @@ impl Stdins {
         let names: Vec<String> = self.inputs.keys().cloned().collect();
         for name in names {
             let input = self.inputs.get_mut(&name).expect("listed above");
+            input.failed.remove(&client);
             let over = input.queue.forget_client(client);
             if !over.is_empty() {
                 self.fail(&name, over, Why::ClientLeft, fx);
@@ -314,6 +329,9 @@ impl Stdins {
             self.sends.remove(&o.id);
             if matches!(why, Why::ClientLeft) {
                 continue;
+            }
+            if let Some(input) = self.inputs.get_mut(instance) {
+                input.failed.insert(o.client);
             }
             let went = if o.written == 0 {
                 "nothing of this send was written".to_string()
@@ -465,6 +483,10 @@ mod tests {
             }
         }
         assert_eq!(s.waiting(), 0);
+        // Client 2's later sends are refused: no hole in what it sends.
+        let e = s.send(send(2, 4, b"more", false), Instant::now(), &mut fx).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Busy);
+        assert!(e.message.contains("an earlier send of this connection"), "{}", e.message);
         // The reader drains: the first goes in whole and the watch ends.
         let mut buf = vec![0u8; 1 << 16];
         let mut got = 0;
