@@ -161,12 +161,18 @@ fn cat_and_a_line_echo_script_round_trip_through_send_and_logs() {
     std::fs::write(&input, "one\ntwo\nthree\n").unwrap();
     s.send_ok("echo", &["--input", input.to_str().unwrap()]);
     s.wait_logs("echo", |l| l == ["echo: one", "echo: two", "echo: three"]);
-    // Input from stdin too.
+    // Input from stdin too, sent as it comes: a line is in before the
+    // producer writes the next.
     let mut c = s.spawn(&["send", "echo", "--input", "-"], Stdio::piped());
-    c.stdin.take().unwrap().write_all(b"four\n").unwrap();
+    let mut producer = c.stdin.take().unwrap();
+    producer.write_all(b"four\n").unwrap();
+    s.wait_logs("echo", |l| l.last().map(String::as_str) == Some("echo: four"));
+    assert!(c.try_wait().unwrap().is_none(), "send goes on until its input ends");
+    producer.write_all(b"five\n").unwrap();
+    s.wait_logs("echo", |l| l.last().map(String::as_str) == Some("echo: five"));
+    drop(producer);
     let out = wait_output(c, LIMIT);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    s.wait_logs("echo", |l| l.last().map(String::as_str) == Some("echo: four"));
     // What cannot be sent is a clear error.
     let (code, _, err) = s.send("nope", &["--data", "x"]);
     assert_eq!(code, 1);

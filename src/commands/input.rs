@@ -74,16 +74,26 @@ pub(super) fn send(ctx: &Ctx, a: SendArgs) -> Result<()> {
     let mut instance = name.clone();
     let mut buf = vec![0u8; SEND_CHUNK];
     let mut more = true;
+    let mut sent_any = false;
     while more || !in_flight.is_empty() {
         while more && in_flight.len() < SEND_IN_FLIGHT {
-            let n = fill(&mut reader, &mut buf).map_err(|e| {
+            // What is there now (a producer on a pipe is not waited for
+            // to fill a piece); 0 is the end of the input.
+            let n = read_some(&mut reader, &mut buf).map_err(|e| {
                 let what = input.as_deref().map_or("--data".into(), |p| p.display().to_string());
                 Error::new(Kind::Io, format!("cannot read {what}: {e}{}", written(total)))
             })?;
-            more = n == buf.len();
+            more = n > 0;
+            // The end needs a request of its own only to close, or when
+            // nothing was sent at all (then it checks the process takes
+            // input).
+            if n == 0 && !close && sent_any {
+                break;
+            }
+            sent_any = true;
             let req = Request::Send {
                 name: name.clone(),
-                close: close && !more,
+                close: close && n == 0,
                 timeout_ms: timeout,
                 attached: false,
             };
@@ -130,18 +140,14 @@ fn written(total: u64) -> String {
     }
 }
 
-/// Read until `buf` is full or the input ends: how many bytes.
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
+/// One read (retried if interrupted): how many bytes, 0 at the end.
+fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            n => return n,
         }
     }
-    Ok(n)
 }
 
 /// The terminal in raw mode until dropped (output processing kept, so
