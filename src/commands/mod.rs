@@ -9,11 +9,13 @@
 //! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
 //! | [`follow`] | `logs`, `events` (streamed replies) |
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
+//! | [`health`] | `health`, `ls` |
 
 mod compute;
 mod config;
 mod daemon;
 mod follow;
+mod health;
 mod procs;
 
 use std::ffi::OsString;
@@ -57,6 +59,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => follow::logs(&ctx, args),
         Command::Events(args) => follow::events(&ctx, args),
         Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Health { name, json } => health::health(&ctx, name, json),
+        Command::Ls { json } => health::ls(&ctx, json),
     }
 }
 
@@ -92,6 +96,10 @@ impl Ctx {
         if let Some(d) = &g.state_dir {
             daemon_args.push("--state-dir".into());
             daemon_args.push(absolute(d)?.into());
+        }
+        if let Some(h) = &g.http {
+            daemon_args.push("--http".into());
+            daemon_args.push(h.into());
         }
         if let Some(c) = &g.config {
             daemon_args.push("--config".into());

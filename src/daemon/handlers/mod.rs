@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod handshake;
+pub mod health;
 pub mod logs;
 pub mod ping;
 pub mod ps;
@@ -32,6 +33,8 @@ pub struct DaemonInfo {
     pub dir: RuntimeDir,
     pub log_file: Option<PathBuf>,
     pub started: Instant,
+    /// The HTTP endpoint's bound address, when it is on.
+    pub http: Option<String>,
 }
 
 /// The rooms a handler may use, for one request.
@@ -86,6 +89,7 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         Request::Reload { dry_run } => reload::handle(cx, client, tag, dry_run),
         Request::Ping => ping::handle(cx, client, tag),
         Request::Config(req) => config::handle(cx, client, tag, req),
+        Request::Health { name } => health::handle(cx, client, tag, name),
     }
 }
 
@@ -123,7 +127,7 @@ mod tests {
             procs: Procs::new(sup, None, None, dir.path()),
             follow: Follow::new(),
             hub: Hub::new(crate::weavelet::store::Store::in_memory()),
-            info: DaemonInfo { dir, log_file: None, started: Instant::now() },
+            info: DaemonInfo { dir, log_file: None, started: Instant::now(), http: None },
             fx: Effects::new(),
             _dir: tmp,
         }

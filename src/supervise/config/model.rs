@@ -13,8 +13,39 @@ use nix::sys::signal::Signal;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub compute: ComputeSpec,
+    /// `[http]`: the HTTP endpoint, when it is on.
+    pub http: Option<HttpSpec>,
     /// In declaration order.
     pub processes: Vec<ProcessSpec>,
+}
+
+/// `[http]`: where the health, readiness and metrics endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSpec {
+    /// `listen`: an IP address and port; port 0 takes a free one.
+    pub listen: std::net::SocketAddr,
+    /// `allow_remote`: a non-loopback `listen` is refused without it.
+    pub allow_remote: bool,
+}
+
+impl HttpSpec {
+    /// Check `listen` (from `[http]` or `--http`): an address and port,
+    /// loopback unless `allow_remote`.
+    pub fn check(listen: &str, allow_remote: bool) -> Result<HttpSpec, String> {
+        let addr: std::net::SocketAddr = listen.trim().parse().map_err(|_| {
+            format!(
+                "{listen:?} is not an address and port: write it like \"127.0.0.1:9464\" \
+                 or \"[::1]:9464\" (port 0 takes a free port)"
+            )
+        })?;
+        if !addr.ip().is_loopback() && !allow_remote {
+            return Err(format!(
+                "{addr} is not a loopback address: other hosts could read weaver's health and \
+                 metrics; set allow_remote = true in [http] to allow it, or listen on 127.0.0.1"
+            ));
+        }
+        Ok(HttpSpec { listen: addr, allow_remote })
+    }
 }
 
 /// `[compute]`: how the compute daemon is run.

@@ -1,0 +1,347 @@
+//! The HTTP endpoint, a room: the TCP listener's connections, each with a
+//! bounded buffer for one request head, its answer being written, and one
+//! deadline. Parsing, routing and the bodies are pure (`crate::http`);
+//! this does their I/O and asks the loop, through effects, to watch and
+//! unwatch sockets and to arm deadlines.
+//!
+//! What a slow or hostile client can cost is bounded: at most
+//! [`MAX_CONNS`] connections (at the limit, the connection idle longest
+//! makes room for a new one; with none idle the new one is told 503), at
+//! most [`MAX_HEAD`] bytes of request head each, one answer at a time per
+//! connection (pipelined requests wait in the kernel until the answer
+//! before them is written), [`HEAD_DEADLINE`] from the first byte of a
+//! request to the end of its head (a slowloris client gets 408 and is
+//! closed), and [`IDLE`] between requests.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::Interest;
+
+use crate::daemon::effect::{Effect, Effects, Timer};
+use crate::daemon::token;
+use crate::http::request::MAX_HEAD;
+use crate::http::{self, Served, Snapshot};
+
+/// Open connections at most.
+pub const MAX_CONNS: usize = 1024;
+/// A keep-alive connection with no request is closed after this.
+pub const IDLE: Duration = Duration::from_secs(60);
+/// From the first byte of a request to the end of its head.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// After its last answer, how long a connection may take to close.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    /// Bytes of the request head being read (at most [`MAX_HEAD`]).
+    buf: Vec<u8>,
+    /// The answer being written, and how much of it went out.
+    out: Vec<u8>,
+    sent: usize,
+    /// Close once `out` is written.
+    close: bool,
+    /// Our side is shut down: waiting for the peer to close.
+    shut: bool,
+    writable_armed: bool,
+    /// When the first byte of the request being read came.
+    head_since: Option<Instant>,
+    /// The last request answered (or the connection accepted).
+    last: Instant,
+}
+
+impl Conn {
+    fn deadline(&self) -> Instant {
+        match (self.shut, self.head_since) {
+            (true, _) => self.last + LINGER,
+            (false, Some(t)) => t + HEAD_DEADLINE,
+            (false, None) => self.last + IDLE,
+        }
+    }
+
+    /// Idle: nothing being read or written; may be closed to make room.
+    fn idle(&self) -> bool {
+        self.buf.is_empty() && self.out.is_empty()
+    }
+}
+
+/// How accepting stopped.
+#[derive(Debug)]
+pub enum Accepted {
+    Drained,
+    /// Out of file descriptors: the rest wait in the listen queue.
+    OutOfFds(io::Error),
+    Failed(io::Error),
+}
+
+#[derive(Debug)]
+pub struct Http {
+    listener: TcpListener,
+    addr: SocketAddr,
+    conns: HashMap<u64, Conn>,
+    /// Never reused.
+    next_id: u64,
+    /// Start-up ordering was seen finished once (`/ready` stays 200 after,
+    /// until stopping).
+    started_up: bool,
+    /// Requests answered.
+    pub served: u64,
+}
+
+impl Http {
+    /// The room for a bound listener (made non-blocking here); the loop
+    /// registers [`Http::listener`] under `HTTP_LISTENER`.
+    pub fn new(l: std::net::TcpListener) -> io::Result<Http> {
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        Ok(Http {
+            listener: TcpListener::from_std(l),
+            addr,
+            conns: HashMap::new(),
+            next_id: 1,
+            started_up: false,
+            served: 0,
+        })
+    }
+
+    pub fn listener(&mut self) -> &mut TcpListener {
+        &mut self.listener
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Accept every queued connection.
+    pub fn accept(&mut self, now: Instant, fx: &mut Effects) -> Accepted {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    return Accepted::OutOfFds(e)
+                }
+                // A connection reset before we took it: take the next.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return Accepted::Failed(e),
+            };
+            if self.conns.len() >= MAX_CONNS && !self.make_room(fx) {
+                let mut out = Vec::new();
+                http::busy(&mut out);
+                let mut s = stream;
+                let _ = s.write(&out);
+                debug!("HTTP: refused a connection: {MAX_CONNS} open and none idle");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let id = self.next_id;
+            self.next_id += 1;
+            let fd = stream.as_raw_fd();
+            fx.push(Effect::Watch { fd, token: token::http(id), interest: Interest::READABLE });
+            let c = Conn {
+                stream,
+                buf: Vec::new(),
+                out: Vec::new(),
+                sent: 0,
+                close: false,
+                shut: false,
+                writable_armed: false,
+                head_since: None,
+                last: now,
+            };
+            fx.push(Effect::Arm { at: c.deadline(), timer: Timer::Http(id) });
+            self.conns.insert(id, c);
+        }
+    }
+
+    /// At the limit: close the connection idle longest, if any is idle.
+    fn make_room(&mut self, fx: &mut Effects) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.idle())
+            .min_by_key(|(_, c)| c.last)
+            .map(|(&id, _)| id);
+        match oldest {
+            Some(id) => {
+                debug!("HTTP: closing idle connection {id} to make room");
+                self.close(id, fx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connection `id` is readable or writable: write what is pending,
+    /// answer what is buffered, read more; `snap` gives the daemon's state
+    /// when an answer needs it.
+    pub fn event(
+        &mut self,
+        id: u64,
+        snap: &mut dyn FnMut() -> Snapshot,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let n = self.conns.len() as u64;
+        let latch = &mut self.started_up;
+        let mut snap = || {
+            let mut s = snap();
+            s.http_connections = n;
+            *latch |= s.started_up;
+            s.started_up = *latch;
+            s
+        };
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        match pump(c, &mut snap, now, &mut self.served) {
+            Ok(()) => {
+                let armed = c.sent < c.out.len();
+                if armed != c.writable_armed {
+                    c.writable_armed = armed;
+                    let interest = if armed {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    fx.push(Effect::Rewatch {
+                        fd: c.stream.as_raw_fd(),
+                        token: token::http(id),
+                        interest,
+                    });
+                }
+                fx.push(Effect::Arm { at: c.deadline(), timer: Timer::Http(id) });
+            }
+            Err(why) => {
+                debug!("HTTP connection {id}: {why}");
+                self.close(id, fx);
+            }
+        }
+    }
+
+    /// Its deadline passed: a head that is late gets 408, an idle or
+    /// lingering connection is closed.
+    pub fn timer(&mut self, id: u64, now: Instant, fx: &mut Effects) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if now < c.deadline() {
+            fx.push(Effect::Arm { at: c.deadline(), timer: Timer::Http(id) });
+            return;
+        }
+        if c.head_since.is_some() && !c.shut && c.out.is_empty() {
+            debug!("HTTP connection {id}: request head not complete after {HEAD_DEADLINE:?}");
+            c.buf.clear();
+            c.head_since = None;
+            http::timed_out(&mut c.out);
+            c.close = true;
+            c.last = now;
+            return self.event(id, &mut || unreachable!("no request is parsed"), now, fx);
+        }
+        self.close(id, fx);
+    }
+
+    fn close(&mut self, id: u64, fx: &mut Effects) {
+        let Some(c) = self.conns.remove(&id) else { return };
+        fx.push(Effect::Cancel(Timer::Http(id)));
+        // SAFETY: the stream is ours and consumed; the fd moves into the
+        // OwnedFd, which the loop closes after unwatching it.
+        let fd = unsafe { OwnedFd::from_raw_fd(c.stream.into_raw_fd()) };
+        fx.push(Effect::Unwatch { fd });
+    }
+}
+
+/// Drive one connection as far as it goes without blocking. `Err`: close
+/// it now (the peer left, or the socket failed).
+fn pump(
+    c: &mut Conn,
+    snap: &mut dyn FnMut() -> Snapshot,
+    now: Instant,
+    served: &mut u64,
+) -> Result<(), String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Write what is pending first.
+        while c.sent < c.out.len() {
+            match c.stream.write(&c.out[c.sent..]) {
+                Ok(0) => return Err("the peer takes no more".into()),
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("write failed: {e}")),
+            }
+        }
+        if !c.out.is_empty() {
+            c.out = Vec::new();
+            c.sent = 0;
+            if c.close && !c.shut {
+                // Shut our side and wait for the peer to close, so that
+                // closing over its unread bytes cannot reset the
+                // connection before it read the answer.
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                c.shut = true;
+                c.buf = Vec::new();
+                c.last = now;
+            }
+        }
+        if c.shut {
+            // Discard whatever still comes, until EOF.
+            loop {
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => return Err("closed after its last answer".into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("read failed: {e}")),
+                }
+            }
+        }
+        // Answer a buffered request.
+        if !c.buf.is_empty() {
+            if let Served::Answered { used, close, status } = http::serve(&c.buf, snap, &mut c.out)
+            {
+                *served += 1;
+                if status >= 400 && status != 404 && status != 405 {
+                    debug!("HTTP: answered {status}");
+                }
+                c.buf.drain(..used.min(c.buf.len()));
+                c.head_since = if c.buf.is_empty() { None } else { Some(now) };
+                c.close = close;
+                c.last = now;
+                continue;
+            }
+        }
+        // Read more of the head, never past MAX_HEAD in all.
+        let room = (MAX_HEAD - c.buf.len()).min(chunk.len());
+        match c.stream.read(&mut chunk[..room]) {
+            Ok(0) => return Err("closed by the peer".into()),
+            Ok(n) => {
+                c.buf.extend_from_slice(&chunk[..n]);
+                c.head_since.get_or_insert(now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}
+
+/// Bind the HTTP endpoint's listener on `addr`.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    if !addr.ip().is_loopback() {
+        warn!("the HTTP endpoint serves other hosts on {addr} (allow_remote = true)");
+    }
+    Ok(l)
+}
