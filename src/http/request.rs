@@ -92,7 +92,7 @@ mod tests {
     fn heads_parse_with_keep_alive_by_version_and_header() {
         let p = parse(b"GET /health?x=1 HTTP/1.1\r\nHost: a\r\n\r\nGET /ready");
         let Parsed::Head(h) = p else { panic!("{p:?}") };
-        assert_eq!((h.method, h.path, h.close, h.len), ("GET", "/health", false, 35));
+        assert_eq!((h.method, h.path, h.close, h.len), ("GET", "/health", false, 37));
         let Parsed::Head(h) = parse(b"HEAD /metrics HTTP/1.0\r\n\r\n") else { panic!() };
         assert!(h.close, "HTTP/1.0 closes by default");
         let Parsed::Head(h) = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n") else {
