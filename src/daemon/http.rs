@@ -9,9 +9,9 @@
 //! makes room for a new one; with none idle the new one is told 503), at
 //! most [`MAX_HEAD`] bytes of request head each, one answer at a time per
 //! connection (pipelined requests wait in the kernel until the answer
-//! before them is written), [`HEAD_DEADLINE`] from the first byte of a
+//! before them is written), `header_timeout` from the first byte of a
 //! request to the end of its head (a slowloris client gets 408 and is
-//! closed), and [`IDLE`] between requests.
+//! closed), and `idle_timeout` between requests (`[http]` in weaver.toml).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -27,13 +27,10 @@ use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::token;
 use crate::http::request::MAX_HEAD;
 use crate::http::{self, Served, Snapshot};
+use crate::supervise::config::HttpSpec;
 
 /// Open connections at most.
 pub const MAX_CONNS: usize = 1024;
-/// A keep-alive connection with no request is closed after this.
-pub const IDLE: Duration = Duration::from_secs(60);
-/// From the first byte of a request to the end of its head.
-pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
 /// After its last answer, how long a connection may take to close.
 pub const LINGER: Duration = Duration::from_secs(1);
 
@@ -56,12 +53,19 @@ struct Conn {
     last: Instant,
 }
 
+/// How long a connection may take.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    head: Duration,
+    idle: Duration,
+}
+
 impl Conn {
-    fn deadline(&self) -> Instant {
+    fn deadline(&self, l: Limits) -> Instant {
         match (self.shut, self.head_since) {
             (true, _) => self.last + LINGER,
-            (false, Some(t)) => t + HEAD_DEADLINE,
-            (false, None) => self.last + IDLE,
+            (false, Some(t)) => t + l.head,
+            (false, None) => self.last + l.idle,
         }
     }
 
@@ -92,12 +96,13 @@ pub struct Http {
     started_up: bool,
     /// Requests answered.
     pub served: u64,
+    limits: Limits,
 }
 
 impl Http {
     /// The room for a bound listener (made non-blocking here); the loop
     /// registers [`Http::listener`] under `HTTP_LISTENER`.
-    pub fn new(l: std::net::TcpListener) -> io::Result<Http> {
+    pub fn new(l: std::net::TcpListener, spec: &HttpSpec) -> io::Result<Http> {
         l.set_nonblocking(true)?;
         let addr = l.local_addr()?;
         Ok(Http {
@@ -107,6 +112,7 @@ impl Http {
             next_id: 1,
             started_up: false,
             served: 0,
+            limits: Limits { head: spec.header_timeout, idle: spec.idle_timeout },
         })
     }
 
@@ -164,7 +170,7 @@ impl Http {
                 head_since: None,
                 last: now,
             };
-            fx.push(Effect::Arm { at: c.deadline(), timer: Timer::Http(id) });
+            fx.push(Effect::Arm { at: c.deadline(self.limits), timer: Timer::Http(id) });
             self.conns.insert(id, c);
         }
     }
@@ -223,7 +229,7 @@ impl Http {
                         interest,
                     });
                 }
-                fx.push(Effect::Arm { at: c.deadline(), timer: Timer::Http(id) });
+                fx.push(Effect::Arm { at: c.deadline(self.limits), timer: Timer::Http(id) });
             }
             Err(why) => {
                 debug!("HTTP connection {id}: {why}");
@@ -236,12 +242,13 @@ impl Http {
     /// lingering connection is closed.
     pub fn timer(&mut self, id: u64, now: Instant, fx: &mut Effects) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        if now < c.deadline() {
-            fx.push(Effect::Arm { at: c.deadline(), timer: Timer::Http(id) });
+        if now < c.deadline(self.limits) {
+            let at = c.deadline(self.limits);
+            fx.push(Effect::Arm { at, timer: Timer::Http(id) });
             return;
         }
         if c.head_since.is_some() && !c.shut && c.out.is_empty() {
-            debug!("HTTP connection {id}: request head not complete after {HEAD_DEADLINE:?}");
+            debug!("HTTP connection {id}: request head not complete after {:?}", self.limits.head);
             c.buf.clear();
             c.head_since = None;
             http::timed_out(&mut c.out);

@@ -62,8 +62,8 @@ pub struct Setup {
     pub supervisor: crate::supervise::Supervisor,
     pub config_path: Option<PathBuf>,
     pub guard: Option<guard::Guard>,
-    /// The HTTP endpoint's listener, when it is on.
-    pub http: Option<std::net::TcpListener>,
+    /// The HTTP endpoint's settings and listener, when it is on.
+    pub http: Option<(crate::supervise::config::HttpSpec, std::net::TcpListener)>,
 }
 
 /// Run the daemon in this process until it is stopped.
@@ -108,10 +108,13 @@ fn start(o: &Options) -> Result<Result<()>> {
     let http_spec = match &o.http {
         Some(a) => {
             let allow = config.http.as_ref().is_some_and(|h| h.allow_remote);
-            Some(
-                crate::supervise::config::HttpSpec::check(a, allow)
-                    .map_err(|e| Error::new(Kind::Usage, format!("--http: {e}")))?,
-            )
+            let h = crate::supervise::config::HttpSpec::check(a, allow)
+                .map_err(|e| Error::new(Kind::Usage, format!("--http: {e}")))?;
+            // The timeouts of [http] still apply.
+            Some(match &config.http {
+                Some(c) => crate::supervise::config::HttpSpec { listen: h.listen, ..c.clone() },
+                None => h,
+            })
         }
         None => config.http.clone(),
     };
@@ -149,16 +152,19 @@ fn start(o: &Options) -> Result<Result<()>> {
     let compute_listener = bind(&compute_path)?;
     let weavelet_listener = bind(&weavelet_path)?;
     let http = match &http_spec {
-        Some(h) => Some(http::bind(h.listen).map_err(|e| {
-            Error::new(
-                Kind::Usage,
-                format!(
+        Some(h) => Some((
+            h.clone(),
+            http::bind(h.listen).map_err(|e| {
+                Error::new(
+                    Kind::Usage,
+                    format!(
                     "cannot listen for HTTP on {}: {e}; choose another address in [http] listen \
                      or --http (port 0 takes a free port)",
                     h.listen
                 ),
-            )
-        })?),
+                )
+            })?,
+        )),
         None => None,
     };
     let pid_path = dir.pid_file();

@@ -117,7 +117,7 @@ impl Reactor {
         if let Some(fd) = sockets.fd() {
             reg.register(&mut SourceFd(&fd), token::RUNTIME_DIR, Interest::READABLE)?;
         }
-        let mut http = s.http.map(Http::new).transpose()?;
+        let mut http = s.http.map(|(spec, l)| Http::new(l, &spec)).transpose()?;
         if let Some(h) = http.as_mut() {
             reg.register(h.listener(), token::HTTP_LISTENER, Interest::READABLE)?;
         }

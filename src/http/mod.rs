@@ -303,3 +303,28 @@ pub(crate) mod tests {
         assert_eq!(taken, 0);
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::supervise::parse;
+    use std::time::Duration;
+
+    #[test]
+    fn http_table_is_checked_loopback_unless_allowed() {
+        let c = parse("[http]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"2s\"\n", "w").unwrap();
+        let h = c.http.unwrap();
+        assert_eq!((h.listen.port(), h.header_timeout), (0, Duration::from_secs(2)));
+        assert_eq!(h.idle_timeout, Duration::from_secs(60));
+        let e = parse("[http]\nlisten = \"0.0.0.0:9464\"\n", "w").unwrap_err().to_string();
+        assert!(e.contains("not a loopback address") && e.contains("allow_remote"), "{e}");
+        let c = parse("[http]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n", "w").unwrap();
+        assert!(c.http.unwrap().allow_remote);
+        let e = parse("[http]\nlisten = \"localhost\"\n", "w").unwrap_err().to_string();
+        assert!(e.contains("not an address and port"), "{e}");
+        let e = parse("[http]\nallow_remote = true\n", "w").unwrap_err().to_string();
+        assert!(e.contains("listen is required"), "{e}");
+        let e = parse("[http]\nlisten = \"[::1]:1\"\nbogus = 1\n", "w").unwrap_err().to_string();
+        assert!(e.contains("unknown key \"bogus\""), "{e}");
+        assert!(parse("", "w").unwrap().http.is_none());
+    }
+}

@@ -26,6 +26,12 @@ pub struct HttpSpec {
     pub listen: std::net::SocketAddr,
     /// `allow_remote`: a non-loopback `listen` is refused without it.
     pub allow_remote: bool,
+    /// `header_timeout`: from the first byte of a request to the end of
+    /// its head (a slow client then gets 408).
+    pub header_timeout: std::time::Duration,
+    /// `idle_timeout`: a keep-alive connection without a request is
+    /// closed after this.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl HttpSpec {
@@ -44,8 +50,16 @@ impl HttpSpec {
                  metrics; set allow_remote = true in [http] to allow it, or listen on 127.0.0.1"
             ));
         }
-        Ok(HttpSpec { listen: addr, allow_remote })
+        Ok(HttpSpec {
+            listen: addr,
+            allow_remote,
+            header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+        })
     }
+
+    pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 }
 
 /// `[compute]`: how the compute daemon is run.

@@ -154,7 +154,7 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
 // ---------------------------------------------------------------- the parser
 
 const TOP_KEYS: &[&str] = &["compute", "process", "http"];
-const HTTP_KEYS: &[&str] = &["listen", "allow_remote"];
+const HTTP_KEYS: &[&str] = &["listen", "allow_remote", "header_timeout", "idle_timeout"];
 const RESTART_KEYS: &[&str] = &[
     "auto_restart",
     "restart_interval",
@@ -634,6 +634,18 @@ impl<'a> Parser<'a> {
     fn http(&mut self, tbl: Tbl<'_>) -> Option<HttpSpec> {
         self.check_keys(tbl, &[HTTP_KEYS]);
         let allow_remote = self.boolean(tbl, "allow_remote").unwrap_or(false);
+        let mut timeout = |key, default| match self.duration(tbl, key) {
+            Some(d) if d.is_zero() => {
+                if let Some(f) = self.field(tbl, key) {
+                    self.invalid(f, "must be more than 0");
+                }
+                default
+            }
+            Some(d) => d,
+            None => default,
+        };
+        let header_timeout = timeout("header_timeout", HttpSpec::DEFAULT_HEADER_TIMEOUT);
+        let idle_timeout = timeout("idle_timeout", HttpSpec::DEFAULT_IDLE_TIMEOUT);
         let Some(f) = self.field(tbl, "listen") else {
             self.error(
                 Some(tbl.at),
@@ -643,7 +655,7 @@ impl<'a> Parser<'a> {
         };
         let listen = self.string(tbl, "listen")?;
         match HttpSpec::check(&listen, allow_remote) {
-            Ok(h) => Some(h),
+            Ok(h) => Some(HttpSpec { header_timeout, idle_timeout, ..h }),
             Err(why) => {
                 self.invalid(f, why);
                 None
