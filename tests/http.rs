@@ -222,9 +222,14 @@ interval = "100ms"
 "#,
         flag.path
     ));
-    let r = wait_status(&env, addr, "/health/svc", 503);
+    let mut v = Value::Null;
+    let running = wait_for(LIMIT, || {
+        v = get(addr, "/health/svc").json();
+        check(&v, "svc")["state"] == "running"
+    });
+    assert!(running, "svc never ran: {v}");
     track_processes(&env);
-    let v = r.json();
+    assert_eq!(get(addr, "/health/svc").status, 503);
     assert_eq!(v["healthy"], false);
     assert!(check(&v, "svc")["reason"].as_str().unwrap().contains("ready probe"), "{v}");
     let r = get(addr, "/health");
