@@ -51,6 +51,10 @@ struct Conn {
     head_since: Option<Instant>,
     /// The last request answered (or the connection accepted).
     last: Instant,
+    /// When its timer is armed to fire. A later deadline leaves it: the
+    /// timer then finds it early and arms again, so a busy keep-alive
+    /// connection costs one heap entry per deadline, not one per request.
+    armed: Instant,
 }
 
 /// How long a connection may take.
@@ -159,7 +163,7 @@ impl Http {
             self.next_id += 1;
             let fd = stream.as_raw_fd();
             fx.push(Effect::Watch { fd, token: token::http(id), interest: Interest::READABLE });
-            let c = Conn {
+            let mut c = Conn {
                 stream,
                 buf: Vec::new(),
                 out: Vec::new(),
@@ -169,8 +173,10 @@ impl Http {
                 writable_armed: false,
                 head_since: None,
                 last: now,
+                armed: now,
             };
-            fx.push(Effect::Arm { at: c.deadline(self.limits), timer: Timer::Http(id) });
+            c.armed = c.deadline(self.limits);
+            fx.push(Effect::Arm { at: c.armed, timer: Timer::Http(id) });
             self.conns.insert(id, c);
         }
     }
@@ -229,7 +235,11 @@ impl Http {
                         interest,
                     });
                 }
-                fx.push(Effect::Arm { at: c.deadline(self.limits), timer: Timer::Http(id) });
+                let at = c.deadline(self.limits);
+                if at < c.armed {
+                    c.armed = at;
+                    fx.push(Effect::Arm { at, timer: Timer::Http(id) });
+                }
             }
             Err(why) => {
                 debug!("HTTP connection {id}: {why}");
@@ -244,6 +254,7 @@ impl Http {
         let Some(c) = self.conns.get_mut(&id) else { return };
         if now < c.deadline(self.limits) {
             let at = c.deadline(self.limits);
+            c.armed = at;
             fx.push(Effect::Arm { at, timer: Timer::Http(id) });
             return;
         }
