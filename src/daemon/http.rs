@@ -363,3 +363,98 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     }
     Ok(l)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn room() -> (Http, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = HttpSpec::check("127.0.0.1:0", false).unwrap();
+        let h = Http::new(l, &spec).unwrap();
+        let a = h.addr();
+        (h, a)
+    }
+
+    /// Accept until the room holds `n` connections (the kernel may take a
+    /// moment to queue them).
+    fn accept_n(h: &mut Http, n: usize, fx: &mut Effects) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while h.len() < n {
+            assert!(Instant::now() < end, "only {} of {n} accepted", h.len());
+            assert!(matches!(h.accept(Instant::now(), fx), Accepted::Drained));
+        }
+    }
+
+    fn snap() -> Snapshot {
+        crate::http::tests::sample()
+    }
+
+    #[test]
+    fn a_connection_is_watched_answered_and_kept_then_closed_at_eof() {
+        let (mut h, addr) = room();
+        let mut fx = Effects::new();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        accept_n(&mut h, 1, &mut fx);
+        assert!(matches!(fx[0], Effect::Watch { token, .. } if token == token::http(1)));
+        assert!(matches!(fx[1], Effect::Arm { timer: Timer::Http(1), .. }));
+        client.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        client.set_nonblocking(true).unwrap();
+        while !got.ends_with(b"}\n") {
+            assert!(Instant::now() < end, "no answer: {:?}", String::from_utf8_lossy(&got));
+            h.event(1, &mut snap, Instant::now(), &mut fx);
+            let mut b = [0u8; 4096];
+            if let Ok(n) = client.read(&mut b) {
+                got.extend_from_slice(&b[..n]);
+            }
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert_eq!((h.len(), h.served), (1, 1), "kept alive");
+        drop(client);
+        let end = Instant::now() + Duration::from_secs(10);
+        while h.len() == 1 {
+            assert!(Instant::now() < end, "EOF not seen");
+            h.event(1, &mut snap, Instant::now(), &mut fx);
+        }
+        assert!(fx.iter().any(|e| matches!(e, Effect::Unwatch { .. })));
+        assert!(fx.iter().any(|e| matches!(e, Effect::Cancel(Timer::Http(1)))));
+    }
+
+    #[test]
+    fn a_late_head_gets_408_and_an_idle_connection_is_closed() {
+        let (mut h, addr) = room();
+        let mut fx = Effects::new();
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        let _idle = std::net::TcpStream::connect(addr).unwrap();
+        accept_n(&mut h, 2, &mut fx);
+        slow.write_all(b"GET /health HTTP/1.1\r\nX-Slow: a").unwrap();
+        let t0 = Instant::now();
+        // Until the room has read the partial head.
+        let end = t0 + Duration::from_secs(10);
+        while !h.conns.values().any(|c| c.head_since.is_some()) {
+            assert!(Instant::now() < end);
+            for id in [1, 2] {
+                h.event(id, &mut snap, t0, &mut fx);
+            }
+        }
+        let slow_id = *h.conns.iter().find(|(_, c)| c.head_since.is_some()).unwrap().0;
+        let idle_id = 3 - slow_id;
+        // Early: nothing happens but the timer moves.
+        fx.clear();
+        h.timer(slow_id, t0, &mut fx);
+        assert!(matches!(fx[..], [Effect::Arm { .. }]), "{fx:?}");
+        // Past the header timeout: 408 and our side shut.
+        h.timer(slow_id, t0 + Duration::from_secs(11), &mut fx);
+        let mut got = String::new();
+        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        slow.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+        assert!(got.contains("Connection: close\r\n"));
+        // The idle one goes after idle_timeout.
+        h.timer(idle_id, t0 + Duration::from_secs(61), &mut fx);
+        assert!(!h.conns.contains_key(&idle_id));
+    }
+}
