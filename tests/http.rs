@@ -588,3 +588,29 @@ fn ls_lists_two_daemons_and_prunes_a_sigkilled_one() {
     assert!(!state.path().join("daemons").join(format!("{pb}.json")).exists());
     assert_eq!(b.ok(&["ls"]), "no weaver daemon is running\n");
 }
+
+#[test]
+fn a_remote_or_taken_address_is_refused_with_what_to_do() {
+    let env = TestEnv::new();
+    let out = env.run(&["--http", "0.0.0.0:0", "status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a loopback address") && err.contains("allow_remote"), "{err}");
+    assert!(env.daemon_pid().is_none(), "no daemon started");
+    let out = env.run(&["--http", "localhost", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an address and port"));
+    // A port another program holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = env.run(&["--http", &addr, "status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("cannot listen for HTTP on {addr}")), "{err}");
+    assert!(env.daemon_pid().is_none());
+    // `health` never starts a daemon: none runs, unhealthy.
+    let out = env.run(&["health"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"), "{out:?}");
+    assert!(env.daemon_pid().is_none());
+}

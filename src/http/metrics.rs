@@ -245,6 +245,21 @@ mod tests {
         let mut s = sample();
         s.procs[1].row.name = "we\"ird\\na\nme".into();
         s.tally.record("echo", "ok", Some(std::time::Duration::from_millis(2)));
+        let w = |id, connected, lag| crate::protocol::WeaveletRow {
+            id,
+            target: "trainer".into(),
+            instance: Some(format!("trainer.{id}")),
+            name: None,
+            pid: 9,
+            connected,
+            applied: Some(1),
+            current: 1 + lag,
+            lag,
+            step: None,
+            rejected: None,
+            metrics: "{}".into(),
+        };
+        s.weavelets = vec![w(1, true, 0), w(2, true, 3), w(3, false, 9)];
         let text = render(&s);
         assert!(text.contains("weaver_up 1\n"));
         assert!(text.contains("weaver_compute_state{state=\"ready\"} 1\n"));
@@ -253,6 +268,11 @@ mod tests {
         assert!(text.contains("weaver_compute_request_duration_seconds_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("weaver_compute_request_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
         assert!(text.contains(r#"instance="we\"ird\\na\nme""#), "{text}");
+        assert!(text.contains("weaver_weavelets_connected{target=\"trainer\"} 2\n"), "{text}");
+        assert!(text.contains(
+            "weaver_weavelet_lag_revisions{target=\"trainer\",weavelet=\"trainer.2\",id=\"2\"} 3\n"
+        ));
+        assert!(!text.contains("trainer.3"), "a gone weavelet has no lag");
         assert!(
             text.contains("weaver_process_last_exit_code{instance=\"web.0\",process=\"web\"} 3\n")
         );
