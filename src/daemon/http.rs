@@ -9,7 +9,7 @@
 //! makes room for a new one; with none idle the new one is told 503), at
 //! most [`MAX_HEAD`] bytes of request head each, one answer at a time per
 //! connection (pipelined requests wait in the kernel until the answer
-//! before them is written), `header_timeout` from the first byte of a
+//! before them is written) and [`MAX_UNSENT`] of answers for all together, `header_timeout` from the first byte of a
 //! request to the end of its head (a slowloris client gets 408 and is
 //! closed), and `idle_timeout` between requests (`[http]` in weaver.toml).
 
@@ -33,6 +33,10 @@ use crate::supervise::config::HttpSpec;
 pub const MAX_CONNS: usize = 1024;
 /// After its last answer, how long a connection may take to close.
 pub const LINGER: Duration = Duration::from_secs(1);
+/// Bytes of answers not yet taken by their clients, all connections
+/// together; past it, requests are answered 503 (and their connection
+/// closed) until clients read.
+pub const MAX_UNSENT: usize = 64 << 20;
 
 #[derive(Debug)]
 struct Conn {
@@ -218,8 +222,9 @@ impl Http {
             s.started_up = *latch;
             s
         };
+        let unsent: usize = self.conns.values().map(|c| c.out.len() - c.sent).sum();
         let Some(c) = self.conns.get_mut(&id) else { return };
-        match pump(c, &mut snap, now, &mut self.served) {
+        match pump(c, &mut snap, now, unsent > MAX_UNSENT, &mut self.served) {
             Ok(()) => {
                 let armed = c.sent < c.out.len();
                 if armed != c.writable_armed {
@@ -286,6 +291,7 @@ fn pump(
     c: &mut Conn,
     snap: &mut dyn FnMut() -> Snapshot,
     now: Instant,
+    over_budget: bool,
     served: &mut u64,
 ) -> Result<(), String> {
     let mut chunk = [0u8; 4096];
@@ -326,6 +332,17 @@ fn pump(
             }
         }
         // Answer a buffered request.
+        let whole = || !matches!(http::request::parse(&c.buf), http::request::Parsed::Partial);
+        if !c.buf.is_empty() && over_budget && whole() {
+            debug!("HTTP: over {MAX_UNSENT} bytes of answers unsent: 503");
+            http::busy(&mut c.out);
+            *served += 1;
+            c.buf = Vec::new();
+            c.head_since = None;
+            c.close = true;
+            c.last = now;
+            continue;
+        }
         if !c.buf.is_empty() {
             if let Served::Answered { used, close, status } = http::serve(&c.buf, snap, &mut c.out)
             {
@@ -421,6 +438,27 @@ mod tests {
         }
         assert!(fx.iter().any(|e| matches!(e, Effect::Unwatch { .. })));
         assert!(fx.iter().any(|e| matches!(e, Effect::Cancel(Timer::Http(1)))));
+    }
+
+    #[test]
+    fn over_the_unsent_budget_a_request_gets_503_and_its_connection_closes() {
+        let (mut h, addr) = room();
+        let mut fx = Effects::new();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        accept_n(&mut h, 1, &mut fx);
+        client.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let c = h.conns.get_mut(&1).unwrap();
+        let mut served = 0;
+        let end = Instant::now() + Duration::from_secs(10);
+        while served == 0 {
+            assert!(Instant::now() < end);
+            pump(c, &mut || panic!("not routed"), Instant::now(), true, &mut served).unwrap();
+        }
+        let mut got = String::new();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+        assert!(got.contains("unread answers"), "{got}");
     }
 
     #[test]

@@ -187,12 +187,14 @@ pub fn timed_out(out: &mut Vec<u8>) {
     write_response(&json_error(408, "the request head did not arrive in time"), true, true, out);
 }
 
-/// Plain text, for a connection refused at the limit.
+/// Plain text, for a connection refused at the connection limit or a
+/// request refused while too many answers wait for their clients.
 pub fn busy(out: &mut Vec<u8>) {
     let a = Answer {
         status: 503,
         content_type: TEXT,
-        body: b"weaver serves too many HTTP connections; retry later\n".to_vec(),
+        body: b"weaver has too many HTTP connections or unread answers right now; retry later\n"
+            .to_vec(),
     };
     write_response(&a, true, true, out);
 }
