@@ -424,7 +424,7 @@ pub fn http_request(data: &[u8]) {
         loop {
             if !buf.is_empty() {
                 let mut out = Vec::new();
-                match serve(&buf, &mut || snap(), &mut out) {
+                match serve(&buf, &mut |_| snap(), &mut out) {
                     Served::Answered { used, close, status } => {
                         assert!(used > 0 && used <= buf.len(), "used {used} of {}", buf.len());
                         check_response(&out, status);

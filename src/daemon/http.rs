@@ -26,7 +26,7 @@ use mio::Interest;
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::token;
 use crate::http::request::MAX_HEAD;
-use crate::http::{self, Served, Snapshot};
+use crate::http::{self, Need, Served, Snapshot};
 use crate::supervise::config::HttpSpec;
 
 /// Open connections at most.
@@ -209,14 +209,14 @@ impl Http {
     pub fn event(
         &mut self,
         id: u64,
-        snap: &mut dyn FnMut() -> Snapshot,
+        snap: &mut dyn FnMut(Need) -> Snapshot,
         now: Instant,
         fx: &mut Effects,
     ) {
         let n = self.conns.len() as u64;
         let latch = &mut self.started_up;
-        let mut snap = || {
-            let mut s = snap();
+        let mut snap = |need: Need| {
+            let mut s = snap(need);
             s.http_connections = n;
             *latch |= s.started_up;
             s.started_up = *latch;
@@ -270,7 +270,7 @@ impl Http {
             http::timed_out(&mut c.out);
             c.close = true;
             c.last = now;
-            return self.event(id, &mut || unreachable!("no request is parsed"), now, fx);
+            return self.event(id, &mut |_| unreachable!("no request is parsed"), now, fx);
         }
         self.close(id, fx);
     }
@@ -289,7 +289,7 @@ impl Http {
 /// it now (the peer left, or the socket failed).
 fn pump(
     c: &mut Conn,
-    snap: &mut dyn FnMut() -> Snapshot,
+    snap: &mut dyn FnMut(Need) -> Snapshot,
     now: Instant,
     over_budget: bool,
     served: &mut u64,
@@ -404,7 +404,7 @@ mod tests {
         }
     }
 
-    fn snap() -> Snapshot {
+    fn snap(_: Need) -> Snapshot {
         crate::http::tests::sample()
     }
 
@@ -452,7 +452,7 @@ mod tests {
         let end = Instant::now() + Duration::from_secs(10);
         while served == 0 {
             assert!(Instant::now() < end);
-            pump(c, &mut || panic!("not routed"), Instant::now(), true, &mut served).unwrap();
+            pump(c, &mut |_| panic!("not routed"), Instant::now(), true, &mut served).unwrap();
         }
         let mut got = String::new();
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

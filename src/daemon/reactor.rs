@@ -237,22 +237,15 @@ impl Reactor {
             Source::HttpListener => self.accept_http(),
             Source::Http(id) => {
                 let Some(http) = self.http.as_mut() else { return };
-                let started = self.contain.is_none();
-                let (compute, procs, hub, info) =
-                    (&self.compute, &self.procs, &self.hub, &self.info);
-                let stopping = self.stopping;
-                let mut snap = || {
-                    handlers::health::snapshot(
-                        compute,
-                        procs,
-                        hub,
-                        info,
-                        stopping,
-                        started,
-                        Instant::now(),
-                    )
+                let view = handlers::health::View {
+                    compute: &self.compute,
+                    procs: &self.procs,
+                    hub: &self.hub,
+                    info: &self.info,
+                    stopping: self.stopping,
+                    processes_started: self.contain.is_none(),
                 };
-                http.event(id, &mut snap, now, fx);
+                http.event(id, &mut |need| view.snapshot(need, Instant::now()), now, fx);
             }
 
             Source::RuntimeDir => {

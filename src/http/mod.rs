@@ -44,6 +44,21 @@ pub struct Snapshot {
     pub http_connections: u64,
 }
 
+/// What an answer needs of the daemon's state: a snapshot is built with
+/// only that (a `/health` of a daemon with 500 processes need not list
+/// them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'a> {
+    /// Everything (`/metrics`).
+    All,
+    /// The instances that have a ready probe (`/health`).
+    ReadyProbes,
+    /// The instances of this process, or this instance (`/health/NAME`).
+    Name(&'a str),
+    /// Whether start-up ordering has finished (`/ready`): no instances.
+    StartUp,
+}
+
 /// One supervised instance.
 #[derive(Debug, Clone)]
 pub struct ProcSnap {
@@ -70,8 +85,9 @@ fn json_error(status: u16, message: &str) -> Answer {
     Answer { status, content_type: JSON, body }
 }
 
-/// Answer `method path`; `snap` is called only for the paths that need it.
-pub fn route(method: &str, path: &str, snap: &mut dyn FnMut() -> Snapshot) -> Answer {
+/// Answer `method path`; `snap` is called only for the paths that need it,
+/// with what they need.
+pub fn route(method: &str, path: &str, snap: &mut dyn FnMut(Need) -> Snapshot) -> Answer {
     if method != "GET" && method != "HEAD" {
         return json_error(405, &format!("method {method} is not served: use GET or HEAD"));
     }
@@ -79,23 +95,26 @@ pub fn route(method: &str, path: &str, snap: &mut dyn FnMut() -> Snapshot) -> An
         |status, v: &dyn erased::Json| Answer { status, content_type: JSON, body: v.to_json() };
     match path {
         "/health" => {
-            let r = health::report(&snap(), None).expect("the whole daemon always has a report");
+            let r = health::report(&snap(Need::ReadyProbes), None)
+                .expect("the whole daemon always has a report");
             json(if r.healthy { 200 } else { 503 }, &r)
         }
         "/ready" => {
-            let r = health::ready(&snap());
+            let r = health::ready(&snap(Need::StartUp));
             json(if r.ready { 200 } else { 503 }, &r)
         }
         "/metrics" => Answer {
             status: 200,
             content_type: METRICS_TYPE,
-            body: metrics::render(&snap()).into_bytes(),
+            body: metrics::render(&snap(Need::All)).into_bytes(),
         },
         _ => match path.strip_prefix("/health/") {
-            Some(name) if !name.is_empty() => match health::report(&snap(), Some(name)) {
-                Some(r) => json(if r.healthy { 200 } else { 503 }, &r),
-                None => json_error(404, &format!("no process or instance is named {name:?}")),
-            },
+            Some(name) if !name.is_empty() => {
+                match health::report(&snap(Need::Name(name)), Some(name)) {
+                    Some(r) => json(if r.healthy { 200 } else { 503 }, &r),
+                    None => json_error(404, &format!("no process or instance is named {name:?}")),
+                }
+            }
             _ => json_error(
                 404,
                 &format!("no such path {path:?}: try /health, /health/NAME, /ready or /metrics"),
@@ -167,7 +186,7 @@ pub enum Served {
 }
 
 /// Answer the first request in `buf`, appending its response to `out`.
-pub fn serve(buf: &[u8], snap: &mut dyn FnMut() -> Snapshot, out: &mut Vec<u8>) -> Served {
+pub fn serve(buf: &[u8], snap: &mut dyn FnMut(Need) -> Snapshot, out: &mut Vec<u8>) -> Served {
     match request::parse(buf) {
         Parsed::Partial => Served::Partial,
         Parsed::Bad { status, reason } => {
@@ -255,7 +274,7 @@ pub(crate) mod tests {
 
     fn get(req: &[u8], snap: Snapshot) -> (Served, String) {
         let mut out = Vec::new();
-        let s = serve(req, &mut || snap.clone(), &mut out);
+        let s = serve(req, &mut |_| snap.clone(), &mut out);
         (s, String::from_utf8(out).unwrap())
     }
 
@@ -293,7 +312,7 @@ pub(crate) mod tests {
     fn the_snapshot_is_taken_only_when_needed_and_bad_heads_close() {
         let mut taken = 0;
         let mut out = Vec::new();
-        let mut snap = || {
+        let mut snap = |_: Need| {
             taken += 1;
             sample()
         };
