@@ -89,6 +89,22 @@ mod tests {
     }
 
     #[test]
+    fn the_mux_counts_what_it_answers_and_what_times_out() {
+        use crate::daemon::mux::{Limits, Mux, OpRef};
+        let mut m = Mux::new(Limits::default());
+        let id = m.submit(1, 1, OpRef::Code(1), vec![]).unwrap();
+        m.set_label(id, "echo");
+        m.next_send().unwrap();
+        m.complete(id, crate::wire::status::OK, vec![]);
+        let id = m.submit(1, 2, OpRef::Name("render".into()), vec![]).unwrap();
+        m.set_timeout(id, 5);
+        m.expire(id).unwrap();
+        assert_eq!(m.tally.requests[&("echo".to_string(), "ok")], 1);
+        assert_eq!(m.tally.requests[&("render".to_string(), "timeout")], 1);
+        assert_eq!(m.tally.count, 2);
+    }
+
+    #[test]
     fn op_labels_are_bounded() {
         let mut t = Tally::default();
         for i in 0..1000 {
