@@ -27,9 +27,10 @@ use crate::supervise::PsRow;
 /// 3: [`Request::Ping`] and [`Response::Pong`].
 /// 4: [`Request::Config`] (`weaver config`) and its replies;
 /// [`ErrorKind::Rejected`].
-/// 5: [`Request::Send`] and [`Request::Attach`] (a process's stdin), their
+/// 5: [`Request::Health`] and [`Response::Health`]; [`DaemonStatus::http`].
+/// 6: [`Request::Send`] and [`Request::Attach`] (a process's stdin), their
 /// replies, [`EventType::StdinClosed`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -121,6 +122,10 @@ pub enum Request {
     /// Live configuration of weavelets (`weaver config`); see [`ConfigReq`]
     /// for what each answers.
     Config(ConfigReq),
+    /// The health checks `GET /health` answers (`weaver health`): of
+    /// everything, or (`name`) of one process or instance. Answered by
+    /// [`Response::Health`]; an unknown name is [`ErrorKind::NotFound`].
+    Health { name: Option<String> },
     /// Write the frame payload (at most 1 MiB) to the stdin of `name` (an
     /// instance, or a process with one instance; `stdin = "pipe"`), then
     /// with `close` close it. Answered by [`Response::Sent`] once every
@@ -228,6 +233,29 @@ pub enum Response {
     /// The first answer of `Attach`: the instance, and whether this client
     /// is its stdin's writer.
     Attached { instance: String, writer: bool },
+    /// Answers `Health`.
+    Health(HealthReport),
+}
+
+/// `weaver health` and `GET /health`: healthy when every check is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub healthy: bool,
+    /// The process or instance asked about; `None`: the whole daemon.
+    pub name: Option<String>,
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One health check: the daemon, compute, or one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// "daemon", "compute", or an instance name ("web.1").
+    pub name: String,
+    pub ok: bool,
+    /// The state it is in ("serving", "ready", "running", "backoff"...).
+    pub state: String,
+    /// Why it is not ok (empty when it is).
+    pub reason: String,
 }
 
 /// A target's document at one revision.
@@ -774,6 +802,8 @@ pub struct DaemonStatus {
     /// What keeps its children from outliving it: "cgroup DIR" or
     /// "environment marker WEAVER_DAEMON_ID=...".
     pub containment: String,
+    /// The address the HTTP endpoint is bound to, when it is on.
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

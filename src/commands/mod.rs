@@ -9,12 +9,14 @@
 //! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
 //! | [`follow`] | `logs`, `events` (streamed replies) |
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
+//! | [`health`] | `health`, `ls` |
 //! | [`input`] | `send`, `attach` (a process's stdin) |
 
 mod compute;
 mod config;
 mod daemon;
 mod follow;
+mod health;
 mod input;
 mod procs;
 
@@ -59,6 +61,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => follow::logs(&ctx, args),
         Command::Events(args) => follow::events(&ctx, args),
         Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Health { name, json } => health::health(&ctx, name, json),
+        Command::Ls { json } => health::ls(&ctx, json),
         Command::Send(args) => input::send(&ctx, args),
         Command::Attach(args) => input::attach(&ctx, args),
     }
@@ -96,6 +100,10 @@ impl Ctx {
         if let Some(d) = &g.state_dir {
             daemon_args.push("--state-dir".into());
             daemon_args.push(absolute(d)?.into());
+        }
+        if let Some(h) = &g.http {
+            daemon_args.push("--http".into());
+            daemon_args.push(h.into());
         }
         if let Some(c) = &g.config {
             daemon_args.push("--config".into());

@@ -41,6 +41,9 @@ pub enum Timer {
     WeaveletHello(u64),
     /// A `config set --wait` (by waiter id) has waited long enough.
     ConfigWait(u64),
+    /// This HTTP connection was idle, or took too long to send a request
+    /// head, or to close after its last answer.
+    Http(u64),
     /// A send to a process's stdin (by send id) is not all in by its
     /// `--timeout`.
     Stdin(u64),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod handshake;
+pub mod health;
 pub mod input;
 pub mod logs;
 pub mod ping;
@@ -33,6 +34,8 @@ pub struct DaemonInfo {
     pub dir: RuntimeDir,
     pub log_file: Option<PathBuf>,
     pub started: Instant,
+    /// The HTTP endpoint's bound address, when it is on.
+    pub http: Option<String>,
 }
 
 /// The rooms a handler may use, for one request.
@@ -87,6 +90,7 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         Request::Reload { dry_run } => reload::handle(cx, client, tag, dry_run),
         Request::Ping => ping::handle(cx, client, tag),
         Request::Config(req) => config::handle(cx, client, tag, req),
+        Request::Health { name } => health::handle(cx, client, tag, name),
         Request::Send { name, close, timeout_ms, attached } => {
             let s = input::SendReq { name, close, timeout_ms, attached };
             input::send(cx, client, tag, s, payload)
@@ -131,7 +135,7 @@ mod tests {
             procs: Procs::new(sup, None, None, dir.path()),
             follow: Follow::new(),
             hub: Hub::new(crate::weavelet::store::Store::in_memory()),
-            info: DaemonInfo { dir, log_file: None, started: Instant::now() },
+            info: DaemonInfo { dir, log_file: None, started: Instant::now(), http: None },
             fx: Effects::new(),
             _dir: tmp,
         }
