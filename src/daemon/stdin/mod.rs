@@ -222,15 +222,18 @@ impl Stdins {
     /// writes to what it was attached to.
     pub fn forget_client(&mut self, client: u64, fx: &mut Effects) {
         self.writers.retain(|_, w| w.client != client);
-        let names: Vec<String> = self.inputs.keys().cloned().collect();
-        for name in names {
-            let input = self.inputs.get_mut(&name).expect("listed above");
+        // Only the instances it had sends queued for need more.
+        let mut touched = Vec::new();
+        for (name, input) in &mut self.inputs {
             input.failed.remove(&client);
             let over = input.queue.forget_client(client);
             if !over.is_empty() {
-                self.fail(&name, over, Why::ClientLeft, fx);
-                self.pump(&name, "weaver send", fx);
+                touched.push((name.clone(), over));
             }
+        }
+        for (name, over) in touched {
+            self.fail(&name, over, Why::ClientLeft, fx);
+            self.pump(&name, "weaver send", fx);
         }
     }
 
