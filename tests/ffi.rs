@@ -284,7 +284,7 @@ fn read_frames_reports_a_cut_short_frame_and_a_bad_header() {
     assert!(r.message.contains("3 of 24"), "{}", r.message);
 
     let mut bad = wire::encode_frame(kind::PING, 1, 0, b"abc");
-    bad.extend(header_bytes(wire::MAGIC, 1, 42, 2, 0, 0));
+    bad.extend(header_bytes(wire::MAGIC, wire::VERSION, 42, 2, 0, 0));
     bad.extend(wire::encode_frame(kind::PING, 3, 0, b""));
     let r = ffi::read_frames(&bad, 0, true);
     assert_eq!(r.result, ServeResult::Protocol);
@@ -572,26 +572,26 @@ fn bad_magic_ends_the_connection() {
 #[test]
 fn bad_version_ends_the_connection() {
     expect_protocol_error(
-        &header_bytes(wire::MAGIC, 2, kind::REQUEST, 5, op::ECHO, 0),
-        &["version 2"],
+        &header_bytes(wire::MAGIC, wire::VERSION + 7, kind::REQUEST, 5, op::ECHO, 0),
+        &["version 9"],
     );
 }
 
 #[test]
 fn bad_kind_ends_the_connection() {
-    expect_protocol_error(&header_bytes(wire::MAGIC, 1, 0, 5, 0, 0), &["kind 0"]);
-    expect_protocol_error(&header_bytes(wire::MAGIC, 1, 99, 5, 0, 0), &["kind 99"]);
+    expect_protocol_error(&header_bytes(wire::MAGIC, wire::VERSION, 0, 5, 0, 0), &["kind 0"]);
+    expect_protocol_error(&header_bytes(wire::MAGIC, wire::VERSION, 99, 5, 0, 0), &["kind 99"]);
 }
 
 #[test]
 fn payload_len_over_the_maximum_ends_the_connection() {
     let over = wire::MAX_PAYLOAD as u32 + 1;
     expect_protocol_error(
-        &header_bytes(wire::MAGIC, 1, kind::REQUEST, 5, op::ECHO, over),
+        &header_bytes(wire::MAGIC, wire::VERSION, kind::REQUEST, 5, op::ECHO, over),
         &["payload_len", "maximum"],
     );
     expect_protocol_error(
-        &header_bytes(wire::MAGIC, 1, kind::PING, 5, 0, u32::MAX),
+        &header_bytes(wire::MAGIC, wire::VERSION, kind::PING, 5, 0, u32::MAX),
         &["payload_len"],
     );
 }
@@ -599,7 +599,7 @@ fn payload_len_over_the_maximum_ends_the_connection() {
 #[test]
 fn a_truncated_header_then_close_is_peer_closed() {
     let (mut peer, served) = start(1);
-    peer.send_raw(&header_bytes(wire::MAGIC, 1, kind::REQUEST, 5, op::ECHO, 0)[..10]);
+    peer.send_raw(&header_bytes(wire::MAGIC, wire::VERSION, kind::REQUEST, 5, op::ECHO, 0)[..10]);
     peer.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let (r, msg) = served.result();
     assert_eq!(r, ServeResult::PeerClosed, "{msg}");
@@ -609,7 +609,7 @@ fn a_truncated_header_then_close_is_peer_closed() {
 #[test]
 fn a_truncated_payload_then_close_is_peer_closed() {
     let (mut peer, served) = start(1);
-    let mut f = header_bytes(wire::MAGIC, 1, kind::REQUEST, 5, op::ECHO, 100);
+    let mut f = header_bytes(wire::MAGIC, wire::VERSION, kind::REQUEST, 5, op::ECHO, 100);
     f.extend_from_slice(&[7u8; 40]);
     peer.send_raw(&f);
     peer.stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -782,4 +782,17 @@ fn daemon_main_handles_version_and_bad_arguments() {
         assert_eq!(ffi::daemon_main(&args(&["compute-daemon", "--workers", "2", "-V"])), 0);
         assert_eq!(ffi::daemon_main(&args(&["compute-daemon", "stray", "--workers", "1"])), 2);
     }
+}
+
+#[test]
+fn a_request_by_fd_is_answered_bad_fd_and_the_connection_goes_on() {
+    let (mut peer, served) = start(1);
+    // The serve loop reads with read(2): an fd sent along is dropped by the
+    // kernel, so the request is refused as the contract says (no fd kept).
+    peer.send(kind::REQUEST_FD, 12, op::ECHO, &4096u64.to_le_bytes());
+    let f = peer.response(12);
+    assert_eq!(f.header.code, status::BAD_FD, "{}", describe(&f));
+    assert!(text(&f).contains("inline only"), "{}", describe(&f));
+    echo_round_trip(&mut peer, 13, b"still serving");
+    shutdown_and_drain(peer, served);
 }

@@ -315,6 +315,18 @@ static int on_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size
             j->out_len = len;
         }
         return out_control(s, j);
+    case WC_FRAME_REQUEST_FD:
+        /* The serve loop reads its socket with read(2), which drops any fd
+         * that came along: the payload fd is missing, as the contract says
+         * a receiver answers it. */
+        free(payload);
+        j = wc_job_new(h->request_id, WC_FRAME_RESPONSE, 0);
+        if (j != NULL)
+            wc_job_set_message(j, WC_STATUS_BAD_FD,
+                               "this compute daemon takes request payloads inline only (at most %u bytes): "
+                               "send a REQUEST",
+                               (unsigned)WC_MAX_PAYLOAD);
+        return out_control(s, j);
     case WC_FRAME_CANCEL:
         /* Finished or unknown ids are ignored: their one RESPONSE is sent. */
         j = wc_pool_cancel(&s->pool, h->request_id);
