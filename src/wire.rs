@@ -174,6 +174,9 @@ pub fn push_frame(out: &mut Vec<u8>, kind: u16, request_id: u64, code: u32, payl
 pub struct Frame {
     pub header: Header,
     pub payload: Vec<u8>,
+    /// The fd that came with a REQUEST_FD / RESPONSE_FD (empty otherwise,
+    /// or when none came).
+    pub fd: crate::fdpass::FdSlot,
 }
 
 /// The compute framing for the shared decoder core.
@@ -196,7 +199,15 @@ impl Framing for Compute {
     }
 
     fn assemble(header: Header, _meta: Vec<u8>, payload: Vec<u8>) -> Frame {
-        Frame { header, payload }
+        Frame { header, payload, fd: Default::default() }
+    }
+
+    fn carries_fd(f: &Frame) -> bool {
+        matches!(f.header.kind, kind::REQUEST_FD | kind::RESPONSE_FD)
+    }
+
+    fn put_fd(f: &mut Frame, fd: Option<std::os::fd::OwnedFd>) {
+        f.fd = crate::fdpass::FdSlot(fd);
     }
 }
 

@@ -14,6 +14,7 @@ pub mod reload;
 pub mod shutdown;
 pub mod status;
 
+use crate::fdpass::Payload;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -69,8 +70,16 @@ impl Ctx<'_> {
     }
 }
 
+/// A request frame's payload: its bytes, or the checked memfd it announced.
+pub fn payload_of(f: crate::frame::RawFrame) -> Result<Payload, crate::fdpass::BadFd> {
+    if f.by_fd {
+        return crate::fdpass::announced(&f.payload, f.fd.0);
+    }
+    Ok(Payload::Bytes(f.payload))
+}
+
 /// Serve one decoded request of `client`.
-pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u8>) {
+pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Payload) {
     match req {
         Request::Status { wait_compute } => status::handle(cx, client, tag, wait_compute),
         Request::Compute { op, timeout_ms } => {
@@ -142,7 +151,7 @@ mod tests {
                 now: Instant::now(),
                 fx: &mut self.fx,
             };
-            request(&mut cx, 3, 8, req, Vec::new());
+            request(&mut cx, 3, 8, req, Payload::default());
             std::mem::take(&mut self.fx)
         }
     }
