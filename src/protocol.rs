@@ -27,7 +27,7 @@ use crate::supervise::PsRow;
 /// 3: [`Request::Ping`] and [`Response::Pong`].
 /// 4: [`Request::Config`] (`weaver config`) and its replies;
 /// [`ErrorKind::Rejected`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
