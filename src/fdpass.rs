@@ -19,7 +19,7 @@ use crate::ffi;
 /// Bytes that go by memfd from this size on (`WC_FD_THRESHOLD`).
 pub const THRESHOLD: usize = ffi::WC_FD_THRESHOLD as usize;
 /// Largest payload one memfd may carry (`WC_MAX_FD_PAYLOAD`).
-pub const MAX_FD_PAYLOAD: u64 = ffi::WC_MAX_FD_PAYLOAD as u64;
+pub const MAX_FD_PAYLOAD: u64 = ffi::WC_MAX_FD_PAYLOAD;
 /// Received fds one connection may hold before their frames are read.
 pub const MAX_FDS_IN_FLIGHT: usize = ffi::WC_MAX_FDS_IN_FLIGHT as usize;
 /// Room for fds in one receive: more than a frame may carry, so that a

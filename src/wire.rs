@@ -23,7 +23,7 @@ pub const MAX_PAYLOAD: usize = ffi::WC_MAX_PAYLOAD as usize;
 /// Inline payload of a `*_FD` frame: the u64 LE size of its memfd payload.
 pub const FD_INFO_SIZE: usize = ffi::WC_FD_INFO_SIZE as usize;
 /// Largest payload one memfd may carry.
-pub const MAX_FD_PAYLOAD: u64 = ffi::WC_MAX_FD_PAYLOAD as u64;
+pub const MAX_FD_PAYLOAD: u64 = ffi::WC_MAX_FD_PAYLOAD;
 /// Payloads from this size on go by memfd.
 pub const FD_THRESHOLD: usize = ffi::WC_FD_THRESHOLD as usize;
 

@@ -157,7 +157,7 @@ fn read_input<R: Read>(r: &mut R) -> io::Result<Input> {
     let len = THRESHOLD as u64 + io::copy(r, &mut f)?;
     if len > fdpass::MAX_FD_PAYLOAD {
         return Err(io::Error::new(
-            io::ErrorKind::FileTooLarge,
+            io::ErrorKind::InvalidInput,
             format!("{len} bytes, over the {}-byte limit of one request", fdpass::MAX_FD_PAYLOAD),
         ));
     }

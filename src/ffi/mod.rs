@@ -276,7 +276,12 @@ pub fn memfd_create(size: u64) -> Result<OwnedFd, (i32, String)> {
     let mut err = [0u8; ERR_LEN];
     // SAFETY: the name is a NUL-terminated literal; err is writable.
     let fd = unsafe {
-        wc_memfd_create(c"weaver-payload".as_ptr(), size, err.as_mut_ptr().cast(), err.len())
+        wc_memfd_create(
+            b"weaver-payload\0".as_ptr().cast(),
+            size,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
     };
     if fd < 0 {
         return Err((-fd, message(&err)));
