@@ -9,16 +9,17 @@
 //! and not death (children get the default back, as std's spawn resets
 //! it). Arguments still come through `std::env::args_os`, which glibc
 //! hands to std before `main`.
-#![no_main]
+// Under `cargo test` the harness brings its own `main`.
+#![cfg_attr(not(test), no_main)]
 
-use clap::Parser;
-
-use weaver::cli::Cli;
-use weaver::error::Kind;
-use weaver::{commands, output, render};
-
+#[cfg(not(test))]
 #[no_mangle]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    use clap::Parser;
+    use weaver::cli::Cli;
+    use weaver::error::Kind;
+    use weaver::{commands, output, render};
+
     // SAFETY: setting a signal's disposition to ignore, before any thread
     // exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
