@@ -205,4 +205,41 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(w.out, expect);
     }
+
+    #[test]
+    fn a_passed_fd_rides_on_its_frames_first_byte_and_is_closed_once_sent() {
+        use std::os::unix::net::UnixStream;
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = crate::fdpass::sealed_memfd(b"payload").unwrap();
+        let raw = fd.as_raw_fd();
+        let mut q = OutQueue::new();
+        q.push_slice(b"before");
+        q.attach_fd(fd);
+        q.push_slice(b"FRAME");
+        q.push(vec![7u8; 40_000]);
+        assert_eq!(q.fds(), 1);
+        assert!(q.flush(&mut a).unwrap());
+        assert_eq!(q.fds(), 0, "sent and closed here");
+        // SAFETY: F_GETFD on a number that must no longer be open here.
+        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) }, -1, "our copy is closed");
+        // Every byte in order, the fd once, with the read that holds the
+        // frame's first byte (the kernel may glue earlier bytes to it).
+        let mut fds = VecDeque::new();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while got.len() < 6 + 5 + 40_000 {
+            let before = fds.len();
+            let n = crate::fdpass::recv(b.as_raw_fd(), &mut buf, &mut fds, 0).unwrap();
+            let first = got.len();
+            got.extend_from_slice(&buf[..n]);
+            if fds.len() > before {
+                assert!((first..first + n).contains(&6), "the fd came with byte 6");
+            }
+        }
+        assert_eq!(&got[..11], b"beforeFRAME");
+        assert!(got[11..].iter().all(|&x| x == 7));
+        assert_eq!(fds.len(), 1);
+        let p = crate::fdpass::announced(&7u64.to_le_bytes(), fds.pop_front()).unwrap();
+        assert_eq!(p.len(), 7);
+    }
 }
