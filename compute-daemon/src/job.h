@@ -31,7 +31,7 @@ struct wc_job {
      * in_size bytes; out_fd: the sealed memfd a RESPONSE_FD sends (its
      * `out` is then the 8 size bytes), closed once sent. */
     int in_fd, out_fd;
-    uint64_t in_size;
+    uint64_t in_size, out_size;
     int is_request; /* counts against WC_QUEUE_MAX_REQUESTS until written */
     size_t held;    /* bytes counted against WC_QUEUE_MAX_BYTES now */
 };
