@@ -276,6 +276,11 @@ fn bad_payload_fds_are_refused_clearly_and_leak_nothing() {
     let (a, b) = (memfd("wvtest-two", 4096, &[], true), memfd("wvtest-two", 4096, &[], true));
     send_fd_request(&s, 8, 4096, &[a.as_raw_fd(), b.as_raw_fd()]);
     drop((a, b));
+    let m = read_reply(&mut s).expect("the reason, before the connection ends");
+    match m.resp {
+        Response::Error(e) => assert!(e.message.contains("carry none"), "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
     assert!(read_reply(&mut s).is_none(), "the connection is closed");
     drop(s);
     let mut other = other;

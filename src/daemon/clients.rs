@@ -148,6 +148,11 @@ impl Clients {
         match c.conn.read(scratch, &mut r.frames) {
             Drained::WouldBlock => {}
             Drained::Eof => r.gone = true,
+            // Fds that no frame can claim, or ancillary data cut short: the
+            // client is told why before its connection ends.
+            Drained::Failed(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                r.bad = Some(e.to_string())
+            }
             Drained::Failed(e) => {
                 debug!("client {id}: read failed: {e}");
                 r.gone = true;
