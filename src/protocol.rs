@@ -27,6 +27,7 @@ use crate::supervise::PsRow;
 /// 3: [`Request::Ping`] and [`Response::Pong`].
 /// 4: [`Request::Config`] (`weaver config`) and its replies;
 /// [`ErrorKind::Rejected`].
+/// 5: payloads by fd (`frame::FD_FLAG`, `fdpass`).
 pub const PROTOCOL_VERSION: u32 = 5;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
