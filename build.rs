@@ -18,8 +18,8 @@ use std::path::Path;
 /// Library sources; `main.c` is compiled too (it exports `wc_daemon_main`),
 /// `entry.c` (the plain C `main`) is only for `make -C compute-daemon`.
 const C_SOURCES: &[&str] = &[
-    "frame.c", "text.c", "socket.c", "ops.c", "render.c", "job.c", "pool.c", "reader.c", "loop.c",
-    "main.c",
+    "frame.c", "text.c", "socket.c", "fdpass.c", "ops.c", "render.c", "job.c", "pool.c",
+    "reader.c", "loop.c", "main.c",
 ];
 
 fn main() {
@@ -100,7 +100,7 @@ fn regen_bindings() {
         .allowlist_function("wc_.*|socket_connect")
         .allowlist_type("wc_.*")
         .allowlist_var("WC_.*")
-        .rustified_enum("wc_serve_result|wc_decode_result")
+        .rustified_enum("wc_serve_result|wc_decode_result|wc_fd_result")
         .constified_enum_module("wc_frame_kind|wc_op|wc_status")
         .derive_default(true)
         .derive_eq(true)

@@ -48,11 +48,42 @@
  *   5. weaver -> compute  SHUTDOWN: stop taking requests, cancel what is
  *      queued and running (each gets its CANCELLED response), close, exit 0.
  *
+ *   6. either way -> REQUEST_FD / RESPONSE_FD: a REQUEST or RESPONSE whose
+ *      payload travels in a sealed memfd (see PAYLOAD BY FILE DESCRIPTOR).
+ *
  *   A frame whose header cannot be trusted (bad magic or version, unknown
  *   kind, payload_len over the maximum) ends the connection: the receiver
  *   cannot know where the next frame starts. A REQUEST for an unknown op, or
  *   with parameters that do not parse, is answered with an error status and
  *   the connection goes on.
+ *
+ * PAYLOAD BY FILE DESCRIPTOR
+ *   Payloads over WC_MAX_PAYLOAD (and large ones below it, from
+ *   WC_FD_THRESHOLD on) need not cross the socket as bytes: the sender
+ *   writes them into a memfd, seals it and passes the fd itself.
+ *   - The frame is REQUEST_FD (code = op) or RESPONSE_FD (code = status).
+ *     Its payload_len is WC_FD_INFO_SIZE and its 8 inline payload bytes are
+ *     the u64 LE size of the fd payload, at most WC_MAX_FD_PAYLOAD.
+ *   - Exactly one fd travels with the frame, as SCM_RIGHTS ancillary data
+ *     on the sendmsg whose data begins with the frame's first header byte
+ *     (wc_send_fd_frame does this). No other frame carries an fd.
+ *   - The fd is a memfd created with MFD_ALLOW_SEALING, its size is
+ *     exactly the announced size, and its seals include WC_FD_SEALS
+ *     (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE): what the receiver
+ *     checked can no longer change under it. The receiver only reads it
+ *     (or passes the same fd on); the payload's bytes start at offset 0.
+ *   - The receiver checks with F_GET_SEALS and fstat (wc_fd_check). A
+ *     REQUEST_FD whose fd is missing, is not a memfd (a regular file, a
+ *     pipe), is unsealed or has another size is answered with a
+ *     RESPONSE(WC_STATUS_BAD_FD) whose message says which; a RESPONSE_FD
+ *     like that fails its request with the same message. Either way the
+ *     connection goes on.
+ *   - A second fd with one frame, an fd with a frame of another kind, or
+ *     ancillary data cut short (MSG_CTRUNC) end the connection: the
+ *     receiver can no longer tell which fd belongs to which frame.
+ *   - Every fd received is close-on-exec (MSG_CMSG_CLOEXEC) and closed on
+ *     every path that refuses it; no fd leaks. A receiver holds at most
+ *     WC_MAX_FDS_IN_FLIGHT received fds per connection.
  *
  * OPS AND THEIR PAYLOADS
  *   Parameters are ASCII `key=value` pairs separated by spaces, tabs or
@@ -96,8 +127,8 @@ extern "C" {
 
 /** "WVRC" as it appears on the wire (bytes 'W','V','R','C'). */
 #define WC_MAGIC 0x43525657u
-/** Bumped on any incompatible change to this file. */
-#define WC_PROTOCOL_VERSION 1u
+/** Bumped on any incompatible change to this file (2: payloads by fd). */
+#define WC_PROTOCOL_VERSION 2u
 /** Size of the encoded frame header in bytes. */
 #define WC_HEADER_SIZE 24u
 /** Hard upper bound on one frame, header included: 16 MiB. */
@@ -106,6 +137,21 @@ extern "C" {
 #define WC_MAX_PAYLOAD (WC_MAX_FRAME - WC_HEADER_SIZE)
 /** Longest op name in a HELLO. */
 #define WC_MAX_OP_NAME 32u
+
+/** Inline payload of a REQUEST_FD / RESPONSE_FD: the u64 LE size of the
+ *  payload in its memfd. */
+#define WC_FD_INFO_SIZE 8u
+/** Largest payload one memfd may carry: 16 GiB. */
+#define WC_MAX_FD_PAYLOAD (16ull * 1024u * 1024u * 1024u)
+/** Payloads of at least this many bytes go by memfd when the peer can take
+ *  one (see docs/performance.md for the measurements behind it); smaller
+ *  ones go inline, where one copy costs less than a memfd's set-up. */
+#define WC_FD_THRESHOLD (1u * 1024u * 1024u)
+/** Seals a payload memfd must carry: F_SEAL_SHRINK (0x2) | F_SEAL_GROW
+ *  (0x4) | F_SEAL_WRITE (0x8), as <fcntl.h> numbers them on Linux. */
+#define WC_FD_SEALS 0x000eu
+/** Most received payload fds one connection holds at a time. */
+#define WC_MAX_FDS_IN_FLIGHT 64u
 
 /** What a frame is. */
 enum wc_frame_kind {
@@ -116,6 +162,8 @@ enum wc_frame_kind {
     WC_FRAME_PING = 5,     /**< either way; answered with PONG */
     WC_FRAME_PONG = 6,     /**< answer to PING, same id and payload */
     WC_FRAME_SHUTDOWN = 7, /**< weaver -> compute: finish and exit 0 */
+    WC_FRAME_REQUEST_FD = 8,  /**< REQUEST, payload in the fd sent with it */
+    WC_FRAME_RESPONSE_FD = 9, /**< RESPONSE, payload in the fd sent with it */
 };
 
 /** Operations a compute daemon serves (REQUEST.code). */
@@ -135,6 +183,8 @@ enum wc_status {
     WC_STATUS_CANCELLED = 4,   /**< cancelled by CANCEL or SHUTDOWN */
     WC_STATUS_BUSY = 5,        /**< queue full, try again later */
     WC_STATUS_INTERNAL = 6,    /**< the op failed (out of memory, ...) */
+    WC_STATUS_BAD_FD = 7,      /**< the payload fd is missing, not a sealed
+                                    memfd, or not of the announced size */
 };
 
 /** A decoded frame header (host byte order). */
@@ -188,6 +238,66 @@ const char *wc_op_name(uint32_t op);
  * err_len > 0).
  */
 int socket_connect(const char *path, char *err, size_t err_len);
+
+/* ---- Payloads by file descriptor (fdpass.c) ---------------------------- */
+
+/** What wc_fd_check and wc_recv_fd_frame found. */
+enum wc_fd_result {
+    WC_FD_OK = 0,
+    WC_FD_MISSING = 1,    /**< a *_FD frame arrived without its fd */
+    WC_FD_EXTRA = 2,      /**< more than one fd, or an fd with another kind */
+    WC_FD_NOT_MEMFD = 3,  /**< a regular file, a pipe, a socket, ... */
+    WC_FD_UNSEALED = 4,   /**< a memfd without all of WC_FD_SEALS */
+    WC_FD_BAD_SIZE = 5,   /**< size differs from the announced one, or is
+                               over WC_MAX_FD_PAYLOAD */
+    WC_FD_TRUNCATED = 6,  /**< ancillary data cut short (MSG_CTRUNC) */
+    WC_FD_IO = 7,         /**< the socket failed or reached end of file */
+    WC_FD_BAD_HEADER = 8, /**< the header cannot be trusted */
+};
+
+/** Static English text for an enum wc_fd_result. */
+const char *wc_fd_result_str(enum wc_fd_result r);
+
+/**
+ * A close-on-exec memfd that can be sealed, `size` bytes long (sparse: no
+ * memory is used until written). Returns the fd, or -errno with a message
+ * in `err`.
+ */
+int wc_memfd_create(const char *name, uint64_t size, char *err, size_t err_len);
+
+/** Add WC_FD_SEALS and F_SEAL_SEAL to a memfd from wc_memfd_create (no
+ *  writable mapping of it may remain). Returns 0 or -errno with a message. */
+int wc_memfd_seal(int fd, char *err, size_t err_len);
+
+/**
+ * Check that `fd` may carry a payload of `size` bytes: a memfd
+ * (F_GET_SEALS works), sealed with WC_FD_SEALS, exactly `size` bytes,
+ * `size` <= WC_MAX_FD_PAYLOAD. Never closes `fd`. The reason for anything
+ * but WC_FD_OK is written into `err`.
+ */
+enum wc_fd_result wc_fd_check(int fd, uint64_t size, char *err, size_t err_len);
+
+/**
+ * Send a REQUEST_FD or RESPONSE_FD frame (h->kind; h->payload_len is set
+ * to WC_FD_INFO_SIZE) announcing `size` bytes, with `fd` attached to its
+ * first byte. Blocking; EINTR and short writes are handled (the fd is sent
+ * once). Does not close `fd`. Returns 0 or -errno with a message.
+ */
+int wc_send_fd_frame(int sock, const struct wc_header *h, uint64_t size, int fd, char *err, size_t err_len);
+
+/**
+ * Read one frame header from the blocking socket `sock` with recvmsg,
+ * taking the fds that travel with it (close-on-exec), and for a *_FD frame
+ * its 8 size bytes too. On WC_FD_OK, `*h` is the header; for a *_FD frame
+ * `*size` is the payload size and `*fd` the checked memfd (the caller owns
+ * it), else `*fd` is -1 and the caller reads h->payload_len payload bytes
+ * itself. On any other result no fd is left open; `*h` holds what was
+ * read (the caller can answer by its request id), and the reason is in
+ * `err`. WC_FD_EXTRA, WC_FD_TRUNCATED, WC_FD_IO and WC_FD_BAD_HEADER end
+ * the connection; the others refuse only this frame.
+ */
+enum wc_fd_result wc_recv_fd_frame(int sock, struct wc_header *h, uint64_t *size, int *fd, char *err,
+                                   size_t err_len);
 
 /** Options for wc_serve. */
 struct wc_serve_opts {

@@ -8,7 +8,7 @@
 //! not responding. A long request or a quiet stream goes on as long as the
 //! daemon answers its pings. [`DEADLINE_ENV`] sets all three at once.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -98,6 +98,22 @@ pub struct Reply {
     pub tag: u64,
     pub resp: Response,
     pub payload: Vec<u8>,
+    /// A payload that came by fd: a checked, sealed memfd and its size
+    /// (`payload` is then empty).
+    pub fd: Option<(std::os::fd::OwnedFd, u64)>,
+}
+
+/// Reads a blocking socket with `recvmsg`, keeping the fds that come along.
+struct FdReader<'a> {
+    stream: &'a UnixStream,
+    fds: &'a mut std::collections::VecDeque<std::os::fd::OwnedFd>,
+}
+
+impl io::Read for FdReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        crate::fdpass::recv(self.stream.as_raw_fd(), buf, self.fds, 0)
+    }
 }
 
 fn daemon_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -264,14 +280,75 @@ impl Client {
         Ok(tag)
     }
 
+    /// Send a request whose payload is the sealed memfd `fd` of `len`
+    /// bytes (`fdpass`): the fd rides on the frame's first byte.
+    pub fn send_fd(
+        &mut self,
+        req: Request,
+        fd: std::os::fd::BorrowedFd<'_>,
+        len: u64,
+    ) -> io::Result<u64> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let meta = protocol::encode(&ClientMsg { tag, req });
+        let mut bytes = frame::prefix_fd(meta.len()).to_vec();
+        bytes.extend_from_slice(&meta);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        let fds = [fd.as_raw_fd()];
+        let n = loop {
+            match sendmsg::<()>(
+                self.stream.as_raw_fd(),
+                &[io::IoSlice::new(&bytes)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.map_err(io::Error::from)?,
+            }
+        };
+        // The fd went with the first byte; the rest (if any) follows plain.
+        self.stream.write_all(&bytes[n..])?;
+        Ok(tag)
+    }
+
     /// Receive the next reply, whatever its tag. `Ok(None)` on EOF.
     pub fn recv(&mut self) -> io::Result<Option<Reply>> {
-        let Some(f) = crate::stream::read_frame(&mut self.dec, &mut self.stream)? else {
+        let mut fds = std::collections::VecDeque::new();
+        let mut r = FdReader { stream: &self.stream, fds: &mut fds };
+        let Some(f) = crate::stream::read_frame(&mut self.dec, &mut r)? else {
             return Ok(None);
         };
         let msg: ServerMsg = protocol::decode(&f.meta, "reply")
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(Some(Reply { tag: msg.tag, resp: msg.resp, payload: f.payload }))
+        if !f.by_fd {
+            if !fds.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the daemon sent an fd with a reply that carries none",
+                ));
+            }
+            return Ok(Some(Reply { tag: msg.tag, resp: msg.resp, payload: f.payload, fd: None }));
+        }
+        let got = fds.pop_front();
+        if !fds.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the daemon sent more than one fd with a reply",
+            ));
+        }
+        match crate::fdpass::announced(&f.payload, got) {
+            Ok(crate::fdpass::Payload::Fd { fd, len }) => Ok(Some(Reply {
+                tag: msg.tag,
+                resp: msg.resp,
+                payload: Vec::new(),
+                fd: Some((fd, len)),
+            })),
+            Ok(_) => unreachable!("announced gives an fd payload"),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.0)),
+        }
     }
 
     /// Receive the next reply, checking that the daemon is alive while
@@ -343,6 +420,30 @@ impl Client {
     /// `Error`.
     pub fn call(&mut self, req: Request, payload: &[u8]) -> Result<Reply> {
         self.stream_replies(req, payload)?.next().unwrap_or_else(|| {
+            Err(Error::new(
+                Kind::Daemon,
+                "the daemon closed the connection before answering; see its log \
+                 (`weaver status` shows where)",
+            ))
+        })
+    }
+
+    /// [`Client::call`] with the payload in the sealed memfd `fd` of `len`
+    /// bytes, passed to the daemon rather than copied.
+    pub fn call_fd(
+        &mut self,
+        req: Request,
+        fd: std::os::fd::BorrowedFd<'_>,
+        len: u64,
+    ) -> Result<Reply> {
+        let tag = self.send_fd(req, fd, len).map_err(|e| {
+            if timed_out(&e) {
+                self.not_reading()
+            } else {
+                daemon_err("cannot send request to the daemon", e)
+            }
+        })?;
+        Replies { client: self, tag, done: false }.next().unwrap_or_else(|| {
             Err(Error::new(
                 Kind::Daemon,
                 "the daemon closed the connection before answering; see its log \
@@ -434,9 +535,13 @@ impl Client {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             data = &data[used..];
             if let Some(f) = frame {
+                if f.by_fd {
+                    let what = "the daemon sent a payload by fd on a stream that takes none";
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, what));
+                }
                 let msg: ServerMsg = protocol::decode(&f.meta, "reply")
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                out.push(Reply { tag: msg.tag, resp: msg.resp, payload: f.payload });
+                out.push(Reply { tag: msg.tag, resp: msg.resp, payload: f.payload, fd: None });
             }
         }
         Ok(true)

@@ -4,7 +4,9 @@
 //! differ only in how they read a head; this holds at most one partial
 //! frame, and lets a large payload be read straight into place.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::OwnedFd;
 
 /// Payloads with at least this much left are read straight into place.
 pub const DIRECT_MIN: usize = 4096;
@@ -25,6 +27,13 @@ pub trait Framing {
     /// The error for a frame of `len` body bytes over a decoder's `limit`.
     fn over_limit(len: usize, limit: usize) -> Self::Error;
     fn assemble(head: Self::Head, meta: Vec<u8>, payload: Vec<u8>) -> Self::Frame;
+    /// Whether the frame's payload travels by fd (one fd came with its
+    /// first byte); such a frame gets the fd with [`Framing::put_fd`].
+    fn carries_fd(_frame: &Self::Frame) -> bool {
+        false
+    }
+    /// Give a frame that carries an fd the one that came (None: missing).
+    fn put_fd(_frame: &mut Self::Frame, _fd: Option<OwnedFd>) {}
 }
 
 /// An incremental decoder the reactor can drain a socket into: bytes fed
@@ -39,6 +48,14 @@ pub trait StreamDecoder {
     fn direct_target(&mut self) -> Option<&mut Vec<u8>>;
     /// After a direct read: the frame, if it is now complete.
     fn direct_done(&mut self) -> Option<Self::Frame>;
+    /// A frame completed: if it carries an fd, give it the oldest received
+    /// one. Framings without fds take none (a received fd stays, and the
+    /// connection refuses it as stray).
+    fn claim_fd(&self, _frame: &mut Self::Frame, _fds: &mut VecDeque<OwnedFd>) {}
+    /// Part of a frame is read (a received fd may belong to it).
+    fn mid_frame(&self) -> bool {
+        false
+    }
 }
 
 pub struct Decoder<F: Framing> {
@@ -222,5 +239,13 @@ impl<F: Framing> StreamDecoder for Decoder<F> {
     }
     fn direct_done(&mut self) -> Option<F::Frame> {
         Decoder::direct_done(self)
+    }
+    fn claim_fd(&self, frame: &mut F::Frame, fds: &mut VecDeque<OwnedFd>) {
+        if F::carries_fd(frame) {
+            F::put_fd(frame, fds.pop_front());
+        }
+    }
+    fn mid_frame(&self) -> bool {
+        !self.is_idle()
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! ```text
 //!   u32 LE  len        bytes after this field (4 + meta_len + payload len)
-//!   u32 LE  meta_len   length of the postcard-encoded message
+//!   u32 LE  meta_len   length of the postcard-encoded message; its top
+//!                      bit (FD_FLAG) says the payload travels by fd
 //!   meta               the message (protocol.rs)
-//!   payload            raw bytes (compute input/output), never re-encoded
+//!   payload            raw bytes (compute input/output), never re-encoded;
+//!                      with FD_FLAG, the u64 LE size of the sealed memfd
+//!                      passed (SCM_RIGHTS) with the frame's first byte
 //! ```
 //! Keeping bulk data out of the serde encoding lets a 16 MiB payload cross
 //! weaver with plain copies. Pure: decoding is the shared core in
@@ -18,6 +21,9 @@ use crate::wire;
 
 /// Bytes in a frame's prefix (length and message length).
 pub const PREFIX_LEN: usize = 8;
+/// Set in `meta_len`: the payload is in the memfd sent with this frame and
+/// the inline payload is its u64 LE size (`fdpass`).
+pub const FD_FLAG: u32 = 1 << 31;
 
 /// Largest control frame after its length field: one maximal compute
 /// payload plus room for the message around it.
@@ -69,6 +75,10 @@ impl std::error::Error for FrameError {}
 pub struct RawFrame {
     pub meta: Vec<u8>,
     pub payload: Vec<u8>,
+    /// The payload travels by fd: `payload` is its size, `fd` the fd that
+    /// came with the frame (empty when none came).
+    pub by_fd: bool,
+    pub fd: crate::fdpass::FdSlot,
 }
 
 /// Encode a frame's 8-byte prefix for a message and payload of these sizes.
@@ -77,6 +87,14 @@ pub fn prefix(meta_len: usize, payload_len: usize) -> [u8; PREFIX_LEN] {
     let mut p = [0u8; PREFIX_LEN];
     p[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     p[4..8].copy_from_slice(&(meta_len as u32).to_le_bytes());
+    p
+}
+
+/// The prefix of a frame whose payload travels by fd: `payload` is the 8
+/// size bytes.
+pub fn prefix_fd(meta_len: usize) -> [u8; PREFIX_LEN] {
+    let mut p = prefix(meta_len, 8);
+    p[4..8].copy_from_slice(&(meta_len as u32 | FD_FLAG).to_le_bytes());
     p
 }
 
@@ -94,28 +112,42 @@ pub struct Control;
 
 impl Framing for Control {
     const HEAD_LEN: usize = PREFIX_LEN;
-    type Head = ();
+    /// Whether the payload travels by fd.
+    type Head = bool;
     type Frame = RawFrame;
     type Error = FrameError;
 
-    fn parse(p: &[u8]) -> Result<((), usize, usize), FrameError> {
+    fn parse(p: &[u8]) -> Result<(bool, usize, usize), FrameError> {
         let len = u32::from_le_bytes(p[0..4].try_into().expect("4 bytes"));
-        let meta_len = u32::from_le_bytes(p[4..8].try_into().expect("4 bytes"));
+        let word = u32::from_le_bytes(p[4..8].try_into().expect("4 bytes"));
+        let by_fd = word & FD_FLAG != 0;
+        let meta_len = word & !FD_FLAG;
         if len as usize > MAX_CONTROL_FRAME {
             return Err(FrameError::TooLarge(len as u64));
         }
         if len < 4 || meta_len > len - 4 || meta_len as usize > MAX_META {
             return Err(FrameError::BadMeta { len, meta_len });
         }
-        Ok(((), meta_len as usize, (len - 4 - meta_len) as usize))
+        if by_fd && len - 4 - meta_len != 8 {
+            return Err(FrameError::BadMeta { len, meta_len: word });
+        }
+        Ok((by_fd, meta_len as usize, (len - 4 - meta_len) as usize))
     }
 
     fn over_limit(len: usize, limit: usize) -> FrameError {
         FrameError::OverLimit { len, limit }
     }
 
-    fn assemble(_: (), meta: Vec<u8>, payload: Vec<u8>) -> RawFrame {
-        RawFrame { meta, payload }
+    fn assemble(by_fd: bool, meta: Vec<u8>, payload: Vec<u8>) -> RawFrame {
+        RawFrame { meta, payload, by_fd, fd: Default::default() }
+    }
+
+    fn carries_fd(f: &RawFrame) -> bool {
+        f.by_fd
+    }
+
+    fn put_fd(f: &mut RawFrame, fd: Option<std::os::fd::OwnedFd>) {
+        f.fd = crate::fdpass::FdSlot(fd);
     }
 }
 
@@ -147,7 +179,12 @@ mod tests {
             assert_eq!(frames.len(), 3, "chunk {chunk}");
             assert_eq!(
                 frames[0],
-                RawFrame { meta: b"meta".to_vec(), payload: b"payload".to_vec() }
+                RawFrame {
+                    meta: b"meta".to_vec(),
+                    payload: b"payload".to_vec(),
+                    by_fd: false,
+                    fd: Default::default()
+                }
             );
             assert!(frames[1].meta.is_empty() && frames[1].payload.is_empty());
             assert_eq!(frames[2].payload.len(), 100_000);

@@ -34,6 +34,11 @@ pub fn control_frame(data: &[u8]) {
     let out = decode_every_way::<frame::Control>(data, frame::MAX_CONTROL_FRAME - 4);
     for f in &out.frames {
         assert!(f.meta.len() <= frame::MAX_META, "message of {} bytes", f.meta.len());
+        if f.by_fd {
+            // The size of a payload by fd; without its fd it is refused.
+            assert_eq!(f.payload.len(), 8, "a frame by fd carries the 8 size bytes");
+            assert!(crate::fdpass::announced(&f.payload, None).is_err());
+        }
         messages(&f.meta);
     }
     messages(data);

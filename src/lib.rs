@@ -21,6 +21,7 @@ pub mod codec; // the frame decoder core shared by both framings, pure
 pub mod commands; // the CLI's commands, client side
 pub mod daemon; // the daemon: startup order, reactor, compute, mux
 pub mod error; // error kind + message; exit codes
+pub mod fdpass; // payloads by fd: sealed memfds passed with SCM_RIGHTS, checked
 pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
 pub mod frame; // control-socket framing, pure
 #[doc(hidden)]

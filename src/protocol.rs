@@ -30,7 +30,8 @@ use crate::supervise::PsRow;
 /// 5: [`Request::Health`] and [`Response::Health`]; [`DaemonStatus::http`].
 /// 6: [`Request::Send`] and [`Request::Attach`] (a process's stdin), their
 /// replies, [`EventType::StdinClosed`].
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: payloads by fd (`frame::FD_FLAG`, `fdpass`).
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.

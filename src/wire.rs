@@ -20,6 +20,12 @@ pub const HEADER_SIZE: usize = ffi::WC_HEADER_SIZE as usize;
 pub const MAX_FRAME: usize = ffi::WC_MAX_FRAME as usize;
 /// Largest payload of one frame.
 pub const MAX_PAYLOAD: usize = ffi::WC_MAX_PAYLOAD as usize;
+/// Inline payload of a `*_FD` frame: the u64 LE size of its memfd payload.
+pub const FD_INFO_SIZE: usize = ffi::WC_FD_INFO_SIZE as usize;
+/// Largest payload one memfd may carry.
+pub const MAX_FD_PAYLOAD: u64 = ffi::WC_MAX_FD_PAYLOAD;
+/// Payloads from this size on go by memfd.
+pub const FD_THRESHOLD: usize = ffi::WC_FD_THRESHOLD as usize;
 
 /// Frame kinds (`enum wc_frame_kind`).
 pub mod kind {
@@ -31,8 +37,12 @@ pub mod kind {
     pub const PING: u16 = k::WC_FRAME_PING as u16;
     pub const PONG: u16 = k::WC_FRAME_PONG as u16;
     pub const SHUTDOWN: u16 = k::WC_FRAME_SHUTDOWN as u16;
+    /// REQUEST whose payload is the sealed memfd sent with it.
+    pub const REQUEST_FD: u16 = k::WC_FRAME_REQUEST_FD as u16;
+    /// RESPONSE whose payload is the sealed memfd sent with it.
+    pub const RESPONSE_FD: u16 = k::WC_FRAME_RESPONSE_FD as u16;
     /// Highest valid kind.
-    pub const LAST: u16 = SHUTDOWN;
+    pub const LAST: u16 = RESPONSE_FD;
 }
 
 /// Ops (`enum wc_op`).
@@ -54,6 +64,7 @@ pub mod status {
     pub const CANCELLED: u32 = s::WC_STATUS_CANCELLED;
     pub const BUSY: u32 = s::WC_STATUS_BUSY;
     pub const INTERNAL: u32 = s::WC_STATUS_INTERNAL;
+    pub const BAD_FD: u32 = s::WC_STATUS_BAD_FD;
 
     /// Short name of a status, for messages.
     pub fn name(code: u32) -> &'static str {
@@ -65,6 +76,7 @@ pub mod status {
             CANCELLED => "cancelled",
             BUSY => "busy",
             INTERNAL => "internal error",
+            BAD_FD => "bad payload fd",
             _ => "unknown status",
         }
     }
@@ -162,6 +174,9 @@ pub fn push_frame(out: &mut Vec<u8>, kind: u16, request_id: u64, code: u32, payl
 pub struct Frame {
     pub header: Header,
     pub payload: Vec<u8>,
+    /// The fd that came with a REQUEST_FD / RESPONSE_FD (empty otherwise,
+    /// or when none came).
+    pub fd: crate::fdpass::FdSlot,
 }
 
 /// The compute framing for the shared decoder core.
@@ -184,7 +199,15 @@ impl Framing for Compute {
     }
 
     fn assemble(header: Header, _meta: Vec<u8>, payload: Vec<u8>) -> Frame {
-        Frame { header, payload }
+        Frame { header, payload, fd: Default::default() }
+    }
+
+    fn carries_fd(f: &Frame) -> bool {
+        matches!(f.header.kind, kind::REQUEST_FD | kind::RESPONSE_FD)
+    }
+
+    fn put_fd(f: &mut Frame, fd: Option<std::os::fd::OwnedFd>) {
+        f.fd = crate::fdpass::FdSlot(fd);
     }
 }
 

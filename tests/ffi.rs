@@ -284,7 +284,7 @@ fn read_frames_reports_a_cut_short_frame_and_a_bad_header() {
     assert!(r.message.contains("3 of 24"), "{}", r.message);
 
     let mut bad = wire::encode_frame(kind::PING, 1, 0, b"abc");
-    bad.extend(header_bytes(wire::MAGIC, 1, 42, 2, 0, 0));
+    bad.extend(header_bytes(wire::MAGIC, wire::VERSION, 42, 2, 0, 0));
     bad.extend(wire::encode_frame(kind::PING, 3, 0, b""));
     let r = ffi::read_frames(&bad, 0, true);
     assert_eq!(r.result, ServeResult::Protocol);
@@ -377,14 +377,121 @@ fn render_of_a_small_image_has_a_pinned_checksum() {
     assert!(shutdown_and_drain(peer, served).is_empty());
 }
 
+/// wc_serve over a socket pair whose client end the test reads with the
+/// fd helpers (a `Peer` reads with read(2), which would drop fds).
+fn start_fd(workers: u32) -> (UnixStream, Served) {
+    let (client, server) = UnixStream::pair().expect("socketpair");
+    (client, Served::spawn(server, workers, None, None, false))
+}
+
+/// Open fds of this process whose link names `target`.
+fn open_fds_to(target: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().contains(target))
+        .count()
+}
+
 #[test]
-fn render_over_the_frame_limit_is_too_large() {
-    let (mut peer, served) = start(1);
-    peer.request(1, op::RENDER, "width=4096 height=4096");
-    let f = peer.response(1);
-    assert_eq!(f.header.code, status::TOO_LARGE, "{}", describe(&f));
-    assert!(text(&f).contains("4096x4096"), "{}", text(&f));
+fn render_of_4096x4096_comes_back_in_a_sealed_memfd_equal_to_the_reference() {
+    let (client, served) = start_fd(2);
+    let mut peer = Peer::new(client.try_clone().unwrap());
+    // Few iterations keep the debug-build reference quick; every pixel and
+    // the whole 50 MB still go through the fd.
+    let params = "width=4096 height=4096 iterations=12 x_min=-2.0 x_max=0.5 y_min=-1.0 y_max=1.0";
+    peer.request(1, op::RENDER, params);
+    let (h, size, fd) = ffi::recv_fd_frame(client.as_fd()).expect("a RESPONSE_FD");
+    assert_eq!((h.kind, h.request_id, h.code), (kind::RESPONSE_FD, 1, status::OK));
+    let want = render_reference(4096, 4096, 12, (-2.0, 0.5), (-1.0, 1.0));
+    assert_eq!(size, want.len() as u64);
+    assert!(size > wire::MAX_PAYLOAD as u64, "over what one inline frame carries");
+    let f = std::fs::File::from(fd.expect("the image fd"));
+    let mut got = vec![0u8; want.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut got, 0).unwrap();
+    assert!(got == want, "the 4096x4096 image differs from the reference");
+    drop(f);
     assert!(shutdown_and_drain(peer, served).is_empty());
+}
+
+#[test]
+fn echo_by_fd_answers_with_the_same_sealed_memfd_and_refusals_close_every_fd() {
+    let (client, served) = start_fd(1);
+    let mut peer = Peer::new(client.try_clone().unwrap());
+    let name = format!("wvffi-echo-{}", std::process::id());
+    let c = std::ffi::CString::new(name.clone()).unwrap();
+    let mk = |seal: bool| {
+        // SAFETY: c is NUL-terminated; the result is checked.
+        let fd =
+            unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        assert!(fd >= 0);
+        // SAFETY: a new fd, ours alone.
+        let f =
+            std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        f.set_len(20 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"first", 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"last", (20 << 20) - 4).unwrap();
+        let fd = OwnedFd::from(f);
+        if seal {
+            ffi::memfd_seal(fd.as_fd()).unwrap();
+        }
+        fd
+    };
+    // 20 MiB, over the inline limit: the reply is the same memfd.
+    let fd = mk(true);
+    ffi::send_fd_frame(client.as_fd(), kind::REQUEST_FD, 2, op::ECHO, 20 << 20, fd.as_fd())
+        .unwrap();
+    let (h, size, back) = ffi::recv_fd_frame(client.as_fd()).expect("a RESPONSE_FD");
+    assert_eq!((h.kind, h.request_id, h.code, size), (kind::RESPONSE_FD, 2, status::OK, 20 << 20));
+    let (a, b) = (
+        nix::sys::stat::fstat(&fd).unwrap(),
+        nix::sys::stat::fstat(back.as_ref().unwrap()).unwrap(),
+    );
+    assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino), "echo passes the very memfd back");
+    drop((fd, back));
+    // Unsealed: BAD_FD, and the loop goes on.
+    let fd = mk(false);
+    ffi::send_fd_frame(client.as_fd(), kind::REQUEST_FD, 3, op::ECHO, 20 << 20, fd.as_fd())
+        .unwrap();
+    drop(fd);
+    let f = peer.response(3);
+    assert_eq!(f.header.code, status::BAD_FD, "{}", describe(&f));
+    assert!(text(&f).contains("not sealed"), "{}", describe(&f));
+    // Announced and missing.
+    peer.send(kind::REQUEST_FD, 4, op::ECHO, &4096u64.to_le_bytes());
+    let f = peer.response(4);
+    assert_eq!(f.header.code, status::BAD_FD, "{}", describe(&f));
+    assert!(text(&f).contains("none came"), "{}", describe(&f));
+    echo_round_trip(&mut peer, 5, b"still serving");
+    assert!(shutdown_and_drain(peer, served).is_empty());
+    assert_eq!(open_fds_to(&name), 0, "no memfd of this test is left open in the process");
+}
+
+#[test]
+fn an_fd_with_a_plain_frame_ends_the_connection_and_is_closed() {
+    let (client, served) = start_fd(1);
+    let name = format!("wvffi-stray-{}", std::process::id());
+    let c = std::ffi::CString::new(name.clone()).unwrap();
+    // SAFETY: c is NUL-terminated; the result is checked.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a new fd, ours alone.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let bytes = wire::encode_frame(kind::PING, 1, 0, b"x");
+    let fds = [fd.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        client.as_raw_fd(),
+        &[std::io::IoSlice::new(&bytes)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    drop(fd);
+    let (r, msg) = served.result();
+    assert_eq!(r, ServeResult::Protocol, "{msg}");
+    assert!(msg.contains("carry none"), "{msg}");
+    assert_eq!(open_fds_to(&name), 0);
 }
 
 #[test]
@@ -572,26 +679,26 @@ fn bad_magic_ends_the_connection() {
 #[test]
 fn bad_version_ends_the_connection() {
     expect_protocol_error(
-        &header_bytes(wire::MAGIC, 2, kind::REQUEST, 5, op::ECHO, 0),
-        &["version 2"],
+        &header_bytes(wire::MAGIC, wire::VERSION + 7, kind::REQUEST, 5, op::ECHO, 0),
+        &["version 9"],
     );
 }
 
 #[test]
 fn bad_kind_ends_the_connection() {
-    expect_protocol_error(&header_bytes(wire::MAGIC, 1, 0, 5, 0, 0), &["kind 0"]);
-    expect_protocol_error(&header_bytes(wire::MAGIC, 1, 99, 5, 0, 0), &["kind 99"]);
+    expect_protocol_error(&header_bytes(wire::MAGIC, wire::VERSION, 0, 5, 0, 0), &["kind 0"]);
+    expect_protocol_error(&header_bytes(wire::MAGIC, wire::VERSION, 99, 5, 0, 0), &["kind 99"]);
 }
 
 #[test]
 fn payload_len_over_the_maximum_ends_the_connection() {
     let over = wire::MAX_PAYLOAD as u32 + 1;
     expect_protocol_error(
-        &header_bytes(wire::MAGIC, 1, kind::REQUEST, 5, op::ECHO, over),
+        &header_bytes(wire::MAGIC, wire::VERSION, kind::REQUEST, 5, op::ECHO, over),
         &["payload_len", "maximum"],
     );
     expect_protocol_error(
-        &header_bytes(wire::MAGIC, 1, kind::PING, 5, 0, u32::MAX),
+        &header_bytes(wire::MAGIC, wire::VERSION, kind::PING, 5, 0, u32::MAX),
         &["payload_len"],
     );
 }
@@ -599,7 +706,7 @@ fn payload_len_over_the_maximum_ends_the_connection() {
 #[test]
 fn a_truncated_header_then_close_is_peer_closed() {
     let (mut peer, served) = start(1);
-    peer.send_raw(&header_bytes(wire::MAGIC, 1, kind::REQUEST, 5, op::ECHO, 0)[..10]);
+    peer.send_raw(&header_bytes(wire::MAGIC, wire::VERSION, kind::REQUEST, 5, op::ECHO, 0)[..10]);
     peer.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let (r, msg) = served.result();
     assert_eq!(r, ServeResult::PeerClosed, "{msg}");
@@ -609,7 +716,7 @@ fn a_truncated_header_then_close_is_peer_closed() {
 #[test]
 fn a_truncated_payload_then_close_is_peer_closed() {
     let (mut peer, served) = start(1);
-    let mut f = header_bytes(wire::MAGIC, 1, kind::REQUEST, 5, op::ECHO, 100);
+    let mut f = header_bytes(wire::MAGIC, wire::VERSION, kind::REQUEST, 5, op::ECHO, 100);
     f.extend_from_slice(&[7u8; 40]);
     peer.send_raw(&f);
     peer.stream.shutdown(std::net::Shutdown::Write).unwrap();

@@ -220,6 +220,15 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
     seeds.push(("cut-short".into(), talk[..talk.len() - 5].to_vec()));
     seeds.push(("conversation".into(), talk));
     seeds.push(("bad-prefix".into(), frame::prefix(10, 0)[..].to_vec()));
+    // A request whose payload travels by fd: the 8 size bytes inline.
+    let m = protocol::encode(&ClientMsg {
+        tag: 9,
+        req: Request::Compute { op: "echo".into(), timeout_ms: None },
+    });
+    let mut by_fd = frame::prefix_fd(m.len()).to_vec();
+    by_fd.extend_from_slice(&m);
+    by_fd.extend_from_slice(&(64u64 << 20).to_le_bytes());
+    seeds.push(("request-by-fd".into(), by_fd));
     seeds
 }
 
@@ -244,6 +253,14 @@ fn compute_seeds() -> Vec<(String, Vec<u8>)> {
     vec![
         ("hello".into(), wire::encode_frame(kind::HELLO, 0, 0, &hello.encode())),
         ("request".into(), wire::encode_frame(kind::REQUEST, 7, op::RENDER, b"width=4 height=4")),
+        (
+            "request-by-fd".into(),
+            wire::encode_frame(kind::REQUEST_FD, 8, op::ECHO, &(1u64 << 30).to_le_bytes()),
+        ),
+        (
+            "response-by-fd".into(),
+            wire::encode_frame(kind::RESPONSE_FD, 8, status::OK, &(1u64 << 30).to_le_bytes()),
+        ),
         (
             "bad-request".into(),
             wire::encode_frame(kind::RESPONSE, 7, status::BAD_REQUEST, b"width: out of range"),

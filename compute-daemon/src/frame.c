@@ -35,7 +35,7 @@ enum wc_decode_result wc_header_decode(const uint8_t *in, size_t len, struct wc_
         return WC_DECODE_BAD_MAGIC;
     if (h->version != WC_PROTOCOL_VERSION)
         return WC_DECODE_BAD_VERSION;
-    if (h->kind < WC_FRAME_HELLO || h->kind > WC_FRAME_SHUTDOWN)
+    if (h->kind < WC_FRAME_HELLO || h->kind > WC_FRAME_RESPONSE_FD)
         return WC_DECODE_BAD_KIND;
     if (h->payload_len > WC_MAX_PAYLOAD)
         return WC_DECODE_TOO_LARGE;
@@ -78,6 +78,8 @@ const char *wc_status_str(uint32_t status)
         return "busy";
     case WC_STATUS_INTERNAL:
         return "internal error";
+    case WC_STATUS_BAD_FD:
+        return "bad payload fd";
     default:
         return "unknown status";
     }
@@ -100,6 +102,10 @@ const char *wc_kind_str(uint32_t kind)
         return "PONG";
     case WC_FRAME_SHUTDOWN:
         return "SHUTDOWN";
+    case WC_FRAME_REQUEST_FD:
+        return "REQUEST_FD";
+    case WC_FRAME_RESPONSE_FD:
+        return "RESPONSE_FD";
     default:
         return "unknown kind";
     }

@@ -8,6 +8,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 
+#include <unistd.h>
+
 #include "job.h"
 
 struct wc_job *wc_job_new(uint64_t id, uint16_t kind, uint32_t code)
@@ -18,6 +20,8 @@ struct wc_job *wc_job_new(uint64_t id, uint16_t kind, uint32_t code)
     j->id = id;
     j->kind = kind;
     j->code = code;
+    j->in_fd = -1;
+    j->out_fd = -1;
     atomic_init(&j->cancel, 0);
     return j;
 }
@@ -26,6 +30,10 @@ void wc_job_free(struct wc_job *j)
 {
     free(j->payload);
     free(j->out);
+    if (j->in_fd >= 0)
+        close(j->in_fd);
+    if (j->out_fd >= 0)
+        close(j->out_fd);
     free(j);
 }
 
@@ -33,6 +41,10 @@ void wc_job_set_message(struct wc_job *j, uint32_t status, const char *fmt, ...)
 {
     j->kind = WC_FRAME_RESPONSE;
     j->code = status;
+    if (j->out_fd >= 0) {
+        close(j->out_fd);
+        j->out_fd = -1;
+    }
     va_list ap;
     va_start(ap, fmt);
     wc_vmessage(&j->out, &j->out_len, fmt, ap);

@@ -27,6 +27,11 @@ struct wc_job {
     uint8_t *out; /* reply payload (owned) */
     size_t out_len;
     uint8_t hdr[WC_HEADER_SIZE];
+    /* Payloads by fd (-1: none). in_fd: a REQUEST_FD's checked memfd of
+     * in_size bytes; out_fd: the sealed memfd a RESPONSE_FD sends (its
+     * `out` is then the 8 size bytes), closed once sent. */
+    int in_fd, out_fd;
+    uint64_t in_size, out_size;
     int is_request; /* counts against WC_QUEUE_MAX_REQUESTS until written */
     size_t held;    /* bytes counted against WC_QUEUE_MAX_BYTES now */
 };
@@ -39,10 +44,10 @@ struct wc_job_list {
 
 /** A zeroed job for frame `kind` with `code`, or NULL (out of memory). */
 struct wc_job *wc_job_new(uint64_t id, uint16_t kind, uint32_t code);
-/** Free the job, its payload and its reply. */
+/** Free the job, its payload and its reply, and close its fds. */
 void wc_job_free(struct wc_job *j);
 /** Make `j` a RESPONSE with `status` and a formatted message (its previous
- *  reply freed). */
+ *  reply freed, its reply fd closed). */
 void wc_job_set_message(struct wc_job *j, uint32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /** Append `j` at the tail. */

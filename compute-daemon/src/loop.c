@@ -87,8 +87,10 @@ static void out_push(struct wc_server *s, struct wc_job *j)
     }
     encode_frame_header(j);
     if (j->is_request) {
+        /* A reply memfd counts until it is sent: renders waiting to be
+         * written are memory too. */
         s->held_bytes -= j->held;
-        j->held = j->out_len;
+        j->held = j->out_len + (j->out_fd >= 0 ? (size_t)j->out_size : 0);
         s->held_bytes += j->held;
     }
     s->out_bytes += WC_HEADER_SIZE + j->out_len;
@@ -159,7 +161,12 @@ static int flush_some(struct wc_server *s)
         struct iovec iov[MAX_IOV];
         int n = 0;
         size_t off = s->out_off;
+        /* A reply fd rides on its frame's first byte: such a frame starts
+         * a sendmsg of its own, and the fd is attached only there. */
+        int attach = s->out_off == 0 && s->out.head->out_fd >= 0 ? s->out.head->out_fd : -1;
         for (struct wc_job *j = s->out.head; j != NULL && n < MAX_IOV - 1; j = j->next) {
+            if (j != s->out.head && j->out_fd >= 0)
+                break;
             size_t body_off = 0;
             if (off < WC_HEADER_SIZE) {
                 iov[n].iov_base = j->hdr + off;
@@ -176,6 +183,20 @@ static int flush_some(struct wc_server *s)
             off = 0;
         }
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int))];
+        } control;
+        if (attach >= 0) {
+            memset(&control, 0, sizeof control);
+            mh.msg_control = control.buf;
+            mh.msg_controllen = sizeof control.buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(c), &attach, sizeof attach);
+        }
         ssize_t w = sendmsg(s->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
@@ -185,6 +206,11 @@ static int flush_some(struct wc_server *s)
             return -errno;
         }
         size_t left = (size_t)w;
+        if (attach >= 0 && w > 0) {
+            /* The peer has its own reference now. */
+            close(s->out.head->out_fd);
+            s->out.head->out_fd = -1;
+        }
         while (left > 0 && s->out.head != NULL) {
             struct wc_job *j = s->out.head;
             size_t rest = WC_HEADER_SIZE + j->out_len - s->out_off;
@@ -247,6 +273,7 @@ static int on_header(void *ctx, const struct wc_header *h)
     s->verdict = WC_STATUS_OK;
     switch (h->kind) {
     case WC_FRAME_REQUEST:
+    case WC_FRAME_REQUEST_FD:
         if (wc_op_find(h->code) == NULL)
             s->verdict = WC_STATUS_UNKNOWN_OP;
         else if (s->inflight >= WC_QUEUE_MAX_REQUESTS || s->held_bytes + h->payload_len > (size_t)WC_QUEUE_MAX_BYTES)
@@ -296,8 +323,53 @@ static int queue_request(struct wc_server *s, const struct wc_header *h, uint8_t
     return WC_GO_ON;
 }
 
+/* A REQUEST_FD is in with the fd that came along (-1: none): check the fd
+ * (closed on every refusal) and queue the request with it. */
+static int request_by_fd(struct wc_server *s, const struct wc_header *h, uint8_t *payload, size_t len, int fd)
+{
+    if (s->verdict != WC_STATUS_OK) {
+        free(payload);
+        if (fd >= 0)
+            close(fd);
+        return refuse_request(s, h);
+    }
+    char why[256];
+    enum wc_fd_result r = WC_FD_MISSING;
+    uint64_t size = len == WC_FD_INFO_SIZE ? wc_get_u64le(payload) : 0;
+    free(payload);
+    if (len != WC_FD_INFO_SIZE)
+        snprintf(why, sizeof why, "a REQUEST_FD has a %zu-byte payload, not the %u size bytes", len,
+                 (unsigned)WC_FD_INFO_SIZE);
+    else if (fd < 0)
+        snprintf(why, sizeof why, "a REQUEST_FD announced a %llu-byte payload fd but none came with it",
+                 (unsigned long long)size);
+    else
+        r = wc_fd_check(fd, size, why, sizeof why);
+    if (len != WC_FD_INFO_SIZE || r != WC_FD_OK) {
+        if (fd >= 0)
+            close(fd);
+        struct wc_job *j = wc_job_new(h->request_id, WC_FRAME_RESPONSE, 0);
+        if (j != NULL)
+            wc_job_set_message(j, WC_STATUS_BAD_FD, "%s", why);
+        return out_control(s, j);
+    }
+    struct wc_job *j = wc_job_new(h->request_id, WC_FRAME_RESPONSE, 0);
+    if (j == NULL) {
+        close(fd);
+        wc_errf(s->err, s->err_len, "out of memory for a request");
+        return WC_SERVE_ERROR;
+    }
+    j->op = h->code;
+    j->in_fd = fd;
+    j->in_size = size;
+    j->is_request = 1;
+    s->inflight++;
+    wc_pool_submit(&s->pool, j);
+    return WC_GO_ON;
+}
+
 /* A whole frame is in: act on it. */
-static int on_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size_t len)
+static int on_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size_t len, int fd)
 {
     struct wc_server *s = ctx;
     struct wc_job *j;
@@ -315,6 +387,8 @@ static int on_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size
             j->out_len = len;
         }
         return out_control(s, j);
+    case WC_FRAME_REQUEST_FD:
+        return request_by_fd(s, h, payload, len, fd);
     case WC_FRAME_CANCEL:
         /* Finished or unknown ids are ignored: their one RESPONSE is sent. */
         j = wc_pool_cancel(&s->pool, h->request_id);
@@ -326,6 +400,9 @@ static int on_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size
         wc_errf(s->err, s->err_len, "SHUTDOWN received");
         return WC_SERVE_SHUTDOWN;
     default:
+        free(payload);
+        if (fd >= 0)
+            close(fd); /* a RESPONSE_FD is weaver's to receive */
         return WC_GO_ON; /* HELLO, RESPONSE, PONG are weaver's to receive: ignored */
     }
 }

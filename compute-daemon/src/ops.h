@@ -22,6 +22,10 @@ struct wc_call {
      *  may take it (set to NULL) to reply with the same buffer. */
     uint8_t *payload;
     size_t payload_len;
+    /** A REQUEST_FD's input: a checked, sealed memfd of in_size bytes
+     *  (owned by the call; a handler may take it, setting -1), else -1. */
+    int in_fd;
+    uint64_t in_size;
     /** Non-zero once CANCEL or SHUTDOWN reached this request. Whoever sets
      *  it does so holding *cancel_mu and then broadcasts *cancel_cv. */
     atomic_int *cancel;
@@ -32,10 +36,13 @@ struct wc_call {
     /** Facts for the info op. */
     uint32_t pid;
     uint32_t workers;
-    /** Result: a WC_STATUS_* and its payload (malloc'd, or NULL). */
+    /** Result: a WC_STATUS_* and its payload (malloc'd, or NULL), or, for
+     *  a large one, a sealed memfd of out_size bytes in out_fd (else -1). */
     uint32_t status;
     uint8_t *out;
     size_t out_len;
+    int out_fd;
+    uint64_t out_size;
 };
 
 typedef void (*wc_op_handler)(struct wc_call *call);

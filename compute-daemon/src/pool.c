@@ -28,6 +28,9 @@ static void run_job(struct wc_pool *p, struct wc_job *j)
         .op = j->op,
         .payload = j->payload,
         .payload_len = j->payload_len,
+        .in_fd = j->in_fd,
+        .in_size = j->in_size,
+        .out_fd = -1,
         .cancel = &j->cancel,
         .cancel_mu = &p->mu,
         .cancel_cv = &p->cancel_cv,
@@ -40,12 +43,33 @@ static void run_job(struct wc_pool *p, struct wc_job *j)
     else
         wc_call_fail(&call, WC_STATUS_UNKNOWN_OP, "unknown op %u", j->op);
     free(call.payload); /* NULL when the handler took it */
+    if (call.in_fd >= 0)
+        close(call.in_fd); /* -1 when the handler took it */
+    j->in_fd = -1;
     j->payload = NULL;
     j->payload_len = 0;
     j->kind = WC_FRAME_RESPONSE;
     j->code = call.status;
     j->out = call.out;
     j->out_len = call.out_len;
+    if (call.out_fd >= 0 && call.status == WC_STATUS_OK) {
+        /* A RESPONSE_FD: its inline payload is the size. */
+        uint8_t *size = malloc(WC_FD_INFO_SIZE);
+        if (size == NULL) {
+            close(call.out_fd);
+            wc_job_set_message(j, WC_STATUS_INTERNAL, "%s: out of memory for a reply", wc_op_name(j->op));
+            return;
+        }
+        free(j->out);
+        wc_put_u64le(size, call.out_size);
+        j->kind = WC_FRAME_RESPONSE_FD;
+        j->out = size;
+        j->out_len = WC_FD_INFO_SIZE;
+        j->out_fd = call.out_fd;
+        j->out_size = call.out_size;
+    } else if (call.out_fd >= 0) {
+        close(call.out_fd);
+    }
 }
 
 static void wake_io(struct wc_pool *p)

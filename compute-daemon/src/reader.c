@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "reader.h"
 
@@ -89,10 +90,24 @@ static int reserve(struct wc_reader *rd, size_t need)
     return 0;
 }
 
+/* The oldest fd received, for a frame that carries one; -1 when none. */
+static int take_fd(struct wc_reader *rd)
+{
+    if (rd->h.kind != WC_FRAME_REQUEST_FD && rd->h.kind != WC_FRAME_RESPONSE_FD)
+        return -1;
+    if (rd->nfds == 0)
+        return -1;
+    int fd = rd->fds[0];
+    memmove(rd->fds, rd->fds + 1, (rd->nfds - 1) * sizeof rd->fds[0]);
+    rd->nfds--;
+    return fd;
+}
+
 /* A whole frame is in: reset for the next header and hand it over. */
 static int end_frame(struct wc_reader *rd)
 {
     const struct wc_header h = rd->h;
+    int fd = take_fd(rd);
     uint8_t *payload = rd->discard ? NULL : rd->buf;
     size_t len = rd->discard ? 0 : rd->fill;
     if (!rd->discard) {
@@ -102,7 +117,7 @@ static int end_frame(struct wc_reader *rd)
     rd->in_payload = 0;
     rd->hdr_fill = 0;
     rd->fill = 0;
-    return rd->sink.frame(rd->sink.ctx, &h, payload, len);
+    return rd->sink.frame(rd->sink.ctx, &h, payload, len, fd);
 }
 
 /* Consume `len` staged bytes. */
@@ -200,6 +215,65 @@ static int read_done(struct wc_reader *rd, int direct, size_t n)
     return rd->fill == rd->h.payload_len ? end_frame(rd) : WC_GO_ON;
 }
 
+static void close_fds(struct wc_reader *rd)
+{
+    for (size_t i = 0; i < rd->nfds; i++)
+        close(rd->fds[i]);
+    rd->nfds = 0;
+}
+
+/* Keep the fds of one recvmsg; 0, or -1 (every fd closed) when there were
+ * more than can be held or the ancillary data was cut short. */
+static int take_control(struct wc_reader *rd, struct msghdr *msg)
+{
+    int over = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+            if (rd->nfds < WC_MAX_FDS_IN_FLIGHT)
+                rd->fds[rd->nfds++] = f;
+            else {
+                close(f);
+                over = 1;
+            }
+        }
+    }
+    if (msg->msg_flags & MSG_CTRUNC) {
+        wc_errf(rd->err, rd->err_len,
+                "protocol error: ancillary data cut short (MSG_CTRUNC): fds were lost, which fd belongs to "
+                "which frame is no longer known");
+        close_fds(rd);
+        return -1;
+    }
+    if (over) {
+        wc_errf(rd->err, rd->err_len, "protocol error: more than %u fds in flight on one connection",
+                (unsigned)WC_MAX_FDS_IN_FLIGHT);
+        close_fds(rd);
+        return -1;
+    }
+    return 0;
+}
+
+/* After a read: an fd still held must belong to the frame being read, and
+ * only one may. */
+static int check_stray_fds(struct wc_reader *rd)
+{
+    int mid_frame = rd->in_payload || rd->hdr_fill > 0;
+    if (rd->nfds > (mid_frame ? 1u : 0u)) {
+        wc_errf(rd->err, rd->err_len,
+                "protocol error: %zu fd(s) came with frames that carry none (only REQUEST_FD and RESPONSE_FD "
+                "carry one, on their first byte)",
+                rd->nfds);
+        close_fds(rd);
+        return WC_SERVE_PROTOCOL;
+    }
+    return WC_GO_ON;
+}
+
 int wc_reader_recv(struct wc_reader *rd, int fd, size_t *got)
 {
     *got = 0;
@@ -209,10 +283,20 @@ int wc_reader_recv(struct wc_reader *rd, int fd, size_t *got)
         int direct;
         if (read_target(rd, &dst, &room, &direct) != 0)
             return WC_SERVE_ERROR;
-        ssize_t n = recv(fd, dst, room, MSG_DONTWAIT);
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(4 * sizeof(int))];
+        } control;
+        struct iovec iov = {.iov_base = dst, .iov_len = room};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof control.buf};
+        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n >= 0 && take_control(rd, &msg) != 0)
+            return WC_SERVE_PROTOCOL;
         if (n > 0) {
             *got = (size_t)n;
-            return read_done(rd, direct, (size_t)n);
+            int r = read_done(rd, direct, (size_t)n);
+            return r == WC_GO_ON ? check_stray_fds(rd) : r;
         }
         if (n == 0)
             return read_eof(rd);
@@ -240,6 +324,7 @@ int wc_reader_init(struct wc_reader *rd, const struct wc_reader_sink *sink, char
 
 void wc_reader_free(struct wc_reader *rd)
 {
+    close_fds(rd);
     free(rd->buf);
     free(rd->stage);
     rd->buf = NULL;
@@ -261,9 +346,10 @@ static int memory_begin(void *ctx, const struct wc_header *h)
     return ((const struct memory_sink *)ctx)->keep;
 }
 
-static int memory_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size_t len)
+static int memory_frame(void *ctx, const struct wc_header *h, uint8_t *payload, size_t len, int fd)
 {
     const struct memory_sink *s = ctx;
+    (void)fd; /* bytes from memory carry no fds: always -1 */
     if (s->on_frame != NULL)
         s->on_frame(s->ctx, h, payload, len);
     free(payload);

@@ -22,9 +22,11 @@ struct wc_reader_sink {
      *  (read and counted only). */
     int (*begin)(void *ctx, const struct wc_header *h);
     /** The whole frame: `payload` (malloc'd, `len` bytes) now belongs to
-     *  the callee; NULL and 0 when dropped or empty. Returns WC_GO_ON to
-     *  read on, or the wc_serve_result that ends the loop. */
-    int (*frame)(void *ctx, const struct wc_header *h, uint8_t *payload, size_t len);
+     *  the callee; NULL and 0 when dropped or empty. `fd` is the fd that
+     *  came with a REQUEST_FD / RESPONSE_FD frame (the callee owns it and
+     *  checks it), -1 for other kinds or when none came. Returns WC_GO_ON
+     *  to read on, or the wc_serve_result that ends the loop. */
+    int (*frame)(void *ctx, const struct wc_header *h, uint8_t *payload, size_t len, int fd);
 };
 
 struct wc_reader {
@@ -37,6 +39,10 @@ struct wc_reader {
     size_t cap, fill;
     uint8_t *stage;     /* staging buffer for headers and small payloads */
     struct wc_reader_sink sink;
+    /* Fds received and not yet handed over with their frame, oldest first:
+     * one at most between reads (it belongs to the frame being read). */
+    int fds[WC_MAX_FDS_IN_FLIGHT];
+    size_t nfds;
     char *err;
     size_t err_len;
 };
@@ -44,12 +50,15 @@ struct wc_reader {
 /** Set up `rd` to hand frames to `sink` and reasons to `err`. 0, or -1 with
  *  a reason in `err`; either way wc_reader_free undoes it. */
 int wc_reader_init(struct wc_reader *rd, const struct wc_reader_sink *sink, char *err, size_t err_len);
-/** One non-blocking read from `fd` (EINTR retried), and every frame it
- *  completes handed to the sink. *got is the bytes read: 0 when nothing
+/** One non-blocking read from `fd` (EINTR retried) with recvmsg, taking the
+ *  fds that come along (close-on-exec), and every frame it completes handed
+ *  to the sink. Ancillary data cut short, or an fd that no frame claims,
+ *  ends the loop (WC_SERVE_PROTOCOL): which fd belongs to which frame is no
+ *  longer known. *got is the bytes read: 0 when nothing
  *  was there. Returns WC_GO_ON, or the wc_serve_result that ends the loop
  *  (the sink's, or PEER_CLOSED, PROTOCOL, ERROR with a reason in err). */
 int wc_reader_recv(struct wc_reader *rd, int fd, size_t *got);
-/** Free the buffers (a payload being read is dropped). */
+/** Free the buffers and close the fds held (a frame being read is dropped). */
 void wc_reader_free(struct wc_reader *rd);
 
 #endif /* WC_READER_H */

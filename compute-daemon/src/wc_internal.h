@@ -12,6 +12,7 @@
  *   main.c   -> ops.h
  *   ops.c    -> ops.h, render.h
  *   reader.c -> reader.h;  job.c -> job.h;  render.c -> render.h
+ *   fdpass.c (payloads by fd) uses only this header
  *
  * ops.c knows nothing of the pool or the loop: a call carries its own
  * cancel flag and the lock a sleep waits on. Not part of the wire contract

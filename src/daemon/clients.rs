@@ -148,6 +148,11 @@ impl Clients {
         match c.conn.read(scratch, &mut r.frames) {
             Drained::WouldBlock => {}
             Drained::Eof => r.gone = true,
+            // Fds that no frame can claim, or ancillary data cut short: the
+            // client is told why before its connection ends.
+            Drained::Failed(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                r.bad = Some(e.to_string())
+            }
             Drained::Failed(e) => {
                 debug!("client {id}: read failed: {e}");
                 r.gone = true;
@@ -204,6 +209,32 @@ impl Clients {
     pub fn reply(&mut self, id: u64, tag: u64, resp: Response, payload: Vec<u8>, fx: &mut Effects) {
         let meta = protocol::encode(&ServerMsg { tag, resp });
         self.queue(id, &meta, payload, fx);
+    }
+
+    /// Queue a reply whose payload is the sealed memfd `fd` of `len` bytes:
+    /// the fd rides on the frame's first byte (the client owns it then).
+    pub fn reply_fd(
+        &mut self,
+        id: u64,
+        tag: u64,
+        resp: Response,
+        fd: std::os::fd::OwnedFd,
+        len: u64,
+        fx: &mut Effects,
+    ) {
+        let Some(c) = self.map.get_mut(&id) else { return };
+        if c.conn.out.fds() >= crate::fdpass::MAX_FDS_IN_FLIGHT {
+            warn!("client {id} (pid {}) is not reading its replies (payload fds waiting); cutting it off", c.peer_pid);
+            fx.push(Effect::Close { client: id, why: "stopped reading" });
+            return;
+        }
+        let meta = protocol::encode(&ServerMsg { tag, resp });
+        let out = &mut c.conn.out;
+        out.attach_fd(fd);
+        out.push_slice(&frame::prefix_fd(meta.len()));
+        out.push_slice(&meta);
+        out.push_slice(&len.to_le_bytes());
+        self.dirty.push(id);
     }
 
     pub fn reply_error(

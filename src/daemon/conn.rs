@@ -3,8 +3,9 @@
 //! WRITABLE only while the socket is full, and check the peer's
 //! credentials. The decoders are pure; this is where their bytes come from.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use mio::net::UnixStream;
 use mio::{Interest, Token};
@@ -13,6 +14,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
 use crate::codec::StreamDecoder;
 use crate::daemon::effect::{Effect, Effects};
 use crate::daemon::outq::OutQueue;
+use crate::fdpass;
 
 /// Socket reads through the scratch buffer take at most this much, so that
 /// a large payload is soon read straight into its own buffer (see
@@ -49,6 +51,9 @@ pub struct Conn<D> {
     pub stream: UnixStream,
     pub dec: D,
     pub out: OutQueue,
+    /// Fds received and not yet given to their frame: at most one between
+    /// reads (it belongs to the frame being read).
+    pub fds: VecDeque<OwnedFd>,
     token: Token,
     writable_armed: bool,
 }
@@ -58,7 +63,15 @@ impl<D: StreamDecoder> Conn<D> {
     /// watch it.
     pub fn new(stream: UnixStream, dec: D, token: Token) -> (Conn<D>, Effect) {
         let watch = Effect::Watch { fd: stream.as_raw_fd(), token, interest: Interest::READABLE };
-        (Conn { stream, dec, out: OutQueue::new(), token, writable_armed: false }, watch)
+        let conn = Conn {
+            stream,
+            dec,
+            out: OutQueue::new(),
+            fds: VecDeque::new(),
+            token,
+            writable_armed: false,
+        };
+        (conn, watch)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -67,7 +80,7 @@ impl<D: StreamDecoder> Conn<D> {
 
     /// Read until the socket would block, appending whole frames to `out`.
     pub fn read(&mut self, scratch: &mut [u8], out: &mut Vec<D::Frame>) -> Drained<D::Error> {
-        drain(&mut self.stream, &mut self.dec, scratch, out)
+        drain(&mut self.stream, &mut self.dec, scratch, out, &mut self.fds)
     }
 
     /// Write what is queued; arm or disarm WRITABLE as the socket needs.
@@ -133,22 +146,37 @@ pub fn peer(stream: &UnixStream) -> Result<UnixCredentials, String> {
 /// Read a non-blocking socket until it would block (readiness is a hint:
 /// the read decides), appending whole frames to `out`. Large payloads are
 /// read straight into their buffer, everything else through `scratch`.
+/// Reads are `recvmsg`: fds that come along wait in `fds` for the frame
+/// they ride on (whose decoder claims them); one that no frame can claim
+/// ends the connection (`Failed`, `InvalidData`), closed.
 pub fn drain<S, D>(
     stream: &mut S,
     dec: &mut D,
     scratch: &mut [u8],
     out: &mut Vec<D::Frame>,
+    fds: &mut VecDeque<OwnedFd>,
 ) -> Drained<D::Error>
 where
     S: Read + AsRawFd,
     D: StreamDecoder,
 {
+    let sock = stream.as_raw_fd();
+    let mut done = |dec: &mut D, f: Option<D::Frame>, fds: &mut VecDeque<OwnedFd>| {
+        if let Some(mut f) = f {
+            dec.claim_fd(&mut f, fds);
+            out.push(f);
+        }
+    };
     loop {
         if let Some(v) = dec.direct_target() {
-            match read_spare(stream.as_raw_fd(), v) {
+            match fdpass::recv_spare(sock, v, fds) {
                 Ok(0) => return Drained::Eof,
                 Ok(_) => {
-                    out.extend(dec.direct_done());
+                    let f = dec.direct_done();
+                    done(dec, f, fds);
+                    if let Err(e) = stray(dec, fds) {
+                        return Drained::Failed(e);
+                    }
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::WouldBlock,
@@ -156,7 +184,7 @@ where
                 Err(e) => return Drained::Failed(e),
             }
         }
-        match stream.read(scratch) {
+        match fdpass::recv(sock, scratch, fds, 0) {
             Ok(0) => return Drained::Eof,
             Ok(n) => {
                 let mut data = &scratch[..n];
@@ -164,10 +192,13 @@ where
                     match dec.feed(data) {
                         Ok((used, f)) => {
                             data = &data[used..];
-                            out.extend(f);
+                            done(dec, f, fds);
                         }
                         Err(e) => return Drained::Bad(e),
                     }
+                }
+                if let Err(e) = stray(dec, fds) {
+                    return Drained::Failed(e);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::WouldBlock,
@@ -175,6 +206,24 @@ where
             Err(e) => return Drained::Failed(e),
         }
     }
+}
+
+/// After a read: an fd still waiting must belong to the frame being read,
+/// and only one may. Otherwise every waiting fd is closed.
+fn stray<D: StreamDecoder>(dec: &D, fds: &mut VecDeque<OwnedFd>) -> io::Result<()> {
+    let allowed = usize::from(dec.mid_frame());
+    if fds.len() > allowed {
+        let n = fds.len();
+        fds.clear();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{n} fd(s) came with frames that carry none (a payload fd rides on the first \
+                 byte of a frame that announces it)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Read from `fd` into the spare capacity of `v` (never past it).

@@ -65,6 +65,9 @@ pub enum Effect {
     Cancel(Timer),
     /// Answer request `tag` of `client`.
     Reply { client: u64, tag: u64, resp: Response, payload: Vec<u8> },
+    /// Reply with the payload in a sealed memfd of `len` bytes, passed on
+    /// to the client as it is (`fdpass`).
+    ReplyFd { client: u64, tag: u64, resp: Response, fd: std::os::fd::OwnedFd, len: u64 },
     /// Answer `status --wait` requests: compute has settled.
     AnswerStatus { waiters: Vec<(u64, u64)> },
     /// Close `client` once its queued replies are flushed.

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use crate::fdpass::Payload;
 use crate::protocol::{ErrorKind, ErrorReply};
 use crate::wire::status;
 
@@ -39,7 +40,8 @@ struct Entry {
     owner: Option<(ClientId, u64)>,
     op: OpRef,
     /// The input while queued; emptied when sent.
-    payload: Vec<u8>,
+    payload: Payload,
+    /// Bytes of memory it holds (an fd holds none).
     len: usize,
     sent: bool,
     /// The request's `--timeout`, while its deadline is armed.
@@ -71,7 +73,7 @@ pub struct Deliver {
     pub id: u64,
     pub client: ClientId,
     pub tag: u64,
-    pub result: Result<Vec<u8>, ErrorReply>,
+    pub result: Result<Payload, ErrorReply>,
     /// The request had a deadline, to disarm.
     pub timed: bool,
 }
@@ -81,7 +83,7 @@ pub struct Deliver {
 pub struct Outgoing {
     pub id: u64,
     pub op: OpRef,
-    pub payload: Vec<u8>,
+    pub payload: Payload,
 }
 
 /// What a compute reply turned into.
@@ -124,16 +126,26 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
 }
 
 /// Turn a compute RESPONSE into a client result.
-pub fn reply_result(code: u32, payload: Vec<u8>) -> Result<Vec<u8>, ErrorReply> {
+pub fn reply_result(code: u32, payload: Payload) -> Result<Payload, ErrorReply> {
     if code == status::OK {
         return Ok(payload);
     }
+    let Payload::Bytes(payload) = payload else {
+        return Err(err(
+            ErrorKind::ComputeFailed,
+            format!(
+                "compute answered {} with a payload fd instead of a message",
+                status::name(code)
+            ),
+        ));
+    };
     let kind = match code {
         status::UNKNOWN_OP => ErrorKind::UnknownOp,
         status::BAD_REQUEST => ErrorKind::BadRequest,
         status::TOO_LARGE => ErrorKind::TooLarge,
         status::CANCELLED => ErrorKind::Cancelled,
         status::BUSY => ErrorKind::Busy,
+        status::BAD_FD => ErrorKind::BadRequest,
         _ => ErrorKind::ComputeFailed,
     };
     let text = String::from_utf8_lossy(&payload);
@@ -165,9 +177,10 @@ impl Mux {
         client: ClientId,
         tag: u64,
         op: OpRef,
-        payload: Vec<u8>,
+        payload: impl Into<Payload>,
     ) -> Result<u64, ErrorReply> {
-        let len = payload.len();
+        let payload = payload.into();
+        let len = payload.held();
         if self.queue.len() >= self.limits.queue_len
             || (self.queued_bytes + len > self.limits.queue_bytes && !self.queue.is_empty())
         {
@@ -252,7 +265,7 @@ impl Mux {
         Some(e)
     }
 
-    fn finish(&mut self, id: u64, result: Result<Vec<u8>, ErrorReply>) -> Completion {
+    fn finish(&mut self, id: u64, result: Result<Payload, ErrorReply>) -> Completion {
         let Some(e) = self.remove(id) else { return Completion::Unknown };
         let Some((client, tag)) = e.owner else {
             self.stats.dropped_late += 1;
@@ -271,8 +284,8 @@ impl Mux {
     }
 
     /// A RESPONSE from compute.
-    pub fn complete(&mut self, id: u64, code: u32, payload: Vec<u8>) -> Completion {
-        self.finish(id, reply_result(code, payload))
+    pub fn complete(&mut self, id: u64, code: u32, payload: impl Into<Payload>) -> Completion {
+        self.finish(id, reply_result(code, payload.into()))
     }
 
     /// Fail one request (sent or not) with `reply`, e.g. an op compute does
@@ -388,7 +401,7 @@ mod tests {
         assert_eq!(m.next_send().unwrap().id, a);
         assert_eq!(m.next_send().unwrap().payload, b"x");
         let d = ok(&mut m, b, b"x");
-        assert_eq!((d.client, d.tag, d.result), (2, 20, Ok(b"x".to_vec())));
+        assert_eq!((d.client, d.tag, d.result), (2, 20, Ok(b"x".to_vec().into())));
         let d = ok(&mut m, a, b"");
         assert_eq!((d.client, d.tag), (1, 10));
         assert_eq!(m.complete(a, status::OK, vec![]), Completion::Unknown, "answered twice");
@@ -467,11 +480,18 @@ mod tests {
 
     #[test]
     fn compute_statuses_map_to_error_kinds() {
-        assert_eq!(reply_result(status::OK, b"x".to_vec()), Ok(b"x".to_vec()));
-        let e = reply_result(status::BAD_REQUEST, b"width: not a number".to_vec()).unwrap_err();
+        assert_eq!(reply_result(status::OK, b"x".to_vec().into()), Ok(b"x".to_vec().into()));
+        let e =
+            reply_result(status::BAD_REQUEST, b"width: not a number".to_vec().into()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest);
         assert!(e.message.contains("width: not a number"));
-        assert_eq!(reply_result(status::CANCELLED, vec![]).unwrap_err().kind, ErrorKind::Cancelled);
-        assert_eq!(reply_result(999, vec![]).unwrap_err().kind, ErrorKind::ComputeFailed);
+        assert_eq!(
+            reply_result(status::CANCELLED, Payload::default()).unwrap_err().kind,
+            ErrorKind::Cancelled
+        );
+        assert_eq!(
+            reply_result(999, Payload::default()).unwrap_err().kind,
+            ErrorKind::ComputeFailed
+        );
     }
 }

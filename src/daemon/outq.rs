@@ -1,8 +1,12 @@
 //! A write queue for a non-blocking socket: write first, keep only what the
-//! socket did not take, and say when WRITABLE interest is needed.
+//! socket did not take, and say when WRITABLE interest is needed. A payload
+//! fd can ride on a frame: it is attached (SCM_RIGHTS) to the first byte of
+//! that frame, which then starts a `sendmsg` of its own, and is closed here
+//! once sent.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 /// Buffers up to this size are merged rather than queued apart.
 const COALESCE: usize = 16 * 1024;
@@ -16,6 +20,12 @@ pub struct OutQueue {
     offset: usize,
     /// Bytes queued and not yet written.
     bytes: usize,
+    /// Fds to send, each with the stream position (bytes ever queued before
+    /// it) of the byte it rides on.
+    fds: VecDeque<(u64, OwnedFd)>,
+    /// Bytes ever queued, and ever written.
+    pushed: u64,
+    written: u64,
 }
 
 impl OutQueue {
@@ -32,6 +42,17 @@ impl OutQueue {
         self.bytes
     }
 
+    /// Fds waiting to be sent.
+    pub fn fds(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// Send `fd` with the next byte queued (the first byte of the frame
+    /// queued next).
+    pub fn attach_fd(&mut self, fd: OwnedFd) {
+        self.fds.push_back((self.pushed, fd));
+    }
+
     /// Queue a buffer without copying it; a small one is appended to a
     /// small last buffer instead, so many small frames become one write.
     pub fn push(&mut self, buf: Vec<u8>) {
@@ -39,6 +60,7 @@ impl OutQueue {
             return self.push_slice(&buf);
         }
         self.bytes += buf.len();
+        self.pushed += buf.len() as u64;
         self.bufs.push_back(buf);
     }
 
@@ -49,6 +71,7 @@ impl OutQueue {
             return;
         }
         self.bytes += data.len();
+        self.pushed += data.len() as u64;
         match self.bufs.back_mut() {
             Some(last) if last.len() + data.len() <= COALESCE => last.extend_from_slice(data),
             _ => {
@@ -61,15 +84,35 @@ impl OutQueue {
 
     /// Write as much as the socket takes. `Ok(true)` when everything went
     /// out, `Ok(false)` when the socket is full (arm WRITABLE).
-    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<bool> {
+    pub fn flush<W: Write + AsRawFd>(&mut self, w: &mut W) -> io::Result<bool> {
         while !self.bufs.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
+            // An fd rides on the byte at its position: a write that starts
+            // there carries it, and no write runs past the next one.
+            let attach = self.fds.front().filter(|(at, _)| *at == self.written);
+            let stop = self
+                .fds
+                .iter()
+                .map(|(at, _)| *at)
+                .find(|at| *at > self.written)
+                .map_or(usize::MAX, |at| (at - self.written) as usize);
+            let mut room = stop;
             for (i, b) in self.bufs.iter().take(MAX_IOV).enumerate() {
-                slices[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+                let s = if i == 0 { &b[self.offset..] } else { &b[..] };
+                let s = &s[..s.len().min(room)];
+                slices[i] = IoSlice::new(s);
                 n += 1;
+                room -= s.len();
+                if room == 0 {
+                    break;
+                }
             }
-            match w.write_vectored(&slices[..n]) {
+            let sent = match attach {
+                Some((_, fd)) => send_fd(w.as_raw_fd(), &slices[..n], fd),
+                None => w.write_vectored(&slices[..n]),
+            };
+            match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.consume(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -81,6 +124,11 @@ impl OutQueue {
     }
 
     fn consume(&mut self, mut n: usize) {
+        if n > 0 && self.fds.front().is_some_and(|(at, _)| *at == self.written) {
+            // The peer holds its own reference now.
+            self.fds.pop_front();
+        }
+        self.written += n as u64;
         self.bytes -= n;
         while n > 0 {
             let front = self.bufs.front().expect("consumed bytes were queued").len() - self.offset;
@@ -96,6 +144,10 @@ impl OutQueue {
     }
 }
 
+fn send_fd(sock: RawFd, bufs: &[IoSlice<'_>], fd: &OwnedFd) -> io::Result<usize> {
+    crate::fdpass::send_with_fd(sock, bufs, fd.as_fd())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +158,12 @@ mod tests {
         cap: usize,
         calls: usize,
         block_every: usize,
+    }
+
+    impl AsRawFd for Trickle {
+        fn as_raw_fd(&self) -> RawFd {
+            -1
+        }
     }
 
     impl Write for Trickle {
@@ -146,5 +204,42 @@ mod tests {
         assert!(rounds > 0);
         assert!(q.is_empty());
         assert_eq!(w.out, expect);
+    }
+
+    #[test]
+    fn a_passed_fd_rides_on_its_frames_first_byte_and_is_closed_once_sent() {
+        use std::os::unix::net::UnixStream;
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = crate::fdpass::sealed_memfd(b"payload").unwrap();
+        let raw = fd.as_raw_fd();
+        let mut q = OutQueue::new();
+        q.push_slice(b"before");
+        q.attach_fd(fd);
+        q.push_slice(b"FRAME");
+        q.push(vec![7u8; 40_000]);
+        assert_eq!(q.fds(), 1);
+        assert!(q.flush(&mut a).unwrap());
+        assert_eq!(q.fds(), 0, "sent and closed here");
+        // SAFETY: F_GETFD on a number that must no longer be open here.
+        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) }, -1, "our copy is closed");
+        // Every byte in order, the fd once, with the read that holds the
+        // frame's first byte (the kernel may glue earlier bytes to it).
+        let mut fds = VecDeque::new();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while got.len() < 6 + 5 + 40_000 {
+            let before = fds.len();
+            let n = crate::fdpass::recv(b.as_raw_fd(), &mut buf, &mut fds, 0).unwrap();
+            let first = got.len();
+            got.extend_from_slice(&buf[..n]);
+            if fds.len() > before {
+                assert!((first..first + n).contains(&6), "the fd came with byte 6");
+            }
+        }
+        assert_eq!(&got[..11], b"beforeFRAME");
+        assert!(got[11..].iter().all(|&x| x == 7));
+        assert_eq!(fds.len(), 1);
+        let p = crate::fdpass::announced(&7u64.to_le_bytes(), fds.pop_front()).unwrap();
+        assert_eq!(p.len(), 7);
     }
 }

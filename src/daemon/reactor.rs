@@ -371,7 +371,19 @@ impl Reactor {
             return handlers::handshake::handle(&mut self.clients, id, f, &mut self.fx);
         }
         match protocol::decode::<ClientMsg>(&f.meta, "request") {
-            Ok(msg) => handlers::request(&mut self.ctx(), id, msg.tag, msg.req, f.payload),
+            Ok(msg) => match handlers::payload_of(f) {
+                Ok(p) => handlers::request(&mut self.ctx(), id, msg.tag, msg.req, p),
+                Err(e) => {
+                    let msg_ = format!("{e}; send the payload in a sealed memfd of its size");
+                    self.clients.reply_error(
+                        id,
+                        msg.tag,
+                        ErrorKind::BadRequest,
+                        msg_,
+                        &mut self.fx,
+                    );
+                }
+            },
             Err(e) => {
                 warn!("client {id}: {e}; closing its connection");
                 let msg = format!("{e}; closing this connection");
@@ -429,6 +441,9 @@ impl Reactor {
             Effect::Cancel(timer) => self.timers.cancel(&timer),
             Effect::Reply { client, tag, resp, payload } => {
                 self.clients.reply(client, tag, resp, payload, &mut self.fx)
+            }
+            Effect::ReplyFd { client, tag, resp, fd, len } => {
+                self.clients.reply_fd(client, tag, resp, fd, len, &mut self.fx)
             }
             Effect::AnswerStatus { waiters } => {
                 let now = Instant::now();

@@ -252,3 +252,121 @@ pub fn read_frames(bytes: &[u8], chunk: usize, keep: bool) -> FramesRead {
     };
     FramesRead { frames, result: r.into(), partial, message: message(&err) }
 }
+
+// ---- Payloads by file descriptor (fdpass.c) -------------------------------
+
+/// Why a payload fd was refused: the result and the C side's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdRefused {
+    pub result: wc_fd_result,
+    /// The header as far as it was read (its request id answers the frame).
+    pub header: wc_header,
+    pub message: String,
+}
+
+/// English text for an fd result (`wc_fd_result_str`).
+pub fn fd_result_str(r: wc_fd_result) -> &'static str {
+    // SAFETY: pure function returning a static string.
+    static_str(unsafe { wc_fd_result_str(r) })
+}
+
+/// A sealable, close-on-exec memfd of `size` bytes, sparse
+/// (`wc_memfd_create`).
+pub fn memfd_create(size: u64) -> Result<OwnedFd, (i32, String)> {
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: the name is a NUL-terminated literal; err is writable.
+    let fd = unsafe {
+        wc_memfd_create(
+            b"weaver-payload\0".as_ptr().cast(),
+            size,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    if fd < 0 {
+        return Err((-fd, message(&err)));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Seal a payload memfd: no shrink, no grow, no write, no more seals
+/// (`wc_memfd_seal`).
+pub fn memfd_seal(fd: BorrowedFd<'_>) -> Result<(), (i32, String)> {
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: err is writable for err.len() bytes.
+    let r = unsafe { wc_memfd_seal(fd.as_raw_fd(), err.as_mut_ptr().cast(), err.len()) };
+    if r < 0 {
+        return Err((-r, message(&err)));
+    }
+    Ok(())
+}
+
+/// Whether `fd` may carry a payload of `size` bytes (`wc_fd_check`).
+pub fn fd_check(fd: BorrowedFd<'_>, size: u64) -> Result<(), (wc_fd_result, String)> {
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: err is writable for err.len() bytes; the fd is not closed.
+    let r = unsafe { wc_fd_check(fd.as_raw_fd(), size, err.as_mut_ptr().cast(), err.len()) };
+    match r {
+        wc_fd_result::WC_FD_OK => Ok(()),
+        other => Err((other, message(&err))),
+    }
+}
+
+/// Send a `*_FD` frame announcing `size` bytes with `fd` attached
+/// (`wc_send_fd_frame`). Blocking.
+pub fn send_fd_frame(
+    sock: BorrowedFd<'_>,
+    kind: u16,
+    request_id: u64,
+    code: u32,
+    size: u64,
+    fd: BorrowedFd<'_>,
+) -> Result<(), (i32, String)> {
+    let h = wc_header { kind, request_id, code, ..Default::default() };
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: h and err outlive the call; neither fd is closed by it.
+    let r = unsafe {
+        wc_send_fd_frame(
+            sock.as_raw_fd(),
+            &h,
+            size,
+            fd.as_raw_fd(),
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    if r < 0 {
+        return Err((-r, message(&err)));
+    }
+    Ok(())
+}
+
+/// Read one frame header from a blocking socket with the fds that came
+/// with it (`wc_recv_fd_frame`): the header, and for a `*_FD` frame the
+/// payload size and its checked memfd. An inline frame's payload is left
+/// on the socket for the caller.
+pub fn recv_fd_frame(sock: BorrowedFd<'_>) -> Result<(wc_header, u64, Option<OwnedFd>), FdRefused> {
+    let mut h = wc_header::default();
+    let (mut size, mut fd) = (0u64, -1i32);
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: every out pointer is valid for the call; err for err.len().
+    let r = unsafe {
+        wc_recv_fd_frame(
+            sock.as_raw_fd(),
+            &mut h,
+            &mut size,
+            &mut fd,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    match r {
+        wc_fd_result::WC_FD_OK => {
+            // SAFETY: on WC_FD_OK a non-negative fd is new and ours.
+            let fd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+            Ok((h, size, fd))
+        }
+        other => Err(FdRefused { result: other, header: h, message: message(&err) }),
+    }
+}

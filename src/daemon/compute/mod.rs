@@ -22,6 +22,7 @@ use crate::daemon::conn::{self, Conn, Drained, Flushed};
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::mux::{Completion, Deliver, Limits, Mux, OpRef};
 use crate::daemon::token;
+use crate::fdpass::{self, Payload};
 use crate::protocol::{ComputeStatus, ErrorKind, ErrorReply, Response};
 use crate::supervise::config::ComputeSpec;
 use crate::supervise::Exit;
@@ -227,11 +228,22 @@ impl Compute {
     fn frame(&mut self, f: Frame, now: Instant, fx: &mut Effects) -> Result<(), String> {
         let h = f.header;
         match h.kind {
-            kind::RESPONSE => match self.mux.complete(h.request_id, h.code, f.payload) {
-                Completion::Deliver(d) => deliver(d, fx),
-                Completion::Dropped => debug!("dropped a late reply for request {}", h.request_id),
-                Completion::Unknown => warn!("compute answered unknown request {}", h.request_id),
-            },
+            kind::RESPONSE => self.complete(h.request_id, h.code, Payload::Bytes(f.payload), fx),
+            kind::RESPONSE_FD => {
+                // A refused fd fails only its request: the connection is
+                // still in step (the fd was claimed by this frame).
+                let p = match fdpass::announced(&f.payload, f.fd.0) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!("compute's reply to request {} is refused: {e}", h.request_id);
+                        let why = format!("compute's reply was refused: {e}");
+                        Payload::Bytes(why.into_bytes())
+                    }
+                };
+                let code =
+                    if matches!(p, Payload::Fd { .. }) { h.code } else { wire::status::BAD_FD };
+                self.complete(h.request_id, code, p, fx);
+            }
             kind::HELLO if self.hello.is_none() => {
                 let hello = Hello::parse(&f.payload)
                     .map_err(|e| format!("compute sent a bad HELLO: {e}"))?;
@@ -258,6 +270,14 @@ impl Compute {
         Ok(())
     }
 
+    fn complete(&mut self, id: u64, code: u32, payload: Payload, fx: &mut Effects) {
+        match self.mux.complete(id, code, payload) {
+            Completion::Deliver(d) => deliver(d, fx),
+            Completion::Dropped => debug!("dropped a late reply for request {id}"),
+            Completion::Unknown => warn!("compute answered unknown request {id}"),
+        }
+    }
+
     fn send(&mut self, kind: u16, id: u64, code: u32, payload: &[u8]) {
         let Some(c) = self.conn.as_mut() else { return };
         let h = wire::Header { kind, request_id: id, code, payload_len: payload.len() as u32 };
@@ -265,11 +285,28 @@ impl Compute {
         c.out.push_slice(payload);
     }
 
-    fn send_owned(&mut self, kind: u16, id: u64, code: u32, payload: Vec<u8>) {
+    fn send_owned(&mut self, kind: u16, id: u64, code: u32, payload: Payload) {
         let Some(c) = self.conn.as_mut() else { return };
-        let h = wire::Header { kind, request_id: id, code, payload_len: payload.len() as u32 };
-        c.out.push_slice(&h.encode());
-        c.out.push(payload);
+        match payload {
+            Payload::Bytes(payload) => {
+                let payload_len = payload.len() as u32;
+                let h = wire::Header { kind, request_id: id, code, payload_len };
+                c.out.push_slice(&h.encode());
+                c.out.push(payload);
+            }
+            Payload::Fd { fd, len } => {
+                // The very fd the client sent, passed on unread.
+                let h = wire::Header {
+                    kind: kind::REQUEST_FD,
+                    request_id: id,
+                    code,
+                    payload_len: wire::FD_INFO_SIZE as u32,
+                };
+                c.out.attach_fd(fd);
+                c.out.push_slice(&h.encode());
+                c.out.push_slice(&len.to_le_bytes());
+            }
+        }
     }
 
     /// Take a client's request for compute, or say why not.
@@ -280,7 +317,7 @@ impl Compute {
             mux.tally.record(&name, crate::daemon::tally::outcome(Err(e.kind)), None);
             e
         };
-        let op = self.check_submit(op, payload.len(), now).map_err(|e| tally(&mut self.mux, e))?;
+        let op = self.check_submit(op, &payload, now).map_err(|e| tally(&mut self.mux, e))?;
         let id = self.mux.submit(client, tag, op, payload).map_err(|e| tally(&mut self.mux, e))?;
         self.mux.set_label(id, &name);
         if let Some(ms) = timeout_ms {
@@ -295,8 +332,9 @@ impl Compute {
 
     /// Whether a compute request can be taken now; its op, resolved when
     /// compute's ops are known.
-    fn check_submit(&self, op: String, len: usize, now: Instant) -> Result<OpRef, ErrorReply> {
+    fn check_submit(&self, op: String, p: &Payload, now: Instant) -> Result<OpRef, ErrorReply> {
         let e = |kind, message: String| Err(ErrorReply { kind, message });
+        let len = p.held();
         if len > wire::MAX_PAYLOAD {
             return e(
                 ErrorKind::TooLarge,
@@ -494,7 +532,7 @@ pub struct Submit {
     pub client: u64,
     pub tag: u64,
     pub op: String,
-    pub payload: Vec<u8>,
+    pub payload: Payload,
     pub timeout_ms: Option<u64>,
 }
 
@@ -503,11 +541,27 @@ fn deliver(d: Deliver, fx: &mut Effects) {
     if d.timed {
         fx.push(Effect::Cancel(Timer::Request(d.id)));
     }
-    let (resp, payload) = match d.result {
-        Ok(payload) => (Response::ComputeOk, payload),
-        Err(e) => (Response::Error(e), Vec::new()),
-    };
-    fx.push(Effect::Reply { client: d.client, tag: d.tag, resp, payload });
+    match d.result {
+        Ok(Payload::Bytes(payload)) => fx.push(Effect::Reply {
+            client: d.client,
+            tag: d.tag,
+            resp: Response::ComputeOk,
+            payload,
+        }),
+        Ok(Payload::Fd { fd, len }) => fx.push(Effect::ReplyFd {
+            client: d.client,
+            tag: d.tag,
+            resp: Response::ComputeOk,
+            fd,
+            len,
+        }),
+        Err(e) => fx.push(Effect::Reply {
+            client: d.client,
+            tag: d.tag,
+            resp: Response::Error(e),
+            payload: Vec::new(),
+        }),
+    }
 }
 
 fn stream_fd(s: UnixStream) -> OwnedFd {
@@ -564,7 +618,8 @@ mod tests {
         timeout_ms: Option<u64>,
         fx: &mut Effects,
     ) -> Result<(), ErrorReply> {
-        let r = Submit { client: 1, tag: 2, op: op.into(), payload: vec![0; len], timeout_ms };
+        let r =
+            Submit { client: 1, tag: 2, op: op.into(), payload: vec![0; len].into(), timeout_ms };
         c.submit(r, Instant::now(), fx)
     }
 

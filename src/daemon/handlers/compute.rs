@@ -3,6 +3,7 @@
 
 use super::Ctx;
 use crate::daemon::compute::Submit;
+use crate::fdpass::Payload;
 use crate::protocol::{ErrorKind, ErrorReply, Response};
 
 pub fn handle(
@@ -10,7 +11,7 @@ pub fn handle(
     client: u64,
     tag: u64,
     op: String,
-    payload: Vec<u8>,
+    payload: Payload,
     timeout_ms: Option<u64>,
 ) {
     let r = if cx.stopping {

@@ -16,6 +16,7 @@ pub mod reload;
 pub mod shutdown;
 pub mod status;
 
+use crate::fdpass::Payload;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -73,8 +74,16 @@ impl Ctx<'_> {
     }
 }
 
+/// A request frame's payload: its bytes, or the checked memfd it announced.
+pub fn payload_of(f: crate::frame::RawFrame) -> Result<Payload, crate::fdpass::BadFd> {
+    if f.by_fd {
+        return crate::fdpass::announced(&f.payload, f.fd.0);
+    }
+    Ok(Payload::Bytes(f.payload))
+}
+
 /// Serve one decoded request of `client`.
-pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u8>) {
+pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Payload) {
     match req {
         Request::Status { wait_compute } => status::handle(cx, client, tag, wait_compute),
         Request::Compute { op, timeout_ms } => {
@@ -93,7 +102,18 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         Request::Health { name } => health::handle(cx, client, tag, name),
         Request::Send { name, close, timeout_ms, attached } => {
             let s = input::SendReq { name, close, timeout_ms, attached };
-            input::send(cx, client, tag, s, payload)
+            match payload {
+                Payload::Bytes(bytes) => input::send(cx, client, tag, s, bytes),
+                Payload::Fd { .. } => {
+                    let e = ErrorReply {
+                        kind: ErrorKind::BadRequest,
+                        message: "send takes its input inline, in pieces of at most 256 KiB, \
+                                  not by fd; the fd was closed and nothing was written"
+                            .into(),
+                    };
+                    cx.reply(client, tag, Response::Error(e));
+                }
+            }
         }
         Request::Attach { name, read_only, force, tail } => {
             input::attach(cx, client, tag, &name, read_only, force, tail)
@@ -154,7 +174,7 @@ mod tests {
                 now: Instant::now(),
                 fx: &mut self.fx,
             };
-            request(&mut cx, 3, 8, req, Vec::new());
+            request(&mut cx, 3, 8, req, Payload::default());
             std::mem::take(&mut self.fx)
         }
     }
