@@ -15,6 +15,8 @@ pub struct Config {
     pub compute: ComputeSpec,
     /// In declaration order.
     pub processes: Vec<ProcessSpec>,
+    /// `[[job]]`s (`weaver run`), in declaration order.
+    pub jobs: Vec<crate::run::JobSpec>,
 }
 
 /// `[compute]`: how the compute daemon is run.

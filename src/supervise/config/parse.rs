@@ -22,6 +22,8 @@ use super::model::{
 use crate::supervise::duration::parse_duration;
 use crate::supervise::graph::{cycle_path, find_cycles};
 
+mod job;
+
 // ---------------------------------------------------------------- errors
 
 /// One problem in a configuration file.
@@ -153,7 +155,7 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
 
 // ---------------------------------------------------------------- the parser
 
-const TOP_KEYS: &[&str] = &["compute", "process"];
+const TOP_KEYS: &[&str] = &["compute", "process", "job"];
 const RESTART_KEYS: &[&str] = &[
     "auto_restart",
     "restart_interval",
@@ -581,6 +583,7 @@ impl<'a> Parser<'a> {
             declared.push(Declared { at, name_at, after_at, what: what.clone() });
         }
         self.cross_check(&config, &declared);
+        self.jobs(top, &mut config, &declared);
         config
     }
 
