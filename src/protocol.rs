@@ -27,7 +27,10 @@ use crate::supervise::PsRow;
 /// 3: [`Request::Ping`] and [`Response::Pong`].
 /// 4: [`Request::Config`] (`weaver config`) and its replies;
 /// [`ErrorKind::Rejected`].
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `weaver run`: [`Request::Run`], [`Request::RunCancel`],
+/// [`Request::RunAttach`], [`Request::Runs`] and their replies;
+/// [`EventType::Skipped`].
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -119,6 +122,21 @@ pub enum Request {
     /// Live configuration of weavelets (`weaver config`); see [`ConfigReq`]
     /// for what each answers.
     Config(ConfigReq),
+    /// Run jobs (`weaver run`). Answered by [`Response::RunStarted`], then
+    /// (unless `detach`) one [`Response::RunJob`] per change of a job's
+    /// state and one [`Response::RunDone`] at the end. Without `detach`
+    /// the run is cancelled if this connection closes. Unknown job names
+    /// are an error.
+    Run(crate::run::RunReq),
+    /// Cancel run `id` (Ctrl-C on `weaver run`): running jobs get their
+    /// stop signal, the rest are cancelled. Answered by [`Response::Done`]
+    /// at once; the run's own stream ends with its `RunDone`.
+    RunCancel { id: u64 },
+    /// Follow run `id` (`weaver run --attach`): answered like `Run`, with
+    /// every job's state first; a finished run gets its `RunDone` at once.
+    RunAttach { id: u64 },
+    /// Recent runs (`weaver runs`), oldest first: [`Response::Runs`].
+    Runs,
 }
 
 /// `weaver config`. Documents travel as JSON text (postcard cannot carry
@@ -204,6 +222,14 @@ pub enum Response {
     ConfigWaited(WaitReport),
     /// Answers `Config::Watch`, once per event.
     ConfigEvent(ConfigEvent),
+    /// First answer of `Run` and `RunAttach`: the run and its jobs.
+    RunStarted { id: u64, jobs: Vec<String> },
+    /// A job of a followed run changed state.
+    RunJob(crate::run::JobResult),
+    /// Last answer of `Run` and `RunAttach`: how the run ended.
+    RunDone(Box<crate::run::RunReport>),
+    /// Answers `Runs`.
+    Runs(Vec<crate::run::RunReport>),
 }
 
 /// A target's document at one revision.
@@ -557,6 +583,7 @@ impl EventRecord {
                 });
             }
             EventKind::Warning { message } => r.detail = Some(message.clone()),
+            EventKind::Skipped { reason } => r.detail = Some(reason.clone()),
             EventKind::Running
             | EventKind::Ready
             | EventKind::Vanished
@@ -627,6 +654,8 @@ pub enum EventType {
     Warning,
     /// A slow subscriber missed `lost` events here.
     Lost,
+    /// A job of a run was not run (`detail`: why).
+    Skipped,
 }
 
 impl EventType {
@@ -646,6 +675,7 @@ impl EventType {
             EventType::Hook => "hook",
             EventType::Warning => "warning",
             EventType::Lost => "lost",
+            EventType::Skipped => "skipped",
         }
     }
 }
@@ -672,6 +702,7 @@ impl From<&EventKind> for EventType {
             EventKind::Failed { .. } => EventType::Failed,
             EventKind::Hook { .. } => EventType::Hook,
             EventKind::Warning { .. } => EventType::Warning,
+            EventKind::Skipped { .. } => EventType::Skipped,
         }
     }
 }

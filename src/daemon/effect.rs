@@ -41,6 +41,9 @@ pub enum Timer {
     WeaveletHello(u64),
     /// A `config set --wait` (by waiter id) has waited long enough.
     ConfigWait(u64),
+    /// Job `job` of run `run`: its timeout passed (`kill: false`), or its
+    /// stop signal's grace did (`kill: true`).
+    Job { run: u64, job: usize, kill: bool },
 }
 
 #[derive(Debug)]

@@ -13,6 +13,7 @@ pub mod mux; // in-flight table, pure
 pub mod outq; // write queue of a non-blocking socket
 pub mod procs; // room: supervised processes' plumbing
 pub mod reactor; // the loop
+pub mod runner; // room: `weaver run` jobs: spawn, output, reap, stop, followers
 pub mod sockets; // notices a removed or replaced socket path
 pub mod timers; // deadline heap
 pub mod token; // the token space

@@ -24,6 +24,7 @@ use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::follow::Follow;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
 use crate::daemon::procs::{wall_ms, Procs};
+use crate::daemon::runner::Runner;
 use crate::daemon::sockets::{Sockets, Which};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
@@ -70,6 +71,7 @@ pub struct Reactor {
     procs: Procs,
     follow: Follow,
     hub: Hub,
+    runner: Runner,
     info: DaemonInfo,
     /// A graceful stop is under way.
     stopping: bool,
@@ -127,6 +129,7 @@ impl Reactor {
             procs,
             follow: Follow::new(),
             hub,
+            runner: Runner::new(),
             info: DaemonInfo { dir: s.dir, log_file: s.log_file, started: Instant::now() },
             stopping: false,
             accept_starved: None,
@@ -154,6 +157,7 @@ impl Reactor {
             // Pipes or followers with more than one turn's worth: no sleep.
             let clients = &self.clients;
             let more = self.procs.has_pending()
+                || self.runner.has_pending()
                 || self.follow.pending(&self.procs.sup, |c| clients.backlog(c) == 0);
             let timeout =
                 if more { Some(Duration::ZERO) } else { self.timers.next_timeout(Instant::now()) };
@@ -174,7 +178,11 @@ impl Reactor {
             }
             self.end_of_turn();
             self.join_cgroup_when_settled();
-            if self.stopping && self.compute.pid().is_none() && self.procs.all_gone() {
+            if self.stopping
+                && self.compute.pid().is_none()
+                && self.procs.all_gone()
+                && self.runner.idle()
+            {
                 break;
             }
         }
@@ -232,6 +240,7 @@ impl Reactor {
             Source::ComputeStdout => self.compute.read_output(0, &mut self.scratch, fx),
             Source::ComputeStderr => self.compute.read_output(1, &mut self.scratch, fx),
             Source::Pipe(id) => self.procs.read_pipe(id, &mut self.scratch, fx),
+            Source::JobPipe(id) => self.runner.read_pipe(id, &mut self.scratch, fx),
             Source::Client(id) => {
                 if writable {
                     self.clients.flush(id, fx);
@@ -333,6 +342,7 @@ impl Reactor {
             procs: &mut self.procs,
             follow: &mut self.follow,
             hub: &mut self.hub,
+            runner: &mut self.runner,
             info: &self.info,
             stopping: self.stopping,
             now: Instant::now(),
@@ -389,6 +399,7 @@ impl Reactor {
                 self.compute.forget_client(client, &mut self.fx);
                 self.follow.forget(client);
                 self.hub.forget_client(client, &mut self.fx);
+                self.runner.forget_client(client, &mut self.fx);
                 drop(fd);
                 if queued >= TRIM_AFTER {
                     crate::sys::trim_heap();
@@ -432,6 +443,7 @@ impl Reactor {
     /// requests to compute, followers, then every write.
     fn end_of_turn(&mut self) {
         self.procs.read_pending(&mut self.scratch, &mut self.fx);
+        self.runner.read_pending(&mut self.scratch, &mut self.fx);
         self.fire_timers();
         self.apply();
         self.compute.pump(&mut self.fx);
@@ -465,6 +477,7 @@ impl Reactor {
                 Timer::AcceptRetry => self.accept_again(),
                 Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
+                Timer::Job { run, job, kill } => self.runner.on_timer(run, job, kill, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 // The end of this turn joins the cgroup.
                 Timer::Join => {}
@@ -539,6 +552,8 @@ impl Reactor {
                 self.joined();
             } else if Some(pid) == compute {
                 self.compute.exited(status, now, &mut self.fx);
+            } else if self.runner.owns(pid) {
+                self.runner.exited(pid, status, self.procs.guard_mut(), &mut self.fx);
             } else {
                 self.procs.child_exited(pid, status, compute, &mut self.fx);
             }
@@ -564,6 +579,7 @@ impl Reactor {
         self.compute.fail_queued(ErrorKind::ShuttingDown, "weaver is shutting down", &mut self.fx);
         let a = self.procs.sup.stop_all(now);
         self.procs.run_actions(a, &mut self.fx);
+        self.runner.cancel_all(&mut self.fx);
         self.compute.step(Event::Stop, now, &mut self.fx);
     }
 

@@ -24,8 +24,10 @@ const CLIENTS: usize = RANGE;
 const PIPES: usize = 2 * RANGE;
 /// Weavelet connections, by connection id.
 const WEAVELETS: usize = 3 * RANGE;
+/// Jobs' stdout and stderr pipes (`weaver run`), by pipe id.
+const JOB_PIPES: usize = 4 * RANGE;
 /// End of the ranges handed out so far.
-const END: usize = 4 * RANGE;
+const END: usize = 5 * RANGE;
 
 /// What an event's token refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,7 @@ pub enum Source {
     Client(u64),
     Weavelet(u64),
     Pipe(u64),
+    JobPipe(u64),
     Unknown,
 }
 
@@ -56,7 +59,10 @@ pub fn source(t: Token) -> Source {
         WEAVELET_LISTENER => Source::WeaveletListener,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
-        Token(n) if (WEAVELETS..END).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
+        Token(n) if (WEAVELETS..JOB_PIPES).contains(&n) => {
+            Source::Weavelet((n - WEAVELETS) as u64)
+        }
+        Token(n) if (JOB_PIPES..END).contains(&n) => Source::JobPipe((n - JOB_PIPES) as u64),
         _ => Source::Unknown,
     }
 }
@@ -73,6 +79,10 @@ pub fn weavelet(id: u64) -> Token {
     Token(WEAVELETS + id as usize)
 }
 
+pub fn job_pipe(id: u64) -> Token {
+    Token(JOB_PIPES + id as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +93,7 @@ mod tests {
             assert_eq!(source(client(id)), Source::Client(id));
             assert_eq!(source(pipe(id)), Source::Pipe(id));
             assert_eq!(source(weavelet(id)), Source::Weavelet(id));
+            assert_eq!(source(job_pipe(id)), Source::JobPipe(id));
         }
         assert_eq!(source(Token(8)), Source::Unknown);
         assert_eq!(source(WEAVELET_LISTENER), Source::WeaveletListener);

@@ -36,6 +36,9 @@ pub enum EventKind {
     Hook { hook: &'static str, ok: bool, detail: String },
     /// Something worth telling that changes no state.
     Warning { message: String },
+    /// A job of a run was not run: a job it needs did not pass, or the
+    /// run was cancelled first.
+    Skipped { reason: String },
 }
 
 impl EventKind {
@@ -55,6 +58,7 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::Hook { .. } => "hook",
             EventKind::Warning { .. } => "warning",
+            EventKind::Skipped { .. } => "skipped",
         }
     }
 }
