@@ -13,7 +13,7 @@ fn main() {
         Err(e) => {
             // A closed stdout ends the command quietly: whoever closed it
             // wanted no more.
-            if e.kind != Kind::StdoutClosed {
+            if !matches!(e.kind, Kind::StdoutClosed | Kind::Reported(_)) {
                 output::eprint(&render::error(&e));
             }
             e.exit_code()

@@ -9,12 +9,14 @@
 //! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
 //! | [`follow`] | `logs`, `events` (streamed replies) |
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
+//! | [`run`] | `run`, `runs` (progress, summary, Ctrl-C) |
 
 mod compute;
 mod config;
 mod daemon;
 mod follow;
 mod procs;
+mod run;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => follow::logs(&ctx, args),
         Command::Events(args) => follow::events(&ctx, args),
         Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Run(args) => run::run(&ctx, args),
+        Command::Runs { json } => run::runs(&ctx, json),
     }
 }
 
