@@ -124,12 +124,18 @@ after = ["b", "c"]
     ));
     let (code, v) = j.report(&[]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(states(&v), pairs(&[("a", "passed"), ("b", "passed"), ("c", "passed"), ("d", "passed")]));
+    assert_eq!(
+        states(&v),
+        pairs(&[("a", "passed"), ("b", "passed"), ("c", "passed"), ("d", "passed")])
+    );
     assert_eq!(job(&v, "b")["started_by"], "a");
     assert_eq!(job(&v, "c")["started_by"], "a", "b and c are one wave");
     assert_eq!(job(&v, "d")["started_by"], "b");
     assert_eq!(v["critical_path"], serde_json::json!(["a", "b", "d"]));
-    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64(), v["skipped"].as_u64()), (Some(4), Some(0), Some(0)));
+    assert_eq!(
+        (v["passed"].as_u64(), v["failed"].as_u64(), v["skipped"].as_u64()),
+        (Some(4), Some(0), Some(0))
+    );
     // Naming a job runs what it needs, and nothing else.
     let (code, v) = j.report(&["c"]);
     assert_eq!(code, 0);
@@ -171,7 +177,12 @@ command = ["true"]
     assert_eq!(code, 1, "{v}");
     assert_eq!(
         states(&v),
-        pairs(&[("broken", "failed"), ("after_broken", "skipped"), ("then", "skipped"), ("other", "passed")])
+        pairs(&[
+            ("broken", "failed"),
+            ("after_broken", "skipped"),
+            ("then", "skipped"),
+            ("other", "passed")
+        ])
     );
     let b = job(&v, "broken");
     assert_eq!(b["code"], 3);
@@ -188,7 +199,14 @@ command = ["true"]
     let logs = j.env.ok(&["logs", "broken"]);
     assert!(logs.contains("starting") && logs.contains("weights missing"), "{logs}");
     // events: started, exited, skipped, like processes.
-    let out = j.env.cmd().args(["events", "--json", "--history", "100"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = j
+        .env
+        .cmd()
+        .args(["events", "--json", "--history", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = out.id();
     let mut seen = String::new();
     let ok = {
@@ -204,7 +222,8 @@ command = ["true"]
         });
         let mut found = (false, false, false);
         let end = std::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now())) {
+        while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now()))
+        {
             let e: Value = serde_json::from_str(&l).unwrap();
             seen.push_str(&l);
             seen.push('\n');
@@ -217,13 +236,19 @@ command = ["true"]
         }
         found == (true, true, true)
     };
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     assert!(ok, "events lacked a job's started/exited/skipped:\n{seen}");
     // An unknown job is a clear error that names the jobs there are.
     let out = j.run(&["run", "brokn"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no job named \"brokn\"; jobs: after_broken, broken, other, then"), "{err}");
+    assert!(
+        err.contains("no job named \"brokn\"; jobs: after_broken, broken, other, then"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -343,7 +368,10 @@ stop_timeout = "300ms"
     let (code, v) = j.report(&[]);
     assert_eq!(code, 1, "a job's timeout fails the job, not the command: {v}");
     let s = job(&v, "slow");
-    assert_eq!((s["state"].as_str(), s["timed_out"].as_bool(), s["code"].as_i64()), (Some("failed"), Some(true), Some(124)));
+    assert_eq!(
+        (s["state"].as_str(), s["timed_out"].as_bool(), s["code"].as_i64()),
+        (Some("failed"), Some(true), Some(124))
+    );
     assert_eq!(s["signal"], "SIGTERM");
     let st = job(&v, "stubborn");
     assert_eq!((st["timed_out"].as_bool(), st["signal"].as_str()), (Some(true), Some("SIGKILL")));
@@ -366,13 +394,17 @@ after = ["long"]
 "#,
     );
     j.env.ok(&["status", "--wait"]);
-    let child = j.env.cmd().args(["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child =
+        j.env.cmd().args(["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let cli = child.id();
-    let started = wait_for(Duration::from_secs(10), || {
-        pidfile::read(&j.file("long_child.pid")).is_ok()
-    });
+    let started =
+        wait_for(Duration::from_secs(10), || pidfile::read(&j.file("long_child.pid")).is_ok());
     assert!(started, "the job never started:\n{}", j.env.log());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cli as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let out = wait_output(child, Duration::from_secs(30));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(130), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -395,10 +427,15 @@ shell = true
 "#,
     );
     j.env.ok(&["status", "--wait"]);
-    let child = j.env.cmd().args(["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child =
+        j.env.cmd().args(["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let cli = child.id();
     assert!(wait_for(Duration::from_secs(10), || pidfile::read(&j.file("long.pid")).is_ok()));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cli as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let _ = wait_output(child, Duration::from_secs(10));
     j.none_left(&["long.pid"]);
     let runs: Value = serde_json::from_str(&j.env.ok(&["runs", "--json"])).unwrap();
@@ -419,7 +456,11 @@ shell = true
     let out: Value = serde_json::from_str(&j.env.ok(&["run", "--detach", "--json"])).unwrap();
     let id = out["id"].as_u64().expect("an id");
     let runs: Value = serde_json::from_str(&j.env.ok(&["runs", "--json"])).unwrap();
-    assert_eq!((runs[0]["id"].as_u64(), runs[0]["finished"].as_bool()), (Some(id), Some(false)), "{runs}");
+    assert_eq!(
+        (runs[0]["id"].as_u64(), runs[0]["finished"].as_bool()),
+        (Some(id), Some(false)),
+        "{runs}"
+    );
     std::fs::write(j.file("open"), "").unwrap();
     let (code, v) = j.report(&["--attach", &id.to_string()]);
     assert_eq!(code, 0, "{v}");
@@ -457,6 +498,10 @@ shell = true
     let started = wait_for(Duration::from_secs(10), || pidfile::read(&j.file("child.pid")).is_ok());
     assert!(started, "{}", j.env.log());
     let daemon = j.env.daemon_pid().expect("a daemon");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     j.none_left(&["long.pid", "child.pid", "escaped.pid"]);
 }

@@ -228,7 +228,9 @@ fn follow_loop(
     sig: &UnixStream,
 ) -> Result<RunReport> {
     let d = Deadlines::from_env();
-    let lost = |e: std::io::Error| Error::new(Kind::Daemon, format!("lost the connection to the daemon: {e}"));
+    let lost = |e: std::io::Error| {
+        Error::new(Kind::Daemon, format!("lost the connection to the daemon: {e}"))
+    };
     let tag = c.send(req, &[]).map_err(lost)?;
     let mut run_id = None;
     let mut cancelled = false;

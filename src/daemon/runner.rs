@@ -204,7 +204,8 @@ impl Runner {
         let picked = select(jobs, &req.jobs).map_err(|e| error(ErrorKind::NotFound, e))?;
         let specs: Vec<JobSpec> = picked.iter().map(|&i| jobs[i].clone()).collect();
         for s in &specs {
-            if let Some(r) = self.active.values().find(|r| r.specs.iter().any(|o| o.name == s.name)) {
+            if let Some(r) = self.active.values().find(|r| r.specs.iter().any(|o| o.name == s.name))
+            {
                 if r.jobs.iter().any(|j| j.result.name == s.name && !j.result.state.is_final()) {
                     return Err(error(
                         ErrorKind::Busy,
@@ -224,7 +225,9 @@ impl Runner {
             ));
         }
         let max_parallel = match req.max_parallel {
-            Some(0) => return Err(error(ErrorKind::BadRequest, "--max-parallel must be at least 1")),
+            Some(0) => {
+                return Err(error(ErrorKind::BadRequest, "--max-parallel must be at least 1"))
+            }
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
@@ -269,7 +272,13 @@ impl Runner {
     }
 
     /// `weaver run --attach ID`.
-    pub fn attach(&mut self, id: u64, client: u64, tag: u64, fx: &mut Effects) -> Result<(), ErrorReply> {
+    pub fn attach(
+        &mut self,
+        id: u64,
+        client: u64,
+        tag: u64,
+        fx: &mut Effects,
+    ) -> Result<(), ErrorReply> {
         let reply = |resp| Effect::Reply { client, tag, resp, payload: Vec::new() };
         if let Some(run) = self.active.get_mut(&id) {
             let names = run.specs.iter().map(|s| s.name.clone()).collect();
@@ -290,7 +299,9 @@ impl Runner {
             }
             None => Err(error(
                 ErrorKind::NotFound,
-                format!("no run {id} (the last {KEEP_RUNS} finished runs are kept; see `weaver runs`)"),
+                format!(
+                    "no run {id} (the last {KEEP_RUNS} finished runs are kept; see `weaver runs`)"
+                ),
             )),
         }
     }
@@ -305,7 +316,13 @@ impl Runner {
     }
 
     /// A job's output (of its latest run), for `weaver logs JOB`.
-    pub fn logs(&self, name: &str, after: u64, tail: Option<u32>, stream: Option<Stream>) -> Option<LogChunk> {
+    pub fn logs(
+        &self,
+        name: &str,
+        after: u64,
+        tail: Option<u32>,
+        stream: Option<Stream>,
+    ) -> Option<LogChunk> {
         let out = self.outputs.get(name)?;
         let after = match tail {
             Some(n) if after == 0 => out.ring.last_seq().saturating_sub(n as u64),
@@ -343,7 +360,8 @@ impl Runner {
         let now = Instant::now();
         let running = run.sched.cancel();
         for i in 0..run.jobs.len() {
-            if run.sched.slot(i) == Slot::Cancelled && run.jobs[i].result.state == JobState::Pending {
+            if run.sched.slot(i) == Slot::Cancelled && run.jobs[i].result.state == JobState::Pending
+            {
                 run.jobs[i].result.state = JobState::Cancelled;
                 fx.push(Effect::Publish {
                     instance: run.specs[i].name.clone(),
@@ -462,7 +480,13 @@ impl Runner {
     /// Start and skip what the schedule says, until it says nothing more
     /// (a job that cannot be spawned fails at once, which may skip or
     /// start others).
-    fn step(&mut self, id: u64, step: crate::run::Step, mut guard: Option<&mut Guard>, fx: &mut Effects) {
+    fn step(
+        &mut self,
+        id: u64,
+        step: crate::run::Step,
+        mut guard: Option<&mut Guard>,
+        fx: &mut Effects,
+    ) {
         let mut todo = VecDeque::from([step]);
         while let Some(step) = todo.pop_front() {
             let Some(run) = self.active.get_mut(&id) else { return };
@@ -472,7 +496,12 @@ impl Runner {
                     Slot::Skipped(b) => run.specs[b].name.clone(),
                     _ => String::new(),
                 };
-                let why = match run.jobs.iter().find(|j| j.result.name == because).map(|j| j.result.state) {
+                let why = match run
+                    .jobs
+                    .iter()
+                    .find(|j| j.result.name == because)
+                    .map(|j| j.result.state)
+                {
                     Some(JobState::Skipped) => format!("{because} was skipped"),
                     Some(JobState::Cancelled) => format!("{because} was cancelled"),
                     _ => format!("{because} failed"),
@@ -516,7 +545,13 @@ impl Runner {
         self.finish_if_done(id, fx);
     }
 
-    fn spawn(&mut self, id: u64, i: usize, guard: Option<&mut Guard>, fx: &mut Effects) -> io::Result<()> {
+    fn spawn(
+        &mut self,
+        id: u64,
+        i: usize,
+        guard: Option<&mut Guard>,
+        fx: &mut Effects,
+    ) -> io::Result<()> {
         let run = self.active.get_mut(&id).expect("a run being stepped");
         let spec = &run.specs[i];
         let mut cmd = child_command(&spec.argv, &spec.env, spec.work_dir.as_deref(), false)?;
@@ -542,7 +577,10 @@ impl Runner {
         j.result.started_by = trigger;
         j.result.start_ms = Some(now.saturating_duration_since(run.started).as_millis() as u64);
         if let Some(t) = spec.timeout {
-            fx.push(Effect::Arm { at: now + t, timer: Timer::Job { run: id, job: i, kill: false } });
+            fx.push(Effect::Arm {
+                at: now + t,
+                timer: Timer::Job { run: id, job: i, kill: false },
+            });
         }
         let name = spec.name.clone();
         let file = spec.output.file.clone();
@@ -563,10 +601,8 @@ impl Runner {
                 }
             }
         });
-        self.outputs.insert(
-            name,
-            Output { ring: Ring::new(ring_bytes), lines: Default::default(), file },
-        );
+        self.outputs
+            .insert(name, Output { ring: Ring::new(ring_bytes), lines: Default::default(), file });
         for (fd, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
             let Some(fd) = fd else { continue };
             crate::sys::set_nonblocking(fd.as_raw_fd());
@@ -624,7 +660,15 @@ impl Runner {
     }
 
     /// Lines of output into the job's ring, file, stderr tail and events.
-    fn output(&mut self, run: u64, job: usize, stream: Stream, chunk: &[u8], end: bool, fx: &mut Effects) {
+    fn output(
+        &mut self,
+        run: u64,
+        job: usize,
+        stream: Stream,
+        chunk: &[u8],
+        end: bool,
+        fx: &mut Effects,
+    ) {
         let Some(r) = self.active.get_mut(&run) else { return };
         let name = &r.specs[job].name;
         let Some(out) = self.outputs.get_mut(name) else { return };
@@ -637,7 +681,13 @@ impl Runner {
                     for (from, to) in rot.renames(path) {
                         let _ = std::fs::rename(from, to);
                     }
-                    if let Ok(nf) = OpenOptions::new().create(true).write(true).truncate(true).mode(0o644).open(&*path) {
+                    if let Ok(nf) = OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(true)
+                        .mode(0o644)
+                        .open(&*path)
+                    {
                         *f = nf;
                     }
                 }

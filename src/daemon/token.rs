@@ -59,9 +59,7 @@ pub fn source(t: Token) -> Source {
         WEAVELET_LISTENER => Source::WeaveletListener,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
-        Token(n) if (WEAVELETS..JOB_PIPES).contains(&n) => {
-            Source::Weavelet((n - WEAVELETS) as u64)
-        }
+        Token(n) if (WEAVELETS..JOB_PIPES).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
         Token(n) if (JOB_PIPES..END).contains(&n) => Source::JobPipe((n - JOB_PIPES) as u64),
         _ => Source::Unknown,
     }

@@ -161,12 +161,8 @@ impl RunReport {
 /// last, back through the job whose end let each one start (`started_by`),
 /// returned first to last. Empty when no job ran.
 pub fn critical_path(jobs: &[JobResult]) -> Vec<String> {
-    let last = jobs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, j)| Some((j.end_ms()?, i)))
-        .max()
-        .map(|(_, i)| i);
+    let last =
+        jobs.iter().enumerate().filter_map(|(i, j)| Some((j.end_ms()?, i))).max().map(|(_, i)| i);
     let mut path = Vec::new();
     let mut at = last;
     while let Some(i) = at {

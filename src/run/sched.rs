@@ -347,7 +347,10 @@ mod tests {
         assert!(!s.done());
         assert_eq!(s.finished(3, true), step(&[], &[]));
         assert!(s.done());
-        assert_eq!((s.trigger(0), s.trigger(1), s.trigger(2), s.trigger(3)), (None, Some(0), Some(0), Some(1)));
+        assert_eq!(
+            (s.trigger(0), s.trigger(1), s.trigger(2), s.trigger(3)),
+            (None, Some(0), Some(0), Some(1))
+        );
     }
 
     #[test]

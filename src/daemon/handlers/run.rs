@@ -4,8 +4,8 @@
 
 use super::Ctx;
 use crate::protocol::{ErrorKind, ErrorReply, LogChunk, Response};
-use crate::supervise::ring::Stream;
 use crate::run::RunReq;
+use crate::supervise::ring::Stream;
 
 pub fn start(cx: &mut Ctx, client: u64, tag: u64, req: RunReq) {
     let r = cx.not_stopping().and_then(|()| {

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use toml_edit::{Item, TableLike, Value};
 
 use super::{
-    did_you_mean, parse_signal, span_start, suggest, valid_name, Declared, Parser, Tbl,
-    OUTPUT_KEYS,
+    did_you_mean, parse_signal, span_start, suggest, valid_name, Declared, Parser, Tbl, OUTPUT_KEYS,
 };
 use crate::run::JobSpec;
 use crate::supervise::config::{Config, OutputSpec};
