@@ -199,7 +199,7 @@ command = ["true"]
     let logs = j.env.ok(&["logs", "broken"]);
     assert!(logs.contains("starting") && logs.contains("weights missing"), "{logs}");
     // events: started, exited, skipped, like processes.
-    let out = j
+    let mut child = j
         .env
         .cmd()
         .args(["events", "--json", "--history", "100"])
@@ -207,39 +207,33 @@ command = ["true"]
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = out.id();
-    let mut seen = String::new();
-    let ok = {
-        let mut stdout = out.stdout.unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for l in std::io::BufReader::new(&mut stdout).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut found = (false, false, false);
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now()))
-        {
-            let e: Value = serde_json::from_str(&l).unwrap();
-            seen.push_str(&l);
-            seen.push('\n');
-            found.0 |= e["instance"] == "broken" && e["event"] == "started";
-            found.1 |= e["instance"] == "broken" && e["event"] == "exited" && e["code"] == 3;
-            found.2 |= e["instance"] == "then" && e["event"] == "skipped";
-            if found == (true, true, true) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
                 break;
             }
         }
-        found == (true, true, true)
-    };
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    });
+    let mut seen = String::new();
+    let mut found = (false, false, false);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now())) {
+        let e: Value = serde_json::from_str(&l).unwrap();
+        seen.push_str(&l);
+        seen.push('\n');
+        found.0 |= e["instance"] == "broken" && e["event"] == "started";
+        found.1 |= e["instance"] == "broken" && e["event"] == "exited" && e["code"] == 3;
+        found.2 |= e["instance"] == "then" && e["event"] == "skipped";
+        if found == (true, true, true) {
+            break;
+        }
+    }
+    let ok = found == (true, true, true);
+    let _ = child.kill();
+    let _ = child.wait();
     assert!(ok, "events lacked a job's started/exited/skipped:\n{seen}");
     // An unknown job is a clear error that names the jobs there are.
     let out = j.run(&["run", "brokn"]);

@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_cycle_is_refused() {
-        let jobs = vec![JobSpec::new("a", &["true"], &["b"]), JobSpec::new("b", &["true"], &["a"])];
+        let jobs = [JobSpec::new("a", &["true"], &["b"]), JobSpec::new("b", &["true"], &["a"])];
         assert!(Schedule::new(&jobs.iter().collect::<Vec<_>>(), opts(RunMode::Graph, 1))
             .unwrap_err()
             .contains("cycle"));
