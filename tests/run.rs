@@ -499,3 +499,20 @@ shell = true
     .unwrap();
     j.none_left(&["long.pid", "child.pid", "escaped.pid"]);
 }
+
+#[test]
+fn what_a_job_leaves_behind_dies_with_it() {
+    let j = jobs(
+        r#"
+[[job]]
+name = "messy"
+command = "sleep 60 & echo $! > {dir}/bg.pid; setsid sleep 60 & echo $! > {dir}/escaped.pid; exit 0"
+shell = true
+"#,
+    );
+    let (code, v) = j.report(&[]);
+    assert_eq!(code, 0, "{v}");
+    j.none_left(&["bg.pid", "escaped.pid"]);
+    // The daemon still runs: they died with the job, not with weaver.
+    assert!(j.env.daemon_pid().is_some());
+}

@@ -232,6 +232,8 @@ fn follow_loop(
         Error::new(Kind::Daemon, format!("lost the connection to the daemon: {e}"))
     };
     let tag = c.send(req, &[]).map_err(lost)?;
+    // The connection as `poll` watches it (the client reads it).
+    let watched = c.stream().try_clone().map_err(lost)?;
     let mut run_id = None;
     let mut cancelled = false;
     let mut heard = Instant::now();
@@ -243,9 +245,8 @@ fn follow_loop(
             None => (heard + d.ping_after).saturating_duration_since(now),
         };
         let (sock_ready, sig_ready) = {
-            let stream = c.stream().try_clone().map_err(lost)?;
             let mut fds = [
-                PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(watched.as_fd(), PollFlags::POLLIN),
                 PollFd::new(sig.as_fd(), PollFlags::POLLIN),
             ];
             let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);

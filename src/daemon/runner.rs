@@ -439,6 +439,9 @@ impl Runner {
         if let Some(g) = guard.as_deref_mut() {
             g.withdraw(pid);
         }
+        if let Some(name) = self.active.get(&id).map(|r| r.specs[i].name.clone()) {
+            kill_escaped(id, &name, &self.by_pid);
+        }
         self.close_pipes_of(id, i, fx);
         let Some(run) = self.active.get_mut(&id) else { return };
         let now = Instant::now();
@@ -782,6 +785,30 @@ fn stop_job(run: &mut Run, i: usize, fx: &mut Effects) {
     let _ = kill(group, Signal::SIGCONT);
     let at = Instant::now() + spec.stop_timeout;
     fx.push(Effect::Arm { at, timer: Timer::Job { run: run.id, job: i, kill: true } });
+}
+
+/// Processes a job started that left its group (setsid) and came to us
+/// when their parent died (the daemon is a subreaper): found by the job's
+/// identity in their environment, they get SIGKILL now; the loop reaps
+/// them like any child.
+fn kill_escaped(run: u64, job: &str, ours: &HashMap<u32, (u64, usize)>) {
+    let me = std::process::id();
+    let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+        return;
+    };
+    let want_run = format!("{RUN_ENV}={run}");
+    let want_job = format!("{JOB_ENV}={job}");
+    for pid in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        if ours.contains_key(&pid) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+        if vars.contains(&want_run.as_bytes()) && vars.contains(&want_job.as_bytes()) {
+            info!("run {run}: pid {pid} left job {job}'s process group and outlived it: SIGKILL");
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
 }
 
 fn state_of(s: Slot) -> JobState {
