@@ -235,7 +235,10 @@ fn follow_loop(
     // The connection as `poll` watches it (the client reads it).
     let watched = c.stream().try_clone().map_err(lost)?;
     let mut run_id = None;
+    // Ctrl-C came: the cancel is sent (or goes out once the run's id is
+    // known).
     let mut cancelled = false;
+    let mut cancel_sent = false;
     let mut heard = Instant::now();
     let mut ping_due: Option<Instant> = None;
     loop {
@@ -261,17 +264,18 @@ fn follow_loop(
         if sig_ready {
             let mut buf = [0u8; 64];
             let _ = std::io::Read::read(&mut &*sig, &mut buf);
-            if attach || cancelled || run_id.is_none() {
+            if attach || cancelled {
                 // Leaving: a closed connection cancels a run it owns.
                 return Err(Error::new(Kind::Reported(130), String::new()));
             }
-            if let Some(id) = run_id {
-                view.note(&format!(
-                    "cancelling run {id}: stopping its jobs (Ctrl-C again to leave at once)"
-                ));
-                c.send(Request::RunCancel { id }, &[]).map_err(lost)?;
-                cancelled = true;
-            }
+            cancelled = true;
+        }
+        if let (true, false, Some(id)) = (cancelled, cancel_sent, run_id) {
+            view.note(&format!(
+                "cancelling run {id}: stopping its jobs (Ctrl-C again to leave at once)"
+            ));
+            c.send(Request::RunCancel { id }, &[]).map_err(lost)?;
+            cancel_sent = true;
         }
         if sock_ready {
             let _ = c.stream().set_read_timeout(Some(d.pong_within));
@@ -296,6 +300,11 @@ fn follow_loop(
                 Response::RunStarted { id, jobs } => {
                     run_id = Some(id);
                     view.begin(id, &jobs);
+                    if cancelled && !cancel_sent {
+                        view.note(&format!("cancelling run {id}: stopping its jobs"));
+                        c.send(Request::RunCancel { id }, &[]).map_err(lost)?;
+                        cancel_sent = true;
+                    }
                 }
                 Response::RunJob(j) => view.update(&j),
                 Response::RunDone(report) => return Ok(*report),
