@@ -821,3 +821,154 @@ fn state_of(s: Slot) -> JobState {
         Slot::Cancelled => JobState::Cancelled,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(jobs: &[&str], detach: bool) -> RunReq {
+        RunReq {
+            jobs: jobs.iter().map(|s| s.to_string()).collect(),
+            mode: RunMode::Graph,
+            max_parallel: Some(4),
+            keep_going: false,
+            detach,
+        }
+    }
+
+    fn replies(fx: &Effects) -> Vec<&Response> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Reply { resp, .. } => Some(resp),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn published(fx: &Effects) -> Vec<(String, &'static str)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Publish { instance, kind } => Some((instance.clone(), kind.name())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bad_requests_get_clear_errors() {
+        let mut r = Runner::new();
+        let mut fx = Effects::new();
+        let e = r.start(&[], req(&[], false), 1, 1, None, &mut fx).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(e.message.contains("declares no [[job]]"), "{}", e.message);
+        let jobs = [JobSpec::new("a", &["true"], &[])];
+        let e = r.start(&jobs, req(&["b"], false), 1, 1, None, &mut fx).unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::NotFound, "no job named \"b\"; jobs: a")
+        );
+        let zero = RunReq { max_parallel: Some(0), ..req(&[], false) };
+        assert_eq!(
+            r.start(&jobs, zero, 1, 1, None, &mut fx).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        assert!(fx.is_empty() && r.idle());
+        assert_eq!(r.attach(9, 1, 1, &mut fx).unwrap_err().kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_real_job_is_spawned_read_reaped_and_reported() {
+        let jobs = [
+            JobSpec::new("hi", &["sh", "-c", "echo hello; echo oops >&2; exit 3"], &[]),
+            JobSpec::new("next", &["true"], &["hi"]),
+        ];
+        let mut r = Runner::new();
+        let mut fx = Effects::new();
+        let id = r.start(&jobs, req(&["next"], false), 5, 7, None, &mut fx).unwrap();
+        assert!(
+            matches!(replies(&fx)[0], Response::RunStarted { jobs, .. } if jobs == &["hi", "next"])
+        );
+        assert_eq!(fx.iter().filter(|e| matches!(e, Effect::Watch { .. })).count(), 2);
+        assert_eq!(published(&fx), [("hi".to_string(), "started")]);
+        let pid = *r.by_pid.keys().next().expect("hi runs");
+        assert!(r.owns(pid));
+        let ws = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None).unwrap();
+        let (_, status) = crate::sys::exit_status(ws).unwrap();
+        let mut fx = Effects::new();
+        r.exited(pid, status, None, &mut fx);
+        let events = published(&fx);
+        assert!(events.contains(&("hi".to_string(), "output")), "{events:?}");
+        assert!(events.contains(&("hi".to_string(), "exited")), "{events:?}");
+        assert!(events.contains(&("next".to_string(), "skipped")), "{events:?}");
+        let done = replies(&fx)
+            .into_iter()
+            .find_map(|resp| match resp {
+                Response::RunDone(rep) => Some(rep.clone()),
+                _ => None,
+            })
+            .expect("the run is over");
+        assert_eq!((done.id, done.failed, done.skipped, done.exit_code()), (id, 1, 1, 1));
+        assert_eq!(done.jobs[0].code, Some(3));
+        assert_eq!(done.jobs[0].stderr_tail, ["oops"]);
+        assert_eq!(done.jobs[1].because.as_deref(), Some("hi"));
+        assert!(r.idle());
+        let logs = r.logs("hi", 0, None, None).unwrap();
+        let texts: Vec<&str> = logs.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["hello", "oops"]);
+        assert_eq!(r.runs().len(), 1);
+        let mut fx = Effects::new();
+        r.attach(id, 6, 1, &mut fx).unwrap();
+        assert!(matches!(replies(&fx)[..], [Response::RunStarted { .. }, Response::RunDone(_)]));
+    }
+
+    /// Reap `pid` and hand its status to the room.
+    fn reap(r: &mut Runner, pid: u32, fx: &mut Effects) {
+        let ws = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None).unwrap();
+        let (_, status) = crate::sys::exit_status(ws).unwrap();
+        r.exited(pid, status, None, fx);
+    }
+
+    fn pid_of(r: &Runner, run: u64) -> u32 {
+        r.by_pid.iter().find(|(_, (id, _))| *id == run).map(|(&p, _)| p).expect("a job runs")
+    }
+
+    #[test]
+    fn a_closed_connection_cancels_its_run_but_not_a_detached_one() {
+        let jobs = [
+            JobSpec::new("lone", &["sleep", "30"], &[]),
+            JobSpec::new("wait", &["sleep", "30"], &[]),
+            JobSpec::new("after", &["true"], &["wait"]),
+        ];
+        let mut r = Runner::new();
+        let mut fx = Effects::new();
+        let detached = r.start(&jobs, req(&["lone"], true), 2, 1, None, &mut fx).unwrap();
+        let owned = r.start(&jobs, req(&["after"], false), 1, 1, None, &mut fx).unwrap();
+        let busy = r.start(&jobs, req(&["lone"], false), 3, 1, None, &mut fx).unwrap_err();
+        assert_eq!(busy.kind, ErrorKind::Busy);
+        assert!(busy.message.contains(&format!("run {detached}")), "{}", busy.message);
+        let mut fx = Effects::new();
+        r.forget_client(1, &mut fx);
+        r.forget_client(2, &mut fx);
+        let armed = |fx: &Effects, id: u64| {
+            fx.iter().any(|e| {
+                matches!(e, Effect::Arm { timer: Timer::Job { run, kill: true, .. }, .. } if *run == id)
+            })
+        };
+        assert!(armed(&fx, owned), "its running job is stopped, SIGKILL armed: {fx:?}");
+        assert!(!armed(&fx, detached), "a detached run goes on");
+        assert_eq!(published(&fx), [("after".to_string(), "skipped")]);
+        let mut fx = Effects::new();
+        let pid = pid_of(&r, owned);
+        reap(&mut r, pid, &mut fx);
+        assert!(!r.idle(), "the detached run still goes");
+        r.cancel(detached, "test", &mut fx).unwrap();
+        let pid = pid_of(&r, detached);
+        reap(&mut r, pid, &mut fx);
+        assert!(r.idle());
+        let runs = r.runs();
+        let report = runs.iter().find(|x| x.id == owned).unwrap();
+        assert!(report.cancelled && report.finished);
+        assert_eq!(report.cancelled_jobs, 2);
+        assert_eq!(report.exit_code(), 130);
+    }
+}
