@@ -516,3 +516,27 @@ shell = true
     // The daemon still runs: they died with the job, not with weaver.
     assert!(j.env.daemon_pid().is_some());
 }
+
+#[test]
+fn reload_changes_what_the_next_run_runs_and_a_bad_file_changes_nothing() {
+    let j = jobs("[[job]]\nname = \"old\"\ncommand = [\"true\"]\n");
+    let (code, v) = j.report(&[]);
+    assert_eq!((code, states(&v)), (0, pairs(&[("old", "passed")])));
+    let cfg = j.env.tmp.path().join("weaver.toml");
+    std::fs::write(&cfg, "[[job]]\nname = \"new\"\ncommand = [\"true\"]\nafter = [\"nwe\"]\n")
+        .unwrap();
+    let out = j.run(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs after unknown job \"nwe\""), "{err}");
+    let (code, v) = j.report(&[]);
+    assert_eq!(
+        (code, states(&v)),
+        (0, pairs(&[("old", "passed")])),
+        "the bad file changed nothing"
+    );
+    std::fs::write(&cfg, "[[job]]\nname = \"new\"\ncommand = [\"true\"]\n").unwrap();
+    j.env.ok(&["reload"]);
+    let (code, v) = j.report(&[]);
+    assert_eq!((code, states(&v)), (0, pairs(&[("new", "passed")])));
+}
