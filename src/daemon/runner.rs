@@ -234,6 +234,11 @@ impl Runner {
         let opts = Options { mode: req.mode, max_parallel, keep_going: req.keep_going };
         let sched = Schedule::new(&specs.iter().collect::<Vec<_>>(), opts)
             .map_err(|e| error(ErrorKind::BadConfig, e))?;
+        // Output is kept for the jobs the configuration declares (and those
+        // still going): memory stays bounded across reloads.
+        let going: Vec<String> =
+            self.active.values().flat_map(|r| r.specs.iter().map(|s| s.name.clone())).collect();
+        self.outputs.retain(|n, _| jobs.iter().any(|j| &j.name == n) || going.contains(n));
         let id = self.next_run;
         self.next_run += 1;
         let jobs: Vec<JobRun> = specs
