@@ -41,6 +41,11 @@ pub struct Global {
     /// daemon when it starts.
     #[arg(long, global = true, env = "WEAVER_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Serve /health, /ready and /metrics over HTTP on this address
+    /// (over `[http] listen` in weaver.toml; port 0 takes a free port).
+    /// Read by the daemon when it starts.
+    #[arg(long, global = true, env = "WEAVER_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +83,20 @@ pub enum Command {
     /// processes, applied and acknowledged).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Health checks as `GET /health` answers them: exit 0 when healthy,
+    /// 1 when not (or when no daemon runs). Never starts a daemon.
+    Health {
+        /// One process or instance only.
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The weaver daemons of this user on this host (from the registry in
+    /// the state dir); entries of daemons that are gone are removed.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run jobs ([[job]] in weaver.toml) and every job they need; all jobs
     /// when none is named. Exit 0 when no job failed (but those with
     /// allow_failure), 1 when one did, 130 when cancelled.

@@ -397,3 +397,135 @@ pub fn weavelet_line(data: &[u8]) {
         }
     }
 }
+
+/// The HTTP endpoint's request handling (`http::serve`, over `httparse`),
+/// driven as its connection drives it: bytes arrive in pieces into a
+/// buffer never over `MAX_HEAD`, and each whole request is answered.
+/// Invariants: nothing panics; every response is well-formed (status line,
+/// headers, a Content-Length that matches its body, except HEAD's) with a
+/// known status and a bounded size; a request is answered at once once its
+/// head is whole, so feeding the bytes whole, a byte at a time or in
+/// pieces derived from the input gives the same answers.
+pub fn http_request(data: &[u8]) {
+    use crate::http::request::MAX_HEAD;
+    use crate::http::{serve, Served};
+
+    let flags = data.first().copied().unwrap_or(0);
+    let snapshot = || fuzz_snapshot(flags);
+
+    fn run(
+        data: &[u8],
+        piece: impl Fn(usize) -> usize,
+        snap: &dyn Fn() -> crate::http::Snapshot,
+    ) -> Vec<(u16, bool, Vec<u8>)> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut answers = Vec::new();
+        let mut at = 0;
+        loop {
+            if !buf.is_empty() {
+                let mut out = Vec::new();
+                match serve(&buf, &mut |_| snap(), &mut out) {
+                    Served::Answered { used, close, status } => {
+                        assert!(used > 0 && used <= buf.len(), "used {used} of {}", buf.len());
+                        check_response(&out, status);
+                        answers.push((status, close, out));
+                        buf.drain(..used);
+                        if close {
+                            return answers;
+                        }
+                        continue;
+                    }
+                    Served::Partial => assert!(buf.len() < MAX_HEAD, "partial at {}", buf.len()),
+                }
+            }
+            if at >= data.len() {
+                return answers;
+            }
+            let room = MAX_HEAD - buf.len();
+            let end = (at + piece(at).max(1).min(room)).min(data.len());
+            buf.extend_from_slice(&data[at..end]);
+            at = end;
+        }
+    }
+    let whole = run(data, |_| usize::MAX, &snapshot);
+    assert_eq!(run(data, |_| 1, &snapshot), whole, "a byte at a time");
+    let seed = flags as usize;
+    assert_eq!(run(data, |at| (at * 31 + seed) % 97 + 1, &snapshot), whole, "in pieces");
+}
+
+/// A response is a status line, headers with a Content-Length, a blank
+/// line, and a body of that length (none for HEAD, whose length is GET's).
+fn check_response(out: &[u8], status: u16) {
+    assert!([200, 400, 404, 405, 408, 431, 503].contains(&status), "unexpected status {status}");
+    assert!(out.len() < 1 << 20, "a {}-byte response", out.len());
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a head that ends") + 4;
+    let head = std::str::from_utf8(&out[..end]).expect("an ASCII head");
+    let first = head.lines().next().unwrap();
+    assert!(first.starts_with(&format!("HTTP/1.1 {status} ")), "status line {first:?}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .expect("a number");
+    let body = &out[end..];
+    assert!(body.is_empty() || body.len() == len, "body {} vs Content-Length {len}", body.len());
+    for l in head.lines().skip(1).filter(|l| !l.is_empty()) {
+        assert!(l.contains(": ") && !l.contains('\r'), "header line {l:?}");
+    }
+}
+
+/// A daemon's state for the HTTP target; `flags` varies what health says.
+fn fuzz_snapshot(flags: u8) -> crate::http::Snapshot {
+    use crate::protocol::{ComputeState, ComputeStatus, ProcRow, ProcState};
+    let row = |name: &str, state| ProcRow {
+        name: name.into(),
+        process: name.split('.').next().unwrap_or(name).into(),
+        state,
+        pid: Some(42),
+        restarts: 2,
+        next_restart_ms: None,
+        last_exit: Some("exited with code 1".into()),
+        uptime_ms: Some(1200),
+        reason: (flags & 8 != 0).then(|| "gave \"up\"\n".into()),
+        gpus: None,
+    };
+    let web = if flags & 4 != 0 { ProcState::Ready } else { ProcState::Running };
+    let mut tally = crate::daemon::tally::Tally::default();
+    tally.record("echo", "ok", Some(std::time::Duration::from_millis(3)));
+    crate::http::Snapshot {
+        version: "0.1.0".into(),
+        uptime: std::time::Duration::from_secs(9),
+        stopping: flags & 1 != 0,
+        started_up: flags & 2 != 0,
+        compute: ComputeStatus {
+            pid: Some(7),
+            state: if flags & 16 != 0 { ComputeState::Backoff } else { ComputeState::Ready },
+            bin: "compute-daemon".into(),
+            workers: Some(2),
+            restarts: 1,
+            hangs: 0,
+            in_flight: 0,
+            queued: 0,
+            served: 1,
+            errors: 0,
+            cancelled: 0,
+            timed_out: 0,
+            busy_rejected: 0,
+            dropped_late: 0,
+            last_exit: None,
+            last_error: None,
+            next_restart_ms: None,
+        },
+        tally,
+        procs: vec![
+            crate::http::ProcSnap { row: row("web.0", web), ready_probe: true },
+            crate::http::ProcSnap {
+                row: row("job", ProcState::Exited { code: Some(1) }),
+                ready_probe: false,
+            },
+        ],
+        weavelets: Vec::new(),
+        http_connections: 3,
+    }
+}

@@ -25,11 +25,13 @@ pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
 pub mod frame; // control-socket framing, pure
 #[doc(hidden)]
 pub mod fuzzing; // fuzz target bodies, shared by fuzz/ and tests/fuzz_corpus.rs
+pub mod http; // the HTTP endpoint: request heads, routing, health and metrics bodies; pure
 pub mod launch; // connect-or-start, readiness pipe
 pub mod logging; // env_logger set-up for the daemon
 pub mod output; // stdout (a closed one ends the command quietly) and stderr
 pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
+pub mod registry; // the running daemons of this user: one file each under the state dir
 pub mod render; // every text the CLI prints; the event wording the daemon logs
 pub mod run; // one-shot job graphs: selection, waves, results, critical path; pure
 pub mod runtime_dir; // runtime dir checks and paths

@@ -27,10 +27,11 @@ use crate::supervise::PsRow;
 /// 3: [`Request::Ping`] and [`Response::Pong`].
 /// 4: [`Request::Config`] (`weaver config`) and its replies;
 /// [`ErrorKind::Rejected`].
-/// 5: `weaver run`: [`Request::Run`], [`Request::RunCancel`],
+/// 5: [`Request::Health`] and [`Response::Health`]; [`DaemonStatus::http`].
+/// 6: `weaver run`: [`Request::Run`], [`Request::RunCancel`],
 /// [`Request::RunAttach`], [`Request::Runs`] and their replies;
 /// [`EventType::Skipped`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -122,6 +123,10 @@ pub enum Request {
     /// Live configuration of weavelets (`weaver config`); see [`ConfigReq`]
     /// for what each answers.
     Config(ConfigReq),
+    /// The health checks `GET /health` answers (`weaver health`): of
+    /// everything, or (`name`) of one process or instance. Answered by
+    /// [`Response::Health`]; an unknown name is [`ErrorKind::NotFound`].
+    Health { name: Option<String> },
     /// Run jobs (`weaver run`). Answered by [`Response::RunStarted`], then
     /// (unless `detach`) one [`Response::RunJob`] per change of a job's
     /// state and one [`Response::RunDone`] at the end. Without `detach`
@@ -222,6 +227,8 @@ pub enum Response {
     ConfigWaited(WaitReport),
     /// Answers `Config::Watch`, once per event.
     ConfigEvent(ConfigEvent),
+    /// Answers `Health`.
+    Health(HealthReport),
     /// First answer of `Run` and `RunAttach`: the run and its jobs.
     RunStarted { id: u64, jobs: Vec<String> },
     /// A job of a followed run changed state.
@@ -230,6 +237,27 @@ pub enum Response {
     RunDone(Box<crate::run::RunReport>),
     /// Answers `Runs`.
     Runs(Vec<crate::run::RunReport>),
+}
+
+/// `weaver health` and `GET /health`: healthy when every check is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub healthy: bool,
+    /// The process or instance asked about; `None`: the whole daemon.
+    pub name: Option<String>,
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One health check: the daemon, compute, or one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// "daemon", "compute", or an instance name ("web.1").
+    pub name: String,
+    pub ok: bool,
+    /// The state it is in ("serving", "ready", "running", "backoff"...).
+    pub state: String,
+    /// Why it is not ok (empty when it is).
+    pub reason: String,
 }
 
 /// A target's document at one revision.
@@ -776,6 +804,8 @@ pub struct DaemonStatus {
     /// What keeps its children from outliving it: "cgroup DIR" or
     /// "environment marker WEAVER_DAEMON_ID=...".
     pub containment: String,
+    /// The address the HTTP endpoint is bound to, when it is on.
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,9 @@ pub fn status(s: &StatusReport) -> String {
     if !d.containment.is_empty() {
         let _ = writeln!(t, "         children contained by {}", d.containment);
     }
+    if let Some(h) = &d.http {
+        let _ = writeln!(t, "         http http://{h} (/health, /ready, /metrics)");
+    }
     let pid = c.pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "no process".into());
     let workers = c.workers.map(|w| format!(", {w} workers")).unwrap_or_default();
     let hangs = if c.hangs > 0 { format!(" ({} after it hung)", c.hangs) } else { String::new() };
@@ -434,6 +437,48 @@ impl fmt::Display for What<'_> {
     }
 }
 
+/// `weaver health`: the verdict, then one line per check.
+pub fn health(r: &crate::protocol::HealthReport) -> String {
+    let mut t = String::new();
+    let what = r.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+    let _ = writeln!(t, "{}{what}", if r.healthy { "healthy" } else { "unhealthy" });
+    for c in &r.checks {
+        let mark = if c.ok { "ok  " } else { "FAIL" };
+        let _ = write!(t, "  {mark} {:<20} {}", c.name, c.state);
+        if !c.reason.is_empty() {
+            let _ = write!(t, ": {}", c.reason);
+        }
+        t.push('\n');
+    }
+    t
+}
+
+/// `weaver ls`: the running daemons, one line each.
+pub fn daemons(live: &[crate::registry::Entry], now_ms: u64) -> String {
+    if live.is_empty() {
+        return "no weaver daemon is running\n".to_string();
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:>8} {:<10} {:>8} {:<22} {:<30} CONFIG",
+        "PID", "VERSION", "UPTIME", "HTTP", "RUNTIME DIR"
+    );
+    for e in live {
+        let _ = writeln!(
+            t,
+            "{:>8} {:<10} {:>8} {:<22} {:<30} {}",
+            e.pid,
+            e.version,
+            ms_text(now_ms.saturating_sub(e.started_at_ms)),
+            e.http.as_deref().unwrap_or("-"),
+            e.runtime_dir,
+            e.config.as_deref().unwrap_or("-")
+        );
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +596,7 @@ mod tests {
                 log_file: None,
                 clients: 1,
                 containment: "cgroup /sys/fs/cgroup/weaver-9".into(),
+                http: Some("127.0.0.1:9464".into()),
             },
             compute: ComputeStatus {
                 pid: None,
@@ -575,6 +621,7 @@ mod tests {
         let t = status(&s);
         assert!(t.contains("compute  backoff, no process, 2 restart(s), bin /bin/c\n"), "{t}");
         assert!(t.ends_with("         next start in 250 ms\n"), "{t}");
+        assert!(t.contains("         http http://127.0.0.1:9464 (/health, /ready, /metrics)\n"));
         assert_eq!(control(Verb::Stop, &[], false), "stopping: nothing\n");
         assert_eq!(
             control(Verb::Start, &["a.0".into(), "b.0".into()], true),

@@ -64,6 +64,11 @@ fn weavelet_line_corpus_replays_clean() {
     replay("weavelet_line", fuzzing::weavelet_line);
 }
 
+#[test]
+fn http_request_corpus_replays_clean() {
+    replay("http_request", fuzzing::http_request);
+}
+
 // ---- seeds ------------------------------------------------------------------
 
 /// Writes `fuzz/corpus/<target>/seed-*`: valid inputs for each target,
@@ -85,6 +90,9 @@ fn write_seeds() {
     }
     for (name, text) in config_seeds() {
         write("config", &name, text.as_bytes());
+    }
+    for (name, text) in http_seeds() {
+        write("http_request", name, text.as_bytes());
     }
 }
 
@@ -133,6 +141,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             log_file: Some("/tmp/weaver.log".into()),
             clients: 2,
             containment: "cgroup /sys/fs/cgroup/weaver-10".into(),
+            http: Some("127.0.0.1:9464".into()),
         },
         compute: ComputeStatus {
             pid: Some(11),
@@ -274,6 +283,34 @@ fn compute_seeds() -> Vec<(String, Vec<u8>)> {
         ("cut-short".into(), talk[..talk.len() - 30].to_vec()),
         ("conversation".into(), talk),
         ("bad-kind".into(), bad),
+    ]
+}
+
+fn http_seeds() -> Vec<(&'static str, String)> {
+    vec![
+        ("health", "\x00GET /health HTTP/1.1\r\nHost: a\r\n\r\n".into()),
+        (
+            "pipelined",
+            "\x07GET /ready HTTP/1.1\r\n\r\nHEAD /metrics HTTP/1.1\r\n\r\n\
+             GET /health/web HTTP/1.1\r\n\r\nGET /health/nope HTTP/1.0\r\n\r\n"
+                .into(),
+        ),
+        ("metrics", "\x1fGET /metrics?x=1 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".into()),
+        (
+            "post",
+            "\x08POST /health HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n"
+                .into(),
+        ),
+        (
+            "delete",
+            "\x02DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /nope HTTP/1.1\r\n\r\n".into(),
+        ),
+        ("big", format!("\x03GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000))),
+        ("partial", "\x04GET /health HTTP/1.1\r\nX-Slow: aaa".into()),
+        (
+            "close",
+            "GET /health HTTP/1.1\r\nConnection: close\r\n\r\nGET /ready HTTP/1.1\r\n\r\n".into(),
+        ),
     ]
 }
 

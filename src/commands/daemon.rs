@@ -22,6 +22,7 @@ pub const UNCHECKED_STOP_WITHIN: Duration = Duration::from_secs(60);
 /// `weaver daemon --foreground`: be the daemon, in this process.
 pub(super) fn foreground(ctx: Ctx, ready_fd: Option<i32>, log_file: Option<PathBuf>) -> Result<()> {
     logging::init();
+    let state_dir = state_dir(&ctx)?;
     let opts = daemon::Options {
         compute_bin: compute_bin(&ctx)?,
         compute_workers: ctx.global.compute_workers,
@@ -29,12 +30,18 @@ pub(super) fn foreground(ctx: Ctx, ready_fd: Option<i32>, log_file: Option<PathB
         dir: ctx.dir,
         ready_fd,
         log_file,
-        state_dir: match &ctx.global.state_dir {
-            Some(d) => absolute(d)?,
-            None => crate::weavelet::store::default_dir(),
-        },
+        state_dir,
+        http: ctx.global.http.clone(),
     };
     daemon::run(opts)
+}
+
+/// The state dir: --state-dir, else the default.
+pub(super) fn state_dir(ctx: &Ctx) -> Result<PathBuf> {
+    match &ctx.global.state_dir {
+        Some(d) => absolute(d),
+        None => Ok(crate::weavelet::store::default_dir()),
+    }
 }
 
 /// The compute daemon: --compute-bin, else `compute-daemon` beside weaver.

@@ -10,11 +10,13 @@
 //! | [`follow`] | `logs`, `events` (streamed replies) |
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
 //! | [`run`] | `run`, `runs` (progress, summary, Ctrl-C) |
+//! | [`health`] | `health`, `ls` |
 
 mod compute;
 mod config;
 mod daemon;
 mod follow;
+mod health;
 mod procs;
 mod run;
 
@@ -61,6 +63,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config(cmd) => config::run(&ctx, cmd),
         Command::Run(args) => run::run(&ctx, args),
         Command::Runs { json } => run::runs(&ctx, json),
+        Command::Health { name, json } => health::health(&ctx, name, json),
+        Command::Ls { json } => health::ls(&ctx, json),
     }
 }
 
@@ -96,6 +100,10 @@ impl Ctx {
         if let Some(d) = &g.state_dir {
             daemon_args.push("--state-dir".into());
             daemon_args.push(absolute(d)?.into());
+        }
+        if let Some(h) = &g.http {
+            daemon_args.push("--http".into());
+            daemon_args.push(h.into());
         }
         if let Some(c) = &g.config {
             daemon_args.push("--config".into());

@@ -9,12 +9,14 @@ pub mod effect; // what rooms ask the loop to do
 pub mod follow; // room: logs -f followers and event subscribers
 pub mod guard; // the guard process that outlives a SIGKILLed weaver
 pub mod handlers; // one file per request kind
+pub mod http; // room: the HTTP endpoint (health, readiness, metrics) and its connections
 pub mod mux; // in-flight table, pure
 pub mod outq; // write queue of a non-blocking socket
 pub mod procs; // room: supervised processes' plumbing
 pub mod reactor; // the loop
 pub mod runner; // room: `weaver run` jobs: spawn, output, reap, stop, followers
 pub mod sockets; // notices a removed or replaced socket path
+pub mod tally; // compute requests by op and outcome, latency histogram; pure
 pub mod timers; // deadline heap
 pub mod token; // the token space
 pub mod weavelets; // room: the weavelet hub, its connections, revisions, waiters
@@ -42,8 +44,11 @@ pub struct Options {
     pub ready_fd: Option<i32>,
     /// Where our stderr goes, for `status`.
     pub log_file: Option<PathBuf>,
-    /// Where weavelet configuration revisions are kept.
+    /// Where weavelet configuration revisions are kept (and the registry
+    /// of running daemons).
     pub state_dir: PathBuf,
+    /// `--http ADDR`: serve the HTTP endpoint there (over `[http] listen`).
+    pub http: Option<String>,
 }
 
 /// What the daemon needs to run.
@@ -58,6 +63,8 @@ pub struct Setup {
     pub supervisor: crate::supervise::Supervisor,
     pub config_path: Option<PathBuf>,
     pub guard: Option<guard::Guard>,
+    /// The HTTP endpoint's settings and listener, when it is on.
+    pub http: Option<(crate::supervise::config::HttpSpec, std::net::TcpListener)>,
 }
 
 /// Run the daemon in this process until it is stopped.
@@ -99,6 +106,19 @@ fn start(o: &Options) -> Result<Result<()>> {
     for p in problems {
         warn!("skipped an unreadable weavelet revision file: {p}");
     }
+    let http_spec = match &o.http {
+        Some(a) => {
+            let allow = config.http.as_ref().is_some_and(|h| h.allow_remote);
+            let h = crate::supervise::config::HttpSpec::check(a, allow)
+                .map_err(|e| Error::new(Kind::Usage, format!("--http: {e}")))?;
+            // The timeouts of [http] still apply.
+            Some(match &config.http {
+                Some(c) => crate::supervise::config::HttpSpec { listen: h.listen, ..c.clone() },
+                None => h,
+            })
+        }
+        None => config.http.clone(),
+    };
     let lock_path = dir.daemon_lock();
     let lock = runtime_dir::open_private(&lock_path, false)
         .map_err(|e| Error::io(Kind::RuntimeDir, "open", &lock_path, &e))?;
@@ -132,6 +152,22 @@ fn start(o: &Options) -> Result<Result<()>> {
     let control = bind(&control_path)?;
     let compute_listener = bind(&compute_path)?;
     let weavelet_listener = bind(&weavelet_path)?;
+    let http = match &http_spec {
+        Some(h) => Some((
+            h.clone(),
+            http::bind(h.listen).map_err(|e| {
+                Error::new(
+                    Kind::Usage,
+                    format!(
+                    "cannot listen for HTTP on {}: {e}; choose another address in [http] listen \
+                     or --http (port 0 takes a free port)",
+                    h.listen
+                ),
+                )
+            })?,
+        )),
+        None => None,
+    };
     let pid_path = dir.pid_file();
     let me = PidRecord::of(std::process::id())
         .ok_or_else(|| Error::new(Kind::Io, "cannot read our own /proc entry"))?;
@@ -185,6 +221,7 @@ fn start(o: &Options) -> Result<Result<()>> {
         supervisor,
         config_path: o.config.clone(),
         guard,
+        http,
     };
     let mut reactor = reactor::Reactor::new(setup)
         .map_err(|e| Error::new(Kind::Io, format!("cannot set up the event loop: {e}")))?;
@@ -194,9 +231,28 @@ fn start(o: &Options) -> Result<Result<()>> {
         me.pid,
         dir.path().display()
     );
+    let entry = crate::registry::Entry {
+        pid: me.pid,
+        start_time: me.start_time,
+        version: crate::protocol::RELEASE.to_string(),
+        runtime_dir: dir.path().display().to_string(),
+        config: o.config.as_ref().map(|p| p.display().to_string()),
+        http: reactor.http_addr().map(|a| a.to_string()),
+        started_at_ms: crate::daemon::procs::wall_ms(),
+    };
+    if let Err(e) = crate::registry::write(&o.state_dir, &entry) {
+        warn!(
+            "cannot register this daemon in {}: {e}; `weaver ls` will not list it",
+            crate::registry::dir(&o.state_dir).display()
+        );
+    }
+    if let Some(a) = &entry.http {
+        info!("HTTP endpoint on http://{a} (/health, /ready, /metrics)");
+    }
     launch::notify(o.ready_fd, &Readiness::Ready { pid: me.pid });
     let result = reactor.run().map_err(|e| Error::new(Kind::Io, format!("event loop failed: {e}")));
     drop(reactor);
+    crate::registry::remove(&o.state_dir, me.pid, me.start_time);
     for p in [&control_path, &compute_path, &weavelet_path] {
         let _ = fs::remove_file(p);
     }

@@ -5,6 +5,7 @@
 //! what to deliver.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use crate::protocol::{ErrorKind, ErrorReply};
 use crate::wire::status;
@@ -43,6 +44,10 @@ struct Entry {
     sent: bool,
     /// The request's `--timeout`, while its deadline is armed.
     timeout_ms: Option<u64>,
+    /// The op's name, for the metrics ([`Mux::set_label`]).
+    label: Box<str>,
+    /// When it was taken.
+    since: Instant,
 }
 
 /// The op of a request: resolved to compute's op id once, at submit, when
@@ -110,6 +115,8 @@ pub struct Mux {
     in_flight: usize,
     in_flight_bytes: usize,
     pub stats: Stats,
+    /// By op and outcome, and latency, for the metrics.
+    pub tally: crate::daemon::tally::Tally,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -178,7 +185,19 @@ impl Mux {
         self.next_id += 1;
         self.entries.insert(
             id,
-            Entry { owner: Some((client, tag)), op, payload, len, sent: false, timeout_ms: None },
+            Entry {
+                owner: Some((client, tag)),
+                label: match &op {
+                    OpRef::Name(n) => n.as_str().into(),
+                    OpRef::Code(_) => "".into(),
+                },
+                op,
+                payload,
+                len,
+                sent: false,
+                timeout_ms: None,
+                since: Instant::now(),
+            },
         );
         self.queue.push_back(id);
         self.queued_bytes += len;
@@ -189,6 +208,13 @@ impl Mux {
     pub fn set_timeout(&mut self, id: u64, ms: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.timeout_ms = Some(ms);
+        }
+    }
+
+    /// Name request `id`'s op in the metrics.
+    pub fn set_label(&mut self, id: u64, op: &str) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.label = op.into();
         }
     }
 
@@ -232,6 +258,9 @@ impl Mux {
             self.stats.dropped_late += 1;
             return Completion::Dropped;
         };
+        let kind = result.as_ref().map(|_| ()).map_err(|r| r.kind);
+        let took = e.since.elapsed();
+        self.tally.record(&e.label, crate::daemon::tally::outcome(kind), Some(took));
         match &result {
             Ok(_) => self.stats.served += 1,
             Err(r) if r.kind == ErrorKind::Cancelled => self.stats.cancelled += 1,
@@ -300,6 +329,8 @@ impl Mux {
             ),
         );
         self.stats.timed_out += 1;
+        let took = e.since.elapsed();
+        self.tally.record(&e.label, "timeout", Some(took));
         if sent {
             e.owner = None;
             e.timeout_ms = None;

@@ -23,6 +23,7 @@ use crate::daemon::contain::Containment;
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::follow::Follow;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
+use crate::daemon::http::Http;
 use crate::daemon::procs::{wall_ms, Procs};
 use crate::daemon::runner::Runner;
 use crate::daemon::sockets::{Sockets, Which};
@@ -72,6 +73,8 @@ pub struct Reactor {
     follow: Follow,
     hub: Hub,
     runner: Runner,
+    /// The HTTP endpoint, when it is on.
+    http: Option<Http>,
     info: DaemonInfo,
     /// A graceful stop is under way.
     stopping: bool,
@@ -116,6 +119,10 @@ impl Reactor {
         if let Some(fd) = sockets.fd() {
             reg.register(&mut SourceFd(&fd), token::RUNTIME_DIR, Interest::READABLE)?;
         }
+        let mut http = s.http.map(|(spec, l)| Http::new(l, &spec)).transpose()?;
+        if let Some(h) = http.as_mut() {
+            reg.register(h.listener(), token::HTTP_LISTENER, Interest::READABLE)?;
+        }
         Ok(Reactor {
             poll,
             control: Some(control),
@@ -130,7 +137,13 @@ impl Reactor {
             follow: Follow::new(),
             hub,
             runner: Runner::new(),
-            info: DaemonInfo { dir: s.dir, log_file: s.log_file, started: Instant::now() },
+            info: DaemonInfo {
+                dir: s.dir,
+                log_file: s.log_file,
+                started: Instant::now(),
+                http: http.as_ref().map(|h| h.addr().to_string()),
+            },
+            http,
             stopping: false,
             accept_starved: None,
             trim_armed: false,
@@ -140,6 +153,11 @@ impl Reactor {
             applying: Effects::new(),
             scratch: vec![0; SCRATCH],
         })
+    }
+
+    /// The HTTP endpoint's bound address, when it is on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(Http::addr)
     }
 
     /// Run until a graceful stop completes.
@@ -224,6 +242,19 @@ impl Reactor {
                 }
             }
             Source::Signals => self.on_signals(),
+            Source::HttpListener => self.accept_http(),
+            Source::Http(id) => {
+                let Some(http) = self.http.as_mut() else { return };
+                let view = handlers::health::View {
+                    compute: &self.compute,
+                    procs: &self.procs,
+                    hub: &self.hub,
+                    info: &self.info,
+                    stopping: self.stopping,
+                    processes_started: self.contain.is_none(),
+                };
+                http.event(id, &mut |need| view.snapshot(need, Instant::now()), now, fx);
+            }
 
             Source::RuntimeDir => {
                 let changed = self.sockets.changed();
@@ -298,6 +329,29 @@ impl Reactor {
     fn accept_again(&mut self) {
         for w in [Which::Control, Which::Weavelet, Which::Compute] {
             self.accept_on(w);
+        }
+        self.accept_http();
+    }
+
+    /// Accept every queued HTTP connection (the same open-file handling as
+    /// [`Reactor::accept_on`]).
+    fn accept_http(&mut self) {
+        let Some(http) = self.http.as_mut() else { return };
+        let now = Instant::now();
+        match http.accept(now, &mut self.fx) {
+            crate::daemon::http::Accepted::Drained => {}
+            crate::daemon::http::Accepted::OutOfFds(e) => {
+                if self.accept_starved.is_none() {
+                    warn!(
+                        "out of file descriptors ({e}): new HTTP connections wait until some leave"
+                    );
+                    self.accept_starved = Some(now);
+                }
+                self.timers.arm(now + ACCEPT_RETRY, Timer::AcceptRetry);
+            }
+            crate::daemon::http::Accepted::Failed(e) => {
+                warn!("accept on the HTTP endpoint failed: {e}")
+            }
         }
     }
 
@@ -478,6 +532,11 @@ impl Reactor {
                 Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
                 Timer::Job { run, job, kill } => self.runner.on_timer(run, job, kill, fx),
+                Timer::Http(id) => {
+                    if let Some(h) = self.http.as_mut() {
+                        h.timer(id, now, fx)
+                    }
+                }
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 // The end of this turn joins the cgroup.
                 Timer::Join => {}

@@ -15,6 +15,8 @@ pub const COMPUTE_STDERR: Token = Token(5);
 pub const RUNTIME_DIR: Token = Token(6);
 /// The weavelet socket.
 pub const WEAVELET_LISTENER: Token = Token(7);
+/// The HTTP endpoint's TCP listener.
+pub const HTTP_LISTENER: Token = Token(8);
 
 /// Width of each dynamic range: ids within a range count up from 1.
 const RANGE: usize = 1 << 40;
@@ -24,10 +26,12 @@ const CLIENTS: usize = RANGE;
 const PIPES: usize = 2 * RANGE;
 /// Weavelet connections, by connection id.
 const WEAVELETS: usize = 3 * RANGE;
+/// HTTP connections, by connection id.
+const HTTP: usize = 4 * RANGE;
 /// Jobs' stdout and stderr pipes (`weaver run`), by pipe id.
-const JOB_PIPES: usize = 4 * RANGE;
+const JOB_PIPES: usize = 5 * RANGE;
 /// End of the ranges handed out so far.
-const END: usize = 5 * RANGE;
+const END: usize = 6 * RANGE;
 
 /// What an event's token refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +44,11 @@ pub enum Source {
     ComputeStderr,
     RuntimeDir,
     WeaveletListener,
+    HttpListener,
     Client(u64),
     Weavelet(u64),
     Pipe(u64),
+    Http(u64),
     JobPipe(u64),
     Unknown,
 }
@@ -57,9 +63,11 @@ pub fn source(t: Token) -> Source {
         COMPUTE_STDERR => Source::ComputeStderr,
         RUNTIME_DIR => Source::RuntimeDir,
         WEAVELET_LISTENER => Source::WeaveletListener,
+        HTTP_LISTENER => Source::HttpListener,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
-        Token(n) if (WEAVELETS..JOB_PIPES).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
+        Token(n) if (WEAVELETS..HTTP).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
+        Token(n) if (HTTP..JOB_PIPES).contains(&n) => Source::Http((n - HTTP) as u64),
         Token(n) if (JOB_PIPES..END).contains(&n) => Source::JobPipe((n - JOB_PIPES) as u64),
         _ => Source::Unknown,
     }
@@ -77,6 +85,10 @@ pub fn weavelet(id: u64) -> Token {
     Token(WEAVELETS + id as usize)
 }
 
+pub fn http(id: u64) -> Token {
+    Token(HTTP + id as usize)
+}
+
 pub fn job_pipe(id: u64) -> Token {
     Token(JOB_PIPES + id as usize)
 }
@@ -91,9 +103,11 @@ mod tests {
             assert_eq!(source(client(id)), Source::Client(id));
             assert_eq!(source(pipe(id)), Source::Pipe(id));
             assert_eq!(source(weavelet(id)), Source::Weavelet(id));
+            assert_eq!(source(http(id)), Source::Http(id));
             assert_eq!(source(job_pipe(id)), Source::JobPipe(id));
         }
-        assert_eq!(source(Token(8)), Source::Unknown);
+        assert_eq!(source(HTTP_LISTENER), Source::HttpListener);
+        assert_eq!(source(Token(9)), Source::Unknown);
         assert_eq!(source(WEAVELET_LISTENER), Source::WeaveletListener);
         assert_eq!(source(Token(END)), Source::Unknown);
         assert_eq!(source(COMPUTE_CONN), Source::ComputeConn);

@@ -398,7 +398,8 @@ impl Supervisor {
 
     // ------------------------------------------------------------ internals
 
-    fn all(&self) -> impl Iterator<Item = &Instance> {
+    /// Every instance: live ones in declaration order, then retiring ones.
+    pub fn all(&self) -> impl Iterator<Item = &Instance> {
         self.instances.iter().chain(self.retiring.iter())
     }
 

@@ -275,8 +275,14 @@ impl Compute {
     /// Take a client's request for compute, or say why not.
     pub fn submit(&mut self, r: Submit, now: Instant, fx: &mut Effects) -> Result<(), ErrorReply> {
         let Submit { client, tag, op, payload, timeout_ms } = r;
-        let op = self.check_submit(op, payload.len(), now)?;
-        let id = self.mux.submit(client, tag, op, payload)?;
+        let name = op.clone();
+        let tally = |mux: &mut crate::daemon::mux::Mux, e: ErrorReply| {
+            mux.tally.record(&name, crate::daemon::tally::outcome(Err(e.kind)), None);
+            e
+        };
+        let op = self.check_submit(op, payload.len(), now).map_err(|e| tally(&mut self.mux, e))?;
+        let id = self.mux.submit(client, tag, op, payload).map_err(|e| tally(&mut self.mux, e))?;
+        self.mux.set_label(id, &name);
         if let Some(ms) = timeout_ms {
             self.mux.set_timeout(id, ms);
             fx.push(Effect::Arm { at: now + Duration::from_millis(ms), timer: Timer::Request(id) });

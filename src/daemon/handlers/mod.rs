@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod handshake;
+pub mod health;
 pub mod logs;
 pub mod ping;
 pub mod ps;
@@ -34,6 +35,8 @@ pub struct DaemonInfo {
     pub dir: RuntimeDir,
     pub log_file: Option<PathBuf>,
     pub started: Instant,
+    /// The HTTP endpoint's bound address, when it is on.
+    pub http: Option<String>,
 }
 
 /// The rooms a handler may use, for one request.
@@ -93,6 +96,7 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         Request::RunCancel { id } => run::cancel(cx, client, tag, id),
         Request::RunAttach { id } => run::attach(cx, client, tag, id),
         Request::Runs => run::runs(cx, client, tag),
+        Request::Health { name } => health::handle(cx, client, tag, name),
     }
 }
 
@@ -132,7 +136,7 @@ mod tests {
             follow: Follow::new(),
             hub: Hub::new(crate::weavelet::store::Store::in_memory()),
             runner: Runner::new(),
-            info: DaemonInfo { dir, log_file: None, started: Instant::now() },
+            info: DaemonInfo { dir, log_file: None, started: Instant::now(), http: None },
             fx: Effects::new(),
             _dir: tmp,
         }

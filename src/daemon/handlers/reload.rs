@@ -40,6 +40,9 @@ pub fn reload(cx: &mut Ctx, dry_run: bool) -> Result<ReloadReport, ErrorReply> {
         return Ok(report(plan_reload(cx.procs.sup.config(), &new), false));
     }
     cx.not_stopping()?;
+    if new.http != cx.procs.sup.config().http {
+        warn!("reload: [http] changed; the HTTP endpoint keeps its settings until weaver restarts");
+    }
     let compute = new.compute.clone();
     let (plan, actions) =
         cx.procs.sup.reload(new, cx.now).map_err(|e| bad(format!("{e}\nnothing was changed")))?;

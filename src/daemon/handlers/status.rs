@@ -28,6 +28,7 @@ pub fn report(info: &DaemonInfo, clients: usize, compute: &Compute, now: Instant
             containment: crate::daemon::contain::Containment::current()
                 .map(|c| c.describe())
                 .unwrap_or_default(),
+            http: info.http.clone(),
         },
         compute: compute.status(now),
     }

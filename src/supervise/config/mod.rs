@@ -121,8 +121,8 @@ mod parse;
 
 pub use model::{
     AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
-    HookSpec, Hooks, InstanceSpec, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy,
-    RunMode, StartPolicy,
+    HookSpec, Hooks, HttpSpec, InstanceSpec, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe,
+    RestartPolicy, RunMode, StartPolicy,
 };
 pub(crate) use parse::{did_you_mean, suggest};
 pub use parse::{load, locate, parse, ConfigError, ConfigErrors};

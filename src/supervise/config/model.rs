@@ -13,10 +13,55 @@ use nix::sys::signal::Signal;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub compute: ComputeSpec,
+    /// `[http]`: the HTTP endpoint, when it is on.
+    pub http: Option<HttpSpec>,
     /// In declaration order.
     pub processes: Vec<ProcessSpec>,
     /// `[[job]]`s (`weaver run`), in declaration order.
     pub jobs: Vec<crate::run::JobSpec>,
+}
+
+/// `[http]`: where the health, readiness and metrics endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSpec {
+    /// `listen`: an IP address and port; port 0 takes a free one.
+    pub listen: std::net::SocketAddr,
+    /// `allow_remote`: a non-loopback `listen` is refused without it.
+    pub allow_remote: bool,
+    /// `header_timeout`: from the first byte of a request to the end of
+    /// its head (a slow client then gets 408).
+    pub header_timeout: std::time::Duration,
+    /// `idle_timeout`: a keep-alive connection without a request is
+    /// closed after this.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl HttpSpec {
+    /// Check `listen` (from `[http]` or `--http`): an address and port,
+    /// loopback unless `allow_remote`.
+    pub fn check(listen: &str, allow_remote: bool) -> Result<HttpSpec, String> {
+        let addr: std::net::SocketAddr = listen.trim().parse().map_err(|_| {
+            format!(
+                "{listen:?} is not an address and port: write it like \"127.0.0.1:9464\" \
+                 or \"[::1]:9464\" (port 0 takes a free port)"
+            )
+        })?;
+        if !addr.ip().is_loopback() && !allow_remote {
+            return Err(format!(
+                "{addr} is not a loopback address: other hosts could read weaver's health and \
+                 metrics; set allow_remote = true in [http] to allow it, or listen on 127.0.0.1"
+            ));
+        }
+        Ok(HttpSpec {
+            listen: addr,
+            allow_remote,
+            header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+        })
+    }
+
+    pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 }
 
 /// `[compute]`: how the compute daemon is run.

@@ -16,8 +16,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use super::expand::INSTANCE;
 use super::model::{
     AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
-    HookSpec, Hooks, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy, RunMode,
-    StartPolicy,
+    HookSpec, Hooks, HttpSpec, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy,
+    RunMode, StartPolicy,
 };
 use crate::supervise::duration::parse_duration;
 use crate::supervise::graph::{cycle_path, find_cycles};
@@ -155,7 +155,8 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
 
 // ---------------------------------------------------------------- the parser
 
-const TOP_KEYS: &[&str] = &["compute", "process", "job"];
+const TOP_KEYS: &[&str] = &["compute", "process", "http", "job"];
+const HTTP_KEYS: &[&str] = &["listen", "allow_remote", "header_timeout", "idle_timeout"];
 const RESTART_KEYS: &[&str] = &[
     "auto_restart",
     "restart_interval",
@@ -571,6 +572,9 @@ impl<'a> Parser<'a> {
         if let Some(t) = self.sub(top, "compute", "[compute]") {
             config.compute = self.compute(t);
         }
+        if let Some(t) = self.sub(top, "http", "[http]") {
+            config.http = self.http(t);
+        }
         let mut declared = Vec::new();
         for (t, at) in self.process_tables(top) {
             let what = match t.get("name").and_then(Item::as_str) {
@@ -628,6 +632,38 @@ impl<'a> Parser<'a> {
             None => ComputeSpec::DEFAULT_PING_TIMEOUT,
         };
         ComputeSpec { command, env, workers, restart, ping_interval, ping_timeout }
+    }
+
+    fn http(&mut self, tbl: Tbl<'_>) -> Option<HttpSpec> {
+        self.check_keys(tbl, &[HTTP_KEYS]);
+        let allow_remote = self.boolean(tbl, "allow_remote").unwrap_or(false);
+        let mut timeout = |key, default| match self.duration(tbl, key) {
+            Some(d) if d.is_zero() => {
+                if let Some(f) = self.field(tbl, key) {
+                    self.invalid(f, "must be more than 0");
+                }
+                default
+            }
+            Some(d) => d,
+            None => default,
+        };
+        let header_timeout = timeout("header_timeout", HttpSpec::DEFAULT_HEADER_TIMEOUT);
+        let idle_timeout = timeout("idle_timeout", HttpSpec::DEFAULT_IDLE_TIMEOUT);
+        let Some(f) = self.field(tbl, "listen") else {
+            self.error(
+                Some(tbl.at),
+                "listen is required in [http], e.g. \"127.0.0.1:9464\"".into(),
+            );
+            return None;
+        };
+        let listen = self.string(tbl, "listen")?;
+        match HttpSpec::check(&listen, allow_remote) {
+            Ok(h) => Some(HttpSpec { header_timeout, idle_timeout, ..h }),
+            Err(why) => {
+                self.invalid(f, why);
+                None
+            }
+        }
     }
 
     fn restart(&mut self, tbl: Tbl<'_>, d: RestartPolicy) -> RestartPolicy {
