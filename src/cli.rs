@@ -97,6 +97,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write to the stdin of a process that has stdin = "pipe"; returns
+    /// once the bytes are in its pipe.
+    Send(SendArgs),
+    /// The terminal to a process's stdin, its output to the terminal
+    /// (Ctrl-D: end of input; Ctrl-] or Ctrl-C: detach).
+    Attach(AttachArgs),
     /// Run jobs ([[job]] in weaver.toml) and every job they need; all jobs
     /// when none is named. Exit 0 when no job failed (but those with
     /// allow_failure), 1 when one did, 130 when cancelled.
@@ -280,6 +286,47 @@ pub struct WaitArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// A process with one instance, or an instance (web.1).
+    pub name: String,
+    /// The bytes to write, as given (add the newline yourself).
+    #[arg(long, conflicts_with = "input", value_name = "TEXT")]
+    pub data: Option<String>,
+    /// Bytes read from a file, or - for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub input: Option<PathBuf>,
+    /// Close the process's stdin afterwards (it reads EOF).
+    #[arg(long)]
+    pub close: bool,
+    /// Fail with exit 75 (busy) if a piece of the input (256 KiB) is not
+    /// in the pipe within this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub timeout: u64,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// A process with one instance, or an instance (web.1).
+    pub name: String,
+    /// Ctrl-D (or the end of a piped stdin) also closes the process's
+    /// stdin; without it the process's stdin stays open.
+    #[arg(long)]
+    pub close_on_eof: bool,
+    /// Take over from another attach that writes to this process.
+    #[arg(long, conflicts_with = "read_only")]
+    pub force: bool,
+    /// Only follow the output; write nothing.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Output lines to show first, from those kept.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
+    pub lines: u32,
 }
 
 #[derive(Debug, Args)]

@@ -399,6 +399,49 @@ impl Client {
         }
     }
 
+    /// The next reply, whatever its tag, for a caller with several
+    /// requests in flight (`send`); the daemon's liveness is checked as for
+    /// [`call`](Self::call). `Ok(None)` on EOF.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>> {
+        self.recv_live()
+    }
+
+    /// How long this client waits on the daemon.
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
+    }
+
+    /// For a caller that polls the connection together with other fds
+    /// (`attach`): read what has arrived (one read: call it when the socket
+    /// is readable) and append every whole reply to `out`. `Ok(false)` on
+    /// EOF.
+    pub fn read_ready(&mut self, out: &mut Vec<Reply>) -> io::Result<bool> {
+        let mut buf = [0u8; 64 * 1024];
+        let n = match self.stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let (used, frame) = self
+                .dec
+                .feed(data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            data = &data[used..];
+            if let Some(f) = frame {
+                let msg: ServerMsg = protocol::decode(&f.meta, "reply")
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                out.push(Reply { tag: msg.tag, resp: msg.resp, payload: f.payload });
+            }
+        }
+        Ok(true)
+    }
+
     /// The raw stream (tests and benches write malformed bytes through it).
     pub fn stream(&mut self) -> &mut UnixStream {
         &mut self.stream

@@ -28,10 +28,12 @@ use crate::supervise::PsRow;
 /// 4: [`Request::Config`] (`weaver config`) and its replies;
 /// [`ErrorKind::Rejected`].
 /// 5: [`Request::Health`] and [`Response::Health`]; [`DaemonStatus::http`].
-/// 6: `weaver run`: [`Request::Run`], [`Request::RunCancel`],
+/// 6: [`Request::Send`] and [`Request::Attach`] (a process's stdin), their
+/// replies, [`EventType::StdinClosed`].
+/// 7: `weaver run`: [`Request::Run`], [`Request::RunCancel`],
 /// [`Request::RunAttach`], [`Request::Runs`] and their replies;
 /// [`EventType::Skipped`].
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -127,6 +129,22 @@ pub enum Request {
     /// everything, or (`name`) of one process or instance. Answered by
     /// [`Response::Health`]; an unknown name is [`ErrorKind::NotFound`].
     Health { name: Option<String> },
+    /// Write the frame payload (at most 1 MiB) to the stdin of `name` (an
+    /// instance, or a process with one instance; `stdin = "pipe"`), then
+    /// with `close` close it. Answered by [`Response::Sent`] once every
+    /// byte is in the pipe; by [`ErrorKind::Busy`] if they are not by
+    /// `timeout_ms` (the message says how many went in; the rest never
+    /// will); by an error for an unknown name, a process without a stdin
+    /// pipe, one not running, or a closed stdin. With `attached`, only the
+    /// client attached as its writer may send.
+    Send { name: String, close: bool, timeout_ms: u64, attached: bool },
+    /// `weaver attach`: become the writer of `name`'s stdin (unless
+    /// `read_only`; another writer is an error unless `force`, which takes
+    /// over and ends the other attach with an error reply), and follow its
+    /// output: one [`Response::Attached`], then [`Response::Logs`] replies
+    /// with this tag as with `Logs` and `follow` (starting with the last
+    /// `tail` lines), until the client closes the connection.
+    Attach { name: String, read_only: bool, force: bool, tail: u32 },
     /// Run jobs (`weaver run`). Answered by [`Response::RunStarted`], then
     /// (unless `detach`) one [`Response::RunJob`] per change of a job's
     /// state and one [`Response::RunDone`] at the end. Without `detach`
@@ -227,6 +245,12 @@ pub enum Response {
     ConfigWaited(WaitReport),
     /// Answers `Config::Watch`, once per event.
     ConfigEvent(ConfigEvent),
+    /// Answers `Send`: `bytes` are in the instance's stdin pipe (and it
+    /// was closed after them, with `closed`).
+    Sent { instance: String, bytes: u64, closed: bool },
+    /// The first answer of `Attach`: the instance, and whether this client
+    /// is its stdin's writer.
+    Attached { instance: String, writer: bool },
     /// Answers `Health`.
     Health(HealthReport),
     /// First answer of `Run` and `RunAttach`: the run and its jobs.
@@ -611,6 +635,7 @@ impl EventRecord {
                 });
             }
             EventKind::Warning { message } => r.detail = Some(message.clone()),
+            EventKind::StdinClosed { reason } => r.detail = Some(reason.clone()),
             EventKind::Skipped { reason } => r.detail = Some(reason.clone()),
             EventKind::Running
             | EventKind::Ready
@@ -680,6 +705,8 @@ pub enum EventType {
     Hook,
     /// Something worth telling (`detail`).
     Warning,
+    /// Its stdin was closed while it runs (`detail`: by whom).
+    StdinClosed,
     /// A slow subscriber missed `lost` events here.
     Lost,
     /// A job of a run was not run (`detail`: why).
@@ -702,6 +729,7 @@ impl EventType {
             EventType::Failed => "failed",
             EventType::Hook => "hook",
             EventType::Warning => "warning",
+            EventType::StdinClosed => "stdin_closed",
             EventType::Lost => "lost",
             EventType::Skipped => "skipped",
         }
@@ -730,6 +758,7 @@ impl From<&EventKind> for EventType {
             EventKind::Failed { .. } => EventType::Failed,
             EventKind::Hook { .. } => EventType::Hook,
             EventKind::Warning { .. } => EventType::Warning,
+            EventKind::StdinClosed { .. } => EventType::StdinClosed,
             EventKind::Skipped { .. } => EventType::Skipped,
         }
     }
@@ -995,7 +1024,9 @@ mod tests {
             E::Failed,
             E::Hook,
             E::Warning,
+            E::StdinClosed,
             E::Lost,
+            E::Skipped,
         ] {
             assert_eq!(name(serde_json::to_value(e).unwrap()), e.as_str());
         }
@@ -1019,6 +1050,9 @@ mod tests {
             EventRecord::from(Delivery::Event(e)),
             EventRecord::of(3, 5, "a.0", &EventKind::Running)
         );
+        let r = rec(EventKind::StdinClosed { reason: "closed by weaver send --close".into() });
+        assert_eq!(r.event.as_str(), "stdin_closed");
+        assert_eq!(r.what().to_string(), "stdin_closed: closed by weaver send --close");
         let lost = EventRecord::from(Delivery::Lost { count: 9 });
         assert_eq!((lost.event, lost.lost), (EventType::Lost, Some(9)));
     }

@@ -229,6 +229,11 @@ pub fn log_chunk(c: &LogChunk, json: bool) -> String {
     t
 }
 
+/// `weaver send --json`: what was written.
+pub fn sent(instance: &str, bytes: u64, closed: bool) -> String {
+    serde_json::json!({"instance": instance, "bytes": bytes, "closed": closed}).to_string() + "\n"
+}
+
 /// `weaver events`: one event on a line.
 pub fn event(e: &EventRecord, json: bool) -> String {
     if json {

@@ -93,8 +93,8 @@ fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn a_diamond_runs_in_waves_and_reports_its_critical_path() {
-    // b waits for c's marker: c always ends first, so d is started by b,
-    // and the critical path is a -> b -> d.
+    // b waits until c has ended and weaver has reaped it: c always ends
+    // first, so d is started by b, and the critical path is a -> b -> d.
     let j = jobs(&format!(
         r#"
 [[job]]
@@ -104,13 +104,13 @@ shell = true
 
 [[job]]
 name = "b"
-command = "[ -e {{dir}}/a.done ] || exit 9; {wait_c}; touch {{dir}}/b.done"
+command = "[ -e {{dir}}/a.done ] || exit 9; {wait_c}; {wait_c_reaped}; touch {{dir}}/b.done"
 shell = true
 after = ["a"]
 
 [[job]]
 name = "c"
-command = "[ -e {{dir}}/a.done ] || exit 9; touch {{dir}}/c.done"
+command = "[ -e {{dir}}/a.done ] || exit 9; echo $$ > {{dir}}/c.pid; touch {{dir}}/c.done"
 shell = true
 after = ["a"]
 
@@ -120,7 +120,11 @@ command = "[ -e {{dir}}/b.done ] && [ -e {{dir}}/c.done ]"
 shell = true
 after = ["b", "c"]
 "#,
-        wait_c = wait_file("c.done")
+        wait_c = wait_file("c.done"),
+        // Until weaver has reaped c (a zombie still answers kill -0), so
+        // that c's end is seen before b's.
+        wait_c_reaped = "p=$(cat {dir}/c.pid); i=0; while kill -0 $p 2>/dev/null; do \
+                         i=$((i+1)); [ $i -gt 1000 ] && exit 8; sleep 0.01; done"
     ));
     let (code, v) = j.report(&[]);
     assert_eq!(code, 0, "{v}");

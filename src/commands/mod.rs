@@ -11,12 +11,14 @@
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
 //! | [`run`] | `run`, `runs` (progress, summary, Ctrl-C) |
 //! | [`health`] | `health`, `ls` |
+//! | [`input`] | `send`, `attach` (a process's stdin) |
 
 mod compute;
 mod config;
 mod daemon;
 mod follow;
 mod health;
+mod input;
 mod procs;
 mod run;
 
@@ -65,6 +67,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Runs { json } => run::runs(&ctx, json),
         Command::Health { name, json } => health::health(&ctx, name, json),
         Command::Ls { json } => health::ls(&ctx, json),
+        Command::Send(args) => input::send(&ctx, args),
+        Command::Attach(args) => input::attach(&ctx, args),
     }
 }
 

@@ -47,6 +47,9 @@ pub enum Timer {
     /// This HTTP connection was idle, or took too long to send a request
     /// head, or to close after its last answer.
     Http(u64),
+    /// A send to a process's stdin (by send id) is not all in by its
+    /// `--timeout`.
+    Stdin(u64),
 }
 
 #[derive(Debug)]
@@ -57,6 +60,8 @@ pub enum Effect {
     Rewatch { fd: RawFd, token: Token, interest: Interest },
     /// Stop watching `fd`, then close it.
     Unwatch { fd: OwnedFd },
+    /// Stop watching `fd`; it stays open (its owner keeps it).
+    Unregister { fd: RawFd },
     /// Arm a deadline (re-arming a key moves it).
     Arm { at: Instant, timer: Timer },
     /// Disarm a deadline.

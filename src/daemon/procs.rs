@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::guard::Guard;
+use crate::daemon::stdin::Stdins;
 use crate::daemon::token;
 use crate::pidfile::{self, PidRecord};
 use crate::protocol::EventRecord;
@@ -119,6 +120,8 @@ pub struct Procs {
     /// The weavelet socket, given to every instance as
     /// `WEAVER_WEAVELET_SOCKET`.
     weavelet_socket: PathBuf,
+    /// The write ends of instances' stdin pipes (`stdin = "pipe"`).
+    pub stdin: Stdins,
 }
 
 impl Procs {
@@ -143,6 +146,7 @@ impl Procs {
             detached: HashMap::new(),
             detached_dir: runtime_dir.join("detached"),
             weavelet_socket: runtime_dir.join(crate::runtime_dir::WEAVELET_SOCKET),
+            stdin: Stdins::new(),
         }
     }
 
@@ -357,9 +361,14 @@ impl Procs {
         let mut cmd =
             child_command(&spec.argv, &spec.env, spec.work_dir.as_deref(), spec.detached)?;
         cmd.env(WEAVELET_SOCKET_ENV, &self.weavelet_socket);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let stdin =
+            if spec.stdin == config::StdinMode::Pipe { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let pid = child.id();
+        if let Some(w) = child.stdin.take() {
+            self.stdin.opened(&spec.name, w.into(), fx);
+        }
         let out: Option<OwnedFd> = child.stdout.take().map(Into::into);
         let err: Option<OwnedFd> = child.stderr.take().map(Into::into);
         for (fd, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
@@ -512,6 +521,7 @@ impl Procs {
         }
         if let Some(name) = self.sup.by_pid(pid).map(str::to_string) {
             self.drain_pipes_of(&name, fx);
+            self.stdin.gone(&name, fx);
             let spec = self.sup.instance(&name).map(|i| i.spec());
             let detached = spec.is_some_and(|s| s.detached);
             let signal = spec.map_or(Signal::SIGTERM, |s| s.stop_signal);

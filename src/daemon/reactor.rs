@@ -271,6 +271,7 @@ impl Reactor {
             Source::ComputeStdout => self.compute.read_output(0, &mut self.scratch, fx),
             Source::ComputeStderr => self.compute.read_output(1, &mut self.scratch, fx),
             Source::Pipe(id) => self.procs.read_pipe(id, &mut self.scratch, fx),
+            Source::Stdin(id) => self.procs.stdin.writable(id, fx),
             Source::JobPipe(id) => self.runner.read_pipe(id, &mut self.scratch, fx),
             Source::Client(id) => {
                 if writable {
@@ -431,6 +432,9 @@ impl Reactor {
             Effect::Unwatch { fd } => {
                 let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
             }
+            Effect::Unregister { fd } => {
+                let _ = reg.deregister(&mut SourceFd(&fd));
+            }
             Effect::Arm { at, timer } => self.timers.arm(at, timer),
             Effect::Cancel(timer) => self.timers.cancel(&timer),
             Effect::Reply { client, tag, resp, payload } => {
@@ -453,6 +457,7 @@ impl Reactor {
                 self.compute.forget_client(client, &mut self.fx);
                 self.follow.forget(client);
                 self.hub.forget_client(client, &mut self.fx);
+                self.procs.stdin.forget_client(client, &mut self.fx);
                 self.runner.forget_client(client, &mut self.fx);
                 drop(fd);
                 if queued >= TRIM_AFTER {
@@ -537,6 +542,7 @@ impl Reactor {
                         h.timer(id, now, fx)
                     }
                 }
+                Timer::Stdin(id) => self.procs.stdin.overdue(id, fx),
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 // The end of this turn joins the cgroup.
                 Timer::Join => {}

@@ -28,10 +28,12 @@ const PIPES: usize = 2 * RANGE;
 const WEAVELETS: usize = 3 * RANGE;
 /// HTTP connections, by connection id.
 const HTTP: usize = 4 * RANGE;
+/// Write ends of supervised processes' stdin pipes, by pipe id.
+const STDINS: usize = 5 * RANGE;
 /// Jobs' stdout and stderr pipes (`weaver run`), by pipe id.
-const JOB_PIPES: usize = 5 * RANGE;
+const JOB_PIPES: usize = 6 * RANGE;
 /// End of the ranges handed out so far.
-const END: usize = 6 * RANGE;
+const END: usize = 7 * RANGE;
 
 /// What an event's token refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,7 @@ pub enum Source {
     Weavelet(u64),
     Pipe(u64),
     Http(u64),
+    Stdin(u64),
     JobPipe(u64),
     Unknown,
 }
@@ -67,7 +70,8 @@ pub fn source(t: Token) -> Source {
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
         Token(n) if (WEAVELETS..HTTP).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
-        Token(n) if (HTTP..JOB_PIPES).contains(&n) => Source::Http((n - HTTP) as u64),
+        Token(n) if (HTTP..STDINS).contains(&n) => Source::Http((n - HTTP) as u64),
+        Token(n) if (STDINS..JOB_PIPES).contains(&n) => Source::Stdin((n - STDINS) as u64),
         Token(n) if (JOB_PIPES..END).contains(&n) => Source::JobPipe((n - JOB_PIPES) as u64),
         _ => Source::Unknown,
     }
@@ -89,6 +93,10 @@ pub fn http(id: u64) -> Token {
     Token(HTTP + id as usize)
 }
 
+pub fn stdin(id: u64) -> Token {
+    Token(STDINS + id as usize)
+}
+
 pub fn job_pipe(id: u64) -> Token {
     Token(JOB_PIPES + id as usize)
 }
@@ -104,6 +112,7 @@ mod tests {
             assert_eq!(source(pipe(id)), Source::Pipe(id));
             assert_eq!(source(weavelet(id)), Source::Weavelet(id));
             assert_eq!(source(http(id)), Source::Http(id));
+            assert_eq!(source(stdin(id)), Source::Stdin(id));
             assert_eq!(source(job_pipe(id)), Source::JobPipe(id));
         }
         assert_eq!(source(HTTP_LISTENER), Source::HttpListener);

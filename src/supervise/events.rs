@@ -36,6 +36,9 @@ pub enum EventKind {
     Hook { hook: &'static str, ok: bool, detail: String },
     /// Something worth telling that changes no state.
     Warning { message: String },
+    /// Its stdin pipe was closed while it runs (`weaver send --close`,
+    /// `attach --close-on-eof`, or it closed its own end).
+    StdinClosed { reason: String },
     /// A job of a run was not run: a job it needs did not pass, or the
     /// run was cancelled first.
     Skipped { reason: String },
@@ -58,6 +61,7 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::Hook { .. } => "hook",
             EventKind::Warning { .. } => "warning",
+            EventKind::StdinClosed { .. } => "stdin_closed",
             EventKind::Skipped { .. } => "skipped",
         }
     }

@@ -8,6 +8,7 @@ pub mod control;
 pub mod events;
 pub mod handshake;
 pub mod health;
+pub mod input;
 pub mod logs;
 pub mod ping;
 pub mod ps;
@@ -97,6 +98,13 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         Request::RunAttach { id } => run::attach(cx, client, tag, id),
         Request::Runs => run::runs(cx, client, tag),
         Request::Health { name } => health::handle(cx, client, tag, name),
+        Request::Send { name, close, timeout_ms, attached } => {
+            let s = input::SendReq { name, close, timeout_ms, attached };
+            input::send(cx, client, tag, s, payload)
+        }
+        Request::Attach { name, read_only, force, tail } => {
+            input::attach(cx, client, tag, &name, read_only, force, tail)
+        }
     }
 }
 
@@ -285,5 +293,52 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(r.procs.sup.ps(Instant::now()).len(), 1);
+    }
+
+    #[test]
+    fn send_and_attach_name_one_instance_with_a_pipe_that_runs() {
+        let toml =
+            "[[process]]\nname = \"two\"\ncommand = [\"cat\"]\nstdin = \"pipe\"\ninstances = 2\n\
+                    [[process]]\nname = \"plain\"\ncommand = [\"cat\"]\n";
+        let mut r = rooms(toml);
+        let send = |name: &str| Request::Send {
+            name: name.into(),
+            close: false,
+            timeout_ms: 1000,
+            attached: false,
+        };
+        let error = |fx: Vec<Effect>| match only_reply(fx) {
+            Response::Error(e) => e,
+            other => panic!("{other:?}"),
+        };
+        let e = error(r.serve(false, send("two")));
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(
+            e.message.contains("two has 2 instances (two.0, two.1): name one"),
+            "{}",
+            e.message
+        );
+        let e = error(r.serve(false, send("two.1")));
+        assert!(e.message.contains("two.1 is not running (stopped)"), "{}", e.message);
+        let e = error(r.serve(false, send("plain")));
+        assert!(e.message.contains("plain takes no input"), "{}", e.message);
+        assert_eq!(error(r.serve(false, send("zz"))).kind, ErrorKind::NotFound);
+        assert_eq!(error(r.serve(true, send("two.0"))).kind, ErrorKind::ShuttingDown);
+        let attach =
+            |read_only| Request::Attach { name: "plain".into(), read_only, force: false, tail: 5 };
+        let e = error(r.serve(false, attach(false)));
+        assert!(e.message.contains("`attach --read-only` follows its output"), "{}", e.message);
+        // Read-only: attached, then the output as logs -f.
+        let fx = r.serve(false, attach(true));
+        assert!(
+            matches!(
+                &fx[..],
+                [
+                    Effect::Reply { resp: Response::Attached { writer: false, .. }, .. },
+                    Effect::Reply { resp: Response::Logs(_), .. }
+                ]
+            ),
+            "{fx:?}"
+        );
     }
 }

@@ -124,6 +124,7 @@ impl ProcessSpec {
                 ..self.output.clone()
             },
             hooks,
+            stdin: self.stdin,
         }
     }
 }
@@ -167,6 +168,7 @@ mod tests {
             output: OutputSpec::default(),
             hooks: Hooks::default(),
             params: Default::default(),
+            stdin: Default::default(),
         }
     }
 

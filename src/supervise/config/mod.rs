@@ -58,6 +58,7 @@
 //! stable_after = "10s"            # a run this long resets the backoff
 //! max_restarts = 10               # 0 = never give up; default 10
 //! output = { ring_bytes = 1048576, file = "/tmp/worker-{instance}.out", max_file_bytes = 10485760, keep_files = 3 }
+//! stdin = "pipe"                  # weaver holds the write end (send, attach); default "null": /dev/null
 //! [process.params]               # live configuration defaults (weavelets): any
 //! lr = 0.01                       # TOML values, as JSON; names [A-Za-z0-9_.-]
 //! optimizer = "adam"
@@ -114,6 +115,10 @@
 //! (revision 0 of the target named like the process; `weaver config set`
 //! makes later ones). Changing it and reloading restarts nothing. Every
 //! instance also finds the weavelet socket in `WEAVER_WEAVELET_SOCKET`.
+//!
+//! `stdin = "pipe"` gives each run of each instance a fresh pipe as its
+//! stdin, whose write end the daemon holds (`weaver send`, `weaver attach`);
+//! not with `detached` (the process that stays is not weaver's child).
 
 mod expand;
 mod model;
@@ -122,7 +127,7 @@ mod parse;
 pub use model::{
     AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
     HookSpec, Hooks, HttpSpec, InstanceSpec, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe,
-    RestartPolicy, RunMode, StartPolicy,
+    RestartPolicy, RunMode, StartPolicy, StdinMode,
 };
 pub(crate) use parse::{did_you_mean, suggest};
 pub use parse::{load, locate, parse, ConfigError, ConfigErrors};

@@ -389,6 +389,24 @@ pub struct ProcessSpec {
     /// `[process.params]`: the default live-configuration document of this
     /// process's weavelets (TOML values as JSON).
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// `stdin`: what each instance's stdin is. Default: `/dev/null`.
+    pub stdin: StdinMode,
+}
+
+/// `stdin = "null" | "pipe"`: an instance's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StdinMode {
+    /// `/dev/null` (the default): the process reads EOF at once.
+    #[default]
+    Null,
+    /// A pipe whose write end weaver holds (`weaver send`, `weaver attach`);
+    /// each run gets a fresh one.
+    Pipe,
+}
+
+impl StdinMode {
+    /// The values `stdin` takes, as written in `weaver.toml`.
+    pub const NAMES: [&'static str; 2] = ["null", "pipe"];
 }
 
 impl ProcessSpec {
@@ -431,4 +449,5 @@ pub struct InstanceSpec {
     /// environment for the hook (the instance's plus the hook's own) and
     /// `work_dir` defaults to the instance's.
     pub hooks: Hooks,
+    pub stdin: StdinMode,
 }

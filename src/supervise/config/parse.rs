@@ -17,7 +17,7 @@ use super::expand::INSTANCE;
 use super::model::{
     AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
     HookSpec, Hooks, HttpSpec, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy,
-    RunMode, StartPolicy,
+    RunMode, StartPolicy, StdinMode,
 };
 use crate::supervise::duration::parse_duration;
 use crate::supervise::graph::{cycle_path, find_cycles};
@@ -188,6 +188,7 @@ const PROCESS_KEYS: &[&str] = &[
     "output",
     "hooks",
     "params",
+    "stdin",
 ];
 const DETECTOR_KEYS: &[&str] = &["alive", "ready"];
 const ALIVE_KEYS: &[&str] = &["pid_file", "command", "interval"];
@@ -746,6 +747,7 @@ impl<'a> Parser<'a> {
             output: OutputSpec::default(),
             hooks: Hooks::default(),
             params: serde_json::Map::new(),
+            stdin: self.stdin(tbl),
         };
         let params_what = format!("{} params", tbl.what);
         if let Some(t) = self.sub(tbl, "params", &params_what) {
@@ -1028,8 +1030,35 @@ impl<'a> Parser<'a> {
     }
 
     /// Rules about one process as a whole.
+    /// `stdin = "null" | "pipe"`.
+    fn stdin(&mut self, tbl: Tbl<'_>) -> StdinMode {
+        let Some(f) = self.field(tbl, "stdin") else { return StdinMode::Null };
+        match self.string(tbl, "stdin").as_deref() {
+            Some("null") => StdinMode::Null,
+            Some("pipe") => StdinMode::Pipe,
+            Some(other) => {
+                let hint = suggest(other, StdinMode::NAMES);
+                let msg =
+                    format!("unknown stdin \"{other}\": use null or pipe{}", did_you_mean(hint));
+                self.invalid(f, msg);
+                StdinMode::Null
+            }
+            None => StdinMode::Null,
+        }
+    }
+
     fn process_rules(&mut self, tbl: Tbl<'_>, spec: &mut ProcessSpec) {
         let what = tbl.what;
+        if spec.detached && spec.stdin == StdinMode::Pipe {
+            let at = self.field(tbl, "stdin").map_or(tbl.at, |f| f.at);
+            self.error(
+                Some(at),
+                format!(
+                    "{what} is detached: the process that stays is not weaver's child, so \
+                     stdin = \"pipe\" cannot reach it; remove one of the two"
+                ),
+            );
+        }
         if spec.detached {
             let at = self.field(tbl, "detached").map_or(tbl.at, |f| f.at);
             match (&spec.alive, &spec.pid_file) {
@@ -1509,5 +1538,26 @@ bogus = 1
         assert_eq!(suggest("comand", PROCESS_KEYS.iter().copied()), Some("command"));
         assert_eq!(suggest("workdir", PROCESS_KEYS.iter().copied()), Some("work_dir"));
         assert_eq!(suggest("zzzzzz", PROCESS_KEYS.iter().copied()), None);
+    }
+
+    #[test]
+    fn stdin_is_null_by_default_a_pipe_when_asked_and_never_for_a_detached_process() {
+        let c = parse("[[process]]\nname = \"a\"\ncommand = [\"cat\"]\n", "t").unwrap();
+        assert_eq!(c.processes[0].stdin, StdinMode::Null);
+        let c = parse(
+            "[[process]]\nname = \"a\"\ncommand = [\"cat\"]\nstdin = \"pipe\"\ninstances = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.processes[0].stdin, StdinMode::Pipe);
+        assert!(c.expand().iter().all(|i| i.stdin == StdinMode::Pipe), "every instance has one");
+        assert_eq!(
+            errors("[[process]]\nname = \"a\"\ncommand = [\"cat\"]\nstdin = \"pip\"\n"),
+            ["weaver.toml:4:9: stdin in [[process]] \"a\": unknown stdin \"pip\": use null or pipe (did you mean \"pipe\"?)"]
+        );
+        let det = "[[process]]\nname = \"d\"\ncommand = [\"x\"]\ndetached = true\npid_file = \"/tmp/d.pid\"\nstdin = \"pipe\"\n";
+        let e = errors(det);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("weaver.toml:6:9: [[process]] \"d\" is detached"), "{e:?}");
     }
 }
