@@ -103,6 +103,16 @@ pub enum Command {
     /// The terminal to a process's stdin, its output to the terminal
     /// (Ctrl-D: end of input; Ctrl-] or Ctrl-C: detach).
     Attach(AttachArgs),
+    /// Run jobs ([[job]] in weaver.toml) and every job they need; all jobs
+    /// when none is named. Exit 0 when no job failed (but those with
+    /// allow_failure), 1 when one did, 130 when cancelled.
+    Run(RunArgs),
+    /// Recent runs of `weaver run` and their results.
+    Runs {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the configuration and apply what changed.
     Reload {
         /// Only print the plan.
@@ -317,4 +327,34 @@ pub struct AttachArgs {
     /// Output lines to show first, from those kept.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
     pub lines: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Jobs to run (with every job they need); none: all.
+    #[arg(value_name = "JOB")]
+    pub jobs: Vec<String>,
+    /// One job at a time, in declaration order; stop at the first failure
+    /// (the rest are skipped) unless --keep-going.
+    #[arg(long, conflicts_with = "parallel")]
+    pub sequential: bool,
+    /// Ignore `after`: start every job at once (up to --max-parallel).
+    #[arg(long)]
+    pub parallel: bool,
+    /// At most N jobs at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel: Option<u32>,
+    /// With --sequential: go on after a failure.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Print the result as one JSON object (no progress).
+    #[arg(long)]
+    pub json: bool,
+    /// Print the run's id at once; the run goes on without this command.
+    #[arg(long, conflicts_with = "attach")]
+    pub detach: bool,
+    /// Follow run ID (see `weaver runs`); Ctrl-C stops following, not the
+    /// run.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["jobs", "sequential", "parallel", "max_parallel", "keep_going"])]
+    pub attach: Option<u64>,
 }

@@ -28,6 +28,9 @@ pub enum Kind {
     /// Standard output was closed (`weaver status | head -c0`): the command
     /// ends quietly.
     StdoutClosed,
+    /// The command printed its outcome itself and ends with this code
+    /// (`weaver run`: 1 when a job failed, 130 when cancelled).
+    Reported(i32),
 }
 
 #[derive(Debug)]
@@ -86,6 +89,7 @@ impl Error {
             Kind::Request(_) | Kind::Io => 1,
             // What a shell reports for a process ended by SIGPIPE (128 + 13).
             Kind::StdoutClosed => 141,
+            Kind::Reported(code) => code,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod pidfile; // pid files with process start times
 pub mod protocol; // client <-> daemon messages
 pub mod registry; // the running daemons of this user: one file each under the state dir
 pub mod render; // every text the CLI prints; the event wording the daemon logs
+pub mod run; // one-shot job graphs: selection, waves, results, critical path; pure
 pub mod runtime_dir; // runtime dir checks and paths
 pub mod stream; // blocking frame reads and writes (client, test peers)
 pub mod supervise; // supervised processes: config, order, lifecycle; pure

@@ -28,7 +28,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
         Err(e) => {
             // A closed stdout ends the command quietly: whoever closed it
             // wanted no more.
-            if e.kind != Kind::StdoutClosed {
+            if !matches!(e.kind, Kind::StdoutClosed | Kind::Reported(_)) {
                 output::eprint(&render::error(&e));
             }
             e.exit_code()

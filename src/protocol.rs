@@ -31,7 +31,10 @@ use crate::supervise::PsRow;
 /// 6: [`Request::Send`] and [`Request::Attach`] (a process's stdin), their
 /// replies, [`EventType::StdinClosed`].
 /// 7: payloads by fd (`frame::FD_FLAG`, `fdpass`).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: `weaver run`: [`Request::Run`], [`Request::RunCancel`],
+/// [`Request::RunAttach`], [`Request::Runs`] and their replies;
+/// [`EventType::Skipped`].
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -143,6 +146,21 @@ pub enum Request {
     /// with this tag as with `Logs` and `follow` (starting with the last
     /// `tail` lines), until the client closes the connection.
     Attach { name: String, read_only: bool, force: bool, tail: u32 },
+    /// Run jobs (`weaver run`). Answered by [`Response::RunStarted`], then
+    /// (unless `detach`) one [`Response::RunJob`] per change of a job's
+    /// state and one [`Response::RunDone`] at the end. Without `detach`
+    /// the run is cancelled if this connection closes. Unknown job names
+    /// are an error.
+    Run(crate::run::RunReq),
+    /// Cancel run `id` (Ctrl-C on `weaver run`): running jobs get their
+    /// stop signal, the rest are cancelled. Answered by [`Response::Done`]
+    /// at once; the run's own stream ends with its `RunDone`.
+    RunCancel { id: u64 },
+    /// Follow run `id` (`weaver run --attach`): answered like `Run`, with
+    /// every job's state first; a finished run gets its `RunDone` at once.
+    RunAttach { id: u64 },
+    /// Recent runs (`weaver runs`), oldest first: [`Response::Runs`].
+    Runs,
 }
 
 /// `weaver config`. Documents travel as JSON text (postcard cannot carry
@@ -236,6 +254,14 @@ pub enum Response {
     Attached { instance: String, writer: bool },
     /// Answers `Health`.
     Health(HealthReport),
+    /// First answer of `Run` and `RunAttach`: the run and its jobs.
+    RunStarted { id: u64, jobs: Vec<String> },
+    /// A job of a followed run changed state.
+    RunJob(crate::run::JobResult),
+    /// Last answer of `Run` and `RunAttach`: how the run ended.
+    RunDone(Box<crate::run::RunReport>),
+    /// Answers `Runs`.
+    Runs(Vec<crate::run::RunReport>),
 }
 
 /// `weaver health` and `GET /health`: healthy when every check is.
@@ -611,6 +637,7 @@ impl EventRecord {
             }
             EventKind::Warning { message } => r.detail = Some(message.clone()),
             EventKind::StdinClosed { reason } => r.detail = Some(reason.clone()),
+            EventKind::Skipped { reason } => r.detail = Some(reason.clone()),
             EventKind::Running
             | EventKind::Ready
             | EventKind::Vanished
@@ -683,6 +710,8 @@ pub enum EventType {
     StdinClosed,
     /// A slow subscriber missed `lost` events here.
     Lost,
+    /// A job of a run was not run (`detail`: why).
+    Skipped,
 }
 
 impl EventType {
@@ -703,6 +732,7 @@ impl EventType {
             EventType::Warning => "warning",
             EventType::StdinClosed => "stdin_closed",
             EventType::Lost => "lost",
+            EventType::Skipped => "skipped",
         }
     }
 }
@@ -730,6 +760,7 @@ impl From<&EventKind> for EventType {
             EventKind::Hook { .. } => EventType::Hook,
             EventKind::Warning { .. } => EventType::Warning,
             EventKind::StdinClosed { .. } => EventType::StdinClosed,
+            EventKind::Skipped { .. } => EventType::Skipped,
         }
     }
 }
@@ -996,6 +1027,7 @@ mod tests {
             E::Warning,
             E::StdinClosed,
             E::Lost,
+            E::Skipped,
         ] {
             assert_eq!(name(serde_json::to_value(e).unwrap()), e.as_str());
         }

@@ -120,6 +120,16 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         }),
         Request::Events { names: vec![], output: true, history: 50 },
         Request::Reload { dry_run: true },
+        Request::Run(weaver::run::RunReq {
+            jobs: vec!["bench".into()],
+            mode: weaver::run::RunMode::Sequential,
+            max_parallel: Some(2),
+            keep_going: true,
+            detach: false,
+        }),
+        Request::RunCancel { id: 3 },
+        Request::RunAttach { id: 3 },
+        Request::Runs,
     ];
     let status = StatusReport {
         version: "0.1.0".into(),
@@ -196,6 +206,28 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             unchanged: vec![],
             compute_changed: true,
         }),
+        Response::RunStarted { id: 3, jobs: vec!["fetch".into(), "bench".into()] },
+        Response::RunJob(weaver::run::JobResult {
+            code: Some(124),
+            timed_out: true,
+            signal: Some("SIGTERM".into()),
+            stderr_tail: vec!["boom".into()],
+            ..weaver::run::JobResult::pending("fetch", true)
+        }),
+        Response::RunDone(Box::new(weaver::run::RunReport {
+            id: 3,
+            mode: weaver::run::RunMode::Graph,
+            finished: true,
+            cancelled: false,
+            started_at_ms: 1,
+            duration_ms: 2,
+            passed: 1,
+            failed: 0,
+            skipped: 1,
+            cancelled_jobs: 0,
+            critical_path: vec!["fetch".into()],
+            jobs: vec![weaver::run::JobResult::pending("bench", false)],
+        })),
     ];
     let mut seeds = vec![("handshake".to_string(), control_frame(&protocol::encode(&hs), b""))];
     for (i, req) in requests.into_iter().enumerate() {

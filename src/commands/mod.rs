@@ -9,6 +9,7 @@
 //! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
 //! | [`follow`] | `logs`, `events` (streamed replies) |
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
+//! | [`run`] | `run`, `runs` (progress, summary, Ctrl-C) |
 //! | [`health`] | `health`, `ls` |
 //! | [`input`] | `send`, `attach` (a process's stdin) |
 
@@ -19,6 +20,7 @@ mod follow;
 mod health;
 mod input;
 mod procs;
+mod run;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -61,6 +63,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => follow::logs(&ctx, args),
         Command::Events(args) => follow::events(&ctx, args),
         Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Run(args) => run::run(&ctx, args),
+        Command::Runs { json } => run::runs(&ctx, json),
         Command::Health { name, json } => health::health(&ctx, name, json),
         Command::Ls { json } => health::ls(&ctx, json),
         Command::Send(args) => input::send(&ctx, args),

@@ -41,6 +41,9 @@ pub enum Timer {
     WeaveletHello(u64),
     /// A `config set --wait` (by waiter id) has waited long enough.
     ConfigWait(u64),
+    /// Job `job` of run `run`: its timeout passed (`kill: false`), or its
+    /// stop signal's grace did (`kill: true`).
+    Job { run: u64, job: usize, kill: bool },
     /// This HTTP connection was idle, or took too long to send a request
     /// head, or to close after its last answer.
     Http(u64),

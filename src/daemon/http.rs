@@ -191,7 +191,9 @@ impl Http {
             .conns
             .iter()
             .filter(|(_, c)| c.idle())
-            .min_by_key(|(_, c)| c.last)
+            // Connections accepted in one turn share `last`: the lower id
+            // was accepted first.
+            .min_by_key(|(&id, c)| (c.last, id))
             .map(|(&id, _)| id);
         match oldest {
             Some(id) => {

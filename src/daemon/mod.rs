@@ -14,6 +14,7 @@ pub mod mux; // in-flight table, pure
 pub mod outq; // write queue of a non-blocking socket
 pub mod procs; // room: supervised processes' plumbing
 pub mod reactor; // the loop
+pub mod runner; // room: `weaver run` jobs: spawn, output, reap, stop, followers
 pub mod sockets; // notices a removed or replaced socket path
 pub mod stdin; // room: write ends of supervised processes' stdin, sends, attached writers
 pub mod tally; // compute requests by op and outcome, latency histogram; pure

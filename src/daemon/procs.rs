@@ -70,7 +70,7 @@ pub fn wall_ms() -> u64 {
 }
 
 /// A command for a child in its own process group that dies with weaver.
-fn child_command(
+pub(crate) fn child_command(
     argv: &[String],
     env: &std::collections::BTreeMap<String, String>,
     work_dir: Option<&Path>,

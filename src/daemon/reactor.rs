@@ -25,6 +25,7 @@ use crate::daemon::follow::Follow;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
 use crate::daemon::http::Http;
 use crate::daemon::procs::{wall_ms, Procs};
+use crate::daemon::runner::Runner;
 use crate::daemon::sockets::{Sockets, Which};
 use crate::daemon::timers::Timers;
 use crate::daemon::token::{self, Source};
@@ -71,6 +72,7 @@ pub struct Reactor {
     procs: Procs,
     follow: Follow,
     hub: Hub,
+    runner: Runner,
     /// The HTTP endpoint, when it is on.
     http: Option<Http>,
     info: DaemonInfo,
@@ -134,6 +136,7 @@ impl Reactor {
             procs,
             follow: Follow::new(),
             hub,
+            runner: Runner::new(),
             info: DaemonInfo {
                 dir: s.dir,
                 log_file: s.log_file,
@@ -172,6 +175,7 @@ impl Reactor {
             // Pipes or followers with more than one turn's worth: no sleep.
             let clients = &self.clients;
             let more = self.procs.has_pending()
+                || self.runner.has_pending()
                 || self.follow.pending(&self.procs.sup, |c| clients.backlog(c) == 0);
             let timeout =
                 if more { Some(Duration::ZERO) } else { self.timers.next_timeout(Instant::now()) };
@@ -192,7 +196,11 @@ impl Reactor {
             }
             self.end_of_turn();
             self.join_cgroup_when_settled();
-            if self.stopping && self.compute.pid().is_none() && self.procs.all_gone() {
+            if self.stopping
+                && self.compute.pid().is_none()
+                && self.procs.all_gone()
+                && self.runner.idle()
+            {
                 break;
             }
         }
@@ -264,6 +272,7 @@ impl Reactor {
             Source::ComputeStderr => self.compute.read_output(1, &mut self.scratch, fx),
             Source::Pipe(id) => self.procs.read_pipe(id, &mut self.scratch, fx),
             Source::Stdin(id) => self.procs.stdin.writable(id, fx),
+            Source::JobPipe(id) => self.runner.read_pipe(id, &mut self.scratch, fx),
             Source::Client(id) => {
                 if writable {
                     self.clients.flush(id, fx);
@@ -400,6 +409,7 @@ impl Reactor {
             procs: &mut self.procs,
             follow: &mut self.follow,
             hub: &mut self.hub,
+            runner: &mut self.runner,
             info: &self.info,
             stopping: self.stopping,
             now: Instant::now(),
@@ -463,6 +473,7 @@ impl Reactor {
                 self.follow.forget(client);
                 self.hub.forget_client(client, &mut self.fx);
                 self.procs.stdin.forget_client(client, &mut self.fx);
+                self.runner.forget_client(client, &mut self.fx);
                 drop(fd);
                 if queued >= TRIM_AFTER {
                     crate::sys::trim_heap();
@@ -506,6 +517,7 @@ impl Reactor {
     /// requests to compute, followers, then every write.
     fn end_of_turn(&mut self) {
         self.procs.read_pending(&mut self.scratch, &mut self.fx);
+        self.runner.read_pending(&mut self.scratch, &mut self.fx);
         self.fire_timers();
         self.apply();
         self.compute.pump(&mut self.fx);
@@ -539,6 +551,7 @@ impl Reactor {
                 Timer::AcceptRetry => self.accept_again(),
                 Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
+                Timer::Job { run, job, kill } => self.runner.on_timer(run, job, kill, fx),
                 Timer::Http(id) => {
                     if let Some(h) = self.http.as_mut() {
                         h.timer(id, now, fx)
@@ -619,6 +632,8 @@ impl Reactor {
                 self.joined();
             } else if Some(pid) == compute {
                 self.compute.exited(status, now, &mut self.fx);
+            } else if self.runner.owns(pid) {
+                self.runner.exited(pid, status, self.procs.guard_mut(), &mut self.fx);
             } else {
                 self.procs.child_exited(pid, status, compute, &mut self.fx);
             }
@@ -644,6 +659,7 @@ impl Reactor {
         self.compute.fail_queued(ErrorKind::ShuttingDown, "weaver is shutting down", &mut self.fx);
         let a = self.procs.sup.stop_all(now);
         self.procs.run_actions(a, &mut self.fx);
+        self.runner.cancel_all(&mut self.fx);
         self.compute.step(Event::Stop, now, &mut self.fx);
     }
 

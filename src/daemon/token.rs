@@ -30,8 +30,10 @@ const WEAVELETS: usize = 3 * RANGE;
 const HTTP: usize = 4 * RANGE;
 /// Write ends of supervised processes' stdin pipes, by pipe id.
 const STDINS: usize = 5 * RANGE;
+/// Jobs' stdout and stderr pipes (`weaver run`), by pipe id.
+const JOB_PIPES: usize = 6 * RANGE;
 /// End of the ranges handed out so far.
-const END: usize = 6 * RANGE;
+const END: usize = 7 * RANGE;
 
 /// What an event's token refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,7 @@ pub enum Source {
     Pipe(u64),
     Http(u64),
     Stdin(u64),
+    JobPipe(u64),
     Unknown,
 }
 
@@ -68,7 +71,8 @@ pub fn source(t: Token) -> Source {
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
         Token(n) if (WEAVELETS..HTTP).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
         Token(n) if (HTTP..STDINS).contains(&n) => Source::Http((n - HTTP) as u64),
-        Token(n) if (STDINS..END).contains(&n) => Source::Stdin((n - STDINS) as u64),
+        Token(n) if (STDINS..JOB_PIPES).contains(&n) => Source::Stdin((n - STDINS) as u64),
+        Token(n) if (JOB_PIPES..END).contains(&n) => Source::JobPipe((n - JOB_PIPES) as u64),
         _ => Source::Unknown,
     }
 }
@@ -93,6 +97,10 @@ pub fn stdin(id: u64) -> Token {
     Token(STDINS + id as usize)
 }
 
+pub fn job_pipe(id: u64) -> Token {
+    Token(JOB_PIPES + id as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +113,7 @@ mod tests {
             assert_eq!(source(weavelet(id)), Source::Weavelet(id));
             assert_eq!(source(http(id)), Source::Http(id));
             assert_eq!(source(stdin(id)), Source::Stdin(id));
+            assert_eq!(source(job_pipe(id)), Source::JobPipe(id));
         }
         assert_eq!(source(HTTP_LISTENER), Source::HttpListener);
         assert_eq!(source(Token(9)), Source::Unknown);

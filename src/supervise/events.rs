@@ -39,6 +39,9 @@ pub enum EventKind {
     /// Its stdin pipe was closed while it runs (`weaver send --close`,
     /// `attach --close-on-eof`, or it closed its own end).
     StdinClosed { reason: String },
+    /// A job of a run was not run: a job it needs did not pass, or the
+    /// run was cancelled first.
+    Skipped { reason: String },
 }
 
 impl EventKind {
@@ -59,6 +62,7 @@ impl EventKind {
             EventKind::Hook { .. } => "hook",
             EventKind::Warning { .. } => "warning",
             EventKind::StdinClosed { .. } => "stdin_closed",
+            EventKind::Skipped { .. } => "skipped",
         }
     }
 }

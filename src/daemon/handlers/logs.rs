@@ -15,6 +15,14 @@ fn logs(cx: &mut Ctx, client: u64, tag: u64, q: LogQuery) -> Result<(), ErrorRep
     let LogQuery { name, after, tail, stream, follow } = q;
     let stream = stream.map(Stream::from);
     let sup = &cx.procs.sup;
+    if sup.instance(&name).is_none() {
+        if let Some(r) = super::run::job_logs(cx, &name, after, tail, stream, follow) {
+            let resp = r.map(Response::Logs)?;
+            cx.reply(client, tag, resp);
+            return Ok(());
+        }
+    }
+    let sup = &cx.procs.sup;
     let inst = sup.instance(&name).ok_or_else(|| {
         let known: Vec<String> = sup.ps(cx.now).into_iter().map(|r| r.name).collect();
         not_found(format!("no process instance named {name:?}; instances: {}", known.join(", ")))

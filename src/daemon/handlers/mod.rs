@@ -13,6 +13,7 @@ pub mod logs;
 pub mod ping;
 pub mod ps;
 pub mod reload;
+pub mod run;
 pub mod shutdown;
 pub mod status;
 
@@ -25,6 +26,7 @@ use crate::daemon::compute::Compute;
 use crate::daemon::effect::{Effect, Effects};
 use crate::daemon::follow::Follow;
 use crate::daemon::procs::Procs;
+use crate::daemon::runner::Runner;
 use crate::daemon::weavelets::Hub;
 use crate::protocol::{ErrorKind, ErrorReply, Request, Response};
 use crate::runtime_dir::RuntimeDir;
@@ -46,6 +48,7 @@ pub struct Ctx<'a> {
     pub procs: &'a mut Procs,
     pub follow: &'a mut Follow,
     pub hub: &'a mut Hub,
+    pub runner: &'a mut Runner,
     pub info: &'a DaemonInfo,
     /// A graceful stop is under way.
     pub stopping: bool,
@@ -99,6 +102,10 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Paylo
         Request::Reload { dry_run } => reload::handle(cx, client, tag, dry_run),
         Request::Ping => ping::handle(cx, client, tag),
         Request::Config(req) => config::handle(cx, client, tag, req),
+        Request::Run(req) => run::start(cx, client, tag, req),
+        Request::RunCancel { id } => run::cancel(cx, client, tag, id),
+        Request::RunAttach { id } => run::attach(cx, client, tag, id),
+        Request::Runs => run::runs(cx, client, tag),
         Request::Health { name } => health::handle(cx, client, tag, name),
         Request::Send { name, close, timeout_ms, attached } => {
             let s = input::SendReq { name, close, timeout_ms, attached };
@@ -139,6 +146,7 @@ mod tests {
         procs: Procs,
         follow: Follow,
         hub: Hub,
+        runner: Runner,
         info: DaemonInfo,
         fx: Effects,
         _dir: tempfile::TempDir,
@@ -155,6 +163,7 @@ mod tests {
             procs: Procs::new(sup, None, None, dir.path()),
             follow: Follow::new(),
             hub: Hub::new(crate::weavelet::store::Store::in_memory()),
+            runner: Runner::new(),
             info: DaemonInfo { dir, log_file: None, started: Instant::now(), http: None },
             fx: Effects::new(),
             _dir: tmp,
@@ -169,6 +178,7 @@ mod tests {
                 procs: &mut self.procs,
                 follow: &mut self.follow,
                 hub: &mut self.hub,
+                runner: &mut self.runner,
                 info: &self.info,
                 stopping,
                 now: Instant::now(),

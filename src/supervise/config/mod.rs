@@ -74,6 +74,20 @@
 //! detached = true                 # forks away; tracked through its pid file
 //! pid_file = "/run/user/1000/legacyd.pid"
 //! detectors = { alive = { pid_file = "/run/user/1000/legacyd.pid", interval = "2s" } }
+//!
+//! [[job]]                         # one-shot, for `weaver run` (run/, daemon/runner.rs)
+//! name = "convert"                # unique among jobs and processes
+//! command = "python convert.py"   # argv, or a string with shell = true
+//! shell = true
+//! after = ["fetch"]               # jobs that must pass first
+//! allow_failure = false           # true: its failure skips and fails nothing
+//! timeout = "10m"                 # then stopped, and failed with code 124
+//! gpus = [0, 1]                   # CUDA_VISIBLE_DEVICES="0,1"
+//! stop_signal = "TERM"            # and stop_timeout, work_dir, env, output: as for processes
+//!
+//! [[job]]
+//! name = "fetch"
+//! command = ["./fetch-weights.sh"]
 //! ```
 //!
 //! Durations are strings of a number and a unit (`ms`, `s`, `m`, `h`), with
@@ -143,6 +157,20 @@ mod tests {
             ["db", "migrate", "worker.0", "worker.1", "worker.2", "worker.3", "legacy"]
         );
         assert_eq!(c.compute.workers, Some(4));
+        let jobs: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(jobs, ["convert", "fetch"]);
+    }
+
+    #[test]
+    fn the_readme_job_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let at = readme.find("## Jobs").expect("README has a Jobs section");
+        let start = at + readme[at..].find("```toml\n").expect("with an example") + 8;
+        let len = readme[start..].find("```").unwrap();
+        let c = parse(&readme[start..start + len], "README.md").unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["fetch", "convert", "smoke"]);
+        assert!(c.jobs[2].allow_failure);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Config {
     pub http: Option<HttpSpec>,
     /// In declaration order.
     pub processes: Vec<ProcessSpec>,
+    /// `[[job]]`s (`weaver run`), in declaration order.
+    pub jobs: Vec<crate::run::JobSpec>,
 }
 
 /// `[http]`: where the health, readiness and metrics endpoint listens.

@@ -22,6 +22,8 @@ use super::model::{
 use crate::supervise::duration::parse_duration;
 use crate::supervise::graph::{cycle_path, find_cycles};
 
+mod job;
+
 // ---------------------------------------------------------------- errors
 
 /// One problem in a configuration file.
@@ -153,7 +155,7 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
 
 // ---------------------------------------------------------------- the parser
 
-const TOP_KEYS: &[&str] = &["compute", "process", "http"];
+const TOP_KEYS: &[&str] = &["compute", "process", "http", "job"];
 const HTTP_KEYS: &[&str] = &["listen", "allow_remote", "header_timeout", "idle_timeout"];
 const RESTART_KEYS: &[&str] = &[
     "auto_restart",
@@ -586,6 +588,7 @@ impl<'a> Parser<'a> {
             declared.push(Declared { at, name_at, after_at, what: what.clone() });
         }
         self.cross_check(&config, &declared);
+        self.jobs(top, &mut config, &declared);
         config
     }
 
