@@ -544,3 +544,38 @@ fn reload_changes_what_the_next_run_runs_and_a_bad_file_changes_nothing() {
     let (code, v) = j.report(&[]);
     assert_eq!((code, states(&v)), (0, pairs(&[("new", "passed")])));
 }
+
+#[test]
+fn send_reaches_a_running_job_with_a_stdin_pipe_and_only_while_it_runs() {
+    let j = jobs(&format!(
+        r#"
+[[job]]
+name = "reader"
+command = "cat > {{dir}}/got"
+shell = true
+stdin = "pipe"
+
+[[job]]
+name = "plain"
+command = "{}"
+shell = true
+"#,
+        wait_file("open")
+    ));
+    let out: Value = serde_json::from_str(&j.env.ok(&["run", "--detach", "--json"])).unwrap();
+    let id = out["id"].as_u64().expect("an id").to_string();
+    let out = j.run(&["send", "plain", "--data", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job plain takes no input"), "{err}");
+    j.env.ok(&["send", "reader", "--data", "hello\n", "--close"]);
+    std::fs::write(j.file("open"), "").unwrap();
+    let (code, v) = j.report(&["--attach", &id]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(job(&v, "reader")["state"], "passed", "{v}");
+    assert_eq!(std::fs::read_to_string(j.file("got")).unwrap(), "hello\n");
+    let out = j.run(&["send", "reader", "--data", "late"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job reader is not running"), "{err}");
+}

@@ -81,6 +81,12 @@ pub enum Effect {
     Publish { instance: String, kind: EventKind },
     /// Begin the graceful stop.
     Stop { why: String },
+    /// A job started with `stdin = "pipe"`: the stdin room takes the write
+    /// end of its pipe (the runner and the stdin room are different rooms).
+    StdinOpened { instance: String, fd: OwnedFd },
+    /// A job with a stdin pipe ended: what waits for it fails, the pipe is
+    /// closed.
+    StdinGone { instance: String },
 }
 
 /// The effects of one step, applied in order.

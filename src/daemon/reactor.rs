@@ -484,6 +484,10 @@ impl Reactor {
             }
             Effect::Publish { instance, kind } => self.follow.publish(wall_ms(), &instance, kind),
             Effect::Stop { why } => self.begin_stop(&why),
+            Effect::StdinOpened { instance, fd } => {
+                self.procs.stdin.opened(&instance, fd, &mut self.fx)
+            }
+            Effect::StdinGone { instance } => self.procs.stdin.gone(&instance, &mut self.fx),
         }
     }
 

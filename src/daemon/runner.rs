@@ -32,6 +32,7 @@ use crate::daemon::token;
 use crate::protocol::{ErrorKind, ErrorReply, LogChunk, LogLine, Response};
 use crate::run::sched::{select, Slot};
 use crate::run::{JobResult, JobSpec, JobState, Options, RunMode, RunReport, RunReq, Schedule};
+use crate::supervise::config::StdinMode;
 use crate::supervise::events::EventKind;
 use crate::supervise::ring::{LineAssembler, Ring, Stream};
 use crate::supervise::rotate::Rotation;
@@ -172,6 +173,14 @@ impl Runner {
     /// No run is going (the daemon may exit).
     pub fn idle(&self) -> bool {
         self.active.is_empty()
+    }
+
+    /// Whether job `name` runs now, and if so whether it has a stdin pipe.
+    pub fn running_job(&self, name: &str) -> Option<bool> {
+        self.active.values().find_map(|run| {
+            let i = run.specs.iter().position(|s| s.name == name)?;
+            run.jobs[i].pid.map(|_| run.specs[i].stdin == StdinMode::Pipe)
+        })
     }
 
     pub fn owns(&self, pid: u32) -> bool {
@@ -452,6 +461,9 @@ impl Runner {
         let now = Instant::now();
         let exit = Exit::from_status(status);
         let name = run.specs[i].name.clone();
+        if run.specs[i].stdin == StdinMode::Pipe {
+            fx.push(Effect::StdinGone { instance: name.clone() });
+        }
         fx.push(Effect::Cancel(Timer::Job { run: id, job: i, kill: false }));
         fx.push(Effect::Cancel(Timer::Job { run: id, job: i, kill: true }));
         let j = &mut run.jobs[i];
@@ -564,9 +576,13 @@ impl Runner {
         let spec = &run.specs[i];
         let mut cmd = child_command(&spec.argv, &spec.env, spec.work_dir.as_deref(), false)?;
         cmd.env(JOB_ENV, &spec.name).env(RUN_ENV, id.to_string());
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let stdin = if spec.stdin == StdinMode::Pipe { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let pid = child.id();
+        if let Some(w) = child.stdin.take() {
+            fx.push(Effect::StdinOpened { instance: spec.name.clone(), fd: w.into() });
+        }
         let now = Instant::now();
         if let Some(g) = guard {
             g.watch(pid);

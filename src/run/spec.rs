@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::supervise::config::OutputSpec;
+use crate::supervise::config::{OutputSpec, StdinMode};
 
 /// A job of `weaver.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,8 @@ pub struct JobSpec {
     pub output: OutputSpec,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// `stdin = "pipe"`: `weaver send JOB` writes to it while it runs.
+    pub stdin: StdinMode,
 }
 
 impl JobSpec {
@@ -57,6 +59,7 @@ impl JobSpec {
             output: OutputSpec { ring_bytes: Self::DEFAULT_RING_BYTES, ..OutputSpec::default() },
             stop_signal: Self::DEFAULT_STOP_SIGNAL,
             stop_timeout: Self::DEFAULT_STOP_TIMEOUT,
+            stdin: StdinMode::Null,
         }
     }
 }

@@ -33,8 +33,11 @@ fn send_inner(
     payload: Vec<u8>,
 ) -> Result<(), ErrorReply> {
     cx.not_stopping()?;
-    let instance = one_instance(&cx.procs.sup, &s.name)?;
-    takes_input(&cx.procs.sup, &instance, "")?;
+    let by_job = !s.attached && job_takes_input(cx, &s.name)?;
+    let instance = if by_job { s.name.clone() } else { one_instance(&cx.procs.sup, &s.name)? };
+    if !by_job {
+        takes_input(&cx.procs.sup, &instance, "")?;
+    }
     let by = if s.attached { "weaver attach (end of input)" } else { "weaver send --close" };
     if s.attached {
         match cx.procs.stdin.writer(&instance) {
@@ -140,6 +143,28 @@ fn one_instance(sup: &Supervisor, name: &str) -> Result<String, ErrorReply> {
 }
 
 /// `instance` was started with a stdin pipe.
+/// Whether `name` is a declared `[[job]]` (not a process) that takes input
+/// now: true when it runs with a stdin pipe, an error when it is a job that
+/// does not, false when it is no job.
+fn job_takes_input(cx: &Ctx, name: &str) -> Result<bool, ErrorReply> {
+    let declared = cx.procs.sup.config().jobs.iter().any(|j| j.name == name);
+    if !declared {
+        return Ok(false);
+    }
+    let message = match cx.runner.running_job(name) {
+        Some(true) => return Ok(true),
+        Some(false) => format!(
+            "job {name} takes no input: its stdin is /dev/null. Add stdin = \"pipe\" to its \
+             [[job]] in weaver.toml and run `weaver reload`"
+        ),
+        None => format!(
+            "job {name} is not running: input is not kept for a later run; `weaver run \
+             {name}` first"
+        ),
+    };
+    Err(ErrorReply { kind: ErrorKind::BadRequest, message })
+}
+
 fn takes_input(sup: &Supervisor, instance: &str, hint: &str) -> Result<(), ErrorReply> {
     let pipe = sup.instance(instance).is_some_and(|i| i.spec().stdin == StdinMode::Pipe);
     if pipe {

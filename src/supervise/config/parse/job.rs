@@ -27,6 +27,7 @@ const JOB_KEYS: &[&str] = &[
     "output",
     "stop_signal",
     "stop_timeout",
+    "stdin",
 ];
 
 /// What runs a `shell = true` job: `/bin/sh -c script`.
@@ -147,6 +148,7 @@ impl Parser<'_> {
             stop_timeout: self
                 .duration(tbl, "stop_timeout")
                 .unwrap_or(JobSpec::DEFAULT_STOP_TIMEOUT),
+            stdin: self.stdin(tbl),
         };
         (spec, after_at, name_at)
     }
