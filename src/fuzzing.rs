@@ -397,3 +397,56 @@ pub fn weavelet_line(data: &[u8]) {
         }
     }
 }
+
+/// The NATS protocol parser (`fleet::proto::Parser`): fed whole, a byte at
+/// a time and in pieces derived from the input gives the same operations
+/// and ends the same way; it never holds more than one bounded line or
+/// one message within its limit; every operation re-encodes to bytes that
+/// parse to the same operation.
+pub fn nats_proto(data: &[u8]) {
+    use crate::fleet::proto::{Parser, ServerOp, MAX_CONTROL_LINE, MAX_PAYLOAD_CAP};
+
+    type Run = (Vec<ServerOp>, Option<String>);
+    fn run(data: &[u8], piece: impl Fn(usize) -> usize) -> Run {
+        let mut p = Parser::default();
+        let mut ops = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + piece(at).max(1)).min(data.len());
+            let mut chunk = &data[at..end];
+            while !chunk.is_empty() {
+                match p.feed(chunk) {
+                    Ok((used, op)) => {
+                        assert!(used > 0 && used <= chunk.len(), "used {used} of {}", chunk.len());
+                        chunk = &chunk[used..];
+                        ops.extend(op);
+                    }
+                    Err(e) => return (ops, Some(e.to_string())),
+                }
+                let bound = (MAX_CONTROL_LINE + 1).max(p.limit() + 2);
+                assert!(p.buffered() <= bound, "holds {} bytes", p.buffered());
+                assert!(p.limit() <= MAX_PAYLOAD_CAP + crate::fleet::proto::HEADER_SLACK);
+            }
+            at = end;
+        }
+        (ops, None)
+    }
+    let whole = run(data, |_| usize::MAX);
+    assert_eq!(run(data, |_| 1), whole, "a byte at a time");
+    let seed = data.first().copied().unwrap_or(1) as usize;
+    assert_eq!(run(data, |at| (at * 31 + seed) % 97 + 1), whole, "in pieces");
+    if let Some(e) = &whole.1 {
+        assert!(!e.is_empty(), "an error says what is wrong");
+    }
+    for op in &whole.0 {
+        let bytes = op.encode();
+        let mut p = Parser::new(MAX_PAYLOAD_CAP);
+        let again = p.feed_all(&bytes).unwrap_or_else(|e| panic!("{op:?} re-encoded: {e}"));
+        match (op, &again[..]) {
+            // INFO carries only what weaver reads: compare that.
+            (ServerOp::Info(a), [ServerOp::Info(b)]) => assert_eq!(a, b),
+            (_, [b]) => assert_eq!(op, b, "re-encoded"),
+            _ => panic!("{op:?} re-encoded to {again:?}"),
+        }
+    }
+}

@@ -155,6 +155,9 @@ impl Headers {
         let text = std::str::from_utf8(block).map_err(|_| bad("not UTF-8"))?;
         let body =
             text.strip_suffix("\r\n\r\n").ok_or_else(|| bad("not ended by an empty line"))?;
+        if body.split("\r\n").any(|l| l.contains(['\r', '\n'])) {
+            return Err(bad("a line break inside a line"));
+        }
         let mut lines = body.split("\r\n");
         let first = lines.next().unwrap_or_default();
         let rest = first.strip_prefix("NATS/1.0").ok_or_else(|| bad("no NATS/1.0 version line"))?;
@@ -165,7 +168,11 @@ impl Headers {
             if code.len() != 3 || !code.bytes().all(|c| c.is_ascii_digit()) {
                 return Err(bad("status is not a three-digit code"));
             }
-            h.status = Some(code.parse().map_err(|_| bad("status is not a number"))?);
+            let code: u16 = code.parse().map_err(|_| bad("status is not a number"))?;
+            if code < 100 {
+                return Err(bad("status is not a three-digit code"));
+            }
+            h.status = Some(code);
             h.description = desc.trim().to_string();
         }
         for line in lines {
