@@ -11,5 +11,7 @@
 //! | `kv.rs` | buckets as streams, compare-and-set puts, the ordered watcher |
 //! | `blocking.rs` | a blocking driver over `std::net::TcpStream` |
 
+pub mod blocking;
 pub mod client;
+pub mod kv;
 pub mod proto;
