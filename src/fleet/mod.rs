@@ -12,6 +12,8 @@
 //! | `blocking.rs` | a blocking driver over `std::net::TcpStream` |
 
 pub mod blocking;
+pub mod cache;
 pub mod client;
+pub mod config;
 pub mod kv;
 pub mod proto;
