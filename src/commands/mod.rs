@@ -9,10 +9,12 @@
 //! | [`procs`] | `ps`, `start`, `stop`, `restart`, `reload` |
 //! | [`follow`] | `logs`, `events` (streamed replies) |
 //! | [`config`] | `config get|set|unset|history|rollback|status|watch` |
+//! | [`fleet`] | `fleet init|status` |
 
 mod compute;
 mod config;
 mod daemon;
+mod fleet;
 mod follow;
 mod procs;
 
@@ -57,6 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => follow::logs(&ctx, args),
         Command::Events(args) => follow::events(&ctx, args),
         Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Fleet(cmd) => fleet::run(&ctx, cmd),
     }
 }
 

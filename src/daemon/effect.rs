@@ -41,6 +41,10 @@ pub enum Timer {
     WeaveletHello(u64),
     /// A `config set --wait` (by waiter id) has waited long enough.
     ConfigWait(u64),
+    /// The fleet link's next deadline (PINGs, reconnect, heartbeats).
+    Fleet,
+    /// A `config set --fleet --wait` (by waiter id) has waited long enough.
+    FleetWait(u64),
 }
 
 #[derive(Debug)]

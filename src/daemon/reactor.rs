@@ -21,6 +21,7 @@ use crate::daemon::compute::{Compute, Event};
 use crate::daemon::conn::{accept_all, Accepted, SCRATCH_READ};
 use crate::daemon::contain::Containment;
 use crate::daemon::effect::{Effect, Effects, Timer};
+use crate::daemon::fleet::Fleet;
 use crate::daemon::follow::Follow;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
 use crate::daemon::procs::{wall_ms, Procs};
@@ -70,6 +71,8 @@ pub struct Reactor {
     procs: Procs,
     follow: Follow,
     hub: Hub,
+    /// The fleet link, with `[fleet]` configured.
+    fleet: Option<Fleet>,
     info: DaemonInfo,
     /// A graceful stop is under way.
     stopping: bool,
@@ -111,6 +114,17 @@ impl Reactor {
         let procs = Procs::new(s.supervisor, s.config_path, s.guard, s.dir.path());
         let mut hub = Hub::new(s.store);
         hub.declare(&procs.sup);
+        let fleet = match s.fleet {
+            Some(cfg) => {
+                let mut f = Fleet::new(cfg, s.state_dir.clone(), Instant::now())
+                    .map_err(io::Error::other)?;
+                f.set_waker(std::sync::Arc::new(mio::Waker::new(reg, token::FLEET_RESOLVED)?));
+                hub.noting = true;
+                f.serve_cache(&mut hub);
+                Some(f)
+            }
+            None => None,
+        };
         if let Some(fd) = sockets.fd() {
             reg.register(&mut SourceFd(&fd), token::RUNTIME_DIR, Interest::READABLE)?;
         }
@@ -127,6 +141,7 @@ impl Reactor {
             procs,
             follow: Follow::new(),
             hub,
+            fleet,
             info: DaemonInfo { dir: s.dir, log_file: s.log_file, started: Instant::now() },
             stopping: false,
             accept_starved: None,
@@ -216,6 +231,17 @@ impl Reactor {
                 }
             }
             Source::Signals => self.on_signals(),
+            Source::Fleet => {
+                if let Some(f) = self.fleet.as_mut() {
+                    let scratch = &mut self.scratch[..SCRATCH_READ];
+                    f.ready(readable, writable, scratch, &mut self.hub, fx);
+                }
+            }
+            Source::FleetResolved => {
+                if let Some(f) = self.fleet.as_mut() {
+                    f.resolved(fx);
+                }
+            }
 
             Source::RuntimeDir => {
                 let changed = self.sockets.changed();
@@ -333,6 +359,7 @@ impl Reactor {
             procs: &mut self.procs,
             follow: &mut self.follow,
             hub: &mut self.hub,
+            fleet: self.fleet.as_mut(),
             info: &self.info,
             stopping: self.stopping,
             now: Instant::now(),
@@ -389,6 +416,9 @@ impl Reactor {
                 self.compute.forget_client(client, &mut self.fx);
                 self.follow.forget(client);
                 self.hub.forget_client(client, &mut self.fx);
+                if let Some(f) = self.fleet.as_mut() {
+                    f.forget_client(client, &mut self.fx);
+                }
                 drop(fd);
                 if queued >= TRIM_AFTER {
                     crate::sys::trim_heap();
@@ -438,6 +468,10 @@ impl Reactor {
         let clients = &self.clients;
         self.follow.pump(&self.procs.sup, |c| clients.backlog(c), &mut self.fx);
         self.hub.pump(|c| clients.backlog(c), &mut self.fx);
+        if let Some(f) = self.fleet.as_mut() {
+            f.notes(std::mem::take(&mut self.hub.notes));
+            f.pump(&mut self.hub, &mut self.fx);
+        }
         self.apply();
         let now = Instant::now();
         self.compute.flush(now, &mut self.fx);
@@ -465,6 +499,13 @@ impl Reactor {
                 Timer::AcceptRetry => self.accept_again(),
                 Timer::WeaveletHello(id) => self.hub.hello_overdue(id, fx),
                 Timer::ConfigWait(id) => self.hub.wait_overdue(id, fx),
+                // The end of this turn runs the fleet link's deadlines.
+                Timer::Fleet => {}
+                Timer::FleetWait(id) => {
+                    if let Some(f) = self.fleet.as_mut() {
+                        f.wait_overdue(id, fx);
+                    }
+                }
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 // The end of this turn joins the cgroup.
                 Timer::Join => {}

@@ -15,6 +15,10 @@ pub const COMPUTE_STDERR: Token = Token(5);
 pub const RUNTIME_DIR: Token = Token(6);
 /// The weavelet socket.
 pub const WEAVELET_LISTENER: Token = Token(7);
+/// The fleet link's NATS connection.
+pub const FLEET: Token = Token(8);
+/// The fleet link's name resolution finished (a `mio::Waker`).
+pub const FLEET_RESOLVED: Token = Token(9);
 
 /// Width of each dynamic range: ids within a range count up from 1.
 const RANGE: usize = 1 << 40;
@@ -38,6 +42,8 @@ pub enum Source {
     ComputeStderr,
     RuntimeDir,
     WeaveletListener,
+    Fleet,
+    FleetResolved,
     Client(u64),
     Weavelet(u64),
     Pipe(u64),
@@ -54,6 +60,8 @@ pub fn source(t: Token) -> Source {
         COMPUTE_STDERR => Source::ComputeStderr,
         RUNTIME_DIR => Source::RuntimeDir,
         WEAVELET_LISTENER => Source::WeaveletListener,
+        FLEET => Source::Fleet,
+        FLEET_RESOLVED => Source::FleetResolved,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
         Token(n) if (WEAVELETS..END).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
@@ -84,7 +92,7 @@ mod tests {
             assert_eq!(source(pipe(id)), Source::Pipe(id));
             assert_eq!(source(weavelet(id)), Source::Weavelet(id));
         }
-        assert_eq!(source(Token(8)), Source::Unknown);
+        assert_eq!(source(Token(10)), Source::Unknown);
         assert_eq!(source(WEAVELET_LISTENER), Source::WeaveletListener);
         assert_eq!(source(Token(END)), Source::Unknown);
         assert_eq!(source(COMPUTE_CONN), Source::ComputeConn);

@@ -6,6 +6,7 @@ pub mod compute;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod fleet;
 pub mod handshake;
 pub mod logs;
 pub mod ping;
@@ -20,6 +21,7 @@ use std::time::Instant;
 use crate::daemon::clients::Clients;
 use crate::daemon::compute::Compute;
 use crate::daemon::effect::{Effect, Effects};
+use crate::daemon::fleet::Fleet;
 use crate::daemon::follow::Follow;
 use crate::daemon::procs::Procs;
 use crate::daemon::weavelets::Hub;
@@ -41,6 +43,8 @@ pub struct Ctx<'a> {
     pub procs: &'a mut Procs,
     pub follow: &'a mut Follow,
     pub hub: &'a mut Hub,
+    /// The fleet link, with `[fleet]` configured.
+    pub fleet: Option<&'a mut Fleet>,
     pub info: &'a DaemonInfo,
     /// A graceful stop is under way.
     pub stopping: bool,
@@ -86,6 +90,7 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Vec<u
         Request::Reload { dry_run } => reload::handle(cx, client, tag, dry_run),
         Request::Ping => ping::handle(cx, client, tag),
         Request::Config(req) => config::handle(cx, client, tag, req),
+        Request::Fleet(req) => fleet::handle(cx, client, tag, req),
     }
 }
 
@@ -137,6 +142,7 @@ mod tests {
                 procs: &mut self.procs,
                 follow: &mut self.follow,
                 hub: &mut self.hub,
+                fleet: None,
                 info: &self.info,
                 stopping,
                 now: Instant::now(),

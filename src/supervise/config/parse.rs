@@ -153,7 +153,8 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
 
 // ---------------------------------------------------------------- the parser
 
-const TOP_KEYS: &[&str] = &["compute", "process"];
+/// `fleet` is read by `crate::fleet::config`.
+const TOP_KEYS: &[&str] = &["compute", "process", "fleet"];
 const RESTART_KEYS: &[&str] = &[
     "auto_restart",
     "restart_interval",
