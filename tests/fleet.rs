@@ -1,0 +1,240 @@
+//! The fleet end to end: several weaver daemons, each with its own runtime
+//! dir, state dir and `node`, stand in for hosts; one real `nats-server`
+//! with JetStream per test (random loopback port, killed by pid); real
+//! weavelets on each host's weavelet.sock.
+
+#[path = "util/nats.rs"]
+mod nats;
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use util::{wait_for, TestEnv};
+
+use nats::NatsServer;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A host: a daemon with a weaver.toml naming the server and `node`.
+fn host(url: &str, node: &str) -> TestEnv {
+    let env = TestEnv::new();
+    let cfg = env.tmp.path().join("weaver.toml");
+    let toml = format!(
+        r#"
+[[process]]
+name = "trainer"
+command = ["sleep", "3600"]
+[process.params]
+lr = 0.1
+optimizer = "sgd"
+
+[fleet]
+url = "{url}"
+node = "{node}"
+"#
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    env.env("WEAVER_CONFIG", cfg.to_str().unwrap())
+}
+
+/// A weavelet that applies every document it is sent, on its own thread;
+/// what it applied is kept.
+struct Weavelet {
+    applied: Arc<Mutex<Vec<Value>>>,
+    _sock: UnixStream,
+}
+
+impl Weavelet {
+    fn start(sock: &Path, name: &str) -> Weavelet {
+        let s = UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let hello = json!({"type": "hello", "protocol": 1, "target": "trainer", "name": name});
+        w.write_all(format!("{hello}\n").as_bytes()).unwrap();
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let keep = applied.clone();
+        let r = BufReader::new(s.try_clone().unwrap());
+        std::thread::spawn(move || {
+            for line in r.lines() {
+                let Ok(line) = line else { return };
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if v["type"] == "config" {
+                    let ack = json!({"type": "applied", "revision": v["revision"]});
+                    if w.write_all(format!("{ack}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    keep.lock().unwrap().push(v);
+                }
+            }
+        });
+        Weavelet { applied, _sock: s }
+    }
+
+    fn last(&self) -> Option<Value> {
+        self.applied.lock().unwrap().last().cloned()
+    }
+
+    fn count(&self) -> usize {
+        self.applied.lock().unwrap().len()
+    }
+}
+
+fn fleet_status(env: &TestEnv) -> Value {
+    serde_json::from_str(&env.ok(&["fleet", "status", "--json"])).unwrap()
+}
+
+fn synced(env: &TestEnv) -> bool {
+    fleet_status(env)["synced"] == json!(true)
+}
+
+fn lr_of(w: &Weavelet) -> Option<Value> {
+    w.last().map(|c| c["values"]["lr"].clone())
+}
+
+#[test]
+fn set_fleet_wait_reaches_weavelets_on_every_host() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let hosts: Vec<TestEnv> = (0..3).map(|i| host(&srv.url(), &format!("host{i}"))).collect();
+    let init = hosts[0].ok(&["fleet", "init", "--history", "8"]);
+    assert!(init.contains("bucket weaver_config ready"), "{init}");
+    for h in &hosts {
+        h.status();
+        assert!(wait_for(LIMIT, || synced(h)), "not synced: {}\n{}", fleet_status(h), h.log());
+    }
+    let ws: Vec<Weavelet> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Weavelet::start(&h.path("weavelet.sock"), &format!("rank{i}")))
+        .collect();
+    for w in &ws {
+        assert!(wait_for(LIMIT, || lr_of(w) == Some(json!(0.1))), "defaults first");
+    }
+
+    // Without --fleet or --local nobody changes the whole fleet by accident.
+    let out = hosts[1].run(&["config", "set", "trainer", "lr=5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--fleet") && err.contains("--local"), "{err}");
+
+    let out = hosts[1].ok(&[
+        "config",
+        "set",
+        "--fleet",
+        "trainer",
+        "lr=0.01",
+        "--wait",
+        "--timeout",
+        "20000",
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(report["timed_out"], json!(false), "{out}");
+    assert_eq!(report["applied"].as_array().unwrap().len(), 3, "{out}");
+    for w in &ws {
+        assert_eq!(
+            lr_of(w),
+            Some(json!(0.01)),
+            "every host applied it by the time --wait returned"
+        );
+    }
+
+    // A local overlay wins on its host only, and says so.
+    hosts[2].ok(&["config", "set", "--local", "trainer", "optimizer=adam"]);
+    assert!(wait_for(LIMIT, || ws[2].last().unwrap()["values"]["optimizer"] == json!("adam")));
+    let o: Value = serde_json::from_str(&hosts[2].ok(&[
+        "config",
+        "get",
+        "trainer",
+        "--show-origin",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(o["values"]["lr"], json!({"value": 0.01, "origin": "fleet"}), "{o}");
+    assert_eq!(o["values"]["optimizer"], json!({"value": "adam", "origin": "local"}), "{o}");
+    assert_eq!(ws[0].last().unwrap()["values"]["optimizer"], json!("sgd"));
+
+    // A write from a stale view loses nothing: the second fleet write
+    // builds on the first.
+    hosts[0].ok(&[
+        "config",
+        "set",
+        "--fleet",
+        "trainer",
+        "warmup=100",
+        "--wait",
+        "--timeout",
+        "20000",
+    ]);
+    for w in &ws {
+        let v = w.last().unwrap()["values"].clone();
+        assert_eq!((v["lr"].clone(), v["warmup"].clone()), (json!(0.01), json!(100)), "{v}");
+    }
+    // Nothing applied twice: each weavelet saw each document once.
+    for w in &ws {
+        let revs: Vec<u64> =
+            w.applied.lock().unwrap().iter().map(|c| c["revision"].as_u64().unwrap()).collect();
+        let mut dedup = revs.clone();
+        dedup.dedup();
+        assert_eq!(revs, dedup, "a revision applied twice");
+    }
+    let st = fleet_status(&hosts[0]);
+    assert_eq!(st["connected"], json!(true));
+    assert!(st["rtt_us"].as_u64().is_some(), "{st}");
+    assert_eq!(ws.iter().map(Weavelet::count).min().map(|n| n >= 3), Some(true));
+}
+
+#[test]
+fn unreachable_fleet_fails_at_once_with_69_and_the_cache_is_served() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut srv = NatsServer::start(tmp.path());
+    let h = host(&srv.url(), "solo");
+    h.ok(&["fleet", "init"]);
+    h.status();
+    assert!(wait_for(LIMIT, || synced(&h)), "{}", h.log());
+    h.ok(&["config", "set", "--fleet", "trainer", "lr=0.5"]);
+    assert!(wait_for(LIMIT, || {
+        let g: Value =
+            serde_json::from_str(&h.ok(&["config", "get", "trainer", "--json"])).unwrap();
+        g["values"]["lr"] == json!(0.5)
+    }));
+
+    // The server goes away; the daemon restarts during the outage.
+    srv.kill();
+    h.ok(&["shutdown"]);
+    h.status();
+    let g: Value = serde_json::from_str(&h.ok(&["config", "get", "trainer", "--json"])).unwrap();
+    assert_eq!(g["values"]["lr"], json!(0.5), "the cached fleet document is served: {g}");
+    let st = fleet_status(&h);
+    assert_eq!(
+        (st["connected"].clone(), st["synced"].clone()),
+        (json!(false), json!(false)),
+        "{st}"
+    );
+    assert!(wait_for(LIMIT, || fleet_status(&h)["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("refused"))));
+
+    let out = h.run(&["config", "set", "--fleet", "trainer", "lr=0.9"]);
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fleet unreachable; nothing written"), "{err}");
+    let out = h.run(&["fleet", "init"]);
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+
+    // Back: the link reconnects by itself and syncs again.
+    srv.restart();
+    assert!(wait_for(LIMIT, || synced(&h)), "{}", h.log());
+    h.ok(&["config", "set", "--fleet", "trainer", "lr=0.9"]);
+}
