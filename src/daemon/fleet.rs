@@ -42,6 +42,9 @@ use crate::protocol::{ConfigDoc, ErrorKind, ErrorReply, FleetReport, Response, W
 use crate::sys::Rng;
 use crate::weavelet::doc::{self, Doc};
 
+/// Each key of an effective document: its value as JSON text and origin.
+pub type OriginKeys = Vec<(String, String, String)>;
+
 /// JetStream requests wait this long for their reply.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// The watchers' idle heartbeat.
@@ -951,7 +954,7 @@ impl Fleet {
     }
 
     /// `config get --show-origin`.
-    pub fn origin(&self, hub: &Hub, target: &str) -> Option<(u64, Vec<(String, String, String)>)> {
+    pub fn origin(&self, hub: &Hub, target: &str) -> Option<(u64, OriginKeys)> {
         let (rev, _) = hub.store.current(target)?;
         let defaults = hub.store.at(target, 0).cloned().unwrap_or_default();
         let fleet = self.cache.targets.get(target).map(|f| &f.values);

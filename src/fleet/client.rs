@@ -605,19 +605,17 @@ impl Client {
                     self.opts.connect_timeout.as_millis()
                 ));
             }
-            Phase::Ready { url } => {
-                if self.next_ping.is_some_and(|t| t <= now) {
-                    if self.pings.len() as u32 >= self.opts.max_pings_out {
-                        self.fail(format!(
-                            "{} is stale: {} PINGs unanswered",
-                            self.opts.urls[url],
-                            self.pings.len()
-                        ));
-                    } else {
-                        proto::ping(&mut self.out);
-                        self.pings.push(now);
-                        self.next_ping = Some(now + self.opts.ping_interval);
-                    }
+            Phase::Ready { url } if self.next_ping.is_some_and(|t| t <= now) => {
+                if self.pings.len() as u32 >= self.opts.max_pings_out {
+                    self.fail(format!(
+                        "{} is stale: {} PINGs unanswered",
+                        self.opts.urls[url],
+                        self.pings.len()
+                    ));
+                } else {
+                    proto::ping(&mut self.out);
+                    self.pings.push(now);
+                    self.next_ping = Some(now + self.opts.ping_interval);
                 }
             }
             _ => {}
