@@ -83,6 +83,9 @@ struct Status {
     fleet_revision: u64,
     state: String,
     reason: Option<String>,
+    /// The config bucket's creation time the revision belongs to (a
+    /// re-created bucket counts revisions from 1 again).
+    epoch: Option<String>,
 }
 
 /// A `config set --fleet --wait`.
@@ -100,6 +103,8 @@ struct Local {
     key: String,
     target: String,
     fleet_revision: u64,
+    /// The last local (hub) revision it applied.
+    local_revision: u64,
 }
 
 pub struct Fleet {
@@ -693,6 +698,20 @@ impl Fleet {
             // this fleet revision.
             if let Some((rev, _)) = hub.store.current(target) {
                 self.remember(target, rev, fleet_rev);
+                // Weavelets that applied these values have applied this
+                // fleet revision too: say so.
+                let caught_up: Vec<Local> = self
+                    .locals
+                    .values_mut()
+                    .filter(|l| l.target == target && l.local_revision >= rev)
+                    .map(|l| {
+                        l.fleet_revision = fleet_rev;
+                        l.clone()
+                    })
+                    .collect();
+                for l in caught_up {
+                    self.queue_status(&l, true, "applied", None);
+                }
             }
             return;
         }
@@ -733,6 +752,7 @@ impl Fleet {
                     fleet_revision: v["fleet_revision"].as_u64().unwrap_or(0),
                     state: v["state"].as_str().unwrap_or_default().to_string(),
                     reason: v["reason"].as_str().map(str::to_string),
+                    epoch: v["epoch"].as_str().map(str::to_string),
                 };
                 self.statuses.insert(e.key, s);
             }
@@ -749,16 +769,18 @@ impl Fleet {
             let key = format!("{}.{}", self.cfg.node, status_key(n.instance.as_deref(), n.id));
             match n.event {
                 "connected" => {
-                    let l = Local { key, target: n.target, fleet_revision: 0 };
+                    let l = Local { key, target: n.target, fleet_revision: 0, local_revision: 0 };
                     self.queue_status(&l, true, "connected", None);
                     self.locals.insert(n.id, l);
                 }
                 "applied" | "rejected" => {
                     let Some(l) = self.locals.get(&n.id).cloned() else { continue };
-                    let f = self.fleet_rev(&l.target, n.revision.unwrap_or(0));
-                    let l = Local {
-                        fleet_revision: if n.event == "applied" { f } else { l.fleet_revision },
-                        ..l
+                    let rev = n.revision.unwrap_or(0);
+                    let f = self.fleet_rev(&l.target, rev);
+                    let l = if n.event == "applied" {
+                        Local { fleet_revision: f, local_revision: rev, ..l }
+                    } else {
+                        l
                     };
                     self.locals.insert(n.id, l.clone());
                     let mut shown = l.clone();
@@ -779,7 +801,7 @@ impl Fleet {
         let v = json!({
             "node": self.cfg.node, "target": l.target, "connected": connected,
             "fleet_revision": l.fleet_revision, "state": state, "reason": reason,
-            "time_ms": wall_ms(),
+            "epoch": self.config_w.created(), "time_ms": wall_ms(),
         });
         self.outbox.insert(l.key.clone(), v.to_string().into_bytes());
     }
@@ -829,9 +851,10 @@ impl Fleet {
             if !s.connected {
                 continue;
             }
-            if s.fleet_revision >= w.revision && s.state == "rejected" {
+            let current = s.epoch.as_deref() == self.config_w.created();
+            if current && s.fleet_revision >= w.revision && s.state == "rejected" {
                 r.rejected.push((key.clone(), s.reason.clone().unwrap_or_default()));
-            } else if s.fleet_revision >= w.revision && s.state == "applied" {
+            } else if current && s.fleet_revision >= w.revision && s.state == "applied" {
                 r.applied.push(key.clone());
             } else {
                 r.lagging.push(key.clone());
