@@ -238,3 +238,212 @@ fn unreachable_fleet_fails_at_once_with_69_and_the_cache_is_served() {
     assert!(wait_for(LIMIT, || synced(&h)), "{}", h.log());
     h.ok(&["config", "set", "--fleet", "trainer", "lr=0.9"]);
 }
+
+/// Two hosts with a weavelet each, synced and on the defaults.
+fn two_hosts(srv: &NatsServer) -> (Vec<TestEnv>, Vec<Weavelet>) {
+    let hosts: Vec<TestEnv> = (0..2).map(|i| host(&srv.url(), &format!("host{i}"))).collect();
+    hosts[0].ok(&["fleet", "init"]);
+    for h in &hosts {
+        h.status();
+        assert!(wait_for(LIMIT, || synced(h)), "{}", h.log());
+    }
+    let ws: Vec<Weavelet> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Weavelet::start(&h.path("weavelet.sock"), &format!("rank{i}")))
+        .collect();
+    for w in &ws {
+        assert!(wait_for(LIMIT, || lr_of(w) == Some(json!(0.1))));
+    }
+    (hosts, ws)
+}
+
+/// Every weavelet ends on `lr`, and none applied a revision twice.
+fn converged(ws: &[Weavelet], lr: Value) {
+    for w in ws {
+        assert!(wait_for(LIMIT, || lr_of(w) == Some(lr.clone())), "stuck at {:?}", lr_of(w));
+        let revs: Vec<u64> =
+            w.applied.lock().unwrap().iter().map(|c| c["revision"].as_u64().unwrap()).collect();
+        let mut dedup = revs.clone();
+        dedup.dedup();
+        assert_eq!(revs, dedup, "a revision applied twice");
+    }
+}
+
+fn set_wait(h: &TestEnv, kv: &str) {
+    h.ok(&["config", "set", "--fleet", "trainer", kv, "--wait", "--timeout", "30000"]);
+}
+
+/// Consumers the server holds on the config bucket's stream.
+fn consumers(srv: &NatsServer) -> Vec<String> {
+    use weaver::fleet::{blocking::Session, client, kv};
+    let o = client::Options::new(vec![client::Url::parse(&srv.url()).unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut s = Session::connect(o, deadline).unwrap();
+    let r = s
+        .request("$JS.API.CONSUMER.NAMES.KV_weaver_config", None, b"", Duration::from_secs(5))
+        .unwrap();
+    let v = kv::api_response(&r.payload).unwrap();
+    let mut names: Vec<String> = v["consumers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn outage_kill_restart_and_writes_while_a_host_reconnects() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+    set_wait(&hosts[0], "lr=0.2");
+    converged(&ws, json!(0.2));
+
+    // SIGKILL and restart on the same store: a write as soon as one host
+    // is back reaches the other once it reconnects.
+    srv.kill();
+    for h in &hosts {
+        assert!(wait_for(LIMIT, || fleet_status(h)["connected"] == json!(false)));
+    }
+    srv.restart();
+    assert!(wait_for(LIMIT, || synced(&hosts[1])), "{}", hosts[1].log());
+    hosts[1].ok(&["config", "set", "--fleet", "trainer", "lr=0.3"]);
+    converged(&ws, json!(0.3));
+    set_wait(&hosts[0], "lr=0.4");
+    converged(&ws, json!(0.4));
+
+    // A reconnect storm: the server holds one consumer per node after it.
+    for _ in 0..4 {
+        srv.kill();
+        srv.restart();
+    }
+    for h in &hosts {
+        assert!(wait_for(LIMIT, || synced(h)), "{}", h.log());
+    }
+    set_wait(&hosts[1], "lr=0.5");
+    converged(&ws, json!(0.5));
+    assert_eq!(consumers(&srv), ["weaver_host0", "weaver_host1"]);
+}
+
+#[test]
+fn outage_silent_partition_found_by_ping() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+
+    // SIGSTOP: no FIN, no RST; only unanswered PINGs tell. The outage
+    // lasts 15 s (the scenario), during which both hosts notice it.
+    srv.stop();
+    let stopped = std::time::Instant::now();
+    for h in &hosts {
+        assert!(
+            wait_for(LIMIT, || fleet_status(h)["connected"] == json!(false)),
+            "a stopped server is found by PING"
+        );
+        let st = fleet_status(h);
+        let e = st["last_error"].as_str().unwrap_or_default().to_string();
+        assert!(e.contains("stale") || e.contains("did not answer"), "{st}");
+        // Meanwhile a write fails at once, nothing queued.
+        let out = h.run(&["config", "set", "--fleet", "trainer", "lr=7"]);
+        assert_eq!(out.status.code(), Some(69), "{out:?}");
+    }
+    let rest = Duration::from_secs(15).saturating_sub(stopped.elapsed());
+    std::thread::sleep(rest);
+    srv.cont();
+    for h in &hosts {
+        assert!(wait_for(LIMIT, || synced(h)), "{}", h.log());
+    }
+    set_wait(&hosts[0], "lr=0.6");
+    converged(&ws, json!(0.6));
+    assert!(hosts[0].log().contains("stale"), "the log says why the link dropped");
+}
+
+#[test]
+fn outage_bucket_deleted_and_initialised_again() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+    set_wait(&hosts[0], "lr=0.2");
+    set_wait(&hosts[0], "lr=0.3");
+    converged(&ws, json!(0.3));
+    {
+        use weaver::fleet::{blocking::Session, client, kv};
+        let o = client::Options::new(vec![client::Url::parse(&srv.url()).unwrap()]);
+        let mut s = Session::connect(o, std::time::Instant::now() + LIMIT).unwrap();
+        let r = s
+            .request("$JS.API.STREAM.DELETE.KV_weaver_config", None, b"", Duration::from_secs(5))
+            .unwrap();
+        kv::api_response(&r.payload).unwrap();
+    }
+    hosts[1].ok(&["fleet", "init"]);
+    // The new bucket counts from 1 again: its first revision must reach
+    // everyone, and --wait must not take the old bucket's acks for it.
+    // Each host notices (missed heartbeats: its consumer went with the
+    // stream) and starts over from the new, empty bucket.
+    for h in &hosts {
+        assert!(
+            wait_for(LIMIT, || {
+                let st = fleet_status(h);
+                st["synced"] == json!(true) && st["revision"] == json!(0)
+            }),
+            "{}",
+            h.log()
+        );
+    }
+    set_wait(&hosts[1], "lr=0.9");
+    converged(&ws, json!(0.9));
+    for h in &hosts {
+        assert_eq!(fleet_status(h)["revision"], json!(1));
+    }
+    assert!(hosts[0].log().contains("resynchronising"), "{}", hosts[0].log());
+}
+
+#[test]
+fn bad_credentials_and_bad_urls_are_clear_in_status_and_log() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start_with(tmp.path(), &["--auth", "right-token"]);
+    let h = host(&srv.url(), "creds");
+    let tok = h.tmp.path().join("nats.token");
+    std::fs::write(&tok, "wrong-token\n").unwrap();
+    // A secret readable by others is refused before anything starts.
+    std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let cfg = h.tmp.path().join("weaver.toml");
+    let toml =
+        std::fs::read_to_string(&cfg).unwrap() + &format!("token_file = \"{}\"\n", tok.display());
+    std::fs::write(&cfg, toml).unwrap();
+    let out = h.run(&["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+
+    std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    h.status();
+    assert!(wait_for(LIMIT, || fleet_status(&h)["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("Authorization Violation"))));
+    assert!(wait_for(LIMIT, || h.log().contains("Authorization Violation")));
+    let text = h.ok(&["fleet", "status"]);
+    assert!(text.contains("down since") && text.contains("Authorization Violation"), "{text}");
+
+    // A host name that does not resolve, resolved off the loop.
+    let bad = host("nats://no-such-host.invalid:4222", "lost");
+    bad.status();
+    assert!(wait_for(LIMIT, || fleet_status(&bad)["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("cannot resolve no-such-host.invalid"))));
+    // The daemon keeps serving everyone else.
+    bad.ok(&["config", "get", "trainer"]);
+}

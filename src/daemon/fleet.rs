@@ -138,6 +138,8 @@ pub struct Fleet {
     since_ms: u64,
     rtt: Option<Duration>,
     server: Option<String>,
+    /// The last connection failure logged.
+    logged: Option<String>,
     next_msg: u64,
     rng: Rng,
 }
@@ -193,6 +195,7 @@ impl Fleet {
             since_ms: wall_ms(),
             rtt: None,
             server: None,
+            logged: None,
             next_msg: 1,
             rng,
         })
@@ -297,7 +300,10 @@ impl Fleet {
     fn drop_events(&mut self, ev: Vec<Event>) {
         for e in ev {
             if let Event::Disconnected { why } = e {
-                warn!("fleet: {why}; retrying");
+                if self.logged.as_deref() != Some(why.as_str()) {
+                    warn!("fleet: cannot connect: {why}; retrying with backoff");
+                }
+                self.logged = Some(why);
             }
         }
     }
@@ -482,7 +488,12 @@ impl Fleet {
                 if self.server.is_some() {
                     warn!("fleet: connection lost: {why}; serving the cached configuration");
                     self.since_ms = wall_ms();
+                } else if self.logged.as_deref() != Some(why.as_str()) {
+                    // A failing attempt is logged when its reason changes,
+                    // not at every retry.
+                    warn!("fleet: cannot connect: {why}; retrying with backoff");
                 }
+                self.logged = Some(why.clone());
                 self.server = None;
                 self.close_socket(fx);
                 self.config_w.stopped();
@@ -520,15 +531,21 @@ impl Fleet {
                 self.watch(w, a, hub, fx);
             }
             Pending::Put { client, tag, target, values, changed, wait } => {
+                let mut resync = false;
                 let reply = match r {
                     Err(why) => Err(unreachable(&why)),
                     Ok(body) => match kv::pub_ack(body) {
                         Ok(ack) => Ok(ack.seq),
-                        Err(e) if e.err_code == kv::err::WRONG_LAST_SEQUENCE => Err(bad(format!(
-                            "the fleet document of {target} changed meanwhile ({}); nothing \
+                        Err(e) if e.err_code == kv::err::WRONG_LAST_SEQUENCE => {
+                            // This host's view may be stale (a re-created
+                            // bucket): watch again from the stream's state.
+                            resync = true;
+                            Err(bad(format!(
+                                "the fleet document of {target} changed meanwhile ({}); nothing \
                              written: run the command again",
-                            e.description
-                        ))),
+                                e.description
+                            )))
+                        }
                         Err(e) if e.err_code == kv::err::STREAM_NOT_FOUND || e.code == 503 => {
                             Err(bad(format!(
                                 "bucket {} does not exist: run weaver fleet init",
@@ -538,6 +555,10 @@ impl Fleet {
                         Err(e) => Err(bad(format!("the fleet refused the write: {e}"))),
                     },
                 };
+                if resync && self.client.is_ready() {
+                    let a = self.config_w.start(now);
+                    self.watch(Which::Config, a, hub, fx);
+                }
                 match reply {
                     Err(e) => fx.push(Effect::Reply {
                         client,
