@@ -51,6 +51,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Local revisions remembered per target for mapping acks back.
 const REVS_KEPT: usize = 128;
+/// Fleet revisions and the cache are written at most this often.
+const SAVE_EVERY: Duration = Duration::from_millis(500);
 /// Bytes queued for the socket before publishing stops.
 const MAX_UNSENT: usize = 8 << 20;
 
@@ -140,6 +142,10 @@ pub struct Fleet {
     server: Option<String>,
     /// The last connection failure logged.
     logged: Option<String>,
+    /// The cache changed since it was written.
+    cache_dirty: bool,
+    /// When what waits to be written is written.
+    save_due: Option<Instant>,
     next_msg: u64,
     rng: Rng,
 }
@@ -196,6 +202,8 @@ impl Fleet {
             rtt: None,
             server: None,
             logged: None,
+            cache_dirty: false,
+            save_due: None,
             next_msg: 1,
             rng,
         })
@@ -400,10 +408,16 @@ impl Fleet {
             self.flush_outbox();
         }
         self.write(hub, fx);
+        self.arm(now, fx);
+    }
+
+    /// Arm the room's one timer at its nearest deadline.
+    fn arm(&self, now: Instant, fx: &mut Effects) {
         let next = [
             self.client.next_deadline(),
             self.config_w.next_deadline(),
             self.status_w.next_deadline(),
+            self.save_due,
         ]
         .into_iter()
         .flatten()
@@ -475,8 +489,10 @@ impl Fleet {
                 self.server = Some(url.to_string());
                 let a = self.config_w.start(now);
                 self.watch(Which::Config, a, hub, fx);
-                let a = self.status_w.start(now);
-                self.watch(Which::Status, a, hub, fx);
+                if !self.waits.is_empty() {
+                    let a = self.status_w.start(now);
+                    self.watch(Which::Status, a, hub, fx);
+                }
                 // Every local weavelet's latest state goes out again.
                 let locals: Vec<Local> = self.locals.values().cloned().collect();
                 for l in locals {
@@ -593,6 +609,13 @@ impl Fleet {
                             self.waits
                                 .insert(wid, FleetWait { client, tag, target, revision: seq });
                             fx.push(Effect::Arm { at: now + t, timer: Timer::FleetWait(wid) });
+                            // The status bucket is watched while someone
+                            // waits on it (every ack of every host would
+                            // otherwise reach every host all the time).
+                            if !self.status_w.is_live() && !self.status_w.is_starting() {
+                                let a = self.status_w.start(now);
+                                self.watch(Which::Status, a, hub, fx);
+                            }
                             self.check_waits(fx);
                         }
                     }
@@ -675,13 +698,48 @@ impl Fleet {
         }
     }
 
+    /// The cache is written after the turn's writes (`after_flush`).
     fn save(&mut self) {
-        if let Err(e) = self.cache.save(&self.state_dir, wall_ms()) {
+        self.cache_dirty = true;
+    }
+
+    /// After the turn's writes went out: the cache and the hub's fleet
+    /// revisions go to disk off the delivery path, at most every
+    /// [`SAVE_EVERY`] (a burst of revisions is one write).
+    pub fn after_flush(&mut self, hub: &mut Hub, fx: &mut Effects) {
+        if !self.cache_dirty && !hub.store.has_pending() {
+            return;
+        }
+        let now = Instant::now();
+        match self.save_due {
+            Some(t) if t <= now => self.save_all(hub),
+            Some(_) => {}
+            None => {
+                self.save_due = Some(now + SAVE_EVERY);
+                self.arm(now, fx);
+            }
+        }
+    }
+
+    /// Write what waits to be written (also when the daemon stops).
+    pub fn save_all(&mut self, hub: &mut Hub) {
+        self.save_due = None;
+        if std::mem::take(&mut self.cache_dirty) {
+            self.save_with(false);
+        }
+        for e in hub.store.save_pending() {
+            warn!("fleet: {e}");
+        }
+    }
+
+    fn save_with(&mut self, durable: bool) {
+        if let Err(e) = self.cache.save(&self.state_dir, wall_ms(), durable) {
             warn!("fleet: cannot save the cache in {}: {e}", self.state_dir.display());
         }
     }
 
     fn config_entry(&mut self, e: kv::Entry, hub: &mut Hub) {
+        debug!("fleet: {} is at fleet revision {}", e.key, e.revision);
         let values = match e.value {
             None => None,
             Some(bytes) => match serde_json::from_slice::<Doc>(&bytes) {
@@ -736,7 +794,10 @@ impl Fleet {
             }
             return;
         }
-        match hub.commit(target, doc, note.to_string()) {
+        // Fleet revisions live in the bucket: no fsync on the way to the
+        // weavelets. The host's own overlay changes are made durable.
+        let durable = note == "local";
+        match hub.commit_with(target, doc, note.to_string(), durable) {
             Ok(d) => {
                 self.remember(target, d.revision, fleet_rev);
                 hub.announce(&d);
@@ -881,7 +942,8 @@ impl Fleet {
                 r.lagging.push(key.clone());
             }
         }
-        (r.lagging.is_empty() || !r.rejected.is_empty(), r)
+        let known = self.status_w.synced;
+        (known && (r.lagging.is_empty() || !r.rejected.is_empty()), r)
     }
 
     fn finish_wait(&mut self, id: u64, timed_out: bool, fx: &mut Effects) {
@@ -898,6 +960,26 @@ impl Fleet {
             resp: Response::ConfigWaited(r),
             payload: Vec::new(),
         });
+        self.status_idle();
+    }
+
+    /// Nobody waits: stop watching the status bucket (its consumer goes
+    /// after its inactivity threshold); the next waiter starts from a
+    /// fresh snapshot.
+    fn status_idle(&mut self) {
+        if !self.waits.is_empty() {
+            return;
+        }
+        self.status_w.stopped();
+        self.status_w.resume_from(0, None);
+        let sids: Vec<u64> =
+            self.sids.iter().filter(|(_, w)| **w == Which::Status).map(|(s, _)| *s).collect();
+        for sid in sids {
+            self.sids.remove(&sid);
+            self.client.unsubscribe(sid);
+        }
+        self.requests.retain(|_, p| !matches!(p, Pending::Watch(Which::Status, _)));
+        self.statuses.clear();
     }
 
     pub fn wait_overdue(&mut self, id: u64, fx: &mut Effects) {
@@ -911,6 +993,7 @@ impl Fleet {
             self.waits.remove(&id);
             fx.push(Effect::Cancel(Timer::FleetWait(id)));
         }
+        self.status_idle();
     }
 
     // ---- requests -------------------------------------------------------------
@@ -975,7 +1058,7 @@ impl Fleet {
         } else {
             self.cache.overlay.insert(target.to_string(), values);
         }
-        self.save();
+        self.save_with(true);
         let before = hub.store.current(target).map(|c| c.0);
         self.recompute(hub, target, "local");
         let (rev, values) =

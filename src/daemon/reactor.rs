@@ -481,6 +481,10 @@ impl Reactor {
         // Closing clients may have queued cancellations for compute.
         self.compute.flush(now, &mut self.fx);
         self.apply();
+        if let Some(f) = self.fleet.as_mut() {
+            f.after_flush(&mut self.hub, &mut self.fx);
+            self.apply();
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -617,6 +621,9 @@ impl Reactor {
             fx,
         );
         self.compute.fail_queued(ErrorKind::ShuttingDown, "weaver stopped", fx);
+        if let Some(f) = self.fleet.as_mut() {
+            f.save_all(&mut self.hub);
+        }
         self.apply();
         self.clients.flush_all();
         info!("stopped");

@@ -615,8 +615,19 @@ impl Hub {
     /// Commit `values` as `target`'s next revision and send it to every
     /// weavelet of the target (coalesced for those that are behind).
     pub fn commit(&mut self, target: &str, values: Doc, note: String) -> Result<ConfigDoc, String> {
+        self.commit_with(target, values, note, true)
+    }
+
+    /// `commit`, durable on disk or not (see `Store::commit_with`).
+    pub fn commit_with(
+        &mut self,
+        target: &str,
+        values: Doc,
+        note: String,
+        durable: bool,
+    ) -> Result<ConfigDoc, String> {
         codec::check_fits(target, &values)?;
-        let r = self.store.commit(target, values, note, wall_ms())?;
+        let r = self.store.commit_with(target, values, note, wall_ms(), durable)?;
         let doc = config_doc(target, r);
         info!("{target}: revision {} ({}): {}", doc.revision, doc.note, doc.changed.join(", "));
         let (rev, values) = self.store.current(target).expect("just committed");

@@ -109,8 +109,11 @@ impl Cache {
         }
     }
 
-    /// Write atomically and durably (temporary file, fsync, rename).
-    pub fn save(&mut self, state_dir: &Path, now_ms: u64) -> io::Result<()> {
+    /// Write atomically (temporary file, rename); `durable` also waits
+    /// for the disk. Fleet documents need not: the bucket is their source
+    /// of truth, and a lost write only makes the next start serve an
+    /// older cache until it resyncs. The overlay (this host's own) does.
+    pub fn save(&mut self, state_dir: &Path, now_ms: u64, durable: bool) -> io::Result<()> {
         self.saved_ms = now_ms;
         fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
         let path = Self::path(state_dir);
@@ -123,10 +126,15 @@ impl Cache {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         drop(f);
         fs::rename(&tmp, &path)?;
-        fs::File::open(state_dir)?.sync_all()
+        if durable {
+            fs::File::open(state_dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// A key of the bucket changed (`None`: deleted).
@@ -180,7 +188,7 @@ mod tests {
         c.apply("trainer", 7, Some(doc(json!({"lr": 1}))));
         c.overlay.insert("trainer".into(), doc(json!({"gpu": 0})));
         c.created = Some("t0".into());
-        c.save(dir.path(), 42).unwrap();
+        c.save(dir.path(), 42, true).unwrap();
         let (back, _) = Cache::load(dir.path(), "b");
         assert_eq!(back, c);
         let (other, _) = Cache::load(dir.path(), "other");

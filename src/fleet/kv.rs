@@ -431,6 +431,11 @@ impl Watcher {
         self.state == State::Live
     }
 
+    /// A request of the start is out.
+    pub fn is_starting(&self) -> bool {
+        matches!(self.state, State::Waiting(_))
+    }
+
     /// The connection is (again) ready: begin with the stream's info.
     pub fn start(&mut self, now: Instant) -> Vec<Watch> {
         self.last_activity = now;
