@@ -225,6 +225,10 @@ pub enum ConfigCmd {
         target: String,
         #[arg(long)]
         json: bool,
+        /// The fleet document's revisions (the bucket's history), read
+        /// from NATS.
+        #[arg(long)]
+        fleet: bool,
     },
     /// A new revision with the document of an old one (0: the defaults).
     Rollback {
@@ -233,6 +237,10 @@ pub enum ConfigCmd {
         to: u64,
         #[command(flatten)]
         wait: WaitArgs,
+        /// Roll the fleet document back to fleet revision REV (a new fleet
+        /// revision with its values).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Every weavelet: instance or name, pid, applied revision, lag, step,
     /// last rejection, connected or not.
@@ -240,6 +248,9 @@ pub enum ConfigCmd {
         target: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Every host's weavelets, from the fleet's status bucket.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Revisions and acknowledgements as they happen (JSON lines with --json).
     Watch {

@@ -447,3 +447,56 @@ fn bad_credentials_and_bad_urls_are_clear_in_status_and_log() {
     // The daemon keeps serving everyone else.
     bad.ok(&["config", "get", "trainer"]);
 }
+
+#[test]
+fn fleet_history_rollback_and_status() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+    set_wait(&hosts[0], "lr=0.2");
+    hosts[0].ok(&["config", "set", "--fleet", "trainer", "warmup=10", "--wait"]);
+    converged(&ws, json!(0.2));
+    let h = hosts[1].ok(&["config", "history", "--fleet", "trainer", "--json"]);
+    let revs: Vec<Value> = h.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(revs.len(), 2, "{h}");
+    assert_eq!(revs[0]["values"], json!({"lr": 0.2}));
+    assert_eq!(revs[1]["values"], json!({"lr": 0.2, "warmup": 10}));
+    let first = revs[0]["revision"].as_u64().unwrap().to_string();
+
+    // Back to the first fleet revision: a new revision with its values,
+    // reaching every host.
+    hosts[1].ok(&[
+        "config",
+        "rollback",
+        "--fleet",
+        "trainer",
+        "--to",
+        &first,
+        "--wait",
+        "--timeout",
+        "20000",
+    ]);
+    for w in &ws {
+        assert!(wait_for(LIMIT, || w.last().unwrap()["values"].get("warmup").is_none()));
+    }
+    let h = hosts[0].ok(&["config", "history", "--fleet", "trainer", "--json"]);
+    assert_eq!(h.lines().count(), 3, "{h}");
+    let out = hosts[0].run(&["config", "rollback", "--fleet", "trainer", "--to", "999"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no fleet revision 999"), "{out:?}");
+
+    // Every host's weavelets, as the status bucket has them.
+    let st = hosts[0].ok(&["config", "status", "--fleet", "trainer", "--json"]);
+    let rows: Vec<Value> = st.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let nodes: Vec<&str> = rows.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    assert_eq!(
+        nodes,
+        ["host0", "host1"],
+        "{st}\nall:\n{}\nlog:\n{}",
+        hosts[0].ok(&["config", "status", "--fleet"]),
+        hosts[0].log()
+    );
+    assert!(rows.iter().all(|r| r["state"] == "applied" && r["connected"] == json!(true)), "{st}");
+}

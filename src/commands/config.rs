@@ -54,16 +54,27 @@ pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
             let req = |w| ConfigReq::Set { target, set: Vec::new(), unset: keys, wait: w };
             commit(ctx, &wait, |w| Request::Config(req(w)))
         }
-        ConfigCmd::Rollback { target, to, wait } => {
+        ConfigCmd::Rollback { target, to, wait, fleet: true } => {
+            let (set, unset) = render_fleet::rollback_changes(ctx, &target, to)?;
+            let req = |w| FleetReq::Set { target, set, unset, wait: w, local: false };
+            commit(ctx, &wait, |w| Request::Fleet(req(w)))
+        }
+        ConfigCmd::History { target, json, fleet: true } => {
+            print(&render_fleet::history(ctx, &target, json)?)
+        }
+        ConfigCmd::Status { target, json, fleet: true } => {
+            print(&render_fleet::statuses(ctx, target.as_deref(), json)?)
+        }
+        ConfigCmd::Rollback { target, to, wait, fleet: false } => {
             commit(ctx, &wait, |w| Request::Config(ConfigReq::Rollback { target, to, wait: w }))
         }
-        ConfigCmd::History { target, json } => {
+        ConfigCmd::History { target, json, fleet: false } => {
             let (mut c, _) = ctx.connect()?;
             let r = c.call(Request::Config(ConfigReq::History { target }), &[])?;
             let Response::ConfigHistory(h) = r.resp else { return Err(unexpected(&r.resp)) };
             print(&render::config_history(&h, json))
         }
-        ConfigCmd::Status { target, json } => {
+        ConfigCmd::Status { target, json, fleet: false } => {
             let (mut c, _) = ctx.connect()?;
             let r = c.call(Request::Config(ConfigReq::Status { target }), &[])?;
             let Response::ConfigStatus(rows) = r.resp else { return Err(unexpected(&r.resp)) };

@@ -44,6 +44,7 @@ pub mod err {
     pub const STREAM_NOT_FOUND: u64 = 10059;
     pub const CONSUMER_NOT_FOUND: u64 = 10014;
     pub const WRONG_LAST_SEQUENCE: u64 = 10071;
+    pub const NO_MESSAGE_FOUND: u64 = 10037;
 }
 
 /// A JetStream API reply: its JSON, or its error.
@@ -178,7 +179,17 @@ impl Bucket {
         Ok((subject, h))
     }
 
-    /// `DIRECT.GET` of a key's last value: `(subject, body)`.
+    /// `STREAM.MSG.GET` of the message at `seq`, or (with `key`) of the
+    /// key's first message at or after `seq`: `(subject, body)`.
+    pub fn msg_get(&self, seq: u64, key: Option<&str>) -> Result<(String, Vec<u8>), String> {
+        let body = match key {
+            Some(k) => json!({ "seq": seq, "next_by_subj": self.key_subject(k)? }),
+            None => json!({ "seq": seq }),
+        };
+        Ok((self.api(&format!("STREAM.MSG.GET.{}", self.stream())), body.to_string().into_bytes()))
+    }
+
+    /// `STREAM.MSG.GET` of a key's last value: `(subject, body)`.
     pub fn get_last(&self, key: &str) -> Result<(String, Vec<u8>), String> {
         let subject = self.key_subject(key)?;
         let body = json!({ "last_by_subj": subject }).to_string().into_bytes();
@@ -232,7 +243,33 @@ pub fn stream_info(payload: &[u8]) -> Result<StreamInfo, ApiError> {
     })
 }
 
-/// A `STREAM.MSG.GET` reply: the stored message's sequence and data.
+/// A message stored in a stream, as `STREAM.MSG.GET` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub subject: String,
+    pub data: Vec<u8>,
+    /// `KV-Operation` (`DEL`, `PURGE`), if any.
+    pub op: Option<String>,
+    pub time: String,
+}
+
+/// A `STREAM.MSG.GET` reply.
+pub fn stored(payload: &[u8]) -> Result<Stored, ApiError> {
+    let v = api_response(payload)?;
+    let (seq, data, op) = stored_msg(payload)?;
+    let m = &v["message"];
+    Ok(Stored {
+        seq,
+        subject: m["subject"].as_str().unwrap_or_default().to_string(),
+        data,
+        op,
+        time: m["time"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// A `STREAM.MSG.GET` reply: the stored message's sequence, data and
+/// `KV-Operation`.
 pub fn stored_msg(payload: &[u8]) -> Result<(u64, Vec<u8>, Option<String>), ApiError> {
     let v = api_response(payload)?;
     let m = &v["message"];
@@ -380,7 +417,13 @@ pub struct Watcher {
     last_activity: Instant,
     /// Times the consumer was (re)created.
     pub restarts: u64,
+    /// Messages pushed before the consumer's create reply came (the
+    /// server starts delivering at once), replayed once it has.
+    early: Vec<Msg>,
 }
+
+/// Messages held while the create reply is awaited.
+const MAX_EARLY: usize = 4096;
 
 /// Consumer names: the node's name with anything but `[A-Za-z0-9_-]`
 /// replaced by `_`.
@@ -413,6 +456,7 @@ impl Watcher {
             heartbeat,
             last_activity: now,
             restarts: 0,
+            early: Vec::new(),
         }
     }
 
@@ -438,6 +482,7 @@ impl Watcher {
 
     /// The connection is (again) ready: begin with the stream's info.
     pub fn start(&mut self, now: Instant) -> Vec<Watch> {
+        self.forget_early();
         self.last_activity = now;
         self.synced = false;
         self.state = State::Waiting(Step::StreamInfo);
@@ -452,6 +497,11 @@ impl Watcher {
     pub fn stopped(&mut self) {
         self.state = State::Idle { retry_at: None };
         self.synced = false;
+    }
+
+    /// A fresh start: messages held for a previous consumer go.
+    fn forget_early(&mut self) {
+        self.early.clear();
     }
 
     /// Recreate the consumer after the current revision.
@@ -538,9 +588,13 @@ impl Watcher {
                 Ok(v) => {
                     self.state = State::Live;
                     self.last_activity = now;
-                    if v["num_pending"].as_u64() == Some(0) && !self.synced {
+                    let early = std::mem::take(&mut self.early);
+                    if early.is_empty() && v["num_pending"].as_u64() == Some(0) && !self.synced {
                         self.synced = true;
                         out.push(Watch::Synced { revision: self.revision });
+                    }
+                    for m in &early {
+                        out.extend(self.message(m, now));
                     }
                 }
                 Err(e) => return self.retry_later(format!("creating consumer: {e}"), now),
@@ -584,6 +638,12 @@ impl Watcher {
 
     /// A message on the deliver subject's subscription.
     pub fn message(&mut self, m: &Msg, now: Instant) -> Vec<Watch> {
+        if self.state == State::Waiting(Step::CreateConsumer) {
+            if self.early.len() < MAX_EARLY {
+                self.early.push(m.clone());
+            }
+            return Vec::new();
+        }
         if self.state != State::Live {
             return Vec::new();
         }
@@ -795,6 +855,25 @@ mod tests {
         assert_eq!(w.revision, 9, "nothing applied past the gap");
         live(&mut w, now, 0);
         assert_eq!(w.restarts, 2);
+    }
+
+    #[test]
+    fn messages_before_the_create_reply_are_replayed_in_order() {
+        let now = Instant::now();
+        let mut w = Watcher::new(bucket(), "n1", "_INBOX.x.d1".into(), Duration::from_secs(1), now);
+        w.start(now);
+        let info = br#"{"created":"c","state":{"last_seq":9}}"#;
+        w.replied(Step::StreamInfo, Ok(info), now);
+        w.replied(Step::DeleteConsumer, Ok(b"{\"success\":true}"), now);
+        assert!(w.message(&entry_msg(&w, "a", 3, 1, 1, "{}"), now).is_empty());
+        assert!(w.message(&entry_msg(&w, "b", 9, 2, 0, "{}"), now).is_empty());
+        let out = w.replied(Step::CreateConsumer, Ok(br#"{"num_pending":2}"#), now);
+        let keys: Vec<&str> = out
+            .iter()
+            .filter_map(|a| if let Watch::Entry(e) = a { Some(e.key.as_str()) } else { None })
+            .collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(out.last(), Some(&Watch::Synced { revision: 9 }));
     }
 
     #[test]
