@@ -500,3 +500,78 @@ fn fleet_history_rollback_and_status() {
     );
     assert!(rows.iter().all(|r| r["state"] == "applied" && r["connected"] == json!(true)), "{st}");
 }
+
+/// A weavelet that says hello and then applies every config but one with
+/// lr=0.4, which it answers with `reply` (None: it never answers at all).
+fn scripted(sock: &Path, name: &str, reply: Option<&'static str>) -> UnixStream {
+    let s = UnixStream::connect(sock).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let hello = json!({"type": "hello", "protocol": 1, "target": "trainer", "name": name});
+    w.write_all(format!("{hello}\n").as_bytes()).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    std::thread::spawn(move || {
+        for line in r.lines() {
+            let Ok(line) = line else { return };
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if let (Some(kind), "config") = (reply, v["type"].as_str().unwrap_or("")) {
+                // lr=0.4 gets `kind`; anything else is applied.
+                let kind = if v["values"]["lr"] == json!(0.4) { kind } else { "applied" };
+                let ack = json!({"type": kind, "revision": v["revision"], "reason": "lr too high"});
+                if w.write_all(format!("{ack}\n").as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    s
+}
+
+#[test]
+fn wait_across_hosts_names_laggards_and_rejections() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+    // A weavelet on host1 that never answers: --wait ends at its timeout
+    // with 124, naming it.
+    let silent = scripted(&hosts[1].path("weavelet.sock"), "silent", None);
+    assert!(wait_for(LIMIT, || hosts[1].ok(&["config", "status", "trainer"]).contains("silent")));
+    let out = hosts[0].run(&[
+        "config",
+        "set",
+        "--fleet",
+        "trainer",
+        "lr=0.3",
+        "--wait",
+        "--timeout",
+        "3000",
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("host1.w2") && !err.contains("host0.w1"), "{err}");
+    converged(&ws, json!(0.3));
+    silent.shutdown(std::net::Shutdown::Both).unwrap();
+
+    // One that rejects: exit 1 with who and why.
+    let _rejecting = scripted(&hosts[1].path("weavelet.sock"), "picky", Some("rejected"));
+    assert!(wait_for(LIMIT, || {
+        let st = hosts[0].ok(&["config", "status", "--fleet", "--json"]);
+        st.lines().any(|l| l.contains("host1.w3") && l.contains("\"connected\":true"))
+            && st.lines().any(|l| l.contains("host1.w2") && l.contains("\"connected\":false"))
+    }));
+    let out = hosts[0].run(&[
+        "config",
+        "set",
+        "--fleet",
+        "trainer",
+        "lr=0.4",
+        "--wait",
+        "--timeout",
+        "20000",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("host1.w3") && err.contains("lr too high"), "{err}");
+}

@@ -123,11 +123,7 @@ type Changes = (Vec<(String, String)>, Vec<String>);
 
 /// `config rollback --fleet`: the changes that make the current fleet
 /// document equal revision `to`'s.
-pub(super) fn rollback_changes(
-    ctx: &Ctx,
-    target: &str,
-    to: u64,
-) -> Result<Changes> {
+pub(super) fn rollback_changes(ctx: &Ctx, target: &str, to: u64) -> Result<Changes> {
     let deadline = Instant::now() + INIT_DEADLINE;
     let (cfg, mut s) = session(ctx, deadline)?;
     let revs = revisions(&mut s, &cfg.config_bucket(), target, deadline)?;
