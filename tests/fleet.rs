@@ -138,7 +138,8 @@ fn set_fleet_wait_reaches_weavelets_on_every_host() {
     ]);
     let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(report["timed_out"], json!(false), "{out}");
-    assert_eq!(report["applied"].as_array().unwrap().len(), 3, "{out}");
+    let logs: Vec<String> = hosts.iter().map(|h| h.log()).collect();
+    assert_eq!(report["applied"].as_array().unwrap().len(), 3, "{out}\n{}", logs.join("\n-----\n"));
     for w in &ws {
         assert_eq!(
             lr_of(w),

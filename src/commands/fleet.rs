@@ -160,6 +160,7 @@ pub(super) fn statuses(ctx: &Ctx, target: Option<&str>, json: bool) -> Result<St
     let name = format!("{}_cli{}", cfg.node, std::process::id());
     let mut w =
         Watcher::new(cfg.status_bucket(), &name, inbox, Duration::from_secs(2), Instant::now());
+    w.snapshot_all = true;
     let mut rows: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
     let mut sid = None;
     let mut todo = w.start(Instant::now());

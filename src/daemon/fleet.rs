@@ -51,6 +51,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Local revisions remembered per target for mapping acks back.
 const REVS_KEPT: usize = 128;
+/// Status entries (weavelets of the whole fleet) held for waiters.
+const MAX_STATUSES: usize = 65536;
 /// Fleet revisions and the cache are written at most this often.
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 /// Bytes queued for the socket before publishing stops.
@@ -175,8 +177,9 @@ impl Fleet {
         let mut config_w =
             Watcher::new(cfg.config_bucket(), &cfg.node, client.new_inbox(), HEARTBEAT, now);
         config_w.resume_from(cache.revision, cache.created.clone());
-        let status_w =
+        let mut status_w =
             Watcher::new(cfg.status_bucket(), &cfg.node, client.new_inbox(), HEARTBEAT, now);
+        status_w.snapshot_all = true;
         Ok(Fleet {
             cfg,
             client,
@@ -624,8 +627,17 @@ impl Fleet {
         }
     }
 
-    /// Carry out a watcher's actions.
+    /// Carry out a watcher's actions; waiters are checked once all of a
+    /// batch is applied (a batch may carry entries and then `Synced`).
     fn watch(&mut self, w: Which, acts: Vec<Watch>, hub: &mut Hub, fx: &mut Effects) {
+        let any = !acts.is_empty();
+        self.watch_batch(w, acts, hub, fx);
+        if w == Which::Status && any {
+            self.check_waits(fx);
+        }
+    }
+
+    fn watch_batch(&mut self, w: Which, acts: Vec<Watch>, hub: &mut Hub, fx: &mut Effects) {
         let mut todo = acts;
         while !todo.is_empty() {
             let mut next = Vec::new();
@@ -665,7 +677,7 @@ impl Fleet {
                     }
                     Watch::Entry(e) => match w {
                         Which::Config => self.config_entry(e, hub),
-                        Which::Status => self.status_entry(e, fx),
+                        Which::Status => self.status_entry(e),
                     },
                     Watch::Synced { revision } => {
                         if w == Which::Config {
@@ -825,7 +837,8 @@ impl Fleet {
 
     // ---- status bucket --------------------------------------------------------
 
-    fn status_entry(&mut self, e: kv::Entry, fx: &mut Effects) {
+    fn status_entry(&mut self, e: kv::Entry) {
+        debug!("fleet: status {} at {}", e.key, e.revision);
         match e.value.as_deref().map(serde_json::from_slice::<Value>) {
             Some(Ok(v)) => {
                 let s = Status {
@@ -836,13 +849,16 @@ impl Fleet {
                     reason: v["reason"].as_str().map(str::to_string),
                     epoch: v["epoch"].as_str().map(str::to_string),
                 };
-                self.statuses.insert(e.key, s);
+                if self.statuses.len() >= MAX_STATUSES && !self.statuses.contains_key(&e.key) {
+                    warn!("fleet: over {MAX_STATUSES} status entries; {} ignored", e.key);
+                } else {
+                    self.statuses.insert(e.key, s);
+                }
             }
             _ => {
                 self.statuses.remove(&e.key);
             }
         }
-        self.check_waits(fx);
     }
 
     /// The hub's news about this host's weavelets.
@@ -896,6 +912,7 @@ impl Fleet {
                 return;
             }
             let Ok(subject) = b.key_subject(&key) else { continue };
+            debug!("fleet: publishing status {key}");
             match self.client.publish(&subject, None, None, &value) {
                 Ok(()) => {}
                 Err(SendError::NotConnected) => {

@@ -417,6 +417,11 @@ pub struct Watcher {
     last_activity: Instant,
     /// Times the consumer was (re)created.
     pub restarts: u64,
+    /// Start from every message kept instead of the last per key: for a
+    /// bucket keeping one value per key whose keys change while the
+    /// snapshot is read (the last-per-key snapshot may count a replaced
+    /// value as pending and end before its replacement).
+    pub snapshot_all: bool,
     /// Messages pushed before the consumer's create reply came (the
     /// server starts delivering at once), replayed once it has.
     early: Vec<Msg>,
@@ -456,6 +461,7 @@ impl Watcher {
             heartbeat,
             last_activity: now,
             restarts: 0,
+            snapshot_all: false,
             early: Vec::new(),
         }
     }
@@ -618,7 +624,9 @@ impl Watcher {
             "num_replicas": 1,
             "max_deliver": 1,
         });
-        if self.revision == 0 {
+        if self.revision == 0 && self.snapshot_all {
+            config["deliver_policy"] = json!("all");
+        } else if self.revision == 0 {
             config["deliver_policy"] = json!("last_per_subject");
         } else {
             config["deliver_policy"] = json!("by_start_sequence");
