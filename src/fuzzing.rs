@@ -113,6 +113,13 @@ const EXPAND_MAX: u64 = 64;
 /// each say something, with positions in the text, in file order.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    // `[fleet]` is read by its own parser: a value or an error that says
+    // something.
+    match crate::fleet::config::parse(&text) {
+        Ok(Some(f)) => assert!(!f.urls.is_empty() && !f.node.is_empty()),
+        Ok(None) => {}
+        Err(e) => assert!(!e.is_empty(), "an empty [fleet] error"),
+    }
     let errors = match supervise::parse(&text, "weaver.toml") {
         Ok(c) => {
             let total: u64 = c.processes.iter().map(|p| u64::from(p.instances)).sum();
@@ -398,11 +405,28 @@ pub fn weavelet_line(data: &[u8]) {
     }
 }
 
+/// What JetStream's API answers, decoded by every reader weaver has: an
+/// error value with a description, never a panic.
+fn jetstream(payload: &[u8]) {
+    use crate::fleet::kv;
+    if let Err(e) = kv::api_response(payload) {
+        assert!(!e.description.is_empty());
+    }
+    let _ = kv::pub_ack(payload);
+    let _ = kv::stream_info(payload);
+    if let Ok(m) = kv::stored(payload) {
+        let _ = m.subject.len();
+    }
+    let _ = crate::fleet::proto::Headers::parse(payload);
+    let _ = kv::ack_meta(&String::from_utf8_lossy(payload));
+}
+
 /// The NATS protocol parser (`fleet::proto::Parser`): fed whole, a byte at
 /// a time and in pieces derived from the input gives the same operations
 /// and ends the same way; it never holds more than one bounded line or
 /// one message within its limit; every operation re-encodes to bytes that
-/// parse to the same operation.
+/// parse to the same operation; the JetStream readers (API replies, acks,
+/// stored messages, ack subjects) take the input and every payload.
 pub fn nats_proto(data: &[u8]) {
     use crate::fleet::proto::{Parser, ServerOp, MAX_CONTROL_LINE, MAX_PAYLOAD_CAP};
 
@@ -438,7 +462,14 @@ pub fn nats_proto(data: &[u8]) {
     if let Some(e) = &whole.1 {
         assert!(!e.is_empty(), "an error says what is wrong");
     }
+    jetstream(data);
     for op in &whole.0 {
+        if let ServerOp::Msg(m) = op {
+            jetstream(&m.payload);
+            if let Some(r) = &m.reply {
+                let _ = crate::fleet::kv::ack_meta(r);
+            }
+        }
         let bytes = op.encode();
         let mut p = Parser::new(MAX_PAYLOAD_CAP);
         let again = p.feed_all(&bytes).unwrap_or_else(|e| panic!("{op:?} re-encoded: {e}"));

@@ -122,6 +122,11 @@ fn nats_seeds() -> Vec<(&'static str, &'static [u8])> {
               NATS/1.0\r\nNats-Msg-Id: w1\r\n\r\n{\"a\"}\r\n",
         ),
         ("err", b"-ERR 'Authorization Violation'\r\n"),
+        (
+            "js-wrong-last",
+            b"MSG _INBOX.a.3 1 78\r\n{\"error\":{\"code\":400,\"err_code\":10071,\
+              \"description\":\"wrong last sequence: 6\"}}\r\n",
+        ),
         ("bad-size", b"MSG a 1 99999999999\r\n"),
         ("bad-terminator", b"MSG a 1 2\r\nabXY"),
         ("cut-short", b"HMSG a 1 12 20\r\nNATS/1.0\r\n"),
