@@ -113,6 +113,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The fleet: configuration shared by every host through NATS
+    /// JetStream (`[fleet]` in weaver.toml).
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Re-read the configuration and apply what changed.
     Reload {
         /// Only print the plan.
@@ -226,6 +230,9 @@ pub enum ConfigCmd {
         /// One JSON object (target, revision, values, changed, time_ms, note).
         #[arg(long)]
         json: bool,
+        /// Say where each value comes from: params, fleet or local.
+        #[arg(long)]
+        show_origin: bool,
     },
     /// A new revision with these parameters set (values are JSON when they
     /// parse as JSON: 0.01, true, "x"; else strings).
@@ -235,6 +242,8 @@ pub enum ConfigCmd {
         assignments: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// A new revision without these parameters.
     Unset {
@@ -243,12 +252,18 @@ pub enum ConfigCmd {
         keys: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// Kept revisions of a target (the last 64).
     History {
         target: String,
         #[arg(long)]
         json: bool,
+        /// The fleet document's revisions (the bucket's history), read
+        /// from NATS.
+        #[arg(long)]
+        fleet: bool,
     },
     /// A new revision with the document of an old one (0: the defaults).
     Rollback {
@@ -257,6 +272,10 @@ pub enum ConfigCmd {
         to: u64,
         #[command(flatten)]
         wait: WaitArgs,
+        /// Roll the fleet document back to fleet revision REV (a new fleet
+        /// revision with its values).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Every weavelet: instance or name, pid, applied revision, lag, step,
     /// last rejection, connected or not.
@@ -264,10 +283,41 @@ pub enum ConfigCmd {
         target: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Every host's weavelets, from the fleet's status bucket.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Revisions and acknowledgements as they happen (JSON lines with --json).
     Watch {
         targets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a change goes on a host in a fleet (required there).
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// Change the fleet's document: every host (with --wait: every
+    /// connected weavelet of the target on every host).
+    #[arg(long, conflicts_with = "local")]
+    pub fleet: bool,
+    /// Change this host's overlay only (it wins over the fleet's values).
+    #[arg(long)]
+    pub local: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCmd {
+    /// Create the configuration and status buckets (never done implicitly).
+    Init {
+        /// Values kept per key (history and rollback), 1 to 64.
+        #[arg(long, default_value_t = 16, value_name = "N")]
+        history: u32,
+    },
+    /// The link: server, round trip, connected or down since when, synced
+    /// revision, cache age.
+    Status {
         #[arg(long)]
         json: bool,
     },

@@ -84,6 +84,7 @@ impl Error {
             Kind::Mismatch => 5,
             Kind::NotResponding => 6,
             Kind::Request(ReplyKind::ComputeDown) => 69,
+            Kind::Request(ReplyKind::FleetUnreachable) => 69,
             Kind::Request(ReplyKind::Busy) | Kind::Request(ReplyKind::ShuttingDown) => 75,
             Kind::Request(ReplyKind::Timeout) => 124,
             Kind::Request(_) | Kind::Io => 1,

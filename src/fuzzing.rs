@@ -118,6 +118,13 @@ const EXPAND_MAX: u64 = 64;
 /// each say something, with positions in the text, in file order.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    // `[fleet]` is read by its own parser: a value or an error that says
+    // something.
+    match crate::fleet::config::parse(&text) {
+        Ok(Some(f)) => assert!(!f.urls.is_empty() && !f.node.is_empty()),
+        Ok(None) => {}
+        Err(e) => assert!(!e.is_empty(), "an empty [fleet] error"),
+    }
     let errors = match supervise::parse(&text, "weaver.toml") {
         Ok(c) => {
             let total: u64 = c.processes.iter().map(|p| u64::from(p.instances)).sum();
@@ -532,5 +539,82 @@ fn fuzz_snapshot(flags: u8) -> crate::http::Snapshot {
         ],
         weavelets: Vec::new(),
         http_connections: 3,
+    }
+}
+
+/// What JetStream's API answers, decoded by every reader weaver has: an
+/// error value with a description, never a panic.
+fn jetstream(payload: &[u8]) {
+    use crate::fleet::kv;
+    if let Err(e) = kv::api_response(payload) {
+        assert!(!e.description.is_empty());
+    }
+    let _ = kv::pub_ack(payload);
+    let _ = kv::stream_info(payload);
+    if let Ok(m) = kv::stored(payload) {
+        let _ = m.subject.len();
+    }
+    let _ = crate::fleet::proto::Headers::parse(payload);
+    let _ = kv::ack_meta(&String::from_utf8_lossy(payload));
+}
+
+/// The NATS protocol parser (`fleet::proto::Parser`): fed whole, a byte at
+/// a time and in pieces derived from the input gives the same operations
+/// and ends the same way; it never holds more than one bounded line or
+/// one message within its limit; every operation re-encodes to bytes that
+/// parse to the same operation; the JetStream readers (API replies, acks,
+/// stored messages, ack subjects) take the input and every payload.
+pub fn nats_proto(data: &[u8]) {
+    use crate::fleet::proto::{Parser, ServerOp, MAX_CONTROL_LINE, MAX_PAYLOAD_CAP};
+
+    type Run = (Vec<ServerOp>, Option<String>);
+    fn run(data: &[u8], piece: impl Fn(usize) -> usize) -> Run {
+        let mut p = Parser::default();
+        let mut ops = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + piece(at).max(1)).min(data.len());
+            let mut chunk = &data[at..end];
+            while !chunk.is_empty() {
+                match p.feed(chunk) {
+                    Ok((used, op)) => {
+                        assert!(used > 0 && used <= chunk.len(), "used {used} of {}", chunk.len());
+                        chunk = &chunk[used..];
+                        ops.extend(op);
+                    }
+                    Err(e) => return (ops, Some(e.to_string())),
+                }
+                let bound = (MAX_CONTROL_LINE + 1).max(p.limit() + 2);
+                assert!(p.buffered() <= bound, "holds {} bytes", p.buffered());
+                assert!(p.limit() <= MAX_PAYLOAD_CAP + crate::fleet::proto::HEADER_SLACK);
+            }
+            at = end;
+        }
+        (ops, None)
+    }
+    let whole = run(data, |_| usize::MAX);
+    assert_eq!(run(data, |_| 1), whole, "a byte at a time");
+    let seed = data.first().copied().unwrap_or(1) as usize;
+    assert_eq!(run(data, |at| (at * 31 + seed) % 97 + 1), whole, "in pieces");
+    if let Some(e) = &whole.1 {
+        assert!(!e.is_empty(), "an error says what is wrong");
+    }
+    jetstream(data);
+    for op in &whole.0 {
+        if let ServerOp::Msg(m) = op {
+            jetstream(&m.payload);
+            if let Some(r) = &m.reply {
+                let _ = crate::fleet::kv::ack_meta(r);
+            }
+        }
+        let bytes = op.encode();
+        let mut p = Parser::new(MAX_PAYLOAD_CAP);
+        let again = p.feed_all(&bytes).unwrap_or_else(|e| panic!("{op:?} re-encoded: {e}"));
+        match (op, &again[..]) {
+            // INFO carries only what weaver reads: compare that.
+            (ServerOp::Info(a), [ServerOp::Info(b)]) => assert_eq!(a, b),
+            (_, [b]) => assert_eq!(op, b, "re-encoded"),
+            _ => panic!("{op:?} re-encoded to {again:?}"),
+        }
     }
 }

@@ -23,6 +23,7 @@ pub mod daemon; // the daemon: startup order, reactor, compute, mux
 pub mod error; // error kind + message; exit codes
 pub mod fdpass; // payloads by fd: sealed memfds passed with SCM_RIGHTS, checked
 pub mod ffi; // bindgen bindings to include/weaver_compute.h and safe wrappers
+pub mod fleet; // the NATS client and JetStream key-value, sans I/O (and a blocking driver)
 pub mod frame; // control-socket framing, pure
 #[doc(hidden)]
 pub mod fuzzing; // fuzz target bodies, shared by fuzz/ and tests/fuzz_corpus.rs

@@ -34,7 +34,10 @@ use crate::supervise::PsRow;
 /// 8: `weaver run`: [`Request::Run`], [`Request::RunCancel`],
 /// [`Request::RunAttach`], [`Request::Runs`] and their replies;
 /// [`EventType::Skipped`].
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: [`Request::Fleet`] (`weaver fleet`, `config --fleet/--local`),
+/// [`Response::FleetStatus`], [`Response::ConfigOrigin`],
+/// [`ErrorKind::FleetUnreachable`].
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The release of this build.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// First bytes of every handshake.
@@ -161,6 +164,61 @@ pub enum Request {
     RunAttach { id: u64 },
     /// Recent runs (`weaver runs`), oldest first: [`Response::Runs`].
     Runs,
+    /// The fleet link (`weaver fleet`, `config set --fleet/--local`); see
+    /// [`FleetReq`].
+    Fleet(FleetReq),
+}
+
+/// The fleet: configuration shared by every host through NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FleetReq {
+    /// The link's state: [`Response::FleetStatus`].
+    Status,
+    /// A change of `target`'s fleet document (`local`: of this host's
+    /// overlay instead). Answered by [`Response::Config`] once the fleet
+    /// stored it (its revision is the fleet revision) or once the overlay
+    /// is saved; with `wait` (ms) then by one [`Response::ConfigWaited`]
+    /// once every connected weavelet of the target on every host applied
+    /// it, one rejected it, or the timeout passed. NATS unreachable:
+    /// [`ErrorKind::FleetUnreachable`], nothing written.
+    Set {
+        target: String,
+        set: Vec<(String, String)>,
+        unset: Vec<String>,
+        wait: Option<u64>,
+        local: bool,
+    },
+    /// The effective document with each key's origin:
+    /// [`Response::ConfigOrigin`].
+    Origin { target: String },
+}
+
+/// `weaver fleet status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetReport {
+    /// Configured at all (`[fleet]` in weaver.toml).
+    pub configured: bool,
+    pub node: String,
+    /// The servers configured, and the one connected to.
+    pub servers: String,
+    pub server: Option<String>,
+    pub connected: bool,
+    /// Since when (ms since the epoch) connected or down.
+    pub since_ms: u64,
+    /// The last PING's round trip, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// The snapshot is complete and changes flow.
+    pub synced: bool,
+    /// The last fleet revision seen.
+    pub revision: u64,
+    /// When the cache was last saved (ms since the epoch; 0: never).
+    pub cache_saved_ms: u64,
+    pub bucket: String,
+    pub status_bucket: String,
+    /// Why the last connection or attempt failed.
+    pub last_error: Option<String>,
+    /// Times the watch was (re)started.
+    pub watch_restarts: u64,
 }
 
 /// `weaver config`. Documents travel as JSON text (postcard cannot carry
@@ -262,6 +320,12 @@ pub enum Response {
     RunDone(Box<crate::run::RunReport>),
     /// Answers `Runs`.
     Runs(Vec<crate::run::RunReport>),
+    /// Answers `Fleet::Status`.
+    FleetStatus(Box<FleetReport>),
+    /// Answers `Fleet::Origin`: the effective document of `target` at
+    /// `revision`, each key with its value (JSON text) and origin
+    /// (`params`, `fleet` or `local`).
+    ConfigOrigin { target: String, revision: u64, keys: Vec<(String, String, String)> },
 }
 
 /// `weaver health` and `GET /health`: healthy when every check is.
@@ -812,6 +876,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// A weavelet rejected a configuration revision.
     Rejected,
+    /// The fleet's NATS server cannot be reached: nothing was written.
+    FleetUnreachable,
 }
 
 /// `weaver status`.

@@ -69,6 +69,11 @@ fn http_request_corpus_replays_clean() {
     replay("http_request", fuzzing::http_request);
 }
 
+#[test]
+fn nats_proto_corpus_replays_clean() {
+    replay("nats_proto", fuzzing::nats_proto);
+}
+
 // ---- seeds ------------------------------------------------------------------
 
 /// Writes `fuzz/corpus/<target>/seed-*`: valid inputs for each target,
@@ -94,6 +99,46 @@ fn write_seeds() {
     for (name, text) in http_seeds() {
         write("http_request", name, text.as_bytes());
     }
+    for (name, data) in nats_seeds() {
+        write("nats_proto", name, data);
+    }
+}
+
+/// What a NATS server sends: a session's worth, status lines, and a few
+/// broken inputs.
+fn nats_seeds() -> Vec<(&'static str, &'static [u8])> {
+    vec![
+        (
+            "session",
+            b"INFO {\"server_id\":\"NA\",\"version\":\"2.9.10\",\"max_payload\":1048576,\
+              \"headers\":true,\"jetstream\":true}\r\n+OK\r\nPONG\r\nPING\r\n\
+              MSG $KV.weaver_config.trainer 2 _INBOX.a.1 5\r\nhello\r\n",
+        ),
+        (
+            "heartbeat",
+            b"HMSG _INBOX.a.d1 3 76 76\r\nNATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 7\r\n\
+              Nats-Last-Stream: 12\r\n\r\n\r\n",
+        ),
+        (
+            "flow-control",
+            b"HMSG _INBOX.a.d1 3 $JS.FC.KV_b.x.1 36 36\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n",
+        ),
+        ("no-responders", b"HMSG _INBOX.a.2 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"),
+        (
+            "kv-entry",
+            b"HMSG $KV.b.k 4 $JS.ACK.KV_b.c.1.5.5.1700000000000000000.0 29 34\r\n\
+              NATS/1.0\r\nNats-Msg-Id: w1\r\n\r\n{\"a\"}\r\n",
+        ),
+        ("err", b"-ERR 'Authorization Violation'\r\n"),
+        (
+            "js-wrong-last",
+            b"MSG _INBOX.a.3 1 78\r\n{\"error\":{\"code\":400,\"err_code\":10071,\
+              \"description\":\"wrong last sequence: 6\"}}\r\n",
+        ),
+        ("bad-size", b"MSG a 1 99999999999\r\n"),
+        ("bad-terminator", b"MSG a 1 2\r\nabXY"),
+        ("cut-short", b"HMSG a 1 12 20\r\nNATS/1.0\r\n"),
+    ]
 }
 
 fn control_frame(meta: &[u8], payload: &[u8]) -> Vec<u8> {

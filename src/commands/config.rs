@@ -2,48 +2,79 @@
 //! live configuration. `--wait` and `watch` are streamed replies, like
 //! `events`.
 
+use super::fleet as render_fleet;
 use super::{unexpected, Ctx};
 use crate::cli::{ConfigCmd, WaitArgs};
 use crate::error::{Error, Kind, Result};
 use crate::output::{print, write_to};
-use crate::protocol::{ConfigReq, ErrorKind, Request, Response};
+use crate::protocol::{ConfigReq, ErrorKind, FleetReq, Request, Response};
 use crate::render;
 use crate::weavelet::doc;
 
 pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
     match cmd {
-        ConfigCmd::Get { target, json } => {
+        ConfigCmd::Get { target, json, show_origin: true } => {
+            let (mut c, _) = ctx.connect()?;
+            let r = c.call(Request::Fleet(FleetReq::Origin { target }), &[])?;
+            let Response::ConfigOrigin { target, revision, keys } = r.resp else {
+                return Err(unexpected(&r.resp));
+            };
+            print(&render_fleet::origin(&target, revision, &keys, json))
+        }
+        ConfigCmd::Get { target, json, show_origin: false } => {
             let (mut c, _) = ctx.connect()?;
             let r = c.call(Request::Config(ConfigReq::Get { target }), &[])?;
             let Response::Config(d) = r.resp else { return Err(unexpected(&r.resp)) };
             print(&render::config_doc(&d, json))
         }
-        ConfigCmd::Set { target, assignments, wait } => {
+        ConfigCmd::Set { target, assignments, wait, scope } => {
             let mut set = Vec::new();
             for a in &assignments {
                 let (k, v) = doc::parse_assignment(a).map_err(|e| Error::new(Kind::Usage, e))?;
                 set.push((k, v.to_string()));
             }
+            if scope.fleet || scope.local {
+                let local = scope.local;
+                let req = |w| FleetReq::Set { target, set, unset: Vec::new(), wait: w, local };
+                return commit(ctx, &wait, |w| Request::Fleet(req(w)));
+            }
             let req = |w| ConfigReq::Set { target, set, unset: Vec::new(), wait: w };
-            commit(ctx, &wait, req)
+            commit(ctx, &wait, |w| Request::Config(req(w)))
         }
-        ConfigCmd::Unset { target, keys, wait } => {
+        ConfigCmd::Unset { target, keys, wait, scope } => {
             for k in &keys {
                 doc::check_param(k).map_err(|e| Error::new(Kind::Usage, e))?;
             }
+            if scope.fleet || scope.local {
+                let local = scope.local;
+                let req =
+                    |w| FleetReq::Set { target, set: Vec::new(), unset: keys, wait: w, local };
+                return commit(ctx, &wait, |w| Request::Fleet(req(w)));
+            }
             let req = |w| ConfigReq::Set { target, set: Vec::new(), unset: keys, wait: w };
-            commit(ctx, &wait, req)
+            commit(ctx, &wait, |w| Request::Config(req(w)))
         }
-        ConfigCmd::Rollback { target, to, wait } => {
-            commit(ctx, &wait, |w| ConfigReq::Rollback { target, to, wait: w })
+        ConfigCmd::Rollback { target, to, wait, fleet: true } => {
+            let (set, unset) = render_fleet::rollback_changes(ctx, &target, to)?;
+            let req = |w| FleetReq::Set { target, set, unset, wait: w, local: false };
+            commit(ctx, &wait, |w| Request::Fleet(req(w)))
         }
-        ConfigCmd::History { target, json } => {
+        ConfigCmd::History { target, json, fleet: true } => {
+            print(&render_fleet::history(ctx, &target, json)?)
+        }
+        ConfigCmd::Status { target, json, fleet: true } => {
+            print(&render_fleet::statuses(ctx, target.as_deref(), json)?)
+        }
+        ConfigCmd::Rollback { target, to, wait, fleet: false } => {
+            commit(ctx, &wait, |w| Request::Config(ConfigReq::Rollback { target, to, wait: w }))
+        }
+        ConfigCmd::History { target, json, fleet: false } => {
             let (mut c, _) = ctx.connect()?;
             let r = c.call(Request::Config(ConfigReq::History { target }), &[])?;
             let Response::ConfigHistory(h) = r.resp else { return Err(unexpected(&r.resp)) };
             print(&render::config_history(&h, json))
         }
-        ConfigCmd::Status { target, json } => {
+        ConfigCmd::Status { target, json, fleet: false } => {
             let (mut c, _) = ctx.connect()?;
             let r = c.call(Request::Config(ConfigReq::Status { target }), &[])?;
             let Response::ConfigStatus(rows) = r.resp else { return Err(unexpected(&r.resp)) };
@@ -67,11 +98,11 @@ pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
 
 /// A request that makes a revision: print it, and with `--wait` wait for
 /// the acknowledgements (exit 0 all applied, 1 one rejected, 124 timeout).
-fn commit(ctx: &Ctx, w: &WaitArgs, req: impl FnOnce(Option<u64>) -> ConfigReq) -> Result<()> {
+fn commit(ctx: &Ctx, w: &WaitArgs, req: impl FnOnce(Option<u64>) -> Request) -> Result<()> {
     let wait = w.wait.then(|| w.timeout.unwrap_or(0));
     let (mut c, _) = ctx.connect()?;
     let mut out = std::io::stdout().lock();
-    let mut replies = c.stream_replies(Request::Config(req(wait)), &[])?;
+    let mut replies = c.stream_replies(req(wait), &[])?;
     let first = replies
         .next()
         .ok_or_else(|| Error::new(Kind::Daemon, "the daemon closed the connection"))??;

@@ -12,10 +12,12 @@
 //! | [`run`] | `run`, `runs` (progress, summary, Ctrl-C) |
 //! | [`health`] | `health`, `ls` |
 //! | [`input`] | `send`, `attach` (a process's stdin) |
+//! | [`fleet`] | `fleet init|status` |
 
 mod compute;
 mod config;
 mod daemon;
+mod fleet;
 mod follow;
 mod health;
 mod input;
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ls { json } => health::ls(&ctx, json),
         Command::Send(args) => input::send(&ctx, args),
         Command::Attach(args) => input::attach(&ctx, args),
+        Command::Fleet(cmd) => fleet::run(&ctx, cmd),
     }
 }
 

@@ -50,6 +50,10 @@ pub enum Timer {
     /// A send to a process's stdin (by send id) is not all in by its
     /// `--timeout`.
     Stdin(u64),
+    /// The fleet link's next deadline (PINGs, reconnect, heartbeats).
+    Fleet,
+    /// A `config set --fleet --wait` (by waiter id) has waited long enough.
+    FleetWait(u64),
 }
 
 #[derive(Debug)]

@@ -6,6 +6,7 @@ pub mod compute; // room: the compute child, its connection, lifecycle table, re
 pub mod conn; // one framed non-blocking connection type
 pub mod contain; // cgroup or environment marker: nothing started outlives weaver
 pub mod effect; // what rooms ask the loop to do
+pub mod fleet; // room: the fleet link, NATS and JetStream key-value
 pub mod follow; // room: logs -f followers and event subscribers
 pub mod guard; // the guard process that outlives a SIGKILLed weaver
 pub mod handlers; // one file per request kind
@@ -66,6 +67,9 @@ pub struct Setup {
     pub guard: Option<guard::Guard>,
     /// The HTTP endpoint's settings and listener, when it is on.
     pub http: Option<(crate::supervise::config::HttpSpec, std::net::TcpListener)>,
+    /// `[fleet]`, if configured, and the state dir its cache lives in.
+    pub fleet: Option<crate::fleet::config::FleetConfig>,
+    pub state_dir: PathBuf,
 }
 
 /// Run the daemon in this process until it is stopped.
@@ -112,6 +116,12 @@ fn start(o: &Options) -> Result<Result<()>> {
     };
     let supervisor = crate::supervise::Supervisor::new(config.clone(), std::process::id() as u64)
         .map_err(|e| Error::new(Kind::Usage, format!("{e}")))?;
+    let fleet = crate::fleet::config::load(o.config.as_deref())
+        .map_err(|e| Error::new(Kind::Usage, format!("{e}\nfix [fleet] and retry")))?;
+    if let Some(f) = &fleet {
+        // An unreadable secret is the user's to fix, before we start.
+        f.auth().map_err(|e| Error::new(Kind::Usage, format!("[fleet]: {e}")))?;
+    }
     let (store, problems) = crate::weavelet::store::Store::open(&o.state_dir).map_err(|e| {
         Error::io(
             Kind::Usage,
@@ -239,6 +249,8 @@ fn start(o: &Options) -> Result<Result<()>> {
         config_path: o.config.clone(),
         guard,
         http,
+        fleet,
+        state_dir: o.state_dir.clone(),
     };
     let mut reactor = reactor::Reactor::new(setup)
         .map_err(|e| Error::new(Kind::Io, format!("cannot set up the event loop: {e}")))?;

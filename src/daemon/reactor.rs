@@ -21,6 +21,7 @@ use crate::daemon::compute::{Compute, Event};
 use crate::daemon::conn::{accept_all, Accepted, SCRATCH_READ};
 use crate::daemon::contain::Containment;
 use crate::daemon::effect::{Effect, Effects, Timer};
+use crate::daemon::fleet::Fleet;
 use crate::daemon::follow::Follow;
 use crate::daemon::handlers::{self, Ctx, DaemonInfo};
 use crate::daemon::http::Http;
@@ -75,6 +76,8 @@ pub struct Reactor {
     runner: Runner,
     /// The HTTP endpoint, when it is on.
     http: Option<Http>,
+    /// The fleet link, with `[fleet]` configured.
+    fleet: Option<Fleet>,
     info: DaemonInfo,
     /// A graceful stop is under way.
     stopping: bool,
@@ -116,6 +119,17 @@ impl Reactor {
         let procs = Procs::new(s.supervisor, s.config_path, s.guard, s.dir.path());
         let mut hub = Hub::new(s.store);
         hub.declare(&procs.sup);
+        let fleet = match s.fleet {
+            Some(cfg) => {
+                let mut f = Fleet::new(cfg, s.state_dir.clone(), Instant::now())
+                    .map_err(io::Error::other)?;
+                f.set_waker(std::sync::Arc::new(mio::Waker::new(reg, token::FLEET_RESOLVED)?));
+                hub.noting = true;
+                f.serve_cache(&mut hub);
+                Some(f)
+            }
+            None => None,
+        };
         if let Some(fd) = sockets.fd() {
             reg.register(&mut SourceFd(&fd), token::RUNTIME_DIR, Interest::READABLE)?;
         }
@@ -144,6 +158,7 @@ impl Reactor {
                 http: http.as_ref().map(|h| h.addr().to_string()),
             },
             http,
+            fleet,
             stopping: false,
             accept_starved: None,
             trim_armed: false,
@@ -254,6 +269,17 @@ impl Reactor {
                     processes_started: self.contain.is_none(),
                 };
                 http.event(id, &mut |need| view.snapshot(need, Instant::now()), now, fx);
+            }
+            Source::Fleet => {
+                if let Some(f) = self.fleet.as_mut() {
+                    let scratch = &mut self.scratch[..SCRATCH_READ];
+                    f.ready(readable, writable, scratch, &mut self.hub, fx);
+                }
+            }
+            Source::FleetResolved => {
+                if let Some(f) = self.fleet.as_mut() {
+                    f.resolved(fx);
+                }
             }
 
             Source::RuntimeDir => {
@@ -410,6 +436,7 @@ impl Reactor {
             follow: &mut self.follow,
             hub: &mut self.hub,
             runner: &mut self.runner,
+            fleet: self.fleet.as_mut(),
             info: &self.info,
             stopping: self.stopping,
             now: Instant::now(),
@@ -474,6 +501,9 @@ impl Reactor {
                 self.hub.forget_client(client, &mut self.fx);
                 self.procs.stdin.forget_client(client, &mut self.fx);
                 self.runner.forget_client(client, &mut self.fx);
+                if let Some(f) = self.fleet.as_mut() {
+                    f.forget_client(client, &mut self.fx);
+                }
                 drop(fd);
                 if queued >= TRIM_AFTER {
                     crate::sys::trim_heap();
@@ -528,6 +558,10 @@ impl Reactor {
         let clients = &self.clients;
         self.follow.pump(&self.procs.sup, |c| clients.backlog(c), &mut self.fx);
         self.hub.pump(|c| clients.backlog(c), &mut self.fx);
+        if let Some(f) = self.fleet.as_mut() {
+            f.notes(std::mem::take(&mut self.hub.notes));
+            f.pump(&mut self.hub, &mut self.fx);
+        }
         self.apply();
         let now = Instant::now();
         self.compute.flush(now, &mut self.fx);
@@ -537,6 +571,10 @@ impl Reactor {
         // Closing clients may have queued cancellations for compute.
         self.compute.flush(now, &mut self.fx);
         self.apply();
+        if let Some(f) = self.fleet.as_mut() {
+            f.after_flush(&mut self.hub, &mut self.fx);
+            self.apply();
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -562,6 +600,13 @@ impl Reactor {
                     }
                 }
                 Timer::Stdin(id) => self.procs.stdin.overdue(id, fx),
+                // The end of this turn runs the fleet link's deadlines.
+                Timer::Fleet => {}
+                Timer::FleetWait(id) => {
+                    if let Some(f) = self.fleet.as_mut() {
+                        f.wait_overdue(id, fx);
+                    }
+                }
                 Timer::Handshake(id) => self.clients.handshake_overdue(id, fx),
                 // The end of this turn joins the cgroup.
                 Timer::Join => {}
@@ -676,6 +721,9 @@ impl Reactor {
             fx,
         );
         self.compute.fail_queued(ErrorKind::ShuttingDown, "weaver stopped", fx);
+        if let Some(f) = self.fleet.as_mut() {
+            f.save_all(&mut self.hub);
+        }
         self.apply();
         self.clients.flush_all();
         info!("stopped");

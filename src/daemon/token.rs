@@ -17,6 +17,10 @@ pub const RUNTIME_DIR: Token = Token(6);
 pub const WEAVELET_LISTENER: Token = Token(7);
 /// The HTTP endpoint's TCP listener.
 pub const HTTP_LISTENER: Token = Token(8);
+/// The fleet link's NATS connection.
+pub const FLEET: Token = Token(9);
+/// The fleet link's name resolution finished (a `mio::Waker`).
+pub const FLEET_RESOLVED: Token = Token(10);
 
 /// Width of each dynamic range: ids within a range count up from 1.
 const RANGE: usize = 1 << 40;
@@ -47,6 +51,8 @@ pub enum Source {
     RuntimeDir,
     WeaveletListener,
     HttpListener,
+    Fleet,
+    FleetResolved,
     Client(u64),
     Weavelet(u64),
     Pipe(u64),
@@ -67,6 +73,8 @@ pub fn source(t: Token) -> Source {
         RUNTIME_DIR => Source::RuntimeDir,
         WEAVELET_LISTENER => Source::WeaveletListener,
         HTTP_LISTENER => Source::HttpListener,
+        FLEET => Source::Fleet,
+        FLEET_RESOLVED => Source::FleetResolved,
         Token(n) if (CLIENTS..PIPES).contains(&n) => Source::Client((n - CLIENTS) as u64),
         Token(n) if (PIPES..WEAVELETS).contains(&n) => Source::Pipe((n - PIPES) as u64),
         Token(n) if (WEAVELETS..HTTP).contains(&n) => Source::Weavelet((n - WEAVELETS) as u64),
@@ -116,7 +124,7 @@ mod tests {
             assert_eq!(source(job_pipe(id)), Source::JobPipe(id));
         }
         assert_eq!(source(HTTP_LISTENER), Source::HttpListener);
-        assert_eq!(source(Token(9)), Source::Unknown);
+        assert_eq!(source(Token(11)), Source::Unknown);
         assert_eq!(source(WEAVELET_LISTENER), Source::WeaveletListener);
         assert_eq!(source(Token(END)), Source::Unknown);
         assert_eq!(source(COMPUTE_CONN), Source::ComputeConn);

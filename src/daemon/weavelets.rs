@@ -93,9 +93,25 @@ struct Watcher {
     lost: u64,
 }
 
+/// News about a weavelet, for the fleet link (kept only while `noting`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub id: u64,
+    pub target: String,
+    pub instance: Option<String>,
+    /// `connected`, `applied`, `rejected` or `disconnected`.
+    pub event: &'static str,
+    pub revision: Option<u64>,
+    pub reason: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct Hub {
     pub store: Store,
+    /// Notes since the loop last took them (the fleet link reads them
+    /// every turn; nothing is kept when `noting` is off).
+    pub notes: Vec<Note>,
+    pub noting: bool,
     conns: HashMap<u64, Weavelet>,
     /// Never reused.
     next_id: u64,
@@ -135,6 +151,8 @@ impl Hub {
     pub fn new(store: Store) -> Hub {
         Hub {
             store,
+            notes: Vec::new(),
+            noting: false,
             conns: HashMap::new(),
             next_id: 1,
             gone: VecDeque::new(),
@@ -348,8 +366,9 @@ impl Hub {
         }
         let label = who(id, w.pid, Some(&bound));
         info!("weavelet {label} of {target:?} said hello");
-        w.bound = Some(bound);
+        w.bound = Some(bound.clone());
         self.dirty.push(id);
+        self.note(id, &bound, "connected", None, None);
         self.publish(&target, "connected", None, Some(label), None, None);
     }
 
@@ -365,6 +384,7 @@ impl Hub {
         let b = w.bound.clone().expect("acks come after hello");
         let label = who(id, w.pid, Some(&b));
         let event = if reason.is_some() { "rejected" } else { "applied" };
+        self.note(id, &b, event, Some(revision), reason.clone());
         self.publish(&b.target, event, Some(revision), Some(label.clone()), step, reason.clone());
         let mut done = Vec::new();
         for (&wid, wt) in &mut self.waiters {
@@ -518,6 +538,7 @@ impl Hub {
             self.gone.pop_front();
         }
         self.publish(&b.target, "disconnected", None, Some(label.clone()), None, None);
+        self.note(id, &b, "disconnected", None, None);
         let mut done = Vec::new();
         for (&wid, wt) in &mut self.waiters {
             if wt.pending.remove(&id) {
@@ -577,11 +598,36 @@ impl Hub {
         rows
     }
 
+    fn note(
+        &mut self,
+        id: u64,
+        b: &Bound,
+        event: &'static str,
+        revision: Option<u64>,
+        reason: Option<String>,
+    ) {
+        if self.noting {
+            let (target, instance) = (b.target.clone(), b.instance.clone());
+            self.notes.push(Note { id, target, instance, event, revision, reason });
+        }
+    }
+
     /// Commit `values` as `target`'s next revision and send it to every
     /// weavelet of the target (coalesced for those that are behind).
     pub fn commit(&mut self, target: &str, values: Doc, note: String) -> Result<ConfigDoc, String> {
+        self.commit_with(target, values, note, true)
+    }
+
+    /// `commit`, durable on disk or not (see `Store::commit_with`).
+    pub fn commit_with(
+        &mut self,
+        target: &str,
+        values: Doc,
+        note: String,
+        durable: bool,
+    ) -> Result<ConfigDoc, String> {
         codec::check_fits(target, &values)?;
-        let r = self.store.commit(target, values, note, wall_ms())?;
+        let r = self.store.commit_with(target, values, note, wall_ms(), durable)?;
         let doc = config_doc(target, r);
         info!("{target}: revision {} ({}): {}", doc.revision, doc.note, doc.changed.join(", "));
         let (rev, values) = self.store.current(target).expect("just committed");

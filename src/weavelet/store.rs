@@ -62,6 +62,9 @@ pub struct Store {
     /// `None`: nothing is persisted (tests of the pure parts).
     dir: Option<PathBuf>,
     targets: BTreeMap<String, Target>,
+    /// Targets with revisions not written yet (`commit_with` not
+    /// `durable`): written by `save_pending`.
+    pending: std::collections::BTreeSet<String>,
 }
 
 /// The default state dir: `$XDG_STATE_HOME/weaver`, else
@@ -88,7 +91,11 @@ impl Store {
         let targets_dir = dir.join("targets");
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&targets_dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        let mut store = Store { dir: Some(dir.to_path_buf()), targets: BTreeMap::new() };
+        let mut store = Store {
+            dir: Some(dir.to_path_buf()),
+            targets: BTreeMap::new(),
+            pending: Default::default(),
+        };
         let mut problems = Vec::new();
         for entry in fs::read_dir(&targets_dir)? {
             let path = entry?.path();
@@ -162,6 +169,22 @@ impl Store {
         note: String,
         time_ms: u64,
     ) -> Result<&Revision, String> {
+        self.commit_with(target, values, note, time_ms, true)
+    }
+
+    /// `commit`, or when not `durable` kept in memory and written later
+    /// by `save_pending` (atomically, without waiting for the disk): for
+    /// revisions whose source of truth is elsewhere (the fleet's bucket),
+    /// where a file written before delivery (~10 ms with its fsync) would
+    /// only delay every weavelet.
+    pub fn commit_with(
+        &mut self,
+        target: &str,
+        values: Doc,
+        note: String,
+        time_ms: u64,
+        durable: bool,
+    ) -> Result<&Revision, String> {
         doc::check_target(target)?;
         doc::check_doc(&values)?;
         let t = self.targets.entry(target.to_string()).or_default();
@@ -175,12 +198,19 @@ impl Store {
         };
         t.revisions.push_back(rev);
         let dropped = if t.revisions.len() > KEEP { t.revisions.pop_front() } else { None };
+        if !durable {
+            if self.dir.is_some() {
+                self.pending.insert(target.to_string());
+            }
+            return Ok(t.revisions.back().expect("pushed above"));
+        }
+        self.pending.remove(target);
         if let Some(dir) = &self.dir {
             let file = TargetFile {
                 target: target.to_string(),
                 revisions: t.revisions.iter().cloned().collect(),
             };
-            if let Err(e) = save(dir, target, &file) {
+            if let Err(e) = save(dir, target, &file, true) {
                 t.revisions.pop_back();
                 if let Some(d) = dropped {
                     t.revisions.push_front(d);
@@ -189,6 +219,30 @@ impl Store {
             }
         }
         Ok(t.revisions.back().expect("pushed above"))
+    }
+}
+
+impl Store {
+    /// Write the revisions `commit_with` kept in memory (atomically, not
+    /// waiting for the disk); what could not be written, said.
+    pub fn save_pending(&mut self) -> Vec<String> {
+        let Some(dir) = &self.dir else { return Vec::new() };
+        let mut errors = Vec::new();
+        for target in std::mem::take(&mut self.pending) {
+            let Some(t) = self.targets.get(&target) else { continue };
+            let file = TargetFile {
+                target: target.clone(),
+                revisions: t.revisions.iter().cloned().collect(),
+            };
+            if let Err(e) = save(dir, &target, &file, false) {
+                errors.push(format!("cannot save {target}'s revisions in {}: {e}", dir.display()));
+            }
+        }
+        errors
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 }
 
@@ -201,7 +255,7 @@ fn load(path: &Path) -> io::Result<TargetFile> {
 }
 
 /// Write `<dir>/targets/<target>.json` atomically and durably.
-fn save(dir: &Path, target: &str, file: &TargetFile) -> io::Result<()> {
+fn save(dir: &Path, target: &str, file: &TargetFile, durable: bool) -> io::Result<()> {
     let targets = dir.join("targets");
     fs::DirBuilder::new().recursive(true).mode(0o700).create(&targets)?;
     let path = targets.join(format!("{target}.json"));
@@ -210,10 +264,15 @@ fn save(dir: &Path, target: &str, file: &TargetFile) -> io::Result<()> {
     let mut f =
         fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(&bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     drop(f);
     fs::rename(&tmp, &path)?;
-    fs::File::open(&targets)?.sync_all()
+    if durable {
+        fs::File::open(&targets)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub fn handle(cx: &mut Ctx, client: u64, tag: u64, req: ConfigReq) {
             cx.reply_result(client, tag, r);
         }
         ConfigReq::Set { target, set, unset, wait } => {
+            if cx.fleet.is_some() {
+                let e = bad(format!(
+                    "this host is in a fleet: say --fleet to change {target} on every host,                      or --local for this host only"
+                ));
+                return cx.reply(client, tag, Response::Error(e));
+            }
             let r = set_doc(cx, &target, &set, &unset);
             committed(cx, client, tag, &target, r, wait);
         }

@@ -6,6 +6,7 @@ pub mod compute;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod fleet;
 pub mod handshake;
 pub mod health;
 pub mod input;
@@ -24,6 +25,7 @@ use std::time::Instant;
 use crate::daemon::clients::Clients;
 use crate::daemon::compute::Compute;
 use crate::daemon::effect::{Effect, Effects};
+use crate::daemon::fleet::Fleet;
 use crate::daemon::follow::Follow;
 use crate::daemon::procs::Procs;
 use crate::daemon::runner::Runner;
@@ -49,6 +51,8 @@ pub struct Ctx<'a> {
     pub follow: &'a mut Follow,
     pub hub: &'a mut Hub,
     pub runner: &'a mut Runner,
+    /// The fleet link, with `[fleet]` configured.
+    pub fleet: Option<&'a mut Fleet>,
     pub info: &'a DaemonInfo,
     /// A graceful stop is under way.
     pub stopping: bool,
@@ -125,6 +129,7 @@ pub fn request(cx: &mut Ctx, client: u64, tag: u64, req: Request, payload: Paylo
         Request::Attach { name, read_only, force, tail } => {
             input::attach(cx, client, tag, &name, read_only, force, tail)
         }
+        Request::Fleet(req) => fleet::handle(cx, client, tag, req),
     }
 }
 
@@ -179,6 +184,7 @@ mod tests {
                 follow: &mut self.follow,
                 hub: &mut self.hub,
                 runner: &mut self.runner,
+                fleet: None,
                 info: &self.info,
                 stopping,
                 now: Instant::now(),

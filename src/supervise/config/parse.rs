@@ -155,7 +155,8 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
 
 // ---------------------------------------------------------------- the parser
 
-const TOP_KEYS: &[&str] = &["compute", "process", "http", "job"];
+/// `fleet` is read by `crate::fleet::config`.
+const TOP_KEYS: &[&str] = &["compute", "process", "http", "job", "fleet"];
 const HTTP_KEYS: &[&str] = &["listen", "allow_remote", "header_timeout", "idle_timeout"];
 const RESTART_KEYS: &[&str] = &[
     "auto_restart",
