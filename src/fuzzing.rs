@@ -539,6 +539,7 @@ fn fuzz_snapshot(flags: u8) -> crate::http::Snapshot {
         ],
         weavelets: Vec::new(),
         http_connections: 3,
+        fleet: None,
     }
 }
 

@@ -7,7 +7,7 @@
 mod nats;
 mod util;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -90,6 +90,19 @@ fn fleet_status(env: &TestEnv) -> Value {
 
 fn synced(env: &TestEnv) -> bool {
     fleet_status(env)["synced"] == json!(true)
+}
+
+/// Sample `name` of the host's `GET /metrics` (its HTTP endpoint is on).
+fn metric(env: &TestEnv, name: &str) -> Option<f64> {
+    let st: Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    let addr = st["daemon"]["http"].as_str().expect("the HTTP endpoint is on").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let prefix = format!("{name} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
 }
 
 fn lr_of(w: &Weavelet) -> Option<Value> {
@@ -200,7 +213,7 @@ fn unreachable_fleet_fails_at_once_with_69_and_the_cache_is_served() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut srv = NatsServer::start(tmp.path());
-    let h = host(&srv.url(), "solo");
+    let h = host(&srv.url(), "solo").env("WEAVER_HTTP", "127.0.0.1:0");
     h.ok(&["fleet", "init"]);
     h.status();
     assert!(wait_for(LIMIT, || synced(&h)), "{}", h.log());
@@ -210,6 +223,11 @@ fn unreachable_fleet_fails_at_once_with_69_and_the_cache_is_served() {
             serde_json::from_str(&h.ok(&["config", "get", "trainer", "--json"])).unwrap();
         g["values"]["lr"] == json!(0.5)
     }));
+    let revision = fleet_status(&h)["revision"].as_f64().unwrap();
+    assert!(revision >= 1.0);
+    assert_eq!(metric(&h, "weaver_fleet_connected"), Some(1.0));
+    assert_eq!(metric(&h, "weaver_fleet_synced"), Some(1.0));
+    assert_eq!(metric(&h, "weaver_fleet_revision"), Some(revision));
 
     // The server goes away; the daemon restarts during the outage.
     srv.kill();
@@ -226,6 +244,9 @@ fn unreachable_fleet_fails_at_once_with_69_and_the_cache_is_served() {
     assert!(wait_for(LIMIT, || fleet_status(&h)["last_error"]
         .as_str()
         .is_some_and(|e| e.contains("refused"))));
+    assert_eq!(metric(&h, "weaver_fleet_connected"), Some(0.0));
+    assert_eq!(metric(&h, "weaver_fleet_synced"), Some(0.0));
+    assert_eq!(metric(&h, "weaver_fleet_revision"), Some(revision), "the cache's revision");
 
     let out = h.run(&["config", "set", "--fleet", "trainer", "lr=0.9"]);
     assert_eq!(out.status.code(), Some(69), "{out:?}");

@@ -267,6 +267,7 @@ impl Reactor {
                     info: &self.info,
                     stopping: self.stopping,
                     processes_started: self.contain.is_none(),
+                    fleet: self.fleet.as_ref(),
                 };
                 http.event(id, &mut |need| view.snapshot(need, Instant::now()), now, fx);
             }

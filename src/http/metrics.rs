@@ -232,6 +232,41 @@ pub fn render(s: &Snapshot) -> String {
             w.lag as f64,
         );
     }
+    if let Some(f) = &s.fleet {
+        let b = |v: bool| if v { 1.0 } else { 0.0 };
+        o.one(
+            "weaver_fleet_connected",
+            "gauge",
+            "1 while the fleet link is connected to a NATS server.",
+            b(f.connected),
+        );
+        o.one(
+            "weaver_fleet_synced",
+            "gauge",
+            "1 while this host has the fleet's latest configuration and changes flow.",
+            b(f.synced),
+        );
+        o.one(
+            "weaver_fleet_revision",
+            "gauge",
+            "The last fleet revision this host has seen (the key-value bucket's sequence).",
+            f.revision as f64,
+        );
+        o.one(
+            "weaver_fleet_watch_restarts_total",
+            "counter",
+            "Times the watch of the fleet's bucket was started again.",
+            f.watch_restarts as f64,
+        );
+        if let Some(us) = f.rtt_us {
+            o.one(
+                "weaver_fleet_rtt_seconds",
+                "gauge",
+                "The round trip of the last PING to the NATS server.",
+                us as f64 / 1e6,
+            );
+        }
+    }
     o.text
 }
 
@@ -273,6 +308,7 @@ mod tests {
             "weaver_weavelet_lag_revisions{target=\"trainer\",weavelet=\"trainer.2\",id=\"2\"} 3\n"
         ));
         assert!(!text.contains("trainer.3"), "a gone weavelet has no lag");
+        assert!(!text.contains("weaver_fleet"), "no fleet configured, no fleet metrics");
         assert!(
             text.contains("weaver_process_last_exit_code{instance=\"web.0\",process=\"web\"} 3\n")
         );
@@ -285,5 +321,32 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn the_fleet_link_has_its_metrics_when_configured() {
+        let mut s = sample();
+        s.fleet = Some(crate::protocol::FleetReport {
+            configured: true,
+            node: "gpu-7".into(),
+            servers: "nats://127.0.0.1:4222".into(),
+            server: Some("nats://127.0.0.1:4222".into()),
+            connected: true,
+            since_ms: 1,
+            rtt_us: Some(250),
+            synced: false,
+            revision: 42,
+            cache_saved_ms: 0,
+            bucket: "weaver_config".into(),
+            status_bucket: "weaver_status".into(),
+            last_error: None,
+            watch_restarts: 3,
+        });
+        let text = render(&s);
+        assert!(text.contains("weaver_fleet_connected 1\n"), "{text}");
+        assert!(text.contains("weaver_fleet_synced 0\n"), "{text}");
+        assert!(text.contains("weaver_fleet_revision 42\n"), "{text}");
+        assert!(text.contains("weaver_fleet_watch_restarts_total 3\n"), "{text}");
+        assert!(text.contains("weaver_fleet_rtt_seconds 0.00025\n"), "{text}");
     }
 }

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub weavelets: Vec<WeaveletRow>,
     /// Open HTTP connections.
     pub http_connections: u64,
+    /// The fleet link, with `[fleet]` configured (`/metrics` only).
+    pub fleet: Option<crate::protocol::FleetReport>,
 }
 
 /// What an answer needs of the daemon's state: a snapshot is built with
@@ -269,6 +271,7 @@ pub(crate) mod tests {
             ],
             weavelets: Vec::new(),
             http_connections: 1,
+            fleet: None,
         }
     }
 

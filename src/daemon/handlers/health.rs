@@ -21,6 +21,7 @@ pub fn handle(cx: &mut Ctx, client: u64, tag: u64, name: Option<String>) {
         stopping: cx.stopping,
         // Start-up ordering does not count for health.
         processes_started: true,
+        fleet: cx.fleet.as_deref(),
     };
     let need = name.as_deref().map_or(Need::ReadyProbes, Need::Name);
     let s = view.snapshot(need, cx.now);
@@ -45,6 +46,8 @@ pub struct View<'a> {
     /// join); start-up ordering has finished once none of them waits or
     /// starts.
     pub processes_started: bool,
+    /// The fleet link, with `[fleet]` configured.
+    pub fleet: Option<&'a crate::daemon::fleet::Fleet>,
 }
 
 impl View<'_> {
@@ -76,6 +79,7 @@ impl View<'_> {
             procs,
             weavelets: if all { self.hub.rows(None) } else { Vec::new() },
             http_connections: 0,
+            fleet: if all { self.fleet.map(|f| f.report()) } else { None },
         }
     }
 }
