@@ -34,7 +34,7 @@ use crate::supervise::{Action, Check, Exit, RunId, Supervisor};
 use crate::sys::ChildSetup;
 
 /// Bytes read from a pipe per read call.
-const PIPE_READ: usize = 64 * 1024;
+pub(crate) const PIPE_READ: usize = 64 * 1024;
 /// Reads of one pipe per turn: a fast writer must not hold the reactor.
 const PIPE_READS_PER_TURN: usize = 16;
 
@@ -426,29 +426,8 @@ impl Procs {
 
     /// Output from a supervised process.
     pub fn read_pipe(&mut self, id: u64, scratch: &mut [u8], fx: &mut Effects) {
-        let mut eof = false;
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
         let Some(p) = self.pipes.get_mut(&id) else { return };
-        let n = PIPE_READ.min(scratch.len());
-        let buf = &mut scratch[..n];
-        loop {
-            match p.file.read(buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => chunks.push(buf[..n].to_vec()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-            if chunks.len() >= PIPE_READS_PER_TURN {
-                break;
-            }
-        }
+        let Drained { chunks, eof, more } = drain_pipe(&mut p.file, scratch);
         let (instance, stream) = (p.instance.clone(), p.stream);
         let now = Instant::now();
         let ms = wall_ms();
@@ -462,7 +441,7 @@ impl Procs {
             }
             let a = self.sup.on_output_eof(&instance, stream, ms, now);
             self.run_actions(a, fx);
-        } else if chunks.len() >= PIPE_READS_PER_TURN {
+        } else if more {
             // Edge-triggered: nothing new will wake us for what is left.
             self.pending_pipes.push(id);
         }
@@ -787,6 +766,42 @@ fn from_instance(pid: u32, process: &str, index: u32) -> bool {
 /// number, time and instance).
 fn describe_event(k: &EventKind) -> String {
     EventRecord::of(0, 0, "", k).what().to_string()
+}
+
+/// What one turn read from an output pipe.
+pub(crate) struct Drained {
+    pub chunks: Vec<Vec<u8>>,
+    /// The write end is closed (or the pipe failed).
+    pub eof: bool,
+    /// The turn's bound stopped the reads: more may wait (edge-triggered,
+    /// so read again next turn).
+    pub more: bool,
+}
+
+/// Read a non-blocking output pipe until it would block, ends, or
+/// [`PIPE_READS_PER_TURN`] reads of at most [`PIPE_READ`] bytes were made
+/// (one process's output cannot hold the loop). Processes' and jobs' pipes
+/// alike.
+pub(crate) fn drain_pipe(file: &mut File, scratch: &mut [u8]) -> Drained {
+    let n = PIPE_READ.min(scratch.len());
+    let buf = &mut scratch[..n];
+    let mut d = Drained { chunks: Vec::new(), eof: false, more: false };
+    loop {
+        match file.read(buf) {
+            Ok(0) => d.eof = true,
+            Ok(n) => {
+                d.chunks.push(buf[..n].to_vec());
+                if d.chunks.len() < PIPE_READS_PER_TURN {
+                    continue;
+                }
+                d.more = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => d.eof = true,
+        }
+        return d;
+    }
 }
 
 #[cfg(test)]

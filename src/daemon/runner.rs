@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::guard::Guard;
-use crate::daemon::procs::{child_command, wall_ms};
+use crate::daemon::procs::{child_command, drain_pipe, wall_ms, Drained, PIPE_READ};
 use crate::daemon::token;
 use crate::protocol::{ErrorKind, ErrorReply, LogChunk, LogLine, Response};
 use crate::run::sched::{select, Slot};
@@ -44,9 +44,6 @@ pub const KEEP_RUNS: usize = 32;
 pub const MAX_ACTIVE_RUNS: usize = 64;
 /// Lines of stderr a failed job's result shows.
 const STDERR_TAIL: usize = 5;
-/// Bytes read from a pipe per read call, and reads per pipe per turn.
-const PIPE_READ: usize = 64 * 1024;
-const PIPE_READS_PER_TURN: usize = 16;
 /// The exit code a job's timeout gives it (as `timeout(1)` does).
 pub const TIMEOUT_CODE: i32 = 124;
 /// Variables every job sees.
@@ -649,26 +646,7 @@ impl Runner {
     /// Output from a job.
     pub fn read_pipe(&mut self, id: u64, scratch: &mut [u8], fx: &mut Effects) {
         let Some(p) = self.pipes.get_mut(&id) else { return };
-        let n = PIPE_READ.min(scratch.len());
-        let buf = &mut scratch[..n];
-        let (mut reads, mut eof) = (0, false);
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        while reads < PIPE_READS_PER_TURN {
-            match p.file.read(buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => chunks.push(buf[..n].to_vec()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-            reads += 1;
-        }
+        let Drained { chunks, eof, more } = drain_pipe(&mut p.file, scratch);
         let (run, job, stream) = (p.run, p.job, p.stream);
         for c in &chunks {
             self.output(run, job, stream, c, false, fx);
@@ -678,7 +656,7 @@ impl Runner {
             if let Some(p) = self.pipes.remove(&id) {
                 fx.push(Effect::Unwatch { fd: p.file.into() });
             }
-        } else if reads >= PIPE_READS_PER_TURN {
+        } else if more {
             self.pending_pipes.push(id);
         }
     }
