@@ -6,8 +6,7 @@
 //! differs), so `weaver ls` shows only live daemons.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -39,26 +38,10 @@ fn file(state_dir: &Path, pid: u32) -> PathBuf {
 
 /// Write `e`'s entry (mode 0600, in a 0700 directory), atomically.
 pub fn write(state_dir: &Path, e: &Entry) -> io::Result<()> {
-    let d = dir(state_dir);
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
-    let path = file(state_dir, e.pid);
-    let tmp = d.join(format!(".{}.json.tmp", e.pid));
     let bytes = serde_json::to_vec_pretty(e).map_err(io::Error::other)?;
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    if let Err(e) = fs::rename(&tmp, &path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::File::open(&d)?.sync_all()
+    let path = file(state_dir, e.pid);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    crate::sys::write_private_atomic(&dir(state_dir), &name, &bytes, true)
 }
 
 /// Remove the entry of `pid`, if it is still `start_time`'s (a newer daemon

@@ -162,6 +162,45 @@ impl Rng {
     }
 }
 
+/// Write `bytes` to `dir/name` atomically: a private temporary file
+/// (0600, no symlink followed) in `dir` (made 0700 if missing), renamed
+/// over `name`; with `durable`, the file and then the directory are synced
+/// before it returns. The state dir's files (weavelet revisions, the fleet
+/// cache, the daemon registry) are all written this way.
+pub fn write_private_atomic(
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+    durable: bool,
+) -> std::io::Result<()> {
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    if durable {
+        f.sync_all()?;
+    }
+    drop(f);
+    if let Err(e) = fs::rename(&tmp, &path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if durable {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

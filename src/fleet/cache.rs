@@ -9,8 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -115,26 +114,10 @@ impl Cache {
     /// older cache until it resyncs. The overlay (this host's own) does.
     pub fn save(&mut self, state_dir: &Path, now_ms: u64, durable: bool) -> io::Result<()> {
         self.saved_ms = now_ms;
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
-        let path = Self::path(state_dir);
-        let tmp = state_dir.join(".fleet.json.tmp");
         let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
-        drop(f);
-        fs::rename(&tmp, &path)?;
-        if durable {
-            fs::File::open(state_dir)?.sync_all()?;
-        }
-        Ok(())
+        let path = Self::path(state_dir);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("fleet.json");
+        crate::sys::write_private_atomic(state_dir, name, &bytes, durable)
     }
 
     /// A key of the bucket changed (`None`: deleted).

@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -256,23 +256,9 @@ fn load(path: &Path) -> io::Result<TargetFile> {
 
 /// Write `<dir>/targets/<target>.json` atomically and durably.
 fn save(dir: &Path, target: &str, file: &TargetFile, durable: bool) -> io::Result<()> {
-    let targets = dir.join("targets");
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(&targets)?;
-    let path = targets.join(format!("{target}.json"));
-    let tmp = targets.join(format!(".{target}.json.tmp"));
     let bytes = serde_json::to_vec(file).map_err(io::Error::other)?;
-    let mut f =
-        fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(&bytes)?;
-    if durable {
-        f.sync_all()?;
-    }
-    drop(f);
-    fs::rename(&tmp, &path)?;
-    if durable {
-        fs::File::open(&targets)?.sync_all()?;
-    }
-    Ok(())
+    let name = format!("{target}.json");
+    crate::sys::write_private_atomic(&dir.join("targets"), &name, &bytes, durable)
 }
 
 #[cfg(test)]
