@@ -579,3 +579,71 @@ shell = true
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("job reader is not running"), "{err}");
 }
+
+/// On a terminal, `weaver run` shows a line per job updated in place
+/// (running, with its elapsed time), then the summary.
+#[test]
+fn on_a_terminal_progress_is_drawn_in_place_then_the_summary() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let j = jobs(&format!(
+        r#"
+[[job]]
+name = "gate"
+command = "{}"
+shell = true
+
+[[job]]
+name = "after_gate"
+command = ["true"]
+after = ["gate"]
+"#,
+        wait_file("open")
+    ));
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave;
+    let mut child = j
+        .env
+        .cmd()
+        .arg("run")
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    j.env.track(child.id());
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut master = std::fs::File::from(pty.master);
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = master.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&b[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let drawn = wait_for(Duration::from_secs(20), || {
+        let t = text();
+        t.contains("gate") && t.contains("running") && t.contains("pending")
+    });
+    assert!(drawn, "no live progress on the terminal: {:?}", text());
+    // Drawn in place: the cursor goes back up over the job lines.
+    assert!(text().contains("\x1b["), "no terminal control sequences: {:?}", text());
+    std::fs::write(j.file("open"), "").unwrap();
+    let mut status = None;
+    assert!(wait_for(Duration::from_secs(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert_eq!(status.unwrap().code(), Some(0), "{}", text());
+    drop(slave);
+    let done = wait_for(Duration::from_secs(5), || text().contains("2 passed"));
+    assert!(done, "no summary: {:?}", text());
+    drop(reader);
+}
