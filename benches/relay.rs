@@ -139,9 +139,19 @@ fn direct_fd_reply(s: &UnixStream, len: u64) {
     loop {
         let (h, size, back) = weaver::ffi::recv_fd_frame(s.as_fd()).expect("reply");
         if h.kind != weaver::wire::kind::RESPONSE_FD {
-            // A PING or inline frame: its payload is read and dropped.
+            // A PING's payload is read and dropped; any other frame is an
+            // answer without the fd (BUSY, an error): the bench stops and
+            // says so rather than wait for a reply that will not come.
             let mut skip = vec![0u8; h.payload_len as usize];
             std::io::Read::read_exact(&mut &*s, &mut skip).unwrap();
+            assert_eq!(
+                h.kind,
+                weaver::wire::kind::PING,
+                "compute answered request {} with status {} and no fd: {}",
+                h.request_id,
+                h.code,
+                String::from_utf8_lossy(&skip)
+            );
             continue;
         }
         assert_eq!((size, back.is_some()), (len, true));

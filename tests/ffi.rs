@@ -467,6 +467,57 @@ fn echo_by_fd_answers_with_the_same_sealed_memfd_and_refusals_close_every_fd() {
     assert_eq!(open_fds_to(&name), 0, "no memfd of this test is left open in the process");
 }
 
+/// An echo by fd passes the client's own memfd back: compute holds none
+/// of its memory, so replies waiting to be written do not count against
+/// the bytes compute may hold, and pipelined echoes of a 1 GiB memfd are
+/// never answered BUSY (each would count 1 GiB, over the 256 MiB bound).
+#[test]
+fn pipelined_echoes_of_a_large_memfd_are_not_refused_busy_while_replies_wait() {
+    let (client, server) = UnixStream::pair().expect("socketpair");
+    // A small send buffer on compute's side keeps most replies waiting in
+    // compute while the test does not read.
+    nix::sys::socket::setsockopt(&server, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let served = Served::spawn(server, 2, None, None, false);
+    let name = format!("wvffi-pipelined-{}", std::process::id());
+    let c = std::ffi::CString::new(name.clone()).unwrap();
+    // SAFETY: c is NUL-terminated; the result is checked.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0);
+    // SAFETY: a new fd, ours alone.
+    let f = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    f.set_len(1 << 30).unwrap(); // sparse: no memory behind it
+    let fd = OwnedFd::from(f);
+    ffi::memfd_seal(fd.as_fd()).unwrap();
+    const N: u64 = 24;
+    let send = |id: u64| {
+        ffi::send_fd_frame(client.as_fd(), kind::REQUEST_FD, id, op::ECHO, 1 << 30, fd.as_fd())
+            .unwrap()
+    };
+    for id in 1..=N {
+        send(id);
+    }
+    // Let compute answer those and fill its small send buffer, so that
+    // replies wait in compute when the next requests come in.
+    thread::sleep(Duration::from_millis(300));
+    for id in N + 1..=2 * N {
+        send(id);
+    }
+    for _ in 0..2 * N {
+        let (h, size, back) = ffi::recv_fd_frame(client.as_fd()).expect("a reply");
+        assert_eq!(
+            (h.kind, h.code, size),
+            (kind::RESPONSE_FD, status::OK, 1 << 30),
+            "request {} was not echoed by fd",
+            h.request_id
+        );
+        drop(back);
+    }
+    drop(fd);
+    let peer = Peer::new(client);
+    assert!(shutdown_and_drain(peer, served).is_empty());
+    assert_eq!(open_fds_to(&name), 0, "no memfd of this test is left open in the process");
+}
+
 #[test]
 fn an_fd_with_a_plain_frame_ends_the_connection_and_is_closed() {
     let (client, served) = start_fd(1);

@@ -32,6 +32,7 @@ struct wc_job {
      * `out` is then the 8 size bytes), closed once sent. */
     int in_fd, out_fd;
     uint64_t in_size, out_size;
+    int out_fd_passed; /* out_fd is the request's own memfd, passed back */
     int is_request; /* counts against WC_QUEUE_MAX_REQUESTS until written */
     size_t held;    /* bytes counted against WC_QUEUE_MAX_BYTES now */
 };

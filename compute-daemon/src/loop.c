@@ -87,10 +87,12 @@ static void out_push(struct wc_server *s, struct wc_job *j)
     }
     encode_frame_header(j);
     if (j->is_request) {
-        /* A reply memfd counts until it is sent: renders waiting to be
-         * written are memory too. */
+        /* A reply memfd compute made counts until it is sent: renders
+         * waiting to be written are memory too. A request's own memfd
+         * passed back (echo) is the client's memory, not compute's. */
         s->held_bytes -= j->held;
-        j->held = j->out_len + (j->out_fd >= 0 ? (size_t)j->out_size : 0);
+        int ours = j->out_fd >= 0 && !j->out_fd_passed;
+        j->held = j->out_len + (ours ? (size_t)j->out_size : 0);
         s->held_bytes += j->held;
     }
     s->out_bytes += WC_HEADER_SIZE + j->out_len;

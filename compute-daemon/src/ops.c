@@ -228,6 +228,7 @@ static void op_echo(struct wc_call *call)
         /* A sealed memfd cannot change: the reply is the same fd. */
         call->out_fd = call->in_fd;
         call->out_size = call->in_size;
+        call->out_fd_passed = 1;
         call->in_fd = -1;
         return;
     }

@@ -43,6 +43,9 @@ struct wc_call {
     size_t out_len;
     int out_fd;
     uint64_t out_size;
+    /** out_fd is the request's own memfd passed back (echo): it holds
+     *  none of compute's memory, so it is not counted as held. */
+    int out_fd_passed;
 };
 
 typedef void (*wc_op_handler)(struct wc_call *call);

@@ -67,6 +67,7 @@ static void run_job(struct wc_pool *p, struct wc_job *j)
         j->out_len = WC_FD_INFO_SIZE;
         j->out_fd = call.out_fd;
         j->out_size = call.out_size;
+        j->out_fd_passed = call.out_fd_passed;
     } else if (call.out_fd >= 0) {
         close(call.out_fd);
     }
