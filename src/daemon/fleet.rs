@@ -57,6 +57,12 @@ const MAX_STATUSES: usize = 65536;
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 /// Bytes queued for the socket before publishing stops.
 const MAX_UNSENT: usize = 8 << 20;
+/// A `config set --fleet` while connected but not synced (the watch is
+/// restarting, as after a compare-and-set conflict) waits this long for
+/// the sync before it fails.
+const RESYNC_WAIT: Duration = Duration::from_secs(3);
+/// Puts waiting for the sync, at most.
+const MAX_PARKED: usize = 256;
 
 /// Which watcher a request or subscription belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +96,18 @@ struct Status {
     /// The config bucket's creation time the revision belongs to (a
     /// re-created bucket counts revisions from 1 again).
     epoch: Option<String>,
+}
+
+/// A `config set --fleet` waiting for the config watch to be synced.
+#[derive(Debug)]
+struct Parked {
+    client: u64,
+    tag: u64,
+    target: String,
+    set: Vec<(String, String)>,
+    unset: Vec<String>,
+    wait: Option<u64>,
+    until: Instant,
 }
 
 /// A `config set --fleet --wait`.
@@ -135,6 +153,8 @@ pub struct Fleet {
     statuses: BTreeMap<String, Status>,
     waits: HashMap<u64, FleetWait>,
     next_wait: u64,
+    /// Puts waiting (bounded) for the config watch to be synced again.
+    parked: Vec<Parked>,
     /// This host's weavelets, by hub connection id.
     locals: HashMap<u64, Local>,
     /// Status entries to publish, coalesced per key.
@@ -199,6 +219,7 @@ impl Fleet {
             statuses: BTreeMap::new(),
             waits: HashMap::new(),
             next_wait: 1,
+            parked: Vec::new(),
             locals: HashMap::new(),
             outbox: BTreeMap::new(),
             since_ms: wall_ms(),
@@ -410,6 +431,7 @@ impl Fleet {
         if self.client.is_ready() && !self.outbox.is_empty() {
             self.flush_outbox();
         }
+        self.parked_overdue(now, fx);
         self.write(hub, fx);
         self.arm(now, fx);
     }
@@ -421,6 +443,7 @@ impl Fleet {
             self.config_w.next_deadline(),
             self.status_w.next_deadline(),
             self.save_due,
+            self.parked.iter().map(|p| p.until).min(),
         ]
         .into_iter()
         .flatten()
@@ -518,7 +541,17 @@ impl Fleet {
                 self.config_w.stopped();
                 self.status_w.stopped();
                 self.sids.clear();
-                // Requests were failed one by one before this event.
+                // Requests were failed one by one before this event;
+                // puts waiting for the sync fail now.
+                for p in std::mem::take(&mut self.parked) {
+                    let e = unreachable(&format!("connection lost: {why}"));
+                    fx.push(Effect::Reply {
+                        client: p.client,
+                        tag: p.tag,
+                        resp: Response::Error(e),
+                        payload: Vec::new(),
+                    });
+                }
             }
             Event::Msg(m) => match self.sids.get(&m.sid) {
                 Some(&Which::Config) => {
@@ -684,6 +717,7 @@ impl Fleet {
                             info!("fleet: synced at revision {revision}");
                             self.cache.created = self.config_w.created().map(str::to_string);
                             self.save();
+                            self.unpark(fx);
                         } else {
                             self.check_waits(fx);
                         }
@@ -1010,6 +1044,7 @@ impl Fleet {
             self.waits.remove(&id);
             fx.push(Effect::Cancel(Timer::FleetWait(id)));
         }
+        self.parked.retain(|p| p.client != client);
         self.status_idle();
     }
 
@@ -1034,7 +1069,27 @@ impl Fleet {
             return Err(unreachable(&why));
         }
         if !self.config_w.synced {
-            return Err(unreachable("connected, but the fleet configuration is not synced yet"));
+            // The watch is (re)starting, as right after a compare-and-set
+            // conflict: wait for the sync (bounded) rather than fail a
+            // retry that comes at once.
+            if self.parked.len() >= MAX_PARKED {
+                return Err(unreachable(
+                    "connected, but the fleet configuration is not synced yet and too many \
+                     changes wait for it: retry in a moment (weaver fleet status says when it \
+                     is synced)",
+                ));
+            }
+            debug!("fleet: {target}: waiting for the sync before writing");
+            self.parked.push(Parked {
+                client,
+                tag,
+                target: target.to_string(),
+                set: set.to_vec(),
+                unset: unset.to_vec(),
+                wait,
+                until: Instant::now() + RESYNC_WAIT,
+            });
+            return Ok(());
         }
         let cur = self.cache.targets.get(target);
         let expected = cur.map_or(0, |c| c.revision);
@@ -1056,6 +1111,44 @@ impl Fleet {
             }
             Err(SendError::NotConnected) => Err(unreachable("not connected")),
             Err(SendError::Invalid(e)) => Err(bad(e)),
+        }
+    }
+
+    /// The config watch is synced: the puts that waited for it are made.
+    fn unpark(&mut self, fx: &mut Effects) {
+        for p in std::mem::take(&mut self.parked) {
+            if let Err(e) = self.put(p.client, p.tag, &p.target, &p.set, &p.unset, p.wait) {
+                fx.push(Effect::Reply {
+                    client: p.client,
+                    tag: p.tag,
+                    resp: Response::Error(e),
+                    payload: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// Puts that waited [`RESYNC_WAIT`] for the sync in vain fail, saying
+    /// nothing was written and to retry.
+    fn parked_overdue(&mut self, now: Instant, fx: &mut Effects) {
+        if self.parked.iter().all(|p| p.until > now) {
+            return;
+        }
+        let (over, keep): (Vec<Parked>, Vec<Parked>) =
+            std::mem::take(&mut self.parked).into_iter().partition(|p| p.until <= now);
+        self.parked = keep;
+        for p in over {
+            let e = unreachable(&format!(
+                "connected, but the fleet configuration was not synced within {} s: retry in \
+                 a moment (weaver fleet status says when it is synced)",
+                RESYNC_WAIT.as_secs()
+            ));
+            fx.push(Effect::Reply {
+                client: p.client,
+                tag: p.tag,
+                resp: Response::Error(e),
+                payload: Vec::new(),
+            });
         }
     }
 
