@@ -96,6 +96,28 @@ struct Status {
     /// The config bucket's creation time the revision belongs to (a
     /// re-created bucket counts revisions from 1 again).
     epoch: Option<String>,
+    /// When its host published it (wall clock, ms), and how often that
+    /// host publishes it again while nothing changes.
+    time_ms: Option<u64>,
+    every_ms: Option<u64>,
+}
+
+/// A connected entry whose host has not published it for this many of its
+/// intervals is stale: the host is gone or cut off from NATS.
+const STALE_BEATS: u64 = 3;
+
+impl Status {
+    /// How long ago its host last published it, once that is more than
+    /// one interval (a missed beat), with whether it is stale.
+    fn silence(&self, now_ms: u64) -> Option<(u64, bool)> {
+        let (t, every) = (self.time_ms?, self.every_ms?.max(1));
+        let age = now_ms.saturating_sub(t);
+        (age > every).then_some((age, age > STALE_BEATS * every))
+    }
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.0} s", ms as f64 / 1e3)
 }
 
 /// A `config set --fleet` waiting for the config watch to be synced.
@@ -159,6 +181,12 @@ pub struct Fleet {
     locals: HashMap<u64, Local>,
     /// Status entries to publish, coalesced per key.
     outbox: BTreeMap<String, Vec<u8>>,
+    /// This host's connected weavelets' entries as last published, sent
+    /// again every `status_every` (their liveness).
+    shown: BTreeMap<String, Value>,
+    beat_due: Option<Instant>,
+    /// Waiters are checked again at this time (entries turn stale).
+    recheck_due: Option<Instant>,
     since_ms: u64,
     rtt: Option<Duration>,
     server: Option<String>,
@@ -222,6 +250,9 @@ impl Fleet {
             parked: Vec::new(),
             locals: HashMap::new(),
             outbox: BTreeMap::new(),
+            shown: BTreeMap::new(),
+            beat_due: None,
+            recheck_due: None,
             since_ms: wall_ms(),
             rtt: None,
             server: None,
@@ -432,6 +463,13 @@ impl Fleet {
             self.flush_outbox();
         }
         self.parked_overdue(now, fx);
+        self.beat(now);
+        if self.waits.is_empty() {
+            self.recheck_due = None;
+        } else if self.recheck_due.is_none_or(|t| t <= now) {
+            self.recheck_due = Some(now + Duration::from_millis(500));
+            self.check_waits(fx);
+        }
         self.write(hub, fx);
         self.arm(now, fx);
     }
@@ -444,6 +482,8 @@ impl Fleet {
             self.status_w.next_deadline(),
             self.save_due,
             self.parked.iter().map(|p| p.until).min(),
+            self.beat_due,
+            self.recheck_due,
         ]
         .into_iter()
         .flatten()
@@ -882,6 +922,8 @@ impl Fleet {
                     state: v["state"].as_str().unwrap_or_default().to_string(),
                     reason: v["reason"].as_str().map(str::to_string),
                     epoch: v["epoch"].as_str().map(str::to_string),
+                    time_ms: v["time_ms"].as_u64(),
+                    every_ms: v["every_ms"].as_u64(),
                 };
                 if self.statuses.len() >= MAX_STATUSES && !self.statuses.contains_key(&e.key) {
                     warn!("fleet: over {MAX_STATUSES} status entries; {} ignored", e.key);
@@ -934,8 +976,41 @@ impl Fleet {
             "node": self.cfg.node, "target": l.target, "connected": connected,
             "fleet_revision": l.fleet_revision, "state": state, "reason": reason,
             "epoch": self.config_w.created(), "time_ms": wall_ms(),
+            "every_ms": self.cfg.status_every.as_millis() as u64,
         });
         self.outbox.insert(l.key.clone(), v.to_string().into_bytes());
+        if connected {
+            self.shown.insert(l.key.clone(), v);
+        } else {
+            self.shown.remove(&l.key);
+        }
+    }
+
+    /// Every `status_every`, this host's connected weavelets' entries are
+    /// published again with the time: a waiter on another host tells a
+    /// live entry from one a vanished host left behind.
+    fn beat(&mut self, now: Instant) {
+        if !self.client.is_ready() {
+            self.beat_due = None;
+            return;
+        }
+        match self.beat_due {
+            Some(t) if t > now => return,
+            Some(_) => {
+                let ms = wall_ms();
+                for (key, v) in self.shown.iter_mut() {
+                    if !self.outbox.contains_key(key) {
+                        v["time_ms"] = json!(ms);
+                        self.outbox.insert(key.clone(), v.to_string().into_bytes());
+                    }
+                }
+                if !self.outbox.is_empty() {
+                    self.flush_outbox();
+                }
+            }
+            None => {}
+        }
+        self.beat_due = Some(now + self.cfg.status_every);
     }
 
     fn flush_outbox(&mut self) {
@@ -977,6 +1052,7 @@ impl Fleet {
             disconnected: Vec::new(),
             timed_out: false,
         };
+        let now_ms = wall_ms();
         for (key, s) in &self.statuses {
             if s.target != w.target {
                 continue;
@@ -985,10 +1061,21 @@ impl Fleet {
                 continue;
             }
             let current = s.epoch.as_deref() == self.config_w.created();
+            let silence = s.silence(now_ms);
             if current && s.fleet_revision >= w.revision && s.state == "rejected" {
                 r.rejected.push((key.clone(), s.reason.clone().unwrap_or_default()));
             } else if current && s.fleet_revision >= w.revision && s.state == "applied" {
                 r.applied.push(key.clone());
+            } else if let Some((age, true)) = silence {
+                // Left behind by a host that is gone or cut off: reported,
+                // not waited for.
+                r.disconnected.push(format!(
+                    "{key} (stale: its host last reported {} ago, every {} expected)",
+                    secs(age),
+                    secs(s.every_ms.unwrap_or(0))
+                ));
+            } else if let Some((age, false)) = silence {
+                r.lagging.push(format!("{key} (its host last reported {} ago)", secs(age)));
             } else {
                 r.lagging.push(key.clone());
             }
