@@ -466,7 +466,7 @@ impl Fleet {
         self.beat(now);
         if self.waits.is_empty() {
             self.recheck_due = None;
-        } else if self.recheck_due.is_none_or(|t| t <= now) {
+        } else if self.recheck_due.map_or(true, |t| t <= now) {
             self.recheck_due = Some(now + Duration::from_millis(500));
             self.check_waits(fx);
         }
