@@ -63,6 +63,11 @@ const MAX_UNSENT: usize = 8 << 20;
 const RESYNC_WAIT: Duration = Duration::from_secs(3);
 /// Puts waiting for the sync, at most.
 const MAX_PARKED: usize = 256;
+/// Status entries wait this long before they are published: a burst of
+/// acks (every weavelet of the host answering one revision, or revisions
+/// in quick succession) goes out as one write with the latest per key,
+/// after the turns that deliver revisions rather than between them.
+const STATUS_DELAY: Duration = Duration::from_millis(10);
 
 /// Which watcher a request or subscription belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +192,8 @@ pub struct Fleet {
     beat_due: Option<Instant>,
     /// Waiters are checked again at this time (entries turn stale).
     recheck_due: Option<Instant>,
+    /// When the queued status entries are published.
+    status_due: Option<Instant>,
     since_ms: u64,
     rtt: Option<Duration>,
     server: Option<String>,
@@ -253,6 +260,7 @@ impl Fleet {
             shown: BTreeMap::new(),
             beat_due: None,
             recheck_due: None,
+            status_due: None,
             since_ms: wall_ms(),
             rtt: None,
             server: None,
@@ -459,11 +467,20 @@ impl Fleet {
                 self.start_connect(url, fx);
             }
         }
-        if self.client.is_ready() && !self.outbox.is_empty() {
-            self.flush_outbox();
-        }
         self.parked_overdue(now, fx);
         self.beat(now);
+        if !self.client.is_ready() || self.outbox.is_empty() {
+            self.status_due = None;
+        } else {
+            match self.status_due {
+                None => self.status_due = Some(now + STATUS_DELAY),
+                Some(t) if t <= now => {
+                    self.flush_outbox();
+                    self.status_due = (!self.outbox.is_empty()).then_some(now + STATUS_DELAY);
+                }
+                Some(_) => {}
+            }
+        }
         if self.waits.is_empty() {
             self.recheck_due = None;
         } else if self.recheck_due.map_or(true, |t| t <= now) {
@@ -484,6 +501,7 @@ impl Fleet {
             self.parked.iter().map(|p| p.until).min(),
             self.beat_due,
             self.recheck_due,
+            self.status_due,
         ]
         .into_iter()
         .flatten()
@@ -1003,9 +1021,6 @@ impl Fleet {
                         v["time_ms"] = json!(ms);
                         self.outbox.insert(key.clone(), v.to_string().into_bytes());
                     }
-                }
-                if !self.outbox.is_empty() {
-                    self.flush_outbox();
                 }
             }
             None => {}
