@@ -645,6 +645,13 @@ fn a_vanished_hosts_entries_are_stale_not_waited_for() {
         .collect();
     set_wait(&hosts[0], "lr=0.2");
     converged(&ws, json!(0.2));
+    // Both entries are in the status bucket, applied.
+    assert!(wait_for(LIMIT, || {
+        let st = hosts[0].ok(&["config", "status", "--fleet", "--json"]);
+        ["host0.w1", "host1.w1"].iter().all(|k| {
+            st.lines().any(|l| l.contains(&format!("\"{k}\"")) && l.contains("\"applied\""))
+        })
+    }));
     // host1 vanishes without a word: its entry stays "connected" in the
     // status bucket, but its beats stop.
     let pid = hosts[1].daemon_pid().expect("host1 runs");
