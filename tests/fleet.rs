@@ -729,3 +729,28 @@ fn a_retry_after_a_conflict_waits_for_the_resync() {
     // The order above makes the conflict happen; the retry is what is tested.
     assert!(conflicts > 0, "no round met a compare-and-set conflict");
 }
+
+#[test]
+fn a_cleanly_stopped_host_says_so_and_is_not_waited_for() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+    set_wait(&hosts[0], "lr=0.2");
+    converged(&ws, json!(0.2));
+    let entry = |key: &str| {
+        let st = hosts[0].ok(&["config", "status", "--fleet", "--json"]);
+        st.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["key"] == json!(key))
+    };
+    assert!(wait_for(LIMIT, || entry("host1.w1").is_some_and(|v| v["state"] == "applied")));
+    hosts[1].ok(&["shutdown"]);
+    // Its entry says it stopped: not connected, so not waited for.
+    assert!(wait_for(LIMIT, || entry("host1.w1")
+        .is_some_and(|v| v["state"] == "stopped" && v["connected"] == json!(false))));
+    let out = hosts[0].ok(&["config", "set", "--fleet", "trainer", "lr=0.3", "--wait"]);
+    assert!(out.contains("applied by 1 weavelet(s)") && !out.contains("host1"), "{out}");
+}

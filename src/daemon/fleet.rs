@@ -825,6 +825,22 @@ impl Fleet {
         }
     }
 
+    /// The daemon stops: this host's weavelets' entries say so (not
+    /// connected, state "stopped"), so waiters elsewhere neither wait for
+    /// them nor take them for a vanished host's. One non-blocking write,
+    /// best effort: a stop while NATS is away leaves them to turn stale.
+    pub fn goodbye(&mut self, hub: &mut Hub, fx: &mut Effects) {
+        if !self.client.is_ready() {
+            return;
+        }
+        let locals: Vec<Local> = self.locals.values().cloned().collect();
+        for l in locals {
+            self.queue_status(&l, false, "stopped", None);
+        }
+        self.flush_outbox();
+        self.write(hub, fx);
+    }
+
     /// Write what waits to be written (also when the daemon stops).
     pub fn save_all(&mut self, hub: &mut Hub) {
         self.save_due = None;
