@@ -262,8 +262,12 @@ pub enum ConfigCmd {
         json: bool,
         /// The fleet document's revisions (the bucket's history), read
         /// from NATS.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "local")]
         fleet: bool,
+        /// This host's revisions (on a host in a fleet, one of --fleet or
+        /// --local is required).
+        #[arg(long)]
+        local: bool,
     },
     /// A new revision with the document of an old one (0: the defaults).
     Rollback {
@@ -274,8 +278,13 @@ pub enum ConfigCmd {
         wait: WaitArgs,
         /// Roll the fleet document back to fleet revision REV (a new fleet
         /// revision with its values).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "local")]
         fleet: bool,
+        /// A revision of this host only, with the document of its local
+        /// revision REV; the next fleet revision replaces it (on a host in
+        /// a fleet, one of --fleet or --local is required).
+        #[arg(long)]
+        local: bool,
     },
     /// Every weavelet: instance or name, pid, applied revision, lag, step,
     /// last rejection, connected or not.

@@ -597,3 +597,181 @@ fn wait_across_hosts_names_laggards_and_rejections() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("host1.w3") && err.contains("lr too high"), "{err}");
 }
+
+/// A host with more lines under `[fleet]`.
+fn host_with(url: &str, node: &str, fleet_extra: &str) -> TestEnv {
+    let env = host(url, node);
+    let cfg = env.tmp.path().join("weaver.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}{fleet_extra}\n")).unwrap();
+    env
+}
+
+#[test]
+fn rollback_and_history_on_a_host_in_a_fleet_need_fleet_or_local() {
+    // No server needed: the daemon serves its local revisions while the
+    // fleet is unreachable.
+    let h = host("nats://127.0.0.1:1", "alone");
+    h.status();
+    h.ok(&["config", "set", "--local", "trainer", "lr=0.5"]);
+    for args in
+        [&["config", "rollback", "trainer", "--to", "0"][..], &["config", "history", "trainer"][..]]
+    {
+        let out = h.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("in a fleet") && err.contains("--fleet") && err.contains("--local"),
+            "{err}"
+        );
+    }
+    // Nothing was rolled back by the refused command.
+    let doc: Value = serde_json::from_str(&h.ok(&["config", "get", "trainer", "--json"])).unwrap();
+    assert_eq!(doc["values"]["lr"], json!(0.5), "{doc}");
+    let hist = h.ok(&["config", "history", "--local", "trainer", "--json"]);
+    assert!(hist.lines().count() >= 1, "{hist}");
+    let out = h.ok(&["config", "rollback", "--local", "trainer", "--to", "0", "--json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["values"]["lr"], json!(0.1), "{doc}");
+    // Without [fleet] the plain commands work as before.
+    let plain = TestEnv::new();
+    let cfg = plain.tmp.path().join("weaver.toml");
+    std::fs::write(&cfg, "[[process]]\nname = \"trainer\"\ncommand = [\"sleep\", \"3600\"]\n")
+        .unwrap();
+    let plain = plain.env("WEAVER_CONFIG", cfg.to_str().unwrap());
+    plain.status();
+    plain.ok(&["config", "set", "trainer", "lr=1"]);
+    plain.ok(&["config", "history", "trainer"]);
+    plain.ok(&["config", "rollback", "trainer", "--to", "0"]);
+}
+
+#[test]
+fn a_vanished_hosts_entries_are_stale_not_waited_for() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let hosts: Vec<TestEnv> =
+        (0..2).map(|i| host_with(&srv.url(), &format!("host{i}"), "status_every = 1")).collect();
+    hosts[0].ok(&["fleet", "init"]);
+    for h in &hosts {
+        h.status();
+        assert!(wait_for(LIMIT, || synced(h)), "{}", h.log());
+    }
+    let ws: Vec<Weavelet> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Weavelet::start(&h.path("weavelet.sock"), &format!("rank{i}")))
+        .collect();
+    set_wait(&hosts[0], "lr=0.2");
+    converged(&ws, json!(0.2));
+    // Both entries are in the status bucket, applied.
+    assert!(wait_for(LIMIT, || {
+        let st = hosts[0].ok(&["config", "status", "--fleet", "--json"]);
+        ["host0.w1", "host1.w1"].iter().all(|k| {
+            st.lines().any(|l| l.contains(&format!("\"{k}\"")) && l.contains("\"applied\""))
+        })
+    }));
+    // host1 vanishes without a word: its entry stays "connected" in the
+    // status bucket, but its beats stop.
+    let pid = hosts[1].daemon_pid().expect("host1 runs");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(wait_for(LIMIT, || !weaver::pidfile::alive(pid)));
+    let out = hosts[0].run(&[
+        "config",
+        "set",
+        "--fleet",
+        "trainer",
+        "lr=0.3",
+        "--wait",
+        "--timeout",
+        "30000",
+    ]);
+    // Answered once the entry is stale (three missed 1 s beats), not at
+    // the timeout, naming it and its age.
+    assert_eq!(out.status.code(), Some(0), "{out:?}\n{}", hosts[0].log());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("host1.w1 (stale: its host last reported"), "{text}");
+    assert!(text.contains("applied by 1 weavelet(s)"), "{text}");
+    assert_eq!(lr_of(&ws[0]), Some(json!(0.3)));
+}
+
+#[test]
+fn a_retry_after_a_conflict_waits_for_the_resync() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+    use weaver::protocol::{FleetReq, Request, Response};
+    let pid = hosts[0].daemon_pid().expect("host0 runs") as i32;
+    let put = |lr: &str| {
+        Request::Fleet(FleetReq::Set {
+            target: "trainer".into(),
+            set: vec![("lr".into(), lr.into())],
+            unset: Vec::new(),
+            wait: None,
+            local: false,
+        })
+    };
+    let mut conflicts = 0;
+    for round in 0..3 {
+        // host0's put is read before host1's write reaches it: the put
+        // carries a revision that is no longer the last.
+        let mut c = hosts[0].client();
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let lr = format!("0.{}", round + 5);
+        c.send(put(&lr), &[]).unwrap();
+        hosts[1].ok(&["config", "set", "--fleet", "trainer", &format!("other={round}")]);
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let r = c.recv().unwrap().expect("a reply");
+        if let Response::Error(e) = &r.resp {
+            assert!(
+                e.message.contains("changed meanwhile")
+                    && e.message.contains("run the command again"),
+                "{e:?}"
+            );
+            conflicts += 1;
+            // Run again at once: the watch is resyncing, and the put waits
+            // for it rather than failing 69.
+            c.send(put(&lr), &[]).unwrap();
+            let r = c.recv().unwrap().expect("a reply");
+            assert!(matches!(r.resp, Response::Config(_)), "{:?}\n{}", r.resp, hosts[0].log());
+        } else {
+            assert!(matches!(r.resp, Response::Config(_)), "{:?}", r.resp);
+        }
+        converged(&ws, json!(lr.parse::<f64>().unwrap()));
+        for w in &ws {
+            assert!(wait_for(LIMIT, || w.last().unwrap()["values"]["other"] == json!(round)));
+        }
+    }
+    // The order above makes the conflict happen; the retry is what is tested.
+    assert!(conflicts > 0, "no round met a compare-and-set conflict");
+}
+
+#[test]
+fn a_cleanly_stopped_host_says_so_and_is_not_waited_for() {
+    if !nats::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = NatsServer::start(tmp.path());
+    let (hosts, ws) = two_hosts(&srv);
+    set_wait(&hosts[0], "lr=0.2");
+    converged(&ws, json!(0.2));
+    let entry = |key: &str| {
+        let st = hosts[0].ok(&["config", "status", "--fleet", "--json"]);
+        st.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["key"] == json!(key))
+    };
+    assert!(wait_for(LIMIT, || entry("host1.w1").is_some_and(|v| v["state"] == "applied")));
+    hosts[1].ok(&["shutdown"]);
+    // Its entry says it stopped: not connected, so not waited for.
+    assert!(wait_for(LIMIT, || entry("host1.w1")
+        .is_some_and(|v| v["state"] == "stopped" && v["connected"] == json!(false))));
+    let out = hosts[0].ok(&["config", "set", "--fleet", "trainer", "lr=0.3", "--wait"]);
+    assert!(out.contains("applied by 1 weavelet(s)") && !out.contains("host1"), "{out}");
+}

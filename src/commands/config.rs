@@ -54,21 +54,27 @@ pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
             let req = |w| ConfigReq::Set { target, set: Vec::new(), unset: keys, wait: w };
             commit(ctx, &wait, |w| Request::Config(req(w)))
         }
-        ConfigCmd::Rollback { target, to, wait, fleet: true } => {
+        ConfigCmd::Rollback { target, to, wait, fleet: true, .. } => {
             let (set, unset) = render_fleet::rollback_changes(ctx, &target, to)?;
             let req = |w| FleetReq::Set { target, set, unset, wait: w, local: false };
             commit(ctx, &wait, |w| Request::Fleet(req(w)))
         }
-        ConfigCmd::History { target, json, fleet: true } => {
+        ConfigCmd::History { target, json, fleet: true, .. } => {
             print(&render_fleet::history(ctx, &target, json)?)
         }
         ConfigCmd::Status { target, json, fleet: true } => {
             print(&render_fleet::statuses(ctx, target.as_deref(), json)?)
         }
-        ConfigCmd::Rollback { target, to, wait, fleet: false } => {
+        ConfigCmd::Rollback { target, to, wait, fleet: false, local } => {
+            if !local {
+                unscoped_in_fleet(ctx, "rollback", &target)?;
+            }
             commit(ctx, &wait, |w| Request::Config(ConfigReq::Rollback { target, to, wait: w }))
         }
-        ConfigCmd::History { target, json, fleet: false } => {
+        ConfigCmd::History { target, json, fleet: false, local } => {
+            if !local {
+                unscoped_in_fleet(ctx, "history", &target)?;
+            }
             let (mut c, _) = ctx.connect()?;
             let r = c.call(Request::Config(ConfigReq::History { target }), &[])?;
             let Response::ConfigHistory(h) = r.resp else { return Err(unexpected(&r.resp)) };
@@ -94,6 +100,34 @@ pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `config rollback|history` without `--fleet` or `--local` on a host in a
+/// fleet is refused, as `config set` is: a local rollback would be
+/// replaced by the next fleet revision, so nobody makes one by accident.
+/// The daemon says whether it has `[fleet]` (it is the one that counts).
+fn unscoped_in_fleet(ctx: &Ctx, what: &str, target: &str) -> Result<()> {
+    let (mut c, _) = ctx.connect()?;
+    let r = c.call(Request::Fleet(FleetReq::Status), &[])?;
+    let Response::FleetStatus(rep) = r.resp else { return Err(unexpected(&r.resp)) };
+    if !rep.configured {
+        return Ok(());
+    }
+    let (fleet, local) = if what == "rollback" {
+        (
+            "the fleet document (a new fleet revision on every host; see config history --fleet)",
+            "this host only (replaced by the next fleet revision)",
+        )
+    } else {
+        ("the fleet document's revisions", "this host's revisions")
+    };
+    Err(Error::new(
+        Kind::Request(ErrorKind::BadRequest),
+        format!(
+            "this host is in a fleet: say config {what} --fleet {target} for {fleet}, \
+             or --local for {local}"
+        ),
+    ))
 }
 
 /// A request that makes a revision: print it, and with `--wait` wait for

@@ -57,6 +57,17 @@ const MAX_STATUSES: usize = 65536;
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 /// Bytes queued for the socket before publishing stops.
 const MAX_UNSENT: usize = 8 << 20;
+/// A `config set --fleet` while connected but not synced (the watch is
+/// restarting, as after a compare-and-set conflict) waits this long for
+/// the sync before it fails.
+const RESYNC_WAIT: Duration = Duration::from_secs(3);
+/// Puts waiting for the sync, at most.
+const MAX_PARKED: usize = 256;
+/// Status entries wait this long before they are published: a burst of
+/// acks (every weavelet of the host answering one revision, or revisions
+/// in quick succession) goes out as one write with the latest per key,
+/// after the turns that deliver revisions rather than between them.
+const STATUS_DELAY: Duration = Duration::from_millis(10);
 
 /// Which watcher a request or subscription belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +101,40 @@ struct Status {
     /// The config bucket's creation time the revision belongs to (a
     /// re-created bucket counts revisions from 1 again).
     epoch: Option<String>,
+    /// When its host published it (wall clock, ms), and how often that
+    /// host publishes it again while nothing changes.
+    time_ms: Option<u64>,
+    every_ms: Option<u64>,
+}
+
+/// A connected entry whose host has not published it for this many of its
+/// intervals is stale: the host is gone or cut off from NATS.
+const STALE_BEATS: u64 = 3;
+
+impl Status {
+    /// How long ago its host last published it, once that is more than
+    /// one interval (a missed beat), with whether it is stale.
+    fn silence(&self, now_ms: u64) -> Option<(u64, bool)> {
+        let (t, every) = (self.time_ms?, self.every_ms?.max(1));
+        let age = now_ms.saturating_sub(t);
+        (age > every).then_some((age, age > STALE_BEATS * every))
+    }
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.0} s", ms as f64 / 1e3)
+}
+
+/// A `config set --fleet` waiting for the config watch to be synced.
+#[derive(Debug)]
+struct Parked {
+    client: u64,
+    tag: u64,
+    target: String,
+    set: Vec<(String, String)>,
+    unset: Vec<String>,
+    wait: Option<u64>,
+    until: Instant,
 }
 
 /// A `config set --fleet --wait`.
@@ -135,10 +180,20 @@ pub struct Fleet {
     statuses: BTreeMap<String, Status>,
     waits: HashMap<u64, FleetWait>,
     next_wait: u64,
+    /// Puts waiting (bounded) for the config watch to be synced again.
+    parked: Vec<Parked>,
     /// This host's weavelets, by hub connection id.
     locals: HashMap<u64, Local>,
     /// Status entries to publish, coalesced per key.
     outbox: BTreeMap<String, Vec<u8>>,
+    /// This host's connected weavelets' entries as last published, sent
+    /// again every `status_every` (their liveness).
+    shown: BTreeMap<String, Value>,
+    beat_due: Option<Instant>,
+    /// Waiters are checked again at this time (entries turn stale).
+    recheck_due: Option<Instant>,
+    /// When the queued status entries are published.
+    status_due: Option<Instant>,
     since_ms: u64,
     rtt: Option<Duration>,
     server: Option<String>,
@@ -199,8 +254,13 @@ impl Fleet {
             statuses: BTreeMap::new(),
             waits: HashMap::new(),
             next_wait: 1,
+            parked: Vec::new(),
             locals: HashMap::new(),
             outbox: BTreeMap::new(),
+            shown: BTreeMap::new(),
+            beat_due: None,
+            recheck_due: None,
+            status_due: None,
             since_ms: wall_ms(),
             rtt: None,
             server: None,
@@ -407,8 +467,25 @@ impl Fleet {
                 self.start_connect(url, fx);
             }
         }
-        if self.client.is_ready() && !self.outbox.is_empty() {
-            self.flush_outbox();
+        self.parked_overdue(now, fx);
+        self.beat(now);
+        if !self.client.is_ready() || self.outbox.is_empty() {
+            self.status_due = None;
+        } else {
+            match self.status_due {
+                None => self.status_due = Some(now + STATUS_DELAY),
+                Some(t) if t <= now => {
+                    self.flush_outbox();
+                    self.status_due = (!self.outbox.is_empty()).then_some(now + STATUS_DELAY);
+                }
+                Some(_) => {}
+            }
+        }
+        if self.waits.is_empty() {
+            self.recheck_due = None;
+        } else if self.recheck_due.map_or(true, |t| t <= now) {
+            self.recheck_due = Some(now + Duration::from_millis(500));
+            self.check_waits(fx);
         }
         self.write(hub, fx);
         self.arm(now, fx);
@@ -421,6 +498,10 @@ impl Fleet {
             self.config_w.next_deadline(),
             self.status_w.next_deadline(),
             self.save_due,
+            self.parked.iter().map(|p| p.until).min(),
+            self.beat_due,
+            self.recheck_due,
+            self.status_due,
         ]
         .into_iter()
         .flatten()
@@ -518,7 +599,17 @@ impl Fleet {
                 self.config_w.stopped();
                 self.status_w.stopped();
                 self.sids.clear();
-                // Requests were failed one by one before this event.
+                // Requests were failed one by one before this event;
+                // puts waiting for the sync fail now.
+                for p in std::mem::take(&mut self.parked) {
+                    let e = unreachable(&format!("connection lost: {why}"));
+                    fx.push(Effect::Reply {
+                        client: p.client,
+                        tag: p.tag,
+                        resp: Response::Error(e),
+                        payload: Vec::new(),
+                    });
+                }
             }
             Event::Msg(m) => match self.sids.get(&m.sid) {
                 Some(&Which::Config) => {
@@ -684,6 +775,7 @@ impl Fleet {
                             info!("fleet: synced at revision {revision}");
                             self.cache.created = self.config_w.created().map(str::to_string);
                             self.save();
+                            self.unpark(fx);
                         } else {
                             self.check_waits(fx);
                         }
@@ -731,6 +823,22 @@ impl Fleet {
                 self.arm(now, fx);
             }
         }
+    }
+
+    /// The daemon stops: this host's weavelets' entries say so (not
+    /// connected, state "stopped"), so waiters elsewhere neither wait for
+    /// them nor take them for a vanished host's. One non-blocking write,
+    /// best effort: a stop while NATS is away leaves them to turn stale.
+    pub fn goodbye(&mut self, hub: &mut Hub, fx: &mut Effects) {
+        if !self.client.is_ready() {
+            return;
+        }
+        let locals: Vec<Local> = self.locals.values().cloned().collect();
+        for l in locals {
+            self.queue_status(&l, false, "stopped", None);
+        }
+        self.flush_outbox();
+        self.write(hub, fx);
     }
 
     /// Write what waits to be written (also when the daemon stops).
@@ -848,6 +956,8 @@ impl Fleet {
                     state: v["state"].as_str().unwrap_or_default().to_string(),
                     reason: v["reason"].as_str().map(str::to_string),
                     epoch: v["epoch"].as_str().map(str::to_string),
+                    time_ms: v["time_ms"].as_u64(),
+                    every_ms: v["every_ms"].as_u64(),
                 };
                 if self.statuses.len() >= MAX_STATUSES && !self.statuses.contains_key(&e.key) {
                     warn!("fleet: over {MAX_STATUSES} status entries; {} ignored", e.key);
@@ -900,8 +1010,38 @@ impl Fleet {
             "node": self.cfg.node, "target": l.target, "connected": connected,
             "fleet_revision": l.fleet_revision, "state": state, "reason": reason,
             "epoch": self.config_w.created(), "time_ms": wall_ms(),
+            "every_ms": self.cfg.status_every.as_millis() as u64,
         });
         self.outbox.insert(l.key.clone(), v.to_string().into_bytes());
+        if connected {
+            self.shown.insert(l.key.clone(), v);
+        } else {
+            self.shown.remove(&l.key);
+        }
+    }
+
+    /// Every `status_every`, this host's connected weavelets' entries are
+    /// published again with the time: a waiter on another host tells a
+    /// live entry from one a vanished host left behind.
+    fn beat(&mut self, now: Instant) {
+        if !self.client.is_ready() {
+            self.beat_due = None;
+            return;
+        }
+        match self.beat_due {
+            Some(t) if t > now => return,
+            Some(_) => {
+                let ms = wall_ms();
+                for (key, v) in self.shown.iter_mut() {
+                    if !self.outbox.contains_key(key) {
+                        v["time_ms"] = json!(ms);
+                        self.outbox.insert(key.clone(), v.to_string().into_bytes());
+                    }
+                }
+            }
+            None => {}
+        }
+        self.beat_due = Some(now + self.cfg.status_every);
     }
 
     fn flush_outbox(&mut self) {
@@ -943,6 +1083,7 @@ impl Fleet {
             disconnected: Vec::new(),
             timed_out: false,
         };
+        let now_ms = wall_ms();
         for (key, s) in &self.statuses {
             if s.target != w.target {
                 continue;
@@ -951,10 +1092,21 @@ impl Fleet {
                 continue;
             }
             let current = s.epoch.as_deref() == self.config_w.created();
+            let silence = s.silence(now_ms);
             if current && s.fleet_revision >= w.revision && s.state == "rejected" {
                 r.rejected.push((key.clone(), s.reason.clone().unwrap_or_default()));
             } else if current && s.fleet_revision >= w.revision && s.state == "applied" {
                 r.applied.push(key.clone());
+            } else if let Some((age, true)) = silence {
+                // Left behind by a host that is gone or cut off: reported,
+                // not waited for.
+                r.disconnected.push(format!(
+                    "{key} (stale: its host last reported {} ago, every {} expected)",
+                    secs(age),
+                    secs(s.every_ms.unwrap_or(0))
+                ));
+            } else if let Some((age, false)) = silence {
+                r.lagging.push(format!("{key} (its host last reported {} ago)", secs(age)));
             } else {
                 r.lagging.push(key.clone());
             }
@@ -1010,6 +1162,7 @@ impl Fleet {
             self.waits.remove(&id);
             fx.push(Effect::Cancel(Timer::FleetWait(id)));
         }
+        self.parked.retain(|p| p.client != client);
         self.status_idle();
     }
 
@@ -1034,7 +1187,27 @@ impl Fleet {
             return Err(unreachable(&why));
         }
         if !self.config_w.synced {
-            return Err(unreachable("connected, but the fleet configuration is not synced yet"));
+            // The watch is (re)starting, as right after a compare-and-set
+            // conflict: wait for the sync (bounded) rather than fail a
+            // retry that comes at once.
+            if self.parked.len() >= MAX_PARKED {
+                return Err(unreachable(
+                    "connected, but the fleet configuration is not synced yet and too many \
+                     changes wait for it: retry in a moment (weaver fleet status says when it \
+                     is synced)",
+                ));
+            }
+            debug!("fleet: {target}: waiting for the sync before writing");
+            self.parked.push(Parked {
+                client,
+                tag,
+                target: target.to_string(),
+                set: set.to_vec(),
+                unset: unset.to_vec(),
+                wait,
+                until: Instant::now() + RESYNC_WAIT,
+            });
+            return Ok(());
         }
         let cur = self.cache.targets.get(target);
         let expected = cur.map_or(0, |c| c.revision);
@@ -1056,6 +1229,44 @@ impl Fleet {
             }
             Err(SendError::NotConnected) => Err(unreachable("not connected")),
             Err(SendError::Invalid(e)) => Err(bad(e)),
+        }
+    }
+
+    /// The config watch is synced: the puts that waited for it are made.
+    fn unpark(&mut self, fx: &mut Effects) {
+        for p in std::mem::take(&mut self.parked) {
+            if let Err(e) = self.put(p.client, p.tag, &p.target, &p.set, &p.unset, p.wait) {
+                fx.push(Effect::Reply {
+                    client: p.client,
+                    tag: p.tag,
+                    resp: Response::Error(e),
+                    payload: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// Puts that waited [`RESYNC_WAIT`] for the sync in vain fail, saying
+    /// nothing was written and to retry.
+    fn parked_overdue(&mut self, now: Instant, fx: &mut Effects) {
+        if self.parked.iter().all(|p| p.until > now) {
+            return;
+        }
+        let (over, keep): (Vec<Parked>, Vec<Parked>) =
+            std::mem::take(&mut self.parked).into_iter().partition(|p| p.until <= now);
+        self.parked = keep;
+        for p in over {
+            let e = unreachable(&format!(
+                "connected, but the fleet configuration was not synced within {} s: retry in \
+                 a moment (weaver fleet status says when it is synced)",
+                RESYNC_WAIT.as_secs()
+            ));
+            fx.push(Effect::Reply {
+                client: p.client,
+                tag: p.tag,
+                resp: Response::Error(e),
+                payload: Vec::new(),
+            });
         }
     }
 

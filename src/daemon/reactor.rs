@@ -723,6 +723,7 @@ impl Reactor {
         );
         self.compute.fail_queued(ErrorKind::ShuttingDown, "weaver stopped", fx);
         if let Some(f) = self.fleet.as_mut() {
+            f.goodbye(&mut self.hub, fx);
             f.save_all(&mut self.hub);
         }
         self.apply();

@@ -33,6 +33,10 @@ pub struct FleetConfig {
     pub status_bucket: String,
     pub js_domain: Option<String>,
     pub inbox_prefix: String,
+    /// How often this host's status entries are published again while
+    /// nothing changes (their liveness: an entry older than three of its
+    /// intervals is stale, its host gone or cut off).
+    pub status_every: Duration,
 }
 
 const KEYS: &[&str] = &[
@@ -45,6 +49,7 @@ const KEYS: &[&str] = &[
     "status_bucket",
     "js_domain",
     "inbox_prefix",
+    "status_every",
 ];
 
 /// The host name (the default `node`).
@@ -126,6 +131,13 @@ pub fn parse(text: &str) -> Result<Option<FleetConfig>, String> {
     }
     let inbox_prefix = string("inbox_prefix")?.unwrap_or_else(|| "_INBOX".into());
     super::proto::check_subject(&inbox_prefix).map_err(|e| format!("[fleet] inbox_prefix: {e}"))?;
+    let status_every = match t.get("status_every") {
+        None => Duration::from_secs(30),
+        Some(Item::Value(Value::Integer(i))) if (1..=3600).contains(i.value()) => {
+            Duration::from_secs(*i.value() as u64)
+        }
+        Some(_) => return Err("[fleet] status_every: whole seconds from 1 to 3600".into()),
+    };
     let token_file = string("token_file")?.map(|p| expand(&p));
     let user = string("user")?;
     let password_file = string("password_file")?.map(|p| expand(&p));
@@ -147,6 +159,7 @@ pub fn parse(text: &str) -> Result<Option<FleetConfig>, String> {
         status_bucket,
         js_domain,
         inbox_prefix,
+        status_every,
     }))
 }
 
@@ -237,6 +250,9 @@ mod tests {
         let c = parse("[fleet]\nurl = [\"a:1\", \"b:2\"]\njs_domain = \"hub\"\n").unwrap().unwrap();
         assert_eq!(c.urls.len(), 2);
         assert_eq!(c.config_bucket().api("INFO"), "$JS.hub.API.INFO");
+        assert_eq!(c.status_every, Duration::from_secs(30));
+        let c = parse("[fleet]\nurl = \"a:1\"\nstatus_every = 2\n").unwrap().unwrap();
+        assert_eq!(c.status_every, Duration::from_secs(2));
         for (text, want) in [
             ("[fleet]\n", "needs url"),
             ("[fleet]\nurl = \"http://x\"\n", "only nats://"),
@@ -245,6 +261,8 @@ mod tests {
             ("[fleet]\nurl = \"a:1\"\nuser = \"u\"\n", "needs password_file"),
             ("[fleet]\nurl = \"a:1\"\ntoken_file = \"t\"\nuser = \"u\"\n", "not both"),
             ("[fleet]\nurl = \"a:1\"\nbucket = \"a.b\"\n", "bucket"),
+            ("[fleet]\nurl = \"a:1\"\nstatus_every = 0\n", "status_every"),
+            ("[fleet]\nurl = \"a:1\"\nstatus_every = \"30s\"\n", "status_every"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

@@ -30,7 +30,8 @@ pub fn handle(cx: &mut Ctx, client: u64, tag: u64, req: ConfigReq) {
         ConfigReq::Set { target, set, unset, wait } => {
             if cx.fleet.is_some() {
                 let e = bad(format!(
-                    "this host is in a fleet: say --fleet to change {target} on every host,                      or --local for this host only"
+                    "this host is in a fleet: say --fleet to change {target} on every host, \
+                     or --local for this host only"
                 ));
                 return cx.reply(client, tag, Response::Error(e));
             }
