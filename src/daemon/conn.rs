@@ -123,12 +123,26 @@ pub fn accept_all(
                 n += 1;
                 take(stream);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (n, Accepted::Drained),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                return (n, Accepted::OutOfFds(e))
-            }
-            Err(e) => return (n, Accepted::Failed(e)),
+            Err(e) => match stopped(e) {
+                Some(why) => return (n, why),
+                None => continue,
+            },
         }
+    }
+}
+
+/// What a failed `accept` means for the loop taking connections: `None`
+/// to take the next (interrupted, or a connection reset before it was
+/// taken), else why accepting stops. Every listener (Unix or TCP) reads
+/// its errors with this.
+pub fn stopped(e: io::Error) -> Option<Accepted> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Some(Accepted::Drained),
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => None,
+        _ if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            Some(Accepted::OutOfFds(e))
+        }
+        _ => Some(Accepted::Failed(e)),
     }
 }
 

@@ -23,6 +23,7 @@ use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
+use crate::daemon::conn::{self, Accepted};
 use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::token;
 use crate::http::request::MAX_HEAD;
@@ -83,15 +84,6 @@ impl Conn {
     }
 }
 
-/// How accepting stopped.
-#[derive(Debug)]
-pub enum Accepted {
-    Drained,
-    /// Out of file descriptors: the rest wait in the listen queue.
-    OutOfFds(io::Error),
-    Failed(io::Error),
-}
-
 #[derive(Debug)]
 pub struct Http {
     listener: TcpListener,
@@ -145,14 +137,10 @@ impl Http {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Drained,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    return Accepted::OutOfFds(e)
-                }
-                // A connection reset before we took it: take the next.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => return Accepted::Failed(e),
+                Err(e) => match conn::stopped(e) {
+                    Some(why) => return why,
+                    None => continue,
+                },
             };
             if self.conns.len() >= MAX_CONNS && !self.make_room(fx) {
                 let mut out = Vec::new();

@@ -335,21 +335,29 @@ impl Reactor {
             info!("accepting again after {:?} out of file descriptors", since.elapsed());
             self.accept_starved = None;
         }
+        if !matches!(stop, Accepted::Drained) {
+            let what = self.sockets.path(which).display().to_string();
+            self.accept_stopped(stop, &what, now);
+        }
+    }
+
+    /// Accepting on `what` stopped: at the open-file limit, say so once and
+    /// try again after [`ACCEPT_RETRY`] (or when a client leaves).
+    fn accept_stopped(&mut self, stop: Accepted, what: &str, now: Instant) {
         match stop {
             Accepted::Drained => {}
             Accepted::OutOfFds(e) => {
                 if self.accept_starved.is_none() {
                     warn!(
-                        "out of file descriptors ({e}) with {} clients: new connections wait until some leave",
+                        "out of file descriptors ({e}) with {} clients: new connections on {what} \
+                         wait until some leave",
                         self.clients.len()
                     );
                     self.accept_starved = Some(now);
                 }
                 self.timers.arm(now + ACCEPT_RETRY, Timer::AcceptRetry);
             }
-            Accepted::Failed(e) => {
-                warn!("accept on {} failed: {e}", self.sockets.path(which).display())
-            }
+            Accepted::Failed(e) => warn!("accept on {what} failed: {e}"),
         }
     }
 
@@ -366,21 +374,8 @@ impl Reactor {
     fn accept_http(&mut self) {
         let Some(http) = self.http.as_mut() else { return };
         let now = Instant::now();
-        match http.accept(now, &mut self.fx) {
-            crate::daemon::http::Accepted::Drained => {}
-            crate::daemon::http::Accepted::OutOfFds(e) => {
-                if self.accept_starved.is_none() {
-                    warn!(
-                        "out of file descriptors ({e}): new HTTP connections wait until some leave"
-                    );
-                    self.accept_starved = Some(now);
-                }
-                self.timers.arm(now + ACCEPT_RETRY, Timer::AcceptRetry);
-            }
-            crate::daemon::http::Accepted::Failed(e) => {
-                warn!("accept on the HTTP endpoint failed: {e}")
-            }
-        }
+        let stop = http.accept(now, &mut self.fx);
+        self.accept_stopped(stop, "the HTTP endpoint", now);
     }
 
     fn read_client(&mut self, id: u64) {
