@@ -578,7 +578,7 @@ impl<'a> Parser<'a> {
             config.http = self.http(t);
         }
         let mut declared = Vec::new();
-        for (t, at) in self.process_tables(top) {
+        for (t, at) in self.tables(top, "process") {
             let what = match t.get("name").and_then(Item::as_str) {
                 Some(n) => format!("[[process]] \"{n}\""),
                 None => format!("[[process]] #{}", declared.len() + 1),
@@ -593,9 +593,10 @@ impl<'a> Parser<'a> {
         config
     }
 
-    /// The `[[process]]` tables (or an inline `process = [{...}]`).
-    fn process_tables<'d>(&mut self, top: Tbl<'d>) -> Vec<(&'d dyn TableLike, usize)> {
-        let Some(f) = self.field(top, "process") else { return Vec::new() };
+    /// The `[[key]]` tables (or an inline `key = [{...}]`), each with where
+    /// it starts: `[[process]]` and `[[job]]`.
+    fn tables<'d>(&mut self, top: Tbl<'d>, key: &'static str) -> Vec<(&'d dyn TableLike, usize)> {
+        let Some(f) = self.field(top, key) else { return Vec::new() };
         match f.item {
             Item::ArrayOfTables(aot) => aot
                 .iter()
@@ -609,7 +610,7 @@ impl<'a> Parser<'a> {
                 })
                 .collect(),
             _ => {
-                self.wrong_type(f, "an array of tables ([[process]])");
+                self.wrong_type(f, &format!("an array of tables ([[{key}]])"));
                 Vec::new()
             }
         }

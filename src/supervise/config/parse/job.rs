@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use toml_edit::{Item, TableLike, Value};
+use toml_edit::{Item, Value};
 
 use super::{
     did_you_mean, parse_signal, span_start, suggest, valid_name, Declared, Parser, Tbl, OUTPUT_KEYS,
@@ -33,20 +33,12 @@ const JOB_KEYS: &[&str] = &[
 /// What runs a `shell = true` job: `/bin/sh -c script`.
 const SHELL: &str = "/bin/sh";
 
-/// Where a job was declared, for checks across jobs.
-struct JobAt {
-    at: usize,
-    name_at: usize,
-    after_at: Vec<usize>,
-    what: String,
-}
-
 impl Parser<'_> {
     /// Every `[[job]]`, into `config.jobs`; `processes` tells where each
     /// process was declared (a job may not take a process's name).
     pub(super) fn jobs(&mut self, top: Tbl<'_>, config: &mut Config, processes: &[Declared]) {
         let mut declared = Vec::new();
-        for (t, at) in self.job_tables(top) {
+        for (t, at) in self.tables(top, "job") {
             let what = match t.get("name").and_then(Item::as_str) {
                 Some(n) => format!("[[job]] \"{n}\""),
                 None => format!("[[job]] #{}", declared.len() + 1),
@@ -54,30 +46,9 @@ impl Parser<'_> {
             let tbl = Tbl { t, at, what: &what };
             let (spec, after_at, name_at) = self.job(tbl);
             config.jobs.push(spec);
-            declared.push(JobAt { at, name_at, after_at, what: what.clone() });
+            declared.push(Declared { at, name_at, after_at, what: what.clone() });
         }
         self.check_jobs(config, processes, &declared);
-    }
-
-    fn job_tables<'d>(&mut self, top: Tbl<'d>) -> Vec<(&'d dyn TableLike, usize)> {
-        let Some(f) = self.field(top, "job") else { return Vec::new() };
-        match f.item {
-            Item::ArrayOfTables(aot) => aot
-                .iter()
-                .map(|t| (t as &dyn TableLike, span_start(t.span()).unwrap_or(f.at)))
-                .collect(),
-            Item::Value(Value::Array(arr)) if arr.iter().all(Value::is_inline_table) => arr
-                .iter()
-                .filter_map(|v| {
-                    let t = v.as_inline_table()?;
-                    Some((t as &dyn TableLike, span_start(v.span()).unwrap_or(f.at)))
-                })
-                .collect(),
-            _ => {
-                self.wrong_type(f, "an array of tables ([[job]])");
-                Vec::new()
-            }
-        }
     }
 
     /// One `[[job]]`; also where each `after` entry and the name are.
@@ -182,7 +153,7 @@ impl Parser<'_> {
 
     /// Unique names (among jobs and processes), known `after` names, no
     /// cycles.
-    fn check_jobs(&mut self, config: &Config, processes: &[Declared], declared: &[JobAt]) {
+    fn check_jobs(&mut self, config: &Config, processes: &[Declared], declared: &[Declared]) {
         let process_at: HashMap<&str, usize> = config
             .processes
             .iter()
