@@ -58,19 +58,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.weaver(&["--no-start", "shutdown"]).status();
-        if let Some(rec) = self.rec {
-            let end = Instant::now() + Duration::from_secs(5);
-            while rec.is_current() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if rec.is_current() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(rec.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        common::stop_daemon(self.weaver(&["--no-start", "shutdown"]), self.rec);
     }
 }
 

@@ -45,27 +45,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let mut c = self.weaver(&["--no-start", "shutdown"]);
-        if let Ok(mut child) = c.spawn() {
-            let end = Instant::now() + Duration::from_secs(15);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let Some(rec) = self.rec else { return };
-        let end = Instant::now() + Duration::from_secs(2);
-        while rec.is_current() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if rec.is_current() {
-            eprintln!("daemon {} still running after shutdown: SIGKILL", rec.pid);
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(rec.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        common::stop_daemon(self.weaver(&["--no-start", "shutdown"]), self.rec);
     }
 }
 

@@ -51,14 +51,10 @@ impl Daemon<'_> {
 
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
-        let pid = pidfile::live_pid(&self.rt.join("weaver.pid"));
-        let ok = self.cmd().arg("shutdown").status().is_ok_and(|s| s.success());
-        if let (false, Some(p)) = (ok, pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        let rec = pidfile::live_pid(&self.rt.join("weaver.pid")).and_then(pidfile::PidRecord::of);
+        let mut shutdown = self.cmd();
+        shutdown.arg("shutdown");
+        common::stop_daemon(shutdown, rec);
     }
 }
 

@@ -223,47 +223,7 @@ impl Daemon {
             return;
         }
         let rec = self.rec.or_else(|| self.pid_record());
-        let mut c = self.weaver(&["shutdown"]);
-        if let Ok(mut child) = c.spawn() {
-            let end = Instant::now() + Duration::from_secs(15);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(s)) => {
-                        if !s.success() {
-                            eprintln!("weaver shutdown ({}) exited with {s}", self.rt.display());
-                        }
-                        break;
-                    }
-                    Ok(None) if Instant::now() < end => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    _ => {
-                        eprintln!("weaver shutdown ({}) did not return in 15 s", self.rt.display());
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        // The backstop: the daemon must be gone, and its children with it
-        // (they die with it by parent-death signal and its guard).
-        let Some(rec) = rec else { return };
-        let end = Instant::now() + Duration::from_secs(2);
-        while rec.is_current() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if rec.is_current() {
-            eprintln!("daemon {} still running after shutdown: SIGKILL", rec.pid);
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(rec.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let end = Instant::now() + Duration::from_secs(5);
-            while rec.is_current() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        common::stop_daemon(self.weaver(&["shutdown"]), rec);
     }
 }
 

@@ -361,3 +361,46 @@ pub fn print_table(title: &str, figs: &[Figures]) {
         );
     }
 }
+
+/// Stop a bench's daemon: `shutdown` (the command, run with a 15 s
+/// deadline), then the backstop: the daemon `rec` names must be gone within
+/// 2 s (its children die with it), else SIGKILL and 5 s more. Says what it
+/// had to do.
+pub fn stop_daemon(mut shutdown: std::process::Command, rec: Option<weaver::pidfile::PidRecord>) {
+    if let Ok(mut child) = shutdown.spawn() {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            match child.try_wait() {
+                Ok(Some(s)) => {
+                    if !s.success() {
+                        eprintln!("weaver shutdown exited with {s}");
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    eprintln!("weaver shutdown did not return in 15 s");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+    let Some(rec) = rec else { return };
+    let gone = |secs| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while rec.is_current() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        !rec.is_current()
+    };
+    if !gone(2) {
+        eprintln!("daemon {} still running after shutdown: SIGKILL", rec.pid);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(rec.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        gone(5);
+    }
+}
