@@ -233,7 +233,6 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     if let Some(f) = &s.fleet {
-        let b = |v: bool| if v { 1.0 } else { 0.0 };
         o.one(
             "weaver_fleet_connected",
             "gauge",
