@@ -233,6 +233,16 @@ impl<'d> Field<'d> {
 }
 
 /// Where each process was declared, for errors found after reading.
+/// A dependency graph of declared entries (processes or jobs), for
+/// [`Parser::report_cycles`]: whom each waits for (indices), their names,
+/// the names each `after` gives, and the index of each name.
+struct Cycles<'a> {
+    waits: &'a [Vec<usize>],
+    names: &'a [&'a str],
+    after: &'a [Vec<&'a str>],
+    first: &'a HashMap<&'a str, usize>,
+}
+
 struct Declared {
     at: usize,
     name_at: usize,
@@ -1173,18 +1183,29 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        for cycle in find_cycles(&waits) {
-            let path: Vec<&str> =
-                cycle.iter().map(|&i| config.processes[i].name.as_str()).collect();
+        let names: Vec<&str> = config.processes.iter().map(|p| p.name.as_str()).collect();
+        let after: Vec<Vec<&str>> = config
+            .processes
+            .iter()
+            .map(|p| p.after.iter().map(|d| d.name.as_str()).collect())
+            .collect();
+        let cycles = Cycles { waits: &waits, names: &names, after: &after, first: &first };
+        self.report_cycles(cycles, declared, "cycle");
+    }
+
+    /// Every cycle in `c.waits` is an error at the `after` entry of its
+    /// first member that names the next one, listing the path.
+    fn report_cycles(&mut self, c: Cycles<'_>, declared: &[Declared], label: &str) {
+        for cycle in find_cycles(c.waits) {
+            let path: Vec<&str> = cycle.iter().map(|&i| c.names[i]).collect();
             let start = cycle[0];
             let next = cycle.get(1).copied().unwrap_or(start);
-            let at = config.processes[start]
-                .after
+            let at = c.after[start]
                 .iter()
                 .zip(&declared[start].after_at)
-                .find(|(d, _)| first.get(d.name.as_str()) == Some(&next))
+                .find(|(d, _)| c.first.get(*d) == Some(&next))
                 .map_or(declared[start].at, |(_, &at)| at);
-            self.error(Some(at), format!("cycle: {}", cycle_path(&path)));
+            self.error(Some(at), format!("{label}: {}", cycle_path(&path)));
         }
     }
 }

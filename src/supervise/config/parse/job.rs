@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use toml_edit::{Item, Value};
 
 use super::{
-    did_you_mean, parse_signal, span_start, suggest, valid_name, Declared, Parser, Tbl, OUTPUT_KEYS,
+    did_you_mean, parse_signal, span_start, suggest, valid_name, Cycles, Declared, Parser, Tbl,
+    OUTPUT_KEYS,
 };
 use crate::run::JobSpec;
 use crate::supervise::config::{Config, OutputSpec};
-use crate::supervise::graph::{cycle_path, find_cycles};
 
 const JOB_KEYS: &[&str] = &[
     "name",
@@ -213,18 +213,11 @@ impl Parser<'_> {
                 self.error(Some(at), why);
             }
         }
-        for cycle in find_cycles(&waits) {
-            let path: Vec<&str> = cycle.iter().map(|&i| config.jobs[i].name.as_str()).collect();
-            let start = cycle[0];
-            let next = cycle.get(1).copied().unwrap_or(start);
-            let at = config.jobs[start]
-                .after
-                .iter()
-                .zip(&declared[start].after_at)
-                .find(|(d, _)| first.get(d.as_str()) == Some(&next))
-                .map_or(declared[start].at, |(_, &at)| at);
-            self.error(Some(at), format!("job cycle: {}", cycle_path(&path)));
-        }
+        let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
+        let after: Vec<Vec<&str>> =
+            config.jobs.iter().map(|j| j.after.iter().map(String::as_str).collect()).collect();
+        let cycles = Cycles { waits: &waits, names: &names, after: &after, first: &first };
+        self.report_cycles(cycles, declared, "job cycle");
     }
 }
 
