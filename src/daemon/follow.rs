@@ -157,18 +157,23 @@ fn log_chunk(sup: &Supervisor, f: &mut Follower, max: usize) -> LogChunk {
     };
     let since = inst.ring().since(f.after, max);
     f.after = since.next;
-    let lines = since
-        .lines
+    let lines = log_lines(since.lines, f.stream);
+    LogChunk { instance: f.instance.clone(), lines, lost: since.lost, next: since.next }
+}
+
+/// Ring lines as the protocol sends them, only `stream`'s when one is
+/// asked for (processes' and jobs' output alike).
+pub fn log_lines(lines: Vec<crate::supervise::ring::Line>, stream: Option<Stream>) -> Vec<LogLine> {
+    lines
         .into_iter()
-        .filter(|l| f.stream.map_or(true, |s| s == l.stream))
+        .filter(|l| stream.map_or(true, |s| s == l.stream))
         .map(|l| LogLine {
             seq: l.seq,
             stream: l.stream.into(),
             time_ms: l.time_ms,
             text: String::from_utf8_lossy(&l.bytes).into_owned(),
         })
-        .collect();
-    LogChunk { instance: f.instance.clone(), lines, lost: since.lost, next: since.next }
+        .collect()
 }
 
 #[cfg(test)]

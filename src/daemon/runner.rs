@@ -29,7 +29,7 @@ use crate::daemon::effect::{Effect, Effects, Timer};
 use crate::daemon::guard::Guard;
 use crate::daemon::procs::{child_command, drain_pipe, wall_ms, Drained, PIPE_READ};
 use crate::daemon::token;
-use crate::protocol::{ErrorKind, ErrorReply, LogChunk, LogLine, Response};
+use crate::protocol::{ErrorKind, ErrorReply, LogChunk, Response};
 use crate::run::sched::{select, Slot};
 use crate::run::{JobResult, JobSpec, JobState, Options, RunMode, RunReport, RunReq, Schedule};
 use crate::supervise::config::StdinMode;
@@ -340,17 +340,7 @@ impl Runner {
             _ => after,
         };
         let since = out.ring.since(after, usize::MAX);
-        let lines = since
-            .lines
-            .into_iter()
-            .filter(|l| stream.map_or(true, |s| s == l.stream))
-            .map(|l| LogLine {
-                seq: l.seq,
-                stream: l.stream.into(),
-                time_ms: l.time_ms,
-                text: String::from_utf8_lossy(&l.bytes).into_owned(),
-            })
-            .collect();
+        let lines = crate::daemon::follow::log_lines(since.lines, stream);
         Some(LogChunk { instance: name.into(), lines, lost: since.lost, next: since.next })
     }
 
@@ -710,13 +700,13 @@ impl Runner {
         }
     }
 
+    /// The pipes of job `job` of run `run` still open.
+    fn pipes_of(&self, run: u64, job: usize) -> Vec<u64> {
+        self.pipes.iter().filter(|(_, p)| p.run == run && p.job == job).map(|(&id, _)| id).collect()
+    }
+
     fn drain_pipes_of(&mut self, run: u64, job: usize, fx: &mut Effects) {
-        let ids: Vec<u64> = self
-            .pipes
-            .iter()
-            .filter(|(_, p)| p.run == run && p.job == job)
-            .map(|(&id, _)| id)
-            .collect();
+        let ids = self.pipes_of(run, job);
         let mut scratch = vec![0u8; PIPE_READ];
         for id in ids {
             // Bounded reads: what a job wrote is in the pipe already.
@@ -735,12 +725,7 @@ impl Runner {
 
     /// The job is over: its pipes close (what its leftovers held open).
     fn close_pipes_of(&mut self, run: u64, job: usize, fx: &mut Effects) {
-        let ids: Vec<u64> = self
-            .pipes
-            .iter()
-            .filter(|(_, p)| p.run == run && p.job == job)
-            .map(|(&id, _)| id)
-            .collect();
+        let ids = self.pipes_of(run, job);
         for id in ids {
             self.pending_pipes.retain(|&p| p != id);
             if let Some(p) = self.pipes.remove(&id) {
