@@ -177,6 +177,27 @@ int wc_send_fd_frame(int sock, const struct wc_header *h, uint64_t size, int fd,
     return 0;
 }
 
+int wc_take_fds(struct msghdr *msg, int *fds, size_t *nfds, size_t cap)
+{
+    int over = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+            if (*nfds < cap)
+                fds[(*nfds)++] = f;
+            else {
+                close(f);
+                over = 1;
+            }
+        }
+    }
+    return over;
+}
+
 static void close_all(const int *fds, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -210,22 +231,7 @@ static enum wc_fd_result recv_exact(int sock, uint8_t *buf, size_t len, int *fds
             return WC_FD_IO;
         }
         /* Take every fd that did arrive first, so that none leaks below. */
-        int overflow = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < k; i++) {
-                int f;
-                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-                if (*nfds < RECV_FDS)
-                    fds[(*nfds)++] = f;
-                else {
-                    close(f);
-                    overflow = 1;
-                }
-            }
-        }
+        int overflow = wc_take_fds(&msg, fds, nfds, RECV_FDS);
         if (msg.msg_flags & MSG_CTRUNC) {
             wc_errf(err, err_len,
                     "the peer sent more ancillary data than fits (MSG_CTRUNC): fds were lost, the "

@@ -226,22 +226,7 @@ static void close_fds(struct wc_reader *rd)
  * more than can be held or the ancillary data was cut short. */
 static int take_control(struct wc_reader *rd, struct msghdr *msg)
 {
-    int over = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < k; i++) {
-            int f;
-            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-            if (rd->nfds < WC_MAX_FDS_IN_FLIGHT)
-                rd->fds[rd->nfds++] = f;
-            else {
-                close(f);
-                over = 1;
-            }
-        }
-    }
+    int over = wc_take_fds(msg, rd->fds, &rd->nfds, WC_MAX_FDS_IN_FLIGHT);
     if (msg->msg_flags & MSG_CTRUNC) {
         wc_errf(rd->err, rd->err_len,
                 "protocol error: ancillary data cut short (MSG_CTRUNC): fds were lost, which fd belongs to "

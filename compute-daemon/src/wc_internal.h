@@ -110,6 +110,12 @@ const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len
 /** Parse decimal digits only (no sign, no space) in min..max into *out.
  *  Returns 0, -1 when `text` is not all digits, -2 when out of range. */
 int wc_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out);
+struct msghdr;
+/** Take every fd a recvmsg brought (SCM_RIGHTS) into fds[*nfds...], at
+ *  most `cap` in all; those past it are closed. Returns 1 when some were
+ *  (too many), else 0. Every receiver takes its fds with this first, so
+ *  none leaks whatever it decides next. */
+int wc_take_fds(struct msghdr *msg, int *fds, size_t *nfds, size_t cap);
 
 /* ---- Steps of the serve loop ------------------------------------------- */
 
