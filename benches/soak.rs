@@ -17,8 +17,9 @@
 //!
 //! The mix: `echo` of 0 B to 1 MiB (the reply must be the same bytes),
 //! small `render`s, short `sleep`s, sleeps that outlast their timeout,
-//! `status`, `ps`, an unknown op, bad parameters, a render over the payload
-//! limit, now and then an input over it, and clients that close their
+//! `status`, `ps`, an unknown op, bad parameters, a 4096x4096 render (over
+//! the inline payload limit: its image comes by fd), now and then an inline
+//! input over the limit, and clients that close their
 //! connection with requests in flight or in the middle of a frame. Every
 //! compute request carries `timeout_ms`, each client checks the clock while
 //! it waits, and a watchdog ends the whole run if it overstays, so nothing
@@ -124,7 +125,7 @@ enum Op {
     Ps,
     Nonexistent,
     BadParams,
-    OversizedRender,
+    LargeRender,
     OversizedInput,
 }
 
@@ -137,9 +138,12 @@ const OPS: [Op; 10] = [
     Op::Ps,
     Op::Nonexistent,
     Op::BadParams,
-    Op::OversizedRender,
+    Op::LargeRender,
     Op::OversizedInput,
 ];
+
+/// A 4096x4096 PPM: its header and 3 bytes a pixel.
+const LARGE_RENDER_BYTES: u64 = "P6\n4096 4096\n255\n".len() as u64 + 4096 * 4096 * 3;
 
 /// The mix, by weight (oversized inputs are drawn apart, one in
 /// [`OVERSIZED_ONE_IN`]).
@@ -152,7 +156,7 @@ const MIX: [(Op, u64); 9] = [
     (Op::Ps, 6),
     (Op::Nonexistent, 5),
     (Op::BadParams, 4),
-    (Op::OversizedRender, 4),
+    (Op::LargeRender, 4),
 ];
 
 impl Op {
@@ -166,7 +170,7 @@ impl Op {
             Op::Ps => "ps",
             Op::Nonexistent => "unknown op",
             Op::BadParams => "bad parameters",
-            Op::OversizedRender => "render > limit",
+            Op::LargeRender => "render 4096x4096 by fd",
             Op::OversizedInput => "input > limit",
         }
     }
@@ -177,14 +181,7 @@ impl Op {
 
     /// Requests that must never succeed.
     fn must_fail(self) -> bool {
-        matches!(
-            self,
-            Op::SleepTimeout
-                | Op::Nonexistent
-                | Op::BadParams
-                | Op::OversizedRender
-                | Op::OversizedInput
-        )
+        matches!(self, Op::SleepTimeout | Op::Nonexistent | Op::BadParams | Op::OversizedInput)
     }
 }
 
@@ -644,9 +641,10 @@ impl<'a> ClientRun<'a> {
             Op::BadParams => {
                 (compute("render", timeout_ms), Cow::Borrowed(b"width=0 colour=red".as_slice()))
             }
-            Op::OversizedRender => {
-                (compute("render", timeout_ms), Cow::Borrowed(b"width=4096 height=4096".as_slice()))
-            }
+            Op::LargeRender => (
+                compute("render", timeout_ms),
+                Cow::Borrowed(b"width=4096 height=4096 iterations=1".as_slice()),
+            ),
             Op::OversizedInput => {
                 (compute("echo", timeout_ms), Cow::Borrowed(run.oversized.as_slice()))
             }
@@ -794,6 +792,12 @@ impl<'a> ClientRun<'a> {
                 (!payload.starts_with(b"P6")).then(|| "render output is not a PPM".into())
             }
             (Op::Sleep, Response::ComputeOk) => None,
+            // Over the inline limit: the image comes in a sealed memfd, the
+            // frame carries its size (a plain read drops the fd).
+            (Op::LargeRender, Response::ComputeOk) => (payload != LARGE_RENDER_BYTES.to_le_bytes())
+                .then(|| {
+                    format!("a 4096x4096 render did not announce {LARGE_RENDER_BYTES} bytes by fd")
+                }),
             (_, other) => Some(format!("answered with {other:?}")),
         }
     }
