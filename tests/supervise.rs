@@ -469,6 +469,24 @@ detectors = { ready = { log_pattern = "up" } }
 }
 
 #[test]
+fn a_stop_sent_as_the_daemon_starts_is_not_undone_by_the_autostart() {
+    // The first command starts the daemon; it starts what autostarts once
+    // it settled (after joining its cgroup where it can), which may be
+    // after this stop was served.
+    let s = sup(r#"
+[[process]]
+name = "early"
+command = ["sleep", "30"]
+"#);
+    s.env.ok(&["stop", "early"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let row = s.wait_state("early", "stopped", secs(5));
+    assert!(row["pid"].is_null(), "stopped, and never started after the stop: {row}");
+    s.env.ok(&["start", "early"]);
+    s.wait_state("early", "running", secs(10));
+}
+
+#[test]
 fn what_a_process_forks_is_stopped_with_it() {
     let s = sup("");
     let (a, b, e) = (s.file("a.pid"), s.file("b.pid"), s.file("e.pid"));

@@ -119,6 +119,11 @@ pub struct Supervisor {
     stop_queue: BTreeSet<String>,
     /// To start again once they are down (ordered restart).
     restart_queue: BTreeSet<String>,
+    /// Named by a start, stop or restart request: the autostart
+    /// ([`plan_start_all`](Self::plan_start_all)) leaves them as asked,
+    /// e.g. a `weaver stop` that came before the daemon started what
+    /// autostarts.
+    asked: BTreeSet<String>,
     /// Run ids and timer tokens.
     next_id: u64,
     /// Backoff jitter.
@@ -139,6 +144,7 @@ impl Supervisor {
             retiring: Vec::new(),
             stop_queue: BTreeSet::new(),
             restart_queue: BTreeSet::new(),
+            asked: BTreeSet::new(),
             next_id: 1,
             rng: Rng::seeded(seed),
         })
@@ -184,14 +190,28 @@ impl Supervisor {
 
     // ------------------------------------------------------------ requests
 
-    /// Start everything (in dependency and priority order).
+    /// The autostart: start everything (in dependency and priority order)
+    /// but what a request already named; those stay as that request left
+    /// them.
     pub fn plan_start_all(&mut self, now: Instant) -> Vec<Action> {
-        self.start(&[], now).expect("no names cannot be unknown")
+        let set: BTreeSet<usize> = (0..self.instances.len())
+            .filter(|&i| !self.asked.contains(self.graph.name(i)))
+            .collect();
+        self.start_set(set, now)
     }
 
     /// Start `names` and what they wait for.
     pub fn start(&mut self, names: &[String], now: Instant) -> Result<Vec<Action>, String> {
         let set = self.resolve_indices(names)?;
+        self.note_asked(&set);
+        Ok(self.start_set(set, now))
+    }
+
+    fn note_asked(&mut self, set: &BTreeSet<usize>) {
+        self.asked.extend(set.iter().map(|&i| self.graph.name(i).to_string()));
+    }
+
+    fn start_set(&mut self, set: BTreeSet<usize>, now: Instant) -> Vec<Action> {
         let with_deps = self.graph.with_dependencies(&set.iter().copied().collect::<Vec<_>>());
         let mut out = Vec::new();
         for i in self.graph.sort_for_start(&with_deps) {
@@ -205,13 +225,14 @@ impl Supervisor {
             }
         }
         self.pump(now, &mut out);
-        Ok(out)
+        out
     }
 
     /// Stop `names` (what waits for them is not stopped, but among the
     /// named, dependents stop first).
     pub fn stop(&mut self, names: &[String], now: Instant) -> Result<Vec<Action>, String> {
         let set = self.resolve_indices(names)?;
+        self.note_asked(&set);
         for &i in &set {
             let name = self.graph.name(i).to_string();
             self.restart_queue.remove(&name);
@@ -236,6 +257,7 @@ impl Supervisor {
     /// order (a stopped one is just started).
     pub fn restart(&mut self, names: &[String], now: Instant) -> Result<Vec<Action>, String> {
         let set = self.resolve_indices(names)?;
+        self.note_asked(&set);
         for &i in &set {
             let name = self.graph.name(i).to_string();
             self.stop_queue.insert(name.clone());
@@ -1076,6 +1098,25 @@ after = ["a"]
         w.run(out);
         assert_eq!(w.take_log(), ["a stopped"]);
         assert!(w.sup.all_down() && w.timers.is_empty());
+    }
+
+    #[test]
+    fn the_autostart_leaves_what_a_request_already_named() {
+        // The daemon starts what autostarts a moment after it listens
+        // (once it joined its cgroup): a stop or start that came first wins.
+        let toml = "[[process]]\nname = \"a\"\ncommand = [\"a\"]\n\
+                    [[process]]\nname = \"b\"\ncommand = [\"b\"]\n\
+                    [[process]]\nname = \"c\"\ncommand = [\"c\"]\n";
+        let mut w = World::new(toml);
+        let out = w.sup.stop(&["a".into()], w.now).unwrap();
+        w.run(out);
+        let out = w.sup.start(&["b".into()], w.now).unwrap();
+        w.run(out);
+        assert_eq!(w.take_log(), ["b started"]);
+        let out = w.sup.plan_start_all(w.now);
+        w.run(out);
+        assert_eq!(w.take_log(), ["c started"], "a stays stopped, b is not started twice");
+        assert_eq!(*w.sup.instance("a").unwrap().state(), State::Stopped);
     }
 
     #[test]
