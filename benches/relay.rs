@@ -5,9 +5,12 @@
 //! - 64 in flight, throughput for 64 B and 64 KiB (goal: at least 0.8x);
 //! - payloads by fd (1 MiB, 16 MiB, 64 MiB, a sealed memfd passed on):
 //!   round trip p50 and throughput with 8 in flight (goal: within 1.1x of
-//!   direct from 16 MiB on). The memfd is filled once per size and sent
-//!   again each time: what is measured is the transport, which never
-//!   touches the bytes.
+//!   direct from 16 MiB on), twice: the transport alone (one memfd, filled
+//!   once, sent again each time, replies not read: a fixed cost per
+//!   request that does not grow with the size), then end to end (the
+//!   client fills a fresh memfd per request and reads every byte of the
+//!   reply, the same work on both sides; what the relay adds is its
+//!   fixed cost, small against the bytes' own).
 //!
 //! `WEAVER_BENCH_QUICK=1` shrinks the iteration counts.
 
@@ -128,14 +131,14 @@ fn main() {
 }
 
 /// One echo by fd over the compute wire straight to compute.
-fn direct_fd(s: &UnixStream, id: u64, fd: &OwnedFd, len: u64) {
+fn direct_fd(s: &UnixStream, id: u64, fd: &OwnedFd, len: u64) -> OwnedFd {
     use weaver::wire::{kind, op};
     weaver::ffi::send_fd_frame(s.as_fd(), kind::REQUEST_FD, id, op::ECHO, len, fd.as_fd())
         .expect("send");
-    direct_fd_reply(s, len);
+    direct_fd_reply(s, len)
 }
 
-fn direct_fd_reply(s: &UnixStream, len: u64) {
+fn direct_fd_reply(s: &UnixStream, len: u64) -> OwnedFd {
     loop {
         let (h, size, back) = weaver::ffi::recv_fd_frame(s.as_fd()).expect("reply");
         if h.kind != weaver::wire::kind::RESPONSE_FD {
@@ -154,8 +157,8 @@ fn direct_fd_reply(s: &UnixStream, len: u64) {
             );
             continue;
         }
-        assert_eq!((size, back.is_some()), (len, true));
-        return;
+        assert_eq!(size, len);
+        return back.expect("a reply fd");
     }
 }
 
@@ -186,7 +189,7 @@ fn relay_send(s: &UnixStream, tag: u64, fd: &OwnedFd, len: u64) {
     assert_eq!(n, b.len());
 }
 
-fn relay_reply(s: &UnixStream, dec: &mut frame::Decoder, len: u64) {
+fn relay_reply(s: &UnixStream, dec: &mut frame::Decoder, len: u64) -> OwnedFd {
     struct R<'a>(&'a UnixStream, std::collections::VecDeque<OwnedFd>);
     impl Read for R<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -197,85 +200,151 @@ fn relay_reply(s: &UnixStream, dec: &mut frame::Decoder, len: u64) {
     let f = weaver::stream::read_frame(dec, &mut r).expect("read").expect("a reply");
     let msg: ServerMsg = protocol::decode(&f.meta, "reply").unwrap();
     assert_eq!(msg.resp, Response::ComputeOk, "{:?}", msg.resp);
-    let p = weaver::fdpass::announced(&f.payload, r.1.pop_front()).expect("a checked fd");
-    assert_eq!(p.len(), len);
+    match weaver::fdpass::announced(&f.payload, r.1.pop_front()).expect("a checked fd") {
+        weaver::fdpass::Payload::Fd { fd, len: got } => {
+            assert_eq!(got, len);
+            fd
+        }
+        weaver::fdpass::Payload::Bytes(_) => panic!("an fd reply came inline"),
+    }
 }
 
-/// Echo by fd, direct and through weaver, interleaved per size.
+/// What a client does with the bytes around each request.
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    /// One memfd, filled once, sent again and again; replies not read:
+    /// only the transport, which never touches the bytes.
+    Transport,
+    /// What a client of large payloads does: its bytes go into a fresh
+    /// sealed memfd per request and every byte of the reply is read.
+    EndToEnd,
+}
+
+/// Every byte of a reply, read (a checksum, so that it is not optimised
+/// away): the cost of a client consuming a result.
+fn consume(fd: OwnedFd, len: u64, buf: &mut [u8]) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::from(fd);
+    let (mut off, mut sum) = (0u64, 0u64);
+    while off < len {
+        let n = f.read_at(buf, off).expect("read the reply");
+        assert!(n > 0, "reply shorter than announced");
+        sum = buf[..n].chunks(8).fold(sum, |a, c| a.rotate_left(5) ^ c[0] as u64);
+        off += n as u64;
+    }
+    sum
+}
+
+/// Echo by fd, direct and through weaver, interleaved per size; first the
+/// transport alone, then end to end (a client's own work on the bytes on
+/// both sides).
 fn fd_payloads(direct: &UnixStream, rt: &std::path::Path) {
     let relay = Client::connect(&rt.join("control.sock"), false).unwrap().unwrap().into_stream();
     let quick = common::quick();
-    let (rt_n, pipe_n) = if quick { (20, 40) } else { (300, 2_000) };
     const FD_WINDOW: usize = 8;
-    println!("payloads by fd (sealed memfd passed on), {rt_n} round trips and {pipe_n} with {FD_WINDOW} in flight per size:");
     let mut id = 1u64 << 40;
     let mut dec = frame::Decoder::new();
-    for (label, len) in [("1 MiB", 1u64 << 20), ("16 MiB", 16 << 20), ("64 MiB", 64 << 20)] {
-        let fd = weaver::fdpass::sealed_memfd(&common::payload(len as usize)).unwrap();
-        let mut d_rt = Vec::new();
-        let mut r_rt = Vec::new();
-        for _ in 0..rt_n {
-            id += 1;
-            let t = Instant::now();
-            direct_fd(direct, id, &fd, len);
-            d_rt.push(t.elapsed());
-            let t = Instant::now();
-            relay_send(&relay, id, &fd, len);
-            relay_reply(&relay, &mut dec, len);
-            r_rt.push(t.elapsed());
-        }
-        let d50 = common::percentile(&mut d_rt, 50.0);
-        let r50 = common::percentile(&mut r_rt, 50.0);
-        let pipe = |send: &(dyn Fn(u64) + Sync), recv: &mut dyn FnMut()| -> Duration {
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let t = Instant::now();
-            std::thread::scope(|sc| {
-                sc.spawn(move || {
-                    for i in 0..pipe_n {
-                        if i >= FD_WINDOW && rx.recv().is_err() {
-                            return;
+    for work in [Work::Transport, Work::EndToEnd] {
+        let (rt_n, pipe_n) = match (work, quick) {
+            (Work::Transport, true) => (20, 40),
+            (Work::Transport, false) => (300, 2_000),
+            (Work::EndToEnd, true) => (6, 12),
+            (Work::EndToEnd, false) => (40, 120),
+        };
+        println!(
+            "payloads by fd, {}: {rt_n} round trips and {pipe_n} with {FD_WINDOW} in flight per size:",
+            match work {
+                Work::Transport => "the transport (one sealed memfd sent again, replies not read)",
+                Work::EndToEnd => "end to end (a fresh memfd filled per request, every reply byte read)",
+            }
+        );
+        for (label, len) in [("1 MiB", 1u64 << 20), ("16 MiB", 16 << 20), ("64 MiB", 64 << 20)] {
+            let data = common::payload(len as usize);
+            let reused = weaver::fdpass::sealed_memfd(&data).unwrap();
+            // A fresh memfd per request end to end; the same one otherwise.
+            let input = || match work {
+                Work::Transport => None,
+                Work::EndToEnd => Some(weaver::fdpass::sealed_memfd(&data).unwrap()),
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            let mut output = |fd: OwnedFd| {
+                if work == Work::EndToEnd {
+                    std::hint::black_box(consume(fd, len, &mut buf));
+                }
+            };
+            let (mut d_rt, mut r_rt) = (Vec::new(), Vec::new());
+            for _ in 0..rt_n {
+                id += 1;
+                let t = Instant::now();
+                let fresh = input();
+                let back = direct_fd(direct, id, fresh.as_ref().unwrap_or(&reused), len);
+                output(back);
+                d_rt.push(t.elapsed());
+                let t = Instant::now();
+                let fresh = input();
+                relay_send(&relay, id, fresh.as_ref().unwrap_or(&reused), len);
+                output(relay_reply(&relay, &mut dec, len));
+                r_rt.push(t.elapsed());
+            }
+            let d50 = common::percentile(&mut d_rt, 50.0);
+            let r50 = common::percentile(&mut r_rt, 50.0);
+            let pipe = |send: &(dyn Fn(u64) + Sync), recv: &mut dyn FnMut()| -> Duration {
+                let (tx, rx) = std::sync::mpsc::channel::<()>();
+                let t = Instant::now();
+                std::thread::scope(|sc| {
+                    sc.spawn(move || {
+                        for i in 0..pipe_n {
+                            if i >= FD_WINDOW && rx.recv().is_err() {
+                                return;
+                            }
+                            send(i as u64);
                         }
-                        send(i as u64);
+                    });
+                    for _ in 0..pipe_n {
+                        recv();
+                        let _ = tx.send(());
                     }
                 });
-                for _ in 0..pipe_n {
-                    recv();
-                    let _ = tx.send(());
-                }
-            });
-            t.elapsed()
-        };
-        let base = id;
-        let dt = pipe(
-            &|i| {
-                use weaver::wire::{kind, op};
-                weaver::ffi::send_fd_frame(
-                    direct.as_fd(),
-                    kind::REQUEST_FD,
-                    base + i,
-                    op::ECHO,
-                    len,
-                    fd.as_fd(),
-                )
-                .expect("send");
-            },
-            &mut || direct_fd_reply(direct, len),
-        );
-        let rtp = pipe(&|i| relay_send(&relay, base + i, &fd, len), &mut || {
-            relay_reply(&relay, &mut dec, len)
-        });
-        id += pipe_n as u64;
-        let gbps = |d: Duration| (len * pipe_n as u64) as f64 / d.as_secs_f64() / 1e9;
-        println!(
-            "{label:>9}  round trip p50 direct {:.1} us, relay {:.1} us: {:.2}x (goal <= 1.1x from 16 MiB) | \
-             throughput direct {:.1} GB/s, relay {:.1} GB/s: {:.2}x",
-            d50.as_secs_f64() * 1e6,
-            r50.as_secs_f64() * 1e6,
-            r50.as_secs_f64() / d50.as_secs_f64(),
-            gbps(dt),
-            gbps(rtp),
-            dt.as_secs_f64() / rtp.as_secs_f64(),
-        );
+                t.elapsed()
+            };
+            let base = id;
+            let dt = pipe(
+                &|i| {
+                    use weaver::wire::{kind, op};
+                    let fresh = input();
+                    let fd = fresh.as_ref().unwrap_or(&reused);
+                    weaver::ffi::send_fd_frame(
+                        direct.as_fd(),
+                        kind::REQUEST_FD,
+                        base + i,
+                        op::ECHO,
+                        len,
+                        fd.as_fd(),
+                    )
+                    .expect("send");
+                },
+                &mut || output(direct_fd_reply(direct, len)),
+            );
+            let rtp = pipe(
+                &|i| {
+                    let fresh = input();
+                    relay_send(&relay, base + i, fresh.as_ref().unwrap_or(&reused), len)
+                },
+                &mut || output(relay_reply(&relay, &mut dec, len)),
+            );
+            id += pipe_n as u64;
+            let gbps = |d: Duration| (len * pipe_n as u64) as f64 / d.as_secs_f64() / 1e9;
+            println!(
+                "{label:>9}  round trip p50 direct {:.1} us, relay {:.1} us: {:.2}x (goal <= 1.1x from 16 MiB) | \
+                 throughput direct {:.2} GB/s, relay {:.2} GB/s: {:.2}x",
+                d50.as_secs_f64() * 1e6,
+                r50.as_secs_f64() * 1e6,
+                r50.as_secs_f64() / d50.as_secs_f64(),
+                gbps(dt),
+                gbps(rtp),
+                dt.as_secs_f64() / rtp.as_secs_f64(),
+            );
+        }
     }
     println!(
         "64 KiB goes inline (below the {} byte fd threshold): see the table above.",
