@@ -142,10 +142,10 @@ impl Clients {
 
     /// Read what `id` sent. Unfinished frames count against the bounds:
     /// a client over them is reported bad (and closed by the caller).
-    pub fn read(&mut self, id: u64, scratch: &mut [u8]) -> Read {
+    pub fn read(&mut self, id: u64, scratch: &mut [u8], closed: bool) -> Read {
         let mut r = Read::default();
         let Some(c) = self.map.get_mut(&id) else { return r };
-        match c.conn.read(scratch, &mut r.frames) {
+        match c.conn.read(scratch, &mut r.frames, closed) {
             Drained::WouldBlock => {}
             Drained::Eof => r.gone = true,
             // Fds that no frame can claim, or ancillary data cut short: the
@@ -352,7 +352,7 @@ mod tests {
         let mut scratch = vec![0u8; 64];
         let mut frames = Vec::new();
         while frames.len() < 2 {
-            let r = cs.read(id, &mut scratch);
+            let r = cs.read(id, &mut scratch, false);
             assert!(!r.gone && r.bad.is_none());
             frames.extend(r.frames);
         }
@@ -382,12 +382,12 @@ mod tests {
         let mut theirs = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(theirs));
         std::io::Write::write_all(&mut theirs, &[0xff; 8]).unwrap();
         let mut scratch = vec![0u8; 64];
-        let r = cs.read(1, &mut scratch);
+        let r = cs.read(1, &mut scratch, false);
         assert!(r.bad.unwrap().contains("over the"), "an oversized prefix is named");
         drop(theirs);
         let (ours, theirs) = UnixStream::pair().unwrap();
         cs.accept(ours, Instant::now(), &mut fx);
         drop(theirs);
-        assert!(cs.read(2, &mut scratch).gone);
+        assert!(cs.read(2, &mut scratch, false).gone);
     }
 }

@@ -78,9 +78,15 @@ impl<D: StreamDecoder> Conn<D> {
         self.stream.as_raw_fd()
     }
 
-    /// Read until the socket would block, appending whole frames to `out`.
-    pub fn read(&mut self, scratch: &mut [u8], out: &mut Vec<D::Frame>) -> Drained<D::Error> {
-        drain(&mut self.stream, &mut self.dec, scratch, out, &mut self.fds)
+    /// Read what the socket has, appending whole frames to `out`. `closed`:
+    /// the event said the peer closed or failed, so read on to the end.
+    pub fn read(
+        &mut self,
+        scratch: &mut [u8],
+        out: &mut Vec<D::Frame>,
+        closed: bool,
+    ) -> Drained<D::Error> {
+        drain(&mut self.stream, &mut self.dec, scratch, out, &mut self.fds, closed)
     }
 
     /// Write what is queued; arm or disarm WRITABLE as the socket needs.
@@ -157,18 +163,27 @@ pub fn peer(stream: &UnixStream) -> Result<UnixCredentials, String> {
     Ok(cred)
 }
 
-/// Read a non-blocking socket until it would block (readiness is a hint:
-/// the read decides), appending whole frames to `out`. Large payloads are
-/// read straight into their buffer, everything else through `scratch`.
-/// Reads are `recvmsg`: fds that come along wait in `fds` for the frame
-/// they ride on (whose decoder claims them); one that no frame can claim
-/// ends the connection (`Failed`, `InvalidData`), closed.
+/// Read a non-blocking stream socket until it has nothing more (readiness
+/// is a hint: the read decides), appending whole frames to `out`. Large
+/// payloads are read straight into their buffer, everything else through
+/// `scratch`. Reads are `recvmsg`: fds that come along wait in `fds` for
+/// the frame they ride on (whose decoder claims them); one that no frame
+/// can claim ends the connection (`Failed`, `InvalidData`), closed.
+///
+/// A read that fills less than its buffer and brings no fd found the
+/// socket empty (a stream read stops early only at an fd), so it is the
+/// last: the edge-triggered registration reports whatever arrives after
+/// it, which saves the `recvmsg` that would only say `EAGAIN`, one per
+/// wake-up. `closed` (the event said the peer closed or failed) reads on
+/// to the end instead: a close that came before the event reports no
+/// new edge.
 pub fn drain<S, D>(
     stream: &mut S,
     dec: &mut D,
     scratch: &mut [u8],
     out: &mut Vec<D::Frame>,
     fds: &mut VecDeque<OwnedFd>,
+    closed: bool,
 ) -> Drained<D::Error>
 where
     S: Read + AsRawFd,
@@ -183,13 +198,17 @@ where
     };
     loop {
         if let Some(v) = dec.direct_target() {
+            let (room, held) = (v.capacity() - v.len(), fds.len());
             match fdpass::recv_spare(sock, v, fds) {
                 Ok(0) => return Drained::Eof,
-                Ok(_) => {
+                Ok(n) => {
                     let f = dec.direct_done();
                     done(dec, f, fds);
                     if let Err(e) = stray(dec, fds) {
                         return Drained::Failed(e);
+                    }
+                    if n < room && fds.len() == held && !closed {
+                        return Drained::WouldBlock;
                     }
                     continue;
                 }
@@ -198,9 +217,11 @@ where
                 Err(e) => return Drained::Failed(e),
             }
         }
+        let held = fds.len();
         match fdpass::recv(sock, scratch, fds, 0) {
             Ok(0) => return Drained::Eof,
             Ok(n) => {
+                let emptied = n < scratch.len() && fds.len() == held && !closed;
                 let mut data = &scratch[..n];
                 while !data.is_empty() {
                     match dec.feed(data) {
@@ -213,6 +234,9 @@ where
                 }
                 if let Err(e) = stray(dec, fds) {
                     return Drained::Failed(e);
+                }
+                if emptied {
+                    return Drained::WouldBlock;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::WouldBlock,
@@ -278,7 +302,7 @@ mod tests {
         let mut frames = Vec::new();
         let mut scratch = vec![0u8; SCRATCH_READ];
         while frames.len() < 2 {
-            match c.read(&mut scratch, &mut frames) {
+            match c.read(&mut scratch, &mut frames, false) {
                 Drained::WouldBlock => std::thread::yield_now(),
                 other => panic!("unexpected {other:?}"),
             }
@@ -307,6 +331,41 @@ mod tests {
         assert_eq!(fx.len(), 2);
         assert!(
             matches!(fx[1], Effect::Rewatch { interest, .. } if interest == Interest::READABLE)
+        );
+    }
+
+    #[test]
+    fn a_short_read_is_the_last_unless_the_peer_closed() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let (mut c, _) = Conn::new(UnixStream::from_std(a), frame::Decoder::new(), Token(7));
+        let mut scratch = vec![0u8; SCRATCH_READ];
+        let mut bytes = Vec::new();
+        frame::push(&mut bytes, b"m1", b"p");
+        b.write_all(&bytes).unwrap();
+        drop(b);
+        // The data and the close are both queued: a plain readable event
+        // stops after the short read (the close comes as its own event)...
+        let mut frames = Vec::new();
+        assert!(matches!(c.read(&mut scratch, &mut frames, false), Drained::WouldBlock));
+        assert_eq!(frames.len(), 1);
+        // ... and an event that says "closed" reads on to the end.
+        assert!(matches!(c.read(&mut scratch, &mut frames, true), Drained::Eof));
+        // A buffer's worth is not taken for "empty": the read goes on.
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let (mut c, _) = Conn::new(UnixStream::from_std(a), frame::Decoder::new(), Token(8));
+        let mut small = vec![0u8; 16];
+        let mut bytes = Vec::new();
+        for m in [&b"first"[..], b"second", b"third"] {
+            frame::push(&mut bytes, m, b"");
+        }
+        b.write_all(&bytes).unwrap();
+        let mut frames = Vec::new();
+        assert!(matches!(c.read(&mut small, &mut frames, false), Drained::WouldBlock));
+        assert_eq!(
+            frames.iter().map(|f| f.meta.clone()).collect::<Vec<_>>(),
+            [b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
         );
     }
 }

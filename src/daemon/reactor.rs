@@ -201,8 +201,9 @@ impl Reactor {
                 return Err(e);
             }
             for ev in events.iter() {
-                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                self.dispatch(ev.token(), readable, ev.is_writable());
+                let closed = ev.is_read_closed() || ev.is_error();
+                let readable = ev.is_readable() || closed;
+                self.dispatch(ev.token(), readable, closed, ev.is_writable());
                 self.apply();
             }
             if !events.is_empty() && !self.trim_armed {
@@ -240,7 +241,10 @@ impl Reactor {
         self.procs.run_actions(plan, &mut self.fx);
     }
 
-    fn dispatch(&mut self, t: Token, readable: bool, writable: bool) {
+    /// One event. `closed`: the peer closed or the socket failed (a
+    /// connection's read then goes on to the end, see
+    /// [`drain`](crate::daemon::conn::drain)).
+    fn dispatch(&mut self, t: Token, readable: bool, closed: bool, writable: bool) {
         let now = Instant::now();
         let fx = &mut self.fx;
         match token::source(t) {
@@ -253,7 +257,7 @@ impl Reactor {
                 }
                 if readable {
                     let scratch = &mut self.scratch[..SCRATCH_READ];
-                    self.hub.read(id, scratch, &self.procs.sup, now, fx);
+                    self.hub.read(id, scratch, closed, &self.procs.sup, now, fx);
                 }
             }
             Source::Signals => self.on_signals(),
@@ -292,7 +296,7 @@ impl Reactor {
                     self.compute.flush(now, fx);
                 }
                 if readable {
-                    self.compute.read(&mut self.scratch[..SCRATCH_READ], now, fx);
+                    self.compute.read(&mut self.scratch[..SCRATCH_READ], closed, now, fx);
                 }
             }
             Source::ComputeStdout => self.compute.read_output(0, &mut self.scratch, fx),
@@ -305,7 +309,7 @@ impl Reactor {
                     self.clients.flush(id, fx);
                 }
                 if readable {
-                    self.read_client(id);
+                    self.read_client(id, closed);
                 }
             }
             Source::Unknown => debug!("event for unknown token {t:?}"),
@@ -378,8 +382,8 @@ impl Reactor {
         self.accept_stopped(stop, "the HTTP endpoint", now);
     }
 
-    fn read_client(&mut self, id: u64) {
-        let r = self.clients.read(id, &mut self.scratch[..SCRATCH_READ]);
+    fn read_client(&mut self, id: u64, closed: bool) {
+        let r = self.clients.read(id, &mut self.scratch[..SCRATCH_READ], closed);
         for f in r.frames {
             if !self.clients.serving(id) {
                 break;

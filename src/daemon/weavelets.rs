@@ -224,6 +224,7 @@ impl Hub {
         &mut self,
         id: u64,
         scratch: &mut [u8],
+        closed: bool,
         sup: &Supervisor,
         now: Instant,
         fx: &mut Effects,
@@ -232,7 +233,7 @@ impl Hub {
         if w.closing {
             // Whatever it sends after its error is dropped.
             let mut sink = Vec::new();
-            let r = w.conn.read(scratch, &mut sink);
+            let r = w.conn.read(scratch, &mut sink, closed);
             w.conn.dec = LineDecoder::new();
             if matches!(r, Drained::Eof | Drained::Failed(_)) {
                 self.remove(id, "disconnected", fx);
@@ -240,7 +241,7 @@ impl Hub {
             return;
         }
         let mut lines = Vec::new();
-        let r = w.conn.read(scratch, &mut lines);
+        let r = w.conn.read(scratch, &mut lines, closed);
         for l in lines {
             if self.conns.get(&id).map_or(true, |w| w.closing) {
                 break;
@@ -864,7 +865,7 @@ mod tests {
     fn pump(h: &mut Hub, id: u64, s: &Supervisor, fx: &mut Effects) {
         let mut scratch = vec![0u8; 4096];
         // The peer wrote before this: its bytes are there.
-        h.read(id, &mut scratch, s, Instant::now(), fx);
+        h.read(id, &mut scratch, false, s, Instant::now(), fx);
         h.flush_dirty(fx);
     }
 

@@ -203,10 +203,10 @@ impl Compute {
     }
 
     /// The connection is readable.
-    pub fn read(&mut self, scratch: &mut [u8], now: Instant, fx: &mut Effects) {
+    pub fn read(&mut self, scratch: &mut [u8], closed: bool, now: Instant, fx: &mut Effects) {
         let Some(c) = self.conn.as_mut() else { return };
         let mut frames = std::mem::take(&mut self.frames);
-        let mut lost = match c.read(scratch, &mut frames) {
+        let mut lost = match c.read(scratch, &mut frames, closed) {
             Drained::WouldBlock => None,
             Drained::Eof => Some("compute closed its connection".to_string()),
             Drained::Failed(e) => Some(format!("compute connection failed: {e}")),
