@@ -43,21 +43,31 @@ impl EchoWire for ControlWire {
         frame::push(out, &meta, payload);
     }
 
+    /// The payload is read straight into `buf`, as the compute wire's is:
+    /// both sides of the bench do the same work per reply.
     fn read_reply(&self, r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<u64> {
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len)?;
-        let len = u32::from_le_bytes(len) as usize;
-        let mut body = std::mem::take(buf);
-        body.resize(len, 0);
-        r.read_exact(&mut body)?;
-        let meta_len = u32::from_le_bytes(body[0..4].try_into().unwrap()) as usize;
-        let msg: ServerMsg = protocol::decode(&body[4..4 + meta_len], "reply")
+        let mut head = [0u8; 8];
+        r.read_exact(&mut head)?;
+        let len = u32::from_le_bytes(head[0..4].try_into().unwrap()) as usize;
+        let meta_len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "frame shorter than its meta");
+        let payload_len = len.checked_sub(4 + meta_len).ok_or_else(bad)?;
+        // Replies' meta is a few bytes; an error's may be longer.
+        let (mut small, mut large) = ([0u8; 64], Vec::new());
+        let meta = if meta_len <= small.len() {
+            &mut small[..meta_len]
+        } else {
+            large.resize(meta_len, 0);
+            &mut large[..]
+        };
+        r.read_exact(meta)?;
+        buf.resize(payload_len, 0);
+        r.read_exact(buf)?;
+        let msg: ServerMsg = protocol::decode(meta, "reply")
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if let Response::Error(e) = msg.resp {
             return Err(io::Error::other(e.message));
         }
-        body.drain(..4 + meta_len);
-        *buf = body;
         Ok(msg.tag)
     }
 }
