@@ -67,6 +67,9 @@ impl Deadlines {
 }
 
 /// A duration as the CLI's messages show it: "5s", "250ms".
+/// The tag of the first request on a connection.
+const FIRST_TAG: u64 = 1;
+
 fn shown(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
@@ -140,6 +143,20 @@ impl Client {
         shutdown: bool,
         deadlines: Deadlines,
     ) -> io::Result<std::result::Result<Client, Error>> {
+        Self::connect_first(path, shutdown, deadlines, None)
+    }
+
+    /// [`connect_with`](Self::connect_with), sending `first` (a request
+    /// without payload) right behind the handshake, in the same write: the
+    /// command saves a round trip. Its reply is [`first_reply`](Self::first_reply).
+    /// A daemon that refuses the handshake reads no further, so `first` is
+    /// served only on a connection that is then returned.
+    pub fn connect_first(
+        path: &Path,
+        shutdown: bool,
+        deadlines: Deadlines,
+        first: Option<&Request>,
+    ) -> io::Result<std::result::Result<Client, Error>> {
         let deadline = Instant::now() + deadlines.connect;
         let stream = match connect_by(path, deadline) {
             Ok(s) => s,
@@ -155,7 +172,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        Ok(Self::handshake(stream, path, shutdown, deadline, deadlines))
+        Ok(Self::handshake(stream, path, shutdown, deadline, deadlines, first))
     }
 
     fn handshake(
@@ -164,6 +181,7 @@ impl Client {
         shutdown: bool,
         deadline: Instant,
         deadlines: Deadlines,
+        first: Option<&Request>,
     ) -> Result<Client> {
         let cred =
             nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
@@ -192,9 +210,15 @@ impl Client {
             .and_then(|_| stream.set_write_timeout(Some(left)))
             .map_err(|e| daemon_err("cannot set the connection's deadline", e))?;
         let hs = protocol::encode(&Handshake::new(shutdown));
+        let mut bytes = Vec::new();
+        frame::push(&mut bytes, &hs, &[]);
+        if let Some(req) = first {
+            let meta = protocol::encode(&ClientMsg { tag: FIRST_TAG, req: req.clone() });
+            frame::push(&mut bytes, &meta, &[]);
+        }
         // A daemon that refuses us (too many clients) may say so and close
         // before our handshake is written: its answer is read all the same.
-        let sent = crate::stream::write_control(&mut stream, &hs, &[]);
+        let sent = stream.write_all(&bytes);
         let mut dec = frame::Decoder::new();
         let f = match crate::stream::read_frame(&mut dec, &mut stream) {
             Ok(Some(f)) => f,
@@ -251,7 +275,22 @@ impl Client {
             .and_then(|_| stream.set_write_timeout(Some(deadlines.pong_within)))
             .map_err(|e| daemon_err("cannot set the connection's deadline", e))?;
         let peer_pid = u32::try_from(cred.pid()).unwrap_or(0);
-        Ok(Client { stream, dec, next_tag: 1, deadlines, peer_pid, server })
+        let next_tag = if first.is_some() { FIRST_TAG + 1 } else { FIRST_TAG };
+        Ok(Client { stream, dec, next_tag, deadlines, peer_pid, server })
+    }
+
+    /// The reply to the request sent with the handshake
+    /// ([`connect_first`](Self::connect_first)), checked as
+    /// [`call`](Self::call)'s.
+    pub fn first_reply(&mut self) -> Result<Reply> {
+        debug_assert_eq!(self.next_tag, FIRST_TAG + 1, "a first request was sent");
+        Replies { client: self, tag: FIRST_TAG, done: false }.next().unwrap_or_else(|| {
+            Err(Error::new(
+                Kind::Daemon,
+                "the daemon closed the connection before answering; see its log \
+                 (`weaver status` shows where)",
+            ))
+        })
     }
 
     /// The pid of the daemon this client talks to, as it says.
@@ -701,6 +740,46 @@ mod tests {
         drop(l);
         let e = Client::connect_with(&dir.path().join("none"), false, d).err().unwrap();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_first_request_rides_with_the_handshake_and_its_reply_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let peer = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            // Both frames came in one write: one read holds them both.
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            let mut dec = frame::Decoder::new();
+            let mut frames = Vec::new();
+            let mut data = &buf[..n];
+            while !data.is_empty() {
+                let (used, f) = dec.feed(data).unwrap();
+                data = &data[used..];
+                frames.extend(f);
+            }
+            assert_eq!(frames.len(), 2, "handshake and request in one write");
+            let hs: Handshake = protocol::decode(&frames[0].meta, "handshake").unwrap();
+            assert_eq!(hs.magic, HANDSHAKE_MAGIC);
+            let msg: ClientMsg = protocol::decode(&frames[1].meta, "request").unwrap();
+            assert_eq!((msg.tag, msg.req), (FIRST_TAG, Request::Ps));
+            let hs = protocol::encode(&Handshake::new(false));
+            crate::stream::write_control(&mut s, &hs, &[]).unwrap();
+            let meta = protocol::encode(&ServerMsg { tag: msg.tag, resp: Response::ComputeOk });
+            crate::stream::write_control(&mut s, &meta, &[]).unwrap();
+            // The next request takes the next tag.
+            let f = crate::stream::read_frame(&mut dec, &mut s).unwrap().unwrap();
+            let msg: ClientMsg = protocol::decode(&f.meta, "request").unwrap();
+            assert_eq!(msg.tag, FIRST_TAG + 1);
+        });
+        let d = Deadlines::all(Duration::from_secs(5));
+        let mut c = Client::connect_first(&path, false, d, Some(&Request::Ps)).unwrap().unwrap();
+        let r = c.first_reply().unwrap();
+        assert_eq!((r.tag, r.resp), (FIRST_TAG, Response::ComputeOk));
+        c.send(Request::Ps, &[]).unwrap();
+        peer.join().unwrap();
     }
 
     #[test]

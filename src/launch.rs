@@ -56,6 +56,9 @@ pub struct Launch<'a> {
     pub daemon_args: Vec<OsString>,
     /// Do not start one: fail if none runs.
     pub no_start: bool,
+    /// A request (without payload) to send with the handshake
+    /// ([`Client::connect_first`]); its reply is [`Client::first_reply`].
+    pub first: Option<crate::protocol::Request>,
 }
 
 /// What happened on the way to a connection.
@@ -74,7 +77,8 @@ fn is_absent(e: &io::Error) -> bool {
 /// Connect to the running daemon, starting one if needed.
 pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
     let d = Deadlines::from_env();
-    if let Some(c) = reach(l.dir, d, false)? {
+    let first = l.first.as_ref();
+    if let Some(c) = reach(l.dir, d, false, first)? {
         return Ok((c, Outcome::Connected));
     }
     if l.no_start {
@@ -92,13 +96,13 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
     let mut busy = String::new();
     for _ in 0..START_ATTEMPTS {
         // Someone may have started it while we waited for the lock.
-        if let Some(c) = reach(l.dir, d, false)? {
+        if let Some(c) = reach(l.dir, d, false, first)? {
             return Ok((c, Outcome::Connected));
         }
         match spawn_daemon(l)? {
             Started::Ready(pid) => {
                 let sock = l.dir.control_socket();
-                let c = Client::connect_with(&sock, false, d)
+                let c = Client::connect_first(&sock, false, d, first)
                     .map_err(|e| {
                         Error::io(Kind::Daemon, "connect to the new daemon at", &sock, &e)
                     })?
@@ -108,7 +112,7 @@ pub fn connect_or_start(l: &Launch) -> Result<(Client, Outcome)> {
             // Another daemon holds the lock: wait for it to answer, or to
             // exit and leave the place to a new one.
             Started::Busy(msg) => {
-                if let Some(c) = reach(l.dir, d, true)? {
+                if let Some(c) = reach(l.dir, d, true, first)? {
                     return Ok((c, Outcome::Connected));
                 }
                 busy = msg;
@@ -163,14 +167,19 @@ pub fn holder(dir: &RuntimeDir) -> Holder {
 /// exits (stopping: then `Ok(None)`, and a new one may start). One that
 /// does neither is an error that names it. `held`: the lock is known to be
 /// held (a daemon just said so), even where no holder can be named.
-fn reach(dir: &RuntimeDir, d: Deadlines, held: bool) -> Result<Option<Client>> {
+fn reach(
+    dir: &RuntimeDir,
+    d: Deadlines,
+    held: bool,
+    first: Option<&crate::protocol::Request>,
+) -> Result<Option<Client>> {
     let sock = dir.control_socket();
     let deadline = Instant::now() + d.connect;
     // A daemon whose socket went missing binds it again on SIGUSR1 (it
     // also notices by itself where it can watch its runtime dir).
     let mut nudged = false;
     loop {
-        let refused = match Client::connect_with(&sock, false, d) {
+        let refused = match Client::connect_first(&sock, false, d, first) {
             Ok(Ok(c)) => return Ok(Some(c)),
             Ok(Err(e)) => {
                 return Err(match holder(dir) {

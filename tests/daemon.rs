@@ -406,6 +406,36 @@ fn a_protocol_mismatch_is_explained_and_shutdown_still_works() {
     assert!(reply.refusal.contains("weaver shutdown"), "{}", reply.refusal);
     assert_eq!(reply.protocol, protocol::PROTOCOL_VERSION);
     read_to_eof(&mut s);
+    // A request written right behind a refused handshake (as the command
+    // line sends its first one) is never served: not even a shutdown.
+    let mut s = env.raw();
+    let mut bytes = Vec::new();
+    frame::push(&mut bytes, &protocol::encode(&future), &[]);
+    frame::push(&mut bytes, &protocol::encode(&ClientMsg { tag: 1, req: Request::Shutdown }), &[]);
+    s.write_all(&bytes).unwrap();
+    let rest = read_to_eof(&mut s);
+    let f =
+        weaver::stream::read_frame(&mut frame::Decoder::new(), &mut &rest[..]).unwrap().unwrap();
+    let reply: Handshake = protocol::decode(&f.meta, "handshake").unwrap();
+    assert!(!reply.refusal.is_empty());
+    assert_eq!(f.meta.len() + 8, rest.len(), "nothing after the refusal");
+    assert!(!gone(daemon, Duration::from_millis(300)), "the pipelined shutdown was served");
+    // Behind an accepted one, it is served with the tag it was sent with.
+    let mut s = env.raw();
+    let mut bytes = Vec::new();
+    frame::push(&mut bytes, &protocol::encode(&Handshake::new(false)), &[]);
+    let status = Request::Status { wait_compute: false };
+    frame::push(&mut bytes, &protocol::encode(&ClientMsg { tag: 1, req: status }), &[]);
+    s.write_all(&bytes).unwrap();
+    let mut dec = frame::Decoder::new();
+    let f = weaver::stream::read_frame(&mut dec, &mut s).unwrap().unwrap();
+    let hs: Handshake = protocol::decode(&f.meta, "handshake").unwrap();
+    assert!(hs.refusal.is_empty(), "{}", hs.refusal);
+    let f = weaver::stream::read_frame(&mut dec, &mut s).unwrap().unwrap();
+    let msg: ServerMsg = protocol::decode(&f.meta, "reply").unwrap();
+    assert_eq!(msg.tag, 1);
+    assert!(matches!(msg.resp, Response::Status(_)), "{:?}", msg.resp);
+    drop(s);
     let mut s = env.raw();
     let reply = handshake(&mut s, &Handshake { shutdown: true, ..future });
     assert!(reply.refusal.is_empty());

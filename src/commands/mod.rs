@@ -28,10 +28,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command, Global};
-use crate::client::Client;
+use crate::client::{Client, Reply};
 use crate::error::{Error, Kind, Result};
 use crate::launch::{self, Launch, Outcome};
-use crate::protocol::{Response, Verb};
+use crate::protocol::{Request, Response, Verb};
 use crate::runtime_dir::{self, RuntimeDir};
 
 /// Run one command line.
@@ -93,7 +93,19 @@ impl Ctx {
         self.connect_with(true).map(|(c, _)| c)
     }
 
+    /// Connect (starting the daemon unless `--no-start`) with `req` sent
+    /// along with the handshake; its reply.
+    fn connect_call(&self, req: Request) -> Result<(Client, Reply)> {
+        let (mut c, _) = self.connect_sending(self.global.no_start, Some(req))?;
+        let r = c.first_reply()?;
+        Ok((c, r))
+    }
+
     fn connect_with(&self, no_start: bool) -> Result<(Client, Outcome)> {
+        self.connect_sending(no_start, None)
+    }
+
+    fn connect_sending(&self, no_start: bool, first: Option<Request>) -> Result<(Client, Outcome)> {
         let g = &self.global;
         let mut daemon_args: Vec<OsString> = Vec::new();
         if let Some(b) = &g.compute_bin {
@@ -116,7 +128,7 @@ impl Ctx {
             daemon_args.push("--config".into());
             daemon_args.push(absolute(c)?.into());
         }
-        launch::connect_or_start(&Launch { dir: &self.dir, daemon_args, no_start })
+        launch::connect_or_start(&Launch { dir: &self.dir, daemon_args, no_start, first })
     }
 }
 

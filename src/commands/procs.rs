@@ -10,8 +10,7 @@ use crate::render;
 
 /// `weaver ps`.
 pub(super) fn ps(ctx: &Ctx, json: bool) -> Result<()> {
-    let (mut c, _) = ctx.connect()?;
-    let r = c.call(Request::Ps, &[])?;
+    let (_, r) = ctx.connect_call(Request::Ps)?;
     let Response::Ps(rows) = r.resp else { return Err(unexpected(&r.resp)) };
     print(&if json { render::json_pretty(&rows) } else { render::ps(&rows) })
 }
@@ -27,8 +26,7 @@ pub(super) fn control(ctx: &Ctx, verb: Verb, t: Targets) -> Result<()> {
 
 /// `weaver reload`.
 pub(super) fn reload(ctx: &Ctx, dry_run: bool, json: bool) -> Result<()> {
-    let (mut c, _) = ctx.connect()?;
-    let r = c.call(Request::Reload { dry_run }, &[])?;
+    let (_, r) = ctx.connect_call(Request::Reload { dry_run })?;
     let Response::Reload(rep) = r.resp else { return Err(unexpected(&r.resp)) };
     print(&if json { render::json_pretty(&rep) } else { render::reload(&rep) })
 }
