@@ -3,7 +3,7 @@
 //! to be closed. It turns bytes into requests and replies into bytes; what
 //! a request means is for the handlers.
 
-use std::collections::HashMap;
+use crate::daemon::ids::IdMap;
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ pub struct Read {
 
 #[derive(Debug, Default)]
 pub struct Clients {
-    map: HashMap<u64, Client>,
+    map: IdMap<Client>,
     /// Never reused.
     next_id: u64,
     /// Clients with queued output to flush at the end of this turn.

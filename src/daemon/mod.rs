@@ -11,6 +11,7 @@ pub mod follow; // room: logs -f followers and event subscribers
 pub mod guard; // the guard process that outlives a SIGKILLed weaver
 pub mod handlers; // one file per request kind
 pub mod http; // room: the HTTP endpoint (health, readiness, metrics) and its connections
+pub mod ids; // maps keyed by ids weaver issues (a cheap hash)
 pub mod mux; // in-flight table, pure
 pub mod outq; // write queue of a non-blocking socket
 pub mod procs; // room: supervised processes' plumbing

@@ -4,7 +4,9 @@
 //! any order. The reactor feeds events in and gets back what to send and
 //! what to deliver.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::daemon::ids::IdMap;
 use std::time::Instant;
 
 use crate::fdpass::Payload;
@@ -111,7 +113,7 @@ pub struct Stats {
 pub struct Mux {
     limits: Limits,
     next_id: u64,
-    entries: HashMap<u64, Entry>,
+    entries: IdMap<Entry>,
     queue: VecDeque<u64>,
     queued_bytes: usize,
     in_flight: usize,
