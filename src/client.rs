@@ -66,10 +66,10 @@ impl Deadlines {
     }
 }
 
-/// A duration as the CLI's messages show it: "5s", "250ms".
 /// The tag of the first request on a connection.
 const FIRST_TAG: u64 = 1;
 
+/// A duration as the CLI's messages show it: "5s", "250ms".
 fn shown(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
@@ -284,13 +284,7 @@ impl Client {
     /// [`call`](Self::call)'s.
     pub fn first_reply(&mut self) -> Result<Reply> {
         debug_assert_eq!(self.next_tag, FIRST_TAG + 1, "a first request was sent");
-        Replies { client: self, tag: FIRST_TAG, done: false }.next().unwrap_or_else(|| {
-            Err(Error::new(
-                Kind::Daemon,
-                "the daemon closed the connection before answering; see its log \
-                 (`weaver status` shows where)",
-            ))
-        })
+        Replies { client: self, tag: FIRST_TAG, done: false }.one()
     }
 
     /// The pid of the daemon this client talks to, as it says.
@@ -458,13 +452,7 @@ impl Client {
     /// Send one request and wait for its reply; an error reply becomes an
     /// `Error`.
     pub fn call(&mut self, req: Request, payload: &[u8]) -> Result<Reply> {
-        self.stream_replies(req, payload)?.next().unwrap_or_else(|| {
-            Err(Error::new(
-                Kind::Daemon,
-                "the daemon closed the connection before answering; see its log \
-                 (`weaver status` shows where)",
-            ))
-        })
+        self.stream_replies(req, payload)?.one()
     }
 
     /// [`Client::call`] with the payload in the sealed memfd `fd` of `len`
@@ -482,13 +470,7 @@ impl Client {
                 daemon_err("cannot send request to the daemon", e)
             }
         })?;
-        Replies { client: self, tag, done: false }.next().unwrap_or_else(|| {
-            Err(Error::new(
-                Kind::Daemon,
-                "the daemon closed the connection before answering; see its log \
-                 (`weaver status` shows where)",
-            ))
-        })
+        Replies { client: self, tag, done: false }.one()
     }
 
     /// Send a request answered by a stream of replies (`Logs` with
@@ -606,6 +588,20 @@ pub struct Replies<'a> {
     client: &'a mut Client,
     tag: u64,
     done: bool,
+}
+
+impl Replies<'_> {
+    /// The one reply of a request that gets one: an error when the
+    /// connection ends first.
+    fn one(mut self) -> Result<Reply> {
+        self.next().unwrap_or_else(|| {
+            Err(Error::new(
+                Kind::Daemon,
+                "the daemon closed the connection before answering; see its log \
+                 (`weaver status` shows where)",
+            ))
+        })
+    }
 }
 
 impl Iterator for Replies<'_> {
