@@ -32,7 +32,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::client::{Client, Deadlines};
 use crate::error::{Error, Kind, Result};
 use crate::pidfile::{self, PidRecord, Process};
-use crate::protocol::ErrorKind as ReplyKind;
+use crate::protocol::{ErrorKind as ReplyKind, Request};
 use crate::runtime_dir::{self, RuntimeDir};
 
 /// The fd number the daemon finds its readiness pipe on.
@@ -58,7 +58,7 @@ pub struct Launch<'a> {
     pub no_start: bool,
     /// A request (without payload) to send with the handshake
     /// ([`Client::connect_first`]); its reply is [`Client::first_reply`].
-    pub first: Option<crate::protocol::Request>,
+    pub first: Option<Request>,
 }
 
 /// What happened on the way to a connection.
@@ -171,7 +171,7 @@ fn reach(
     dir: &RuntimeDir,
     d: Deadlines,
     held: bool,
-    first: Option<&crate::protocol::Request>,
+    first: Option<&Request>,
 ) -> Result<Option<Client>> {
     let sock = dir.control_socket();
     let deadline = Instant::now() + d.connect;

@@ -85,27 +85,24 @@ struct Ctx {
 impl Ctx {
     /// Connect to the daemon, starting it unless `--no-start`.
     fn connect(&self) -> Result<(Client, Outcome)> {
-        self.connect_with(self.global.no_start)
+        self.connect_with(self.global.no_start, None)
     }
 
     /// Connect to a running daemon; never start one.
     fn connect_running(&self) -> Result<Client> {
-        self.connect_with(true).map(|(c, _)| c)
+        self.connect_with(true, None).map(|(c, _)| c)
     }
 
     /// Connect (starting the daemon unless `--no-start`) with `req` sent
     /// along with the handshake; its reply.
     fn connect_call(&self, req: Request) -> Result<(Client, Reply)> {
-        let (mut c, _) = self.connect_sending(self.global.no_start, Some(req))?;
+        let (mut c, _) = self.connect_with(self.global.no_start, Some(req))?;
         let r = c.first_reply()?;
         Ok((c, r))
     }
 
-    fn connect_with(&self, no_start: bool) -> Result<(Client, Outcome)> {
-        self.connect_sending(no_start, None)
-    }
-
-    fn connect_sending(&self, no_start: bool, first: Option<Request>) -> Result<(Client, Outcome)> {
+    /// `first`: a request to send with the handshake (see `connect_call`).
+    fn connect_with(&self, no_start: bool, first: Option<Request>) -> Result<(Client, Outcome)> {
         let g = &self.global;
         let mut daemon_args: Vec<OsString> = Vec::new();
         if let Some(b) = &g.compute_bin {

@@ -3,7 +3,6 @@
 //! to be closed. It turns bytes into requests and replies into bytes; what
 //! a request means is for the handlers.
 
-use crate::daemon::ids::IdMap;
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use mio::net::UnixStream;
 
 use crate::daemon::conn::{self, Conn, Drained, Flushed};
 use crate::daemon::effect::{Effect, Effects, Timer};
+use crate::daemon::ids::IdMap;
 use crate::daemon::token;
 use crate::frame::{self, RawFrame};
 use crate::protocol::{self, ErrorKind, ErrorReply, Handshake, Response, ServerMsg};
