@@ -119,11 +119,11 @@ pub struct Supervisor {
     stop_queue: BTreeSet<String>,
     /// To start again once they are down (ordered restart).
     restart_queue: BTreeSet<String>,
-    /// Named by a start, stop or restart request: the autostart
-    /// ([`plan_start_all`](Self::plan_start_all)) leaves them as asked,
-    /// e.g. a `weaver stop` that came before the daemon started what
-    /// autostarts.
-    asked: BTreeSet<String>,
+    /// Until the autostart ([`plan_start_all`](Self::plan_start_all)):
+    /// what a start, stop or restart request named, which the autostart
+    /// leaves as asked (e.g. a `weaver stop` that came before the daemon
+    /// started what autostarts). `None` once it ran.
+    asked: Option<BTreeSet<String>>,
     /// Run ids and timer tokens.
     next_id: u64,
     /// Backoff jitter.
@@ -144,7 +144,7 @@ impl Supervisor {
             retiring: Vec::new(),
             stop_queue: BTreeSet::new(),
             restart_queue: BTreeSet::new(),
-            asked: BTreeSet::new(),
+            asked: Some(BTreeSet::new()),
             next_id: 1,
             rng: Rng::seeded(seed),
         })
@@ -194,9 +194,9 @@ impl Supervisor {
     /// but what a request already named; those stay as that request left
     /// them.
     pub fn plan_start_all(&mut self, now: Instant) -> Vec<Action> {
-        let set: BTreeSet<usize> = (0..self.instances.len())
-            .filter(|&i| !self.asked.contains(self.graph.name(i)))
-            .collect();
+        let asked = self.asked.take().unwrap_or_default();
+        let set: BTreeSet<usize> =
+            (0..self.instances.len()).filter(|&i| !asked.contains(self.graph.name(i))).collect();
         self.start_set(set, now)
     }
 
@@ -208,7 +208,9 @@ impl Supervisor {
     }
 
     fn note_asked(&mut self, set: &BTreeSet<usize>) {
-        self.asked.extend(set.iter().map(|&i| self.graph.name(i).to_string()));
+        if let Some(asked) = self.asked.as_mut() {
+            asked.extend(set.iter().map(|&i| self.graph.name(i).to_string()));
+        }
     }
 
     fn start_set(&mut self, set: BTreeSet<usize>, now: Instant) -> Vec<Action> {
