@@ -140,12 +140,11 @@ fn main() {
         .status();
 }
 
-/// One echo by fd over the compute wire straight to compute.
-fn direct_fd(s: &UnixStream, id: u64, fd: &OwnedFd, len: u64) -> OwnedFd {
+/// An echo by fd over the compute wire, straight to compute.
+fn direct_send(s: &UnixStream, id: u64, fd: &OwnedFd, len: u64) {
     use weaver::wire::{kind, op};
     weaver::ffi::send_fd_frame(s.as_fd(), kind::REQUEST_FD, id, op::ECHO, len, fd.as_fd())
         .expect("send");
-    direct_fd_reply(s, len)
 }
 
 fn direct_fd_reply(s: &UnixStream, len: u64) -> OwnedFd {
@@ -230,6 +229,21 @@ enum Work {
     EndToEnd,
 }
 
+/// A request's payload fd: the one memfd sent again, or a fresh one.
+enum Input<'a> {
+    Same(&'a OwnedFd),
+    Fresh(OwnedFd),
+}
+
+impl Input<'_> {
+    fn fd(&self) -> &OwnedFd {
+        match self {
+            Input::Same(fd) => fd,
+            Input::Fresh(fd) => fd,
+        }
+    }
+}
+
 /// Every byte of a reply, read (a checksum, so that it is not optimised
 /// away): the cost of a client consuming a result.
 fn consume(fd: OwnedFd, len: u64, buf: &mut [u8]) -> u64 {
@@ -273,8 +287,8 @@ fn fd_payloads(direct: &UnixStream, rt: &std::path::Path) {
             let reused = weaver::fdpass::sealed_memfd(&data).unwrap();
             // A fresh memfd per request end to end; the same one otherwise.
             let input = || match work {
-                Work::Transport => None,
-                Work::EndToEnd => Some(weaver::fdpass::sealed_memfd(&data).unwrap()),
+                Work::Transport => Input::Same(&reused),
+                Work::EndToEnd => Input::Fresh(weaver::fdpass::sealed_memfd(&data).unwrap()),
             };
             let mut buf = vec![0u8; 1 << 20];
             let mut output = |fd: OwnedFd| {
@@ -286,13 +300,11 @@ fn fd_payloads(direct: &UnixStream, rt: &std::path::Path) {
             for _ in 0..rt_n {
                 id += 1;
                 let t = Instant::now();
-                let fresh = input();
-                let back = direct_fd(direct, id, fresh.as_ref().unwrap_or(&reused), len);
-                output(back);
+                direct_send(direct, id, input().fd(), len);
+                output(direct_fd_reply(direct, len));
                 d_rt.push(t.elapsed());
                 let t = Instant::now();
-                let fresh = input();
-                relay_send(&relay, id, fresh.as_ref().unwrap_or(&reused), len);
+                relay_send(&relay, id, input().fd(), len);
                 output(relay_reply(&relay, &mut dec, len));
                 r_rt.push(t.elapsed());
             }
@@ -318,30 +330,12 @@ fn fd_payloads(direct: &UnixStream, rt: &std::path::Path) {
                 t.elapsed()
             };
             let base = id;
-            let dt = pipe(
-                &|i| {
-                    use weaver::wire::{kind, op};
-                    let fresh = input();
-                    let fd = fresh.as_ref().unwrap_or(&reused);
-                    weaver::ffi::send_fd_frame(
-                        direct.as_fd(),
-                        kind::REQUEST_FD,
-                        base + i,
-                        op::ECHO,
-                        len,
-                        fd.as_fd(),
-                    )
-                    .expect("send");
-                },
-                &mut || output(direct_fd_reply(direct, len)),
-            );
-            let rtp = pipe(
-                &|i| {
-                    let fresh = input();
-                    relay_send(&relay, base + i, fresh.as_ref().unwrap_or(&reused), len)
-                },
-                &mut || output(relay_reply(&relay, &mut dec, len)),
-            );
+            let dt = pipe(&|i| direct_send(direct, base + i, input().fd(), len), &mut || {
+                output(direct_fd_reply(direct, len))
+            });
+            let rtp = pipe(&|i| relay_send(&relay, base + i, input().fd(), len), &mut || {
+                output(relay_reply(&relay, &mut dec, len))
+            });
             id += pipe_n as u64;
             let gbps = |d: Duration| (len * pipe_n as u64) as f64 / d.as_secs_f64() / 1e9;
             println!(
