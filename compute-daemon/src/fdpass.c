@@ -144,25 +144,14 @@ int wc_send_fd_frame(int sock, const struct wc_header *h, uint64_t size, int fd,
     wc_header_encode(&hh, buf);
     wc_put_u64le(buf + WC_HEADER_SIZE, size);
 
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof control);
+    union wc_fd_control control;
     size_t done = 0;
     while (done < sizeof buf) {
         struct iovec iov = {.iov_base = buf + done, .iov_len = sizeof buf - done};
         struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-        if (done == 0) {
-            /* The fd rides on the frame's first byte, and only once. */
-            msg.msg_control = control.buf;
-            msg.msg_controllen = sizeof control.buf;
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(c), &fd, sizeof fd);
-        }
+        /* The fd rides on the frame's first byte, and only once. */
+        if (done == 0)
+            wc_attach_fd(&msg, &control, fd);
         ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
@@ -175,6 +164,18 @@ int wc_send_fd_frame(int sock, const struct wc_header *h, uint64_t size, int fd,
         done += (size_t)n;
     }
     return 0;
+}
+
+void wc_attach_fd(struct msghdr *msg, union wc_fd_control *control, int fd)
+{
+    memset(control, 0, sizeof *control);
+    msg->msg_control = control->buf;
+    msg->msg_controllen = sizeof control->buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
 }
 
 int wc_take_fds(struct msghdr *msg, int *fds, size_t *nfds, size_t cap)

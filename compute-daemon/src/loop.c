@@ -185,20 +185,9 @@ static int flush_some(struct wc_server *s)
             off = 0;
         }
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        union {
-            struct cmsghdr align;
-            char buf[CMSG_SPACE(sizeof(int))];
-        } control;
-        if (attach >= 0) {
-            memset(&control, 0, sizeof control);
-            mh.msg_control = control.buf;
-            mh.msg_controllen = sizeof control.buf;
-            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(c), &attach, sizeof attach);
-        }
+        union wc_fd_control control;
+        if (attach >= 0)
+            wc_attach_fd(&mh, &control, attach);
         ssize_t w = sendmsg(s->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)

@@ -24,6 +24,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "weaver_compute.h"
 
@@ -110,7 +111,14 @@ const char *wc_sanitize(char *out, size_t out_len, const uint8_t *in, size_t len
 /** Parse decimal digits only (no sign, no space) in min..max into *out.
  *  Returns 0, -1 when `text` is not all digits, -2 when out of range. */
 int wc_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out);
-struct msghdr;
+/** Room for the one fd a frame carries (SCM_RIGHTS), aligned for it. */
+union wc_fd_control {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+};
+/** Attach `fd` to `msg` as its one SCM_RIGHTS message, held in `control`
+ *  (which must live until the sendmsg). */
+void wc_attach_fd(struct msghdr *msg, union wc_fd_control *control, int fd);
 /** Take every fd a recvmsg brought (SCM_RIGHTS) into fds[*nfds...], at
  *  most `cap` in all; those past it are closed. Returns 1 when some were
  *  (too many), else 0. Every receiver takes its fds with this first, so
