@@ -587,20 +587,32 @@ impl<'a> Parser<'a> {
         if let Some(t) = self.sub(top, "http", "[http]") {
             config.http = self.http(t);
         }
-        let mut declared = Vec::new();
-        for (t, at) in self.tables(top, "process") {
-            let what = match t.get("name").and_then(Item::as_str) {
-                Some(n) => format!("[[process]] \"{n}\""),
-                None => format!("[[process]] #{}", declared.len() + 1),
-            };
-            let tbl = Tbl { t, at, what: &what };
-            let (spec, after_at, name_at) = self.process(tbl);
-            config.processes.push(spec);
-            declared.push(Declared { at, name_at, after_at, what: what.clone() });
-        }
+        let (processes, declared) = self.declared(top, "process", Self::process);
+        config.processes = processes;
         self.cross_check(&config, &declared);
         self.jobs(top, &mut config, &declared);
         config
+    }
+
+    /// Every `[[key]]` table read by `one`, in order, with where each was
+    /// declared (its name, or its place, says which in messages).
+    fn declared<S>(
+        &mut self,
+        top: Tbl<'_>,
+        key: &'static str,
+        mut one: impl FnMut(&mut Self, Tbl<'_>) -> (S, Vec<usize>, usize),
+    ) -> (Vec<S>, Vec<Declared>) {
+        let (mut specs, mut declared) = (Vec::new(), Vec::new());
+        for (t, at) in self.tables(top, key) {
+            let what = match t.get("name").and_then(Item::as_str) {
+                Some(n) => format!("[[{key}]] \"{n}\""),
+                None => format!("[[{key}]] #{}", declared.len() + 1),
+            };
+            let (spec, after_at, name_at) = one(self, Tbl { t, at, what: &what });
+            specs.push(spec);
+            declared.push(Declared { at, name_at, after_at, what });
+        }
+        (specs, declared)
     }
 
     /// The `[[key]]` tables (or an inline `key = [{...}]`), each with where

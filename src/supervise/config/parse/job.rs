@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use toml_edit::{Item, Value};
+use toml_edit::Value;
 
 use super::{
     did_you_mean, parse_signal, span_start, suggest, valid_name, Cycles, Declared, Parser, Tbl,
@@ -37,17 +37,8 @@ impl Parser<'_> {
     /// Every `[[job]]`, into `config.jobs`; `processes` tells where each
     /// process was declared (a job may not take a process's name).
     pub(super) fn jobs(&mut self, top: Tbl<'_>, config: &mut Config, processes: &[Declared]) {
-        let mut declared = Vec::new();
-        for (t, at) in self.tables(top, "job") {
-            let what = match t.get("name").and_then(Item::as_str) {
-                Some(n) => format!("[[job]] \"{n}\""),
-                None => format!("[[job]] #{}", declared.len() + 1),
-            };
-            let tbl = Tbl { t, at, what: &what };
-            let (spec, after_at, name_at) = self.job(tbl);
-            config.jobs.push(spec);
-            declared.push(Declared { at, name_at, after_at, what: what.clone() });
-        }
+        let (jobs, declared) = self.declared(top, "job", Self::job);
+        config.jobs = jobs;
         self.check_jobs(config, processes, &declared);
     }
 
