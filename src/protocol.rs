@@ -990,6 +990,13 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_stdvec(msg).expect("protocol messages always encode")
 }
 
+/// Encode a message into `buf` (cleared first), reusing its allocation.
+pub fn encode_into<T: Serialize>(msg: &T, buf: &mut Vec<u8>) {
+    buf.clear();
+    let v = postcard::to_extend(msg, std::mem::take(buf)).expect("protocol messages always encode");
+    *buf = v;
+}
+
 /// Decode a message; the error names what could not be read.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("malformed {what}: {e}"))

@@ -65,6 +65,8 @@ pub struct Clients {
     dirty: Vec<u64>,
     /// Bytes of unfinished frames held for all clients.
     partial: usize,
+    /// A reply's meta is encoded here (reused; a large one is not kept).
+    meta: Vec<u8>,
 }
 
 impl Clients {
@@ -207,8 +209,12 @@ impl Clients {
 
     /// Queue a reply; a client that has stopped reading is cut off.
     pub fn reply(&mut self, id: u64, tag: u64, resp: Response, payload: Vec<u8>, fx: &mut Effects) {
-        let meta = protocol::encode(&ServerMsg { tag, resp });
+        let mut meta = std::mem::take(&mut self.meta);
+        protocol::encode_into(&ServerMsg { tag, resp }, &mut meta);
         self.queue(id, &meta, payload, fx);
+        if meta.capacity() <= 4096 {
+            self.meta = meta;
+        }
     }
 
     /// Queue a reply whose payload is the sealed memfd `fd` of `len` bytes:

@@ -49,7 +49,7 @@ struct Entry {
     /// The request's `--timeout`, while its deadline is armed.
     timeout_ms: Option<u64>,
     /// The op's name, for the metrics ([`Mux::set_label`]).
-    label: Box<str>,
+    label: String,
     /// When it was taken.
     since: Instant,
 }
@@ -203,8 +203,8 @@ impl Mux {
             Entry {
                 owner: Some((client, tag)),
                 label: match &op {
-                    OpRef::Name(n) => n.as_str().into(),
-                    OpRef::Code(_) => "".into(),
+                    OpRef::Name(n) => n.clone(),
+                    OpRef::Code(_) => String::new(),
                 },
                 op,
                 payload,
@@ -226,10 +226,10 @@ impl Mux {
         }
     }
 
-    /// Name request `id`'s op in the metrics.
-    pub fn set_label(&mut self, id: u64, op: &str) {
+    /// Name request `id`'s op in the metrics (the name itself is kept).
+    pub fn set_label(&mut self, id: u64, op: String) {
         if let Some(e) = self.entries.get_mut(&id) {
-            e.label = op.into();
+            e.label = op;
         }
     }
 

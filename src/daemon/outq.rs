@@ -12,6 +12,38 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 const COALESCE: usize = 16 * 1024;
 /// Buffers handed to one writev.
 const MAX_IOV: usize = 64;
+/// Merge buffers kept for reuse once written, for every queue of the
+/// thread together: under load, a turn's small frames go into a buffer
+/// that needs no allocation and has already grown.
+const SPARE_BUFFERS: usize = 8;
+/// Capacities worth keeping as a spare (a small one is cheap to allocate;
+/// a buffer merges at most `COALESCE` bytes, so it grows to at most twice
+/// that).
+const SPARE_CAPACITY: std::ops::RangeInclusive<usize> = 1024..=2 * COALESCE;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer to merge `first` and what follows into: a spare when
+/// there is one.
+fn merge_buffer(first: usize) -> Vec<u8> {
+    SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(first.max(256)))
+}
+
+/// A written buffer: kept as a spare if its size is worth it and there is
+/// room, else freed.
+fn recycle(mut b: Vec<u8>) {
+    if SPARE_CAPACITY.contains(&b.capacity()) {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_BUFFERS {
+                b.clear();
+                s.push(b);
+            }
+        });
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -74,8 +106,9 @@ impl OutQueue {
         self.pushed += data.len() as u64;
         match self.bufs.back_mut() {
             Some(last) if last.len() + data.len() <= COALESCE => last.extend_from_slice(data),
+            _ if data.len() >= COALESCE => self.bufs.push_back(data.to_vec()),
             _ => {
-                let mut v = Vec::with_capacity(data.len().max(256));
+                let mut v = merge_buffer(data.len());
                 v.extend_from_slice(data);
                 self.bufs.push_back(v);
             }
@@ -135,7 +168,7 @@ impl OutQueue {
             if n >= front {
                 n -= front;
                 self.offset = 0;
-                self.bufs.pop_front();
+                recycle(self.bufs.pop_front().expect("checked above"));
             } else {
                 self.offset += n;
                 n = 0;
@@ -204,6 +237,39 @@ mod tests {
         assert!(rounds > 0);
         assert!(q.is_empty());
         assert_eq!(w.out, expect);
+    }
+
+    #[test]
+    fn written_merge_buffers_are_reused_and_the_spares_are_bounded() {
+        let sink =
+            || Trickle { out: Vec::new(), cap: usize::MAX, calls: 0, block_every: usize::MAX };
+        // A turn's worth of small frames grows one merge buffer...
+        let mut q = OutQueue::new();
+        for _ in 0..100 {
+            q.push_slice(&[1u8; 100]);
+        }
+        let grown = q.bufs[0].capacity();
+        assert!(grown >= 10_000);
+        assert!(q.flush(&mut sink()).unwrap());
+        // ... which the next queue's first small frame gets back, grown.
+        let mut other = OutQueue::new();
+        other.push_slice(b"x");
+        assert_eq!(other.bufs[0].capacity(), grown);
+        assert_eq!(other.bufs[0], b"x");
+        // Many queues written at once keep at most SPARE_BUFFERS of them.
+        let mut qs: Vec<OutQueue> = (0..3 * SPARE_BUFFERS).map(|_| OutQueue::new()).collect();
+        for q in &mut qs {
+            q.push_slice(&[2u8; 4000]);
+        }
+        for q in &mut qs {
+            assert!(q.flush(&mut sink()).unwrap());
+        }
+        assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_BUFFERS);
+        // A large buffer is queued as it is and is not kept.
+        let mut q = OutQueue::new();
+        q.push(vec![3u8; 1 << 20]);
+        assert!(q.flush(&mut sink()).unwrap());
+        assert!(SPARE.with(|s| s.borrow().iter().all(|b| b.capacity() <= 2 * COALESCE)));
     }
 
     #[test]

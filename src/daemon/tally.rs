@@ -33,31 +33,28 @@ pub fn outcome(r: Result<(), ErrorKind>) -> &'static str {
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Tally {
-    /// Requests by (op, outcome).
-    pub requests: BTreeMap<(String, &'static str), u64>,
+    /// Requests by op, then by outcome. Counting one looks both up by
+    /// reference: only an op's or an outcome's first request allocates.
+    requests: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// Answered requests per latency bucket (not cumulative); the last one
     /// is `+Inf`.
     pub buckets: [u64; BUCKETS.len() + 1],
     pub sum_secs: f64,
     pub count: u64,
-    ops: usize,
 }
 
 impl Tally {
     /// Count one request of `op` that ended with `outcome`; `took`, when it
     /// was timed, goes into the histogram.
     pub fn record(&mut self, op: &str, outcome: &'static str, took: Option<Duration>) {
-        let known =
-            self.requests.range((op.to_string(), "")..).next().is_some_and(|((o, _), _)| o == op);
-        let label = if known || self.ops < MAX_OPS {
-            if !known {
-                self.ops += 1;
+        let by_outcome = match self.requests.get_mut(op) {
+            Some(m) => m,
+            None => {
+                let label = if self.requests.len() < MAX_OPS { op } else { OTHER };
+                self.requests.entry(label.to_string()).or_default()
             }
-            op
-        } else {
-            OTHER
         };
-        *self.requests.entry((label.to_string(), outcome)).or_insert(0) += 1;
+        *by_outcome.entry(outcome).or_insert(0) += 1;
         if let Some(d) = took {
             let s = d.as_secs_f64();
             let i = BUCKETS.iter().position(|&b| s <= b).unwrap_or(BUCKETS.len());
@@ -65,6 +62,18 @@ impl Tally {
             self.sum_secs += s;
             self.count += 1;
         }
+    }
+
+    /// Requests counted, by (op, outcome), in that order.
+    pub fn requests(&self) -> impl Iterator<Item = ((&str, &'static str), u64)> + '_ {
+        self.requests
+            .iter()
+            .flat_map(|(op, m)| m.iter().map(move |(outcome, n)| ((op.as_str(), *outcome), *n)))
+    }
+
+    /// Requests of `op` that ended with `outcome`.
+    pub fn get(&self, op: &str, outcome: &str) -> u64 {
+        self.requests.get(op).and_then(|m| m.get(outcome)).copied().unwrap_or(0)
     }
 }
 
@@ -79,8 +88,8 @@ mod tests {
         t.record("echo", "ok", Some(Duration::from_millis(30)));
         t.record("echo", "timeout", Some(Duration::from_secs(60)));
         t.record("render", "busy", None);
-        assert_eq!(t.requests[&("echo".to_string(), "ok")], 2);
-        assert_eq!(t.requests[&("render".to_string(), "busy")], 1);
+        assert_eq!(t.get("echo", "ok"), 2);
+        assert_eq!(t.get("render", "busy"), 1);
         assert_eq!(t.count, 3);
         assert_eq!(t.buckets[0], 1);
         assert_eq!(t.buckets[6], 1, "30 ms falls in the 50 ms bucket");
@@ -93,14 +102,14 @@ mod tests {
         use crate::daemon::mux::{Limits, Mux, OpRef};
         let mut m = Mux::new(Limits::default());
         let id = m.submit(1, 1, OpRef::Code(1), vec![]).unwrap();
-        m.set_label(id, "echo");
+        m.set_label(id, "echo".into());
         m.next_send().unwrap();
         m.complete(id, crate::wire::status::OK, vec![]);
         let id = m.submit(1, 2, OpRef::Name("render".into()), vec![]).unwrap();
         m.set_timeout(id, 5);
         m.expire(id).unwrap();
-        assert_eq!(m.tally.requests[&("echo".to_string(), "ok")], 1);
-        assert_eq!(m.tally.requests[&("render".to_string(), "timeout")], 1);
+        assert_eq!(m.tally.get("echo", "ok"), 1);
+        assert_eq!(m.tally.get("render", "timeout"), 1);
         assert_eq!(m.tally.count, 2);
     }
 
@@ -111,10 +120,10 @@ mod tests {
             t.record(&format!("op{i}"), "unknown_op", None);
         }
         t.record("op0", "ok", None);
-        let ops: std::collections::BTreeSet<_> =
-            t.requests.keys().map(|(o, _)| o.clone()).collect();
+        let ops: std::collections::BTreeSet<_> = t.requests().map(|((o, _), _)| o).collect();
         assert_eq!(ops.len(), MAX_OPS + 1);
-        assert_eq!(t.requests[&(OTHER.to_string(), "unknown_op")], 1000 - MAX_OPS as u64);
-        assert_eq!(t.requests[&("op0".to_string(), "ok")], 1, "a known op keeps its label");
+        assert_eq!(t.get(OTHER, "unknown_op"), 1000 - MAX_OPS as u64);
+        assert_eq!(t.get("op0", "ok"), 1, "a known op keeps its label");
+        assert_eq!(t.requests().count(), MAX_OPS + 2, "(op, outcome) pairs");
     }
 }

@@ -153,8 +153,8 @@ pub fn render(s: &Snapshot) -> String {
         c.queued as f64,
     );
     o.family("weaver_compute_requests_total", "counter", "Compute requests by op and outcome.");
-    for ((op, outcome), n) in &s.tally.requests {
-        o.sample("weaver_compute_requests_total", &[("op", op), ("outcome", outcome)], *n as f64);
+    for ((op, outcome), n) in s.tally.requests() {
+        o.sample("weaver_compute_requests_total", &[("op", op), ("outcome", outcome)], n as f64);
     }
     let h = "weaver_compute_request_duration_seconds";
     o.family(h, "histogram", "Time from taking a compute request to answering it.");

@@ -312,14 +312,14 @@ impl Compute {
     /// Take a client's request for compute, or say why not.
     pub fn submit(&mut self, r: Submit, now: Instant, fx: &mut Effects) -> Result<(), ErrorReply> {
         let Submit { client, tag, op, payload, timeout_ms } = r;
-        let name = op.clone();
         let tally = |mux: &mut crate::daemon::mux::Mux, e: ErrorReply| {
-            mux.tally.record(&name, crate::daemon::tally::outcome(Err(e.kind)), None);
+            mux.tally.record(&op, crate::daemon::tally::outcome(Err(e.kind)), None);
             e
         };
-        let op = self.check_submit(op, &payload, now).map_err(|e| tally(&mut self.mux, e))?;
-        let id = self.mux.submit(client, tag, op, payload).map_err(|e| tally(&mut self.mux, e))?;
-        self.mux.set_label(id, &name);
+        let code = self.check_submit(&op, &payload, now).map_err(|e| tally(&mut self.mux, e))?;
+        let id =
+            self.mux.submit(client, tag, code, payload).map_err(|e| tally(&mut self.mux, e))?;
+        self.mux.set_label(id, op);
         if let Some(ms) = timeout_ms {
             self.mux.set_timeout(id, ms);
             fx.push(Effect::Arm { at: now + Duration::from_millis(ms), timer: Timer::Request(id) });
@@ -332,7 +332,7 @@ impl Compute {
 
     /// Whether a compute request can be taken now; its op, resolved when
     /// compute's ops are known.
-    fn check_submit(&self, op: String, p: &Payload, now: Instant) -> Result<OpRef, ErrorReply> {
+    fn check_submit(&self, op: &str, p: &Payload, now: Instant) -> Result<OpRef, ErrorReply> {
         let e = |kind, message: String| Err(ErrorReply { kind, message });
         let len = p.held();
         if len > wire::MAX_PAYLOAD {
@@ -366,11 +366,11 @@ impl Compute {
             }
             State::Ready { .. } | State::Starting { .. } | State::Exiting { .. } | State::Idle => {
                 match &self.hello {
-                    Some(h) => match h.op_id(&op) {
+                    Some(h) => match h.op_id(op) {
                         Some(code) => Ok(OpRef::Code(code)),
-                        None => e(ErrorKind::UnknownOp, unknown_op(&op, h)),
+                        None => e(ErrorKind::UnknownOp, unknown_op(op, h)),
                     },
-                    None => Ok(OpRef::Name(op)),
+                    None => Ok(OpRef::Name(op.to_string())),
                 }
             }
         }
