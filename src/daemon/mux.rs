@@ -180,6 +180,7 @@ impl Mux {
         tag: u64,
         op: OpRef,
         payload: impl Into<Payload>,
+        now: Instant,
     ) -> Result<u64, ErrorReply> {
         let payload = payload.into();
         let len = payload.held();
@@ -211,7 +212,7 @@ impl Mux {
                 len,
                 sent: false,
                 timeout_ms: None,
-                since: Instant::now(),
+                since: now,
             },
         );
         self.queue.push_back(id);
@@ -267,14 +268,14 @@ impl Mux {
         Some(e)
     }
 
-    fn finish(&mut self, id: u64, result: Result<Payload, ErrorReply>) -> Completion {
+    fn finish(&mut self, id: u64, result: Result<Payload, ErrorReply>, now: Instant) -> Completion {
         let Some(e) = self.remove(id) else { return Completion::Unknown };
         let Some((client, tag)) = e.owner else {
             self.stats.dropped_late += 1;
             return Completion::Dropped;
         };
         let kind = result.as_ref().map(|_| ()).map_err(|r| r.kind);
-        let took = e.since.elapsed();
+        let took = now.saturating_duration_since(e.since);
         self.tally.record(&e.label, crate::daemon::tally::outcome(kind), Some(took));
         match &result {
             Ok(_) => self.stats.served += 1,
@@ -286,14 +287,20 @@ impl Mux {
     }
 
     /// A RESPONSE from compute.
-    pub fn complete(&mut self, id: u64, code: u32, payload: impl Into<Payload>) -> Completion {
-        self.finish(id, reply_result(code, payload.into()))
+    pub fn complete(
+        &mut self,
+        id: u64,
+        code: u32,
+        payload: impl Into<Payload>,
+        now: Instant,
+    ) -> Completion {
+        self.finish(id, reply_result(code, payload.into()), now)
     }
 
     /// Fail one request (sent or not) with `reply`, e.g. an op compute does
     /// not serve.
     pub fn fail(&mut self, id: u64, reply: ErrorReply) -> Completion {
-        self.finish(id, Err(reply))
+        self.finish(id, Err(reply), Instant::now())
     }
 
     /// The client left: its queued requests vanish, its sent ones stay until
@@ -370,8 +377,9 @@ impl Mux {
 
     fn fail_ids(&mut self, mut ids: Vec<u64>, kind: ErrorKind, message: &str) -> Vec<Deliver> {
         ids.sort_unstable();
+        let now = Instant::now();
         ids.into_iter()
-            .filter_map(|id| match self.finish(id, Err(err(kind, message))) {
+            .filter_map(|id| match self.finish(id, Err(err(kind, message)), now) {
                 Completion::Deliver(d) => Some(d),
                 _ => None,
             })
@@ -388,7 +396,7 @@ mod tests {
     }
 
     fn ok(m: &mut Mux, id: u64, data: &[u8]) -> Deliver {
-        match m.complete(id, status::OK, data.to_vec()) {
+        match m.complete(id, status::OK, data.to_vec(), Instant::now()) {
             Completion::Deliver(d) => d,
             other => panic!("expected delivery, got {other:?}"),
         }
@@ -397,8 +405,8 @@ mod tests {
     #[test]
     fn ids_are_fresh_and_replies_route_out_of_order() {
         let mut m = small();
-        let a = m.submit(1, 10, "sleep".into(), b"ms=5".to_vec()).unwrap();
-        let b = m.submit(2, 20, "echo".into(), b"x".to_vec()).unwrap();
+        let a = m.submit(1, 10, "sleep".into(), b"ms=5".to_vec(), Instant::now()).unwrap();
+        let b = m.submit(2, 20, "echo".into(), b"x".to_vec(), Instant::now()).unwrap();
         assert!(b > a);
         assert_eq!(m.next_send().unwrap().id, a);
         assert_eq!(m.next_send().unwrap().payload, b"x");
@@ -406,7 +414,11 @@ mod tests {
         assert_eq!((d.client, d.tag, d.result), (2, 20, Ok(b"x".to_vec().into())));
         let d = ok(&mut m, a, b"");
         assert_eq!((d.client, d.tag), (1, 10));
-        assert_eq!(m.complete(a, status::OK, vec![]), Completion::Unknown, "answered twice");
+        assert_eq!(
+            m.complete(a, status::OK, vec![], Instant::now()),
+            Completion::Unknown,
+            "answered twice"
+        );
         assert_eq!(m.stats.served, 2);
     }
 
@@ -414,9 +426,9 @@ mod tests {
     fn window_and_queue_are_bounded() {
         let mut m = small();
         for t in 0..3 {
-            m.submit(1, t, "echo".into(), vec![0; 10]).unwrap();
+            m.submit(1, t, "echo".into(), vec![0; 10], Instant::now()).unwrap();
         }
-        let e = m.submit(1, 9, "echo".into(), vec![]).unwrap_err();
+        let e = m.submit(1, 9, "echo".into(), vec![], Instant::now()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Busy);
         assert_eq!(m.stats.busy_rejected, 1);
         assert!(m.next_send().is_some());
@@ -425,8 +437,8 @@ mod tests {
         assert_eq!((m.in_flight(), m.queued()), (2, 1));
         // Byte window: a big request waits until the link is empty.
         let mut m = small();
-        m.submit(1, 1, "echo".into(), vec![0; 60]).unwrap();
-        m.submit(1, 2, "echo".into(), vec![0; 60]).unwrap();
+        m.submit(1, 1, "echo".into(), vec![0; 60], Instant::now()).unwrap();
+        m.submit(1, 2, "echo".into(), vec![0; 60], Instant::now()).unwrap();
         let first = m.next_send().unwrap().id;
         assert!(m.next_send().is_none(), "60+60 > 100 bytes");
         ok(&mut m, first, b"");
@@ -436,17 +448,17 @@ mod tests {
     #[test]
     fn a_leaving_client_cancels_sent_and_drops_queued() {
         let mut m = small();
-        let a = m.submit(1, 1, "sleep".into(), vec![]).unwrap();
-        let _b = m.submit(1, 2, "sleep".into(), vec![]).unwrap();
-        let c = m.submit(1, 3, "sleep".into(), vec![]).unwrap();
-        let other = m.submit(2, 1, "echo".into(), vec![]).unwrap_err();
+        let a = m.submit(1, 1, "sleep".into(), vec![], Instant::now()).unwrap();
+        let _b = m.submit(1, 2, "sleep".into(), vec![], Instant::now()).unwrap();
+        let c = m.submit(1, 3, "sleep".into(), vec![], Instant::now()).unwrap();
+        let other = m.submit(2, 1, "echo".into(), vec![], Instant::now()).unwrap_err();
         assert_eq!(other.kind, ErrorKind::Busy);
         m.next_send();
         m.next_send();
         let (cancel, _) = m.forget_client(1);
         assert_eq!(cancel, vec![a, a + 1]);
         assert_eq!(m.queued(), 0, "queued request {c} dropped");
-        assert_eq!(m.complete(a, status::CANCELLED, vec![]), Completion::Dropped);
+        assert_eq!(m.complete(a, status::CANCELLED, vec![], Instant::now()), Completion::Dropped);
         assert_eq!(m.stats.dropped_late, 1);
         assert_eq!(m.in_flight(), 1);
     }
@@ -454,9 +466,9 @@ mod tests {
     #[test]
     fn timeouts_and_compute_death() {
         let mut m = small();
-        let a = m.submit(1, 1, "sleep".into(), vec![]).unwrap();
-        let b = m.submit(1, 2, "echo".into(), vec![]).unwrap();
-        let q = m.submit(1, 3, "echo".into(), vec![]).unwrap();
+        let a = m.submit(1, 1, "sleep".into(), vec![], Instant::now()).unwrap();
+        let b = m.submit(1, 2, "echo".into(), vec![], Instant::now()).unwrap();
+        let q = m.submit(1, 3, "echo".into(), vec![], Instant::now()).unwrap();
         m.set_timeout(a, 50);
         m.set_timeout(q, 1);
         assert!(m.expire(b).is_none(), "no deadline, nothing to expire");
@@ -471,7 +483,7 @@ mod tests {
         let failed = m.fail_in_flight(ErrorKind::ComputeDown, "compute died");
         assert_eq!(failed.len(), 1, "the timed-out one was already answered");
         assert_eq!(failed[0].tag, 2);
-        assert_eq!(m.complete(b, status::OK, vec![]), Completion::Unknown);
+        assert_eq!(m.complete(b, status::OK, vec![], Instant::now()), Completion::Unknown);
         let rest = m.fail_queued(ErrorKind::ShuttingDown, "stopping");
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].tag, 3);

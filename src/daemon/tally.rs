@@ -101,11 +101,13 @@ mod tests {
     fn the_mux_counts_what_it_answers_and_what_times_out() {
         use crate::daemon::mux::{Limits, Mux, OpRef};
         let mut m = Mux::new(Limits::default());
-        let id = m.submit(1, 1, OpRef::Code(1), vec![]).unwrap();
+        let id = m.submit(1, 1, OpRef::Code(1), vec![], std::time::Instant::now()).unwrap();
         m.set_label(id, "echo".into());
         m.next_send().unwrap();
-        m.complete(id, crate::wire::status::OK, vec![]);
-        let id = m.submit(1, 2, OpRef::Name("render".into()), vec![]).unwrap();
+        m.complete(id, crate::wire::status::OK, vec![], std::time::Instant::now());
+        let id = m
+            .submit(1, 2, OpRef::Name("render".into()), vec![], std::time::Instant::now())
+            .unwrap();
         m.set_timeout(id, 5);
         m.expire(id).unwrap();
         assert_eq!(m.tally.get("echo", "ok"), 1);

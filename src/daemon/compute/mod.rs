@@ -228,7 +228,9 @@ impl Compute {
     fn frame(&mut self, f: Frame, now: Instant, fx: &mut Effects) -> Result<(), String> {
         let h = f.header;
         match h.kind {
-            kind::RESPONSE => self.complete(h.request_id, h.code, Payload::Bytes(f.payload), fx),
+            kind::RESPONSE => {
+                self.complete(h.request_id, h.code, Payload::Bytes(f.payload), now, fx)
+            }
             kind::RESPONSE_FD => {
                 // A refused fd fails only its request: the connection is
                 // still in step (the fd was claimed by this frame).
@@ -242,7 +244,7 @@ impl Compute {
                 };
                 let code =
                     if matches!(p, Payload::Fd { .. }) { h.code } else { wire::status::BAD_FD };
-                self.complete(h.request_id, code, p, fx);
+                self.complete(h.request_id, code, p, now, fx);
             }
             kind::HELLO if self.hello.is_none() => {
                 let hello = Hello::parse(&f.payload)
@@ -270,8 +272,8 @@ impl Compute {
         Ok(())
     }
 
-    fn complete(&mut self, id: u64, code: u32, payload: Payload, fx: &mut Effects) {
-        match self.mux.complete(id, code, payload) {
+    fn complete(&mut self, id: u64, code: u32, payload: Payload, now: Instant, fx: &mut Effects) {
+        match self.mux.complete(id, code, payload, now) {
             Completion::Deliver(d) => deliver(d, fx),
             Completion::Dropped => debug!("dropped a late reply for request {id}"),
             Completion::Unknown => warn!("compute answered unknown request {id}"),
@@ -317,8 +319,10 @@ impl Compute {
             e
         };
         let code = self.check_submit(&op, &payload, now).map_err(|e| tally(&mut self.mux, e))?;
-        let id =
-            self.mux.submit(client, tag, code, payload).map_err(|e| tally(&mut self.mux, e))?;
+        let id = self
+            .mux
+            .submit(client, tag, code, payload, now)
+            .map_err(|e| tally(&mut self.mux, e))?;
         self.mux.set_label(id, op);
         if let Some(ms) = timeout_ms {
             self.mux.set_timeout(id, ms);
