@@ -1,8 +1,10 @@
 //! `cargo bench --bench relay`: echo through weaver (client -> weaver ->
 //! compute -> weaver -> client) against the same echo straight to a compute
 //! daemon, both measured in this run, printed as ratios:
-//! - one in flight, round trip p50 (goal: relay at most 2.2x direct);
+//! - one in flight, round trip p50 (goal: relay at most 2.0x direct);
 //! - 64 in flight, throughput for 64 B and 64 KiB (goal: at least 0.8x);
+//! - where the time of 64 B echoes with 64 in flight goes: CPU per request
+//!   of the client, weaver and compute, direct and relayed;
 //! - payloads by fd (1 MiB, 16 MiB, 64 MiB, a sealed memfd passed on):
 //!   round trip p50 and throughput with 8 in flight (goal: within 1.1x of
 //!   direct from 16 MiB on), twice: the transport alone (one memfd, filled
@@ -88,7 +90,7 @@ fn main() {
     assert!(st.success(), "weaver did not start");
     let client = Client::connect(&rt.join("control.sock"), false).unwrap().unwrap();
     let relay_stream = client.into_stream();
-    let (_direct_child, direct_stream, _hello) = spawn_compute(COMPUTE, dir.path());
+    let (direct_child, direct_stream, _hello) = spawn_compute(COMPUTE, dir.path());
 
     // Interleave direct and relay rounds and take the median of the
     // per-round ratios: drift on a shared machine hits both sides alike.
@@ -129,6 +131,7 @@ fn main() {
             median(3 * i + 2)
         );
     }
+    cpu_per_request(&direct_stream, direct_child.0.id(), &relay_stream, &rt);
     fd_payloads(&direct_stream, &rt);
     drop(relay_stream);
     let _ = Command::new(WEAVER)
@@ -138,6 +141,98 @@ fn main() {
         .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
         .stdout(Stdio::null())
         .status();
+}
+
+/// CPU time of every thread of `pid` so far (`/proc/PID/task/*/schedstat`).
+fn cpu_of(pid: u32) -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// CPU time of this process so far, threads that ended included.
+fn cpu_of_self() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut u), 0);
+        u
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(us(u.ru_utime) + us(u.ru_stime))
+}
+
+/// Where the time of 64 B echoes with 64 in flight goes: CPU per request
+/// of each process (the client, weaver, compute) and the wall time per
+/// request, direct then relayed, twice each. The relay's throughput ratio
+/// is bound by what weaver adds to the same two cores.
+fn cpu_per_request(
+    direct: &UnixStream,
+    direct_compute: u32,
+    relay: &UnixStream,
+    rt: &std::path::Path,
+) {
+    let (daemon, _) = weaver::pidfile::read(&rt.join("weaver.pid")).expect("weaver's pid file");
+    let children = std::fs::read_to_string(format!("/proc/{daemon}/task/{daemon}/children"))
+        .unwrap_or_default();
+    let relay_compute =
+        children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()).find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "compute-daemon")
+        });
+    let n = common::iterations(200_000);
+    println!("CPU per request, 64 B echoes with {} in flight, {n} per run:", common::WINDOW);
+    if relay_compute.is_none() {
+        println!("  (weaver's compute process not found: the relay lines leave it out)");
+    }
+    let (mut did, mut rid) = (1u64 << 40, 1u64 << 40);
+    for _ in 0..2 {
+        for relayed in [false, true] {
+            let procs: Vec<(&str, u32)> = if relayed {
+                let mut v = vec![("weaver", daemon)];
+                v.extend(relay_compute.map(|p| ("compute", p)));
+                v
+            } else {
+                vec![("compute", direct_compute)]
+            };
+            let before: Vec<Duration> = procs.iter().map(|&(_, p)| cpu_of(p)).collect();
+            let me = cpu_of_self();
+            let elapsed = if relayed {
+                let e = common::pipelined(relay, relay, &ControlWire, 64, common::WINDOW, n, rid);
+                rid += n as u64;
+                e
+            } else {
+                let e = common::pipelined(direct, direct, &ComputeWire, 64, common::WINDOW, n, did);
+                did += n as u64;
+                e
+            }
+            .expect("pipelined echo");
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+            let mut line = format!(
+                "  {:<6} wall {:.2} us, client {:.2} us",
+                if relayed { "relay" } else { "direct" },
+                per(elapsed),
+                per(cpu_of_self() - me)
+            );
+            let mut total = per(cpu_of_self() - me);
+            for (&(name, p), b) in procs.iter().zip(before) {
+                let c = per(cpu_of(p).saturating_sub(b));
+                total += c;
+                line += &format!(", {name} {c:.2} us");
+            }
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            println!(
+                "{line}: {total:.2} us of CPU, {:.2} us of the {cores} cores' time idle or elsewhere",
+                (cores * per(elapsed) - total).max(0.0)
+            );
+        }
+    }
 }
 
 /// An echo by fd over the compute wire, straight to compute.
