@@ -101,10 +101,13 @@ mod tests {
     fn the_mux_counts_what_it_answers_and_what_times_out() {
         use crate::daemon::mux::{Limits, Mux, OpRef};
         let mut m = Mux::new(Limits::default());
-        let id = m.submit(1, 1, OpRef::Code(1), vec![], std::time::Instant::now()).unwrap();
+        // Timed with the readings it is given (the turns' clock).
+        let taken = std::time::Instant::now();
+        let id = m.submit(1, 1, OpRef::Code(1), vec![], taken).unwrap();
         m.set_label(id, "echo".into());
         m.next_send().unwrap();
-        m.complete(id, crate::wire::status::OK, vec![], std::time::Instant::now());
+        m.complete(id, crate::wire::status::OK, vec![], taken + Duration::from_millis(30));
+        assert_eq!(m.tally.buckets[6], 1, "30 ms after it was taken: the 50 ms bucket");
         let id = m
             .submit(1, 2, OpRef::Name("render".into()), vec![], std::time::Instant::now())
             .unwrap();
