@@ -143,19 +143,6 @@ fn main() {
         .status();
 }
 
-/// CPU time of every thread of `pid` so far (`/proc/PID/task/*/schedstat`).
-fn cpu_of(pid: u32) -> Duration {
-    let mut ns = 0u64;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-                ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            }
-        }
-    }
-    Duration::from_nanos(ns)
-}
-
 /// CPU time of this process so far, threads that ended included.
 fn cpu_of_self() -> Duration {
     // SAFETY: getrusage fills the zeroed struct it is given.
@@ -191,6 +178,7 @@ fn cpu_per_request(
     if relay_compute.is_none() {
         println!("  (weaver's compute process not found: the relay lines leave it out)");
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let (mut did, mut rid) = (1u64 << 40, 1u64 << 40);
     for _ in 0..2 {
         for relayed in [false, true] {
@@ -201,7 +189,7 @@ fn cpu_per_request(
             } else {
                 vec![("compute", direct_compute)]
             };
-            let before: Vec<Duration> = procs.iter().map(|&(_, p)| cpu_of(p)).collect();
+            let before: Vec<u64> = procs.iter().map(|&(_, p)| common::cpu_ns(p)).collect();
             let me = cpu_of_self();
             let elapsed = if relayed {
                 let e = common::pipelined(relay, relay, &ControlWire, 64, common::WINDOW, n, rid);
@@ -213,20 +201,20 @@ fn cpu_per_request(
                 e
             }
             .expect("pipelined echo");
+            let client = cpu_of_self() - me;
             let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
             let mut line = format!(
                 "  {:<6} wall {:.2} us, client {:.2} us",
                 if relayed { "relay" } else { "direct" },
                 per(elapsed),
-                per(cpu_of_self() - me)
+                per(client)
             );
-            let mut total = per(cpu_of_self() - me);
+            let mut total = per(client);
             for (&(name, p), b) in procs.iter().zip(before) {
-                let c = per(cpu_of(p).saturating_sub(b));
+                let c = per(Duration::from_nanos(common::cpu_ns(p).saturating_sub(b)));
                 total += c;
                 line += &format!(", {name} {c:.2} us");
             }
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             println!(
                 "{line}: {total:.2} us of CPU, {:.2} us of the {cores} cores' time idle or elsewhere",
                 (cores * per(elapsed) - total).max(0.0)

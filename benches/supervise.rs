@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{percentile, proc_status_kb, quick, run_ok, timed};
+use common::{cpu_ns, percentile, proc_status_kb, quick, run_ok, timed};
 use weaver::pidfile::{self, PidRecord};
 
 const WEAVER: &str = env!("CARGO_BIN_EXE_weaver");
@@ -78,18 +78,6 @@ fn toml_str(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// CPU time of every thread of `pid` in nanoseconds (first field of each
-/// thread's schedstat).
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    for e in fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task").flatten() {
-        if let Ok(s) = fs::read_to_string(e.path().join("schedstat")) {
-            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
-    }
-    total
 }
 
 /// utime + stime of `pid` in clock ticks (a cross-check of [`cpu_ns`]).

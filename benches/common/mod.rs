@@ -194,6 +194,18 @@ pub fn timed(c: std::process::Command) -> Duration {
 }
 
 /// A `kB` (or count) field of /proc/PID/status, e.g. "VmRSS".
+/// CPU time of every thread of `pid` in nanoseconds (first field of each
+/// thread's schedstat).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task").flatten() {
+        if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
+            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
 pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
     s.lines()
