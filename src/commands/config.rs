@@ -14,14 +14,14 @@ use crate::weavelet::doc;
 pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
     match cmd {
         ConfigCmd::Get { target, json, show_origin: true } => {
-            let (_, r) = ctx.connect_call(Request::Fleet(FleetReq::Origin { target }))?;
+            let r = ctx.connect_call(Request::Fleet(FleetReq::Origin { target }))?;
             let Response::ConfigOrigin { target, revision, keys } = r.resp else {
                 return Err(unexpected(&r.resp));
             };
             print(&render_fleet::origin(&target, revision, &keys, json))
         }
         ConfigCmd::Get { target, json, show_origin: false } => {
-            let (_, r) = ctx.connect_call(Request::Config(ConfigReq::Get { target }))?;
+            let r = ctx.connect_call(Request::Config(ConfigReq::Get { target }))?;
             let Response::Config(d) = r.resp else { return Err(unexpected(&r.resp)) };
             print(&render::config_doc(&d, json))
         }
@@ -73,12 +73,12 @@ pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
             if !local {
                 unscoped_in_fleet(ctx, "history", &target)?;
             }
-            let (_, r) = ctx.connect_call(Request::Config(ConfigReq::History { target }))?;
+            let r = ctx.connect_call(Request::Config(ConfigReq::History { target }))?;
             let Response::ConfigHistory(h) = r.resp else { return Err(unexpected(&r.resp)) };
             print(&render::config_history(&h, json))
         }
         ConfigCmd::Status { target, json, fleet: false } => {
-            let (_, r) = ctx.connect_call(Request::Config(ConfigReq::Status { target }))?;
+            let r = ctx.connect_call(Request::Config(ConfigReq::Status { target }))?;
             let Response::ConfigStatus(rows) = r.resp else { return Err(unexpected(&r.resp)) };
             print(&render::config_status(&rows, json))
         }
@@ -103,7 +103,7 @@ pub(super) fn run(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
 /// replaced by the next fleet revision, so nobody makes one by accident.
 /// The daemon says whether it has `[fleet]` (it is the one that counts).
 fn unscoped_in_fleet(ctx: &Ctx, what: &str, target: &str) -> Result<()> {
-    let (_, r) = ctx.connect_call(Request::Fleet(FleetReq::Status))?;
+    let r = ctx.connect_call(Request::Fleet(FleetReq::Status))?;
     let Response::FleetStatus(rep) = r.resp else { return Err(unexpected(&r.resp)) };
     if !rep.configured {
         return Ok(());

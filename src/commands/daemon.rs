@@ -62,7 +62,7 @@ pub(super) fn detached(ctx: &Ctx) -> Result<()> {
 
 /// `weaver status`.
 pub(super) fn status(ctx: &Ctx, json: bool, wait: bool) -> Result<()> {
-    let (_, r) = ctx.connect_call(Request::Status { wait_compute: wait })?;
+    let r = ctx.connect_call(Request::Status { wait_compute: wait })?;
     let Response::Status(s) = r.resp else { return Err(unexpected(&r.resp)) };
     print(&if json { render::json_pretty(&s) } else { render::status(&s) })
 }

@@ -22,7 +22,7 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
     match cmd {
         FleetCmd::Init { history } => init(ctx, history),
         FleetCmd::Status { json } => {
-            let (_, r) = ctx.connect_call(Request::Fleet(FleetReq::Status))?;
+            let r = ctx.connect_call(Request::Fleet(FleetReq::Status))?;
             let Response::FleetStatus(rep) = r.resp else { return Err(unexpected(&r.resp)) };
             print(&status_text(&rep, json))
         }

@@ -94,11 +94,10 @@ impl Ctx {
     }
 
     /// Connect (starting the daemon unless `--no-start`) with `req` sent
-    /// along with the handshake; its reply.
-    fn connect_call(&self, req: Request) -> Result<(Client, Reply)> {
+    /// along with the handshake; its reply (the connection then closes).
+    fn connect_call(&self, req: Request) -> Result<Reply> {
         let (mut c, _) = self.connect_with(self.global.no_start, Some(req))?;
-        let r = c.first_reply()?;
-        Ok((c, r))
+        c.first_reply()
     }
 
     /// `first`: a request to send with the handshake (see `connect_call`).

@@ -10,7 +10,7 @@ use crate::render;
 
 /// `weaver ps`.
 pub(super) fn ps(ctx: &Ctx, json: bool) -> Result<()> {
-    let (_, r) = ctx.connect_call(Request::Ps)?;
+    let r = ctx.connect_call(Request::Ps)?;
     let Response::Ps(rows) = r.resp else { return Err(unexpected(&r.resp)) };
     print(&if json { render::json_pretty(&rows) } else { render::ps(&rows) })
 }
@@ -26,7 +26,7 @@ pub(super) fn control(ctx: &Ctx, verb: Verb, t: Targets) -> Result<()> {
 
 /// `weaver reload`.
 pub(super) fn reload(ctx: &Ctx, dry_run: bool, json: bool) -> Result<()> {
-    let (_, r) = ctx.connect_call(Request::Reload { dry_run })?;
+    let r = ctx.connect_call(Request::Reload { dry_run })?;
     let Response::Reload(rep) = r.resp else { return Err(unexpected(&r.resp)) };
     print(&if json { render::json_pretty(&rep) } else { render::reload(&rep) })
 }
