@@ -193,7 +193,6 @@ pub fn timed(c: std::process::Command) -> Duration {
     t.elapsed()
 }
 
-/// A `kB` (or count) field of /proc/PID/status, e.g. "VmRSS".
 /// CPU time of every thread of `pid` in nanoseconds (first field of each
 /// thread's schedstat).
 pub fn cpu_ns(pid: u32) -> u64 {
@@ -206,6 +205,7 @@ pub fn cpu_ns(pid: u32) -> u64 {
     total
 }
 
+/// A `kB` (or count) field of /proc/PID/status, e.g. "VmRSS".
 pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
     s.lines()
