@@ -232,7 +232,6 @@ impl<'d> Field<'d> {
     }
 }
 
-/// Where each process was declared, for errors found after reading.
 /// A dependency graph of declared entries (processes or jobs), for
 /// [`Parser::report_cycles`]: whom each waits for (indices), their names,
 /// the names each `after` gives, and the index of each name.
@@ -243,6 +242,8 @@ struct Cycles<'a> {
     first: &'a HashMap<&'a str, usize>,
 }
 
+/// Where each process (or job) was declared, for errors found after
+/// reading.
 struct Declared {
     at: usize,
     name_at: usize,
