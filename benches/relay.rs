@@ -3,6 +3,11 @@
 //! daemon, both measured in this run, printed as ratios:
 //! - one in flight, round trip p50 (goal: relay at most 2.0x direct);
 //! - 64 in flight, throughput for 64 B and 64 KiB (goal: at least 0.8x);
+//! - the same through a forwarder, the floor of any relay: a process that
+//!   moves bytes between the client and a compute daemon and does nothing
+//!   else (see `forward`), so that what the second hop costs on this
+//!   machine (forwarder / direct) and what weaver adds to it (relay /
+//!   forwarder) are told apart;
 //! - where the time of 64 B echoes with 64 in flight goes: CPU per request
 //!   of the client, weaver and compute, direct and relayed;
 //! - payloads by fd (1 MiB, 16 MiB, 64 MiB, a sealed memfd passed on):
@@ -36,13 +41,23 @@ const COMPUTE: &str = env!("CARGO_BIN_EXE_compute-daemon");
 /// weaver's control protocol: tag = request id, reply payload = echo.
 struct ControlWire;
 
+thread_local! {
+    /// The request and its encoded meta, kept by each writing thread: only
+    /// the tag changes from one request to the next, so a request costs no
+    /// allocation, as the compute wire's does not.
+    static ECHO: std::cell::RefCell<(ClientMsg, Vec<u8>)> = std::cell::RefCell::new((
+        ClientMsg { tag: 0, req: Request::Compute { op: "echo".into(), timeout_ms: None } },
+        Vec::with_capacity(64),
+    ));
+}
+
 impl EchoWire for ControlWire {
     fn encode_request(&self, id: u64, payload: &[u8], out: &mut Vec<u8>) {
-        let meta = protocol::encode(&ClientMsg {
-            tag: id,
-            req: Request::Compute { op: "echo".into(), timeout_ms: None },
+        ECHO.with_borrow_mut(|(msg, meta)| {
+            msg.tag = id;
+            protocol::encode_into(msg, meta);
+            frame::push(out, meta, payload);
         });
-        frame::push(out, &meta, payload);
     }
 
     /// The payload is read straight into `buf`, as the compute wire's is:
@@ -74,7 +89,16 @@ impl EchoWire for ControlWire {
     }
 }
 
+/// Set in the environment of the bench started again as the forwarder:
+/// the two inherited socket fds it joins, "A,B".
+const FORWARD_ENV: &str = "WEAVER_BENCH_FORWARD";
+
 fn main() {
+    if let Ok(fds) = std::env::var(FORWARD_ENV) {
+        let mut it = fds.split(',').map(|f| f.parse::<i32>().expect("a forwarder fd"));
+        let (a, b) = (it.next().expect("fd A"), it.next().expect("fd B"));
+        forward(a, b);
+    }
     let dir = tempfile::Builder::new().prefix("wvr").tempdir_in("/tmp").unwrap();
     let rt = dir.path().join("rt");
     let st = Command::new(WEAVER)
@@ -91,47 +115,81 @@ fn main() {
     let client = Client::connect(&rt.join("control.sock"), false).unwrap().unwrap();
     let relay_stream = client.into_stream();
     let (direct_child, direct_stream, _hello) = spawn_compute(COMPUTE, dir.path());
+    let floor_dir = dir.path().join("floor");
+    std::fs::create_dir(&floor_dir).unwrap();
+    let (floor_compute, floor_compute_stream, _) = spawn_compute(COMPUTE, &floor_dir);
+    let (forwarder, floor_stream) = spawn_forwarder(floor_compute_stream);
 
-    // Interleave direct and relay rounds and take the median of the
-    // per-round ratios: drift on a shared machine hits both sides alike.
+    // Interleave direct, forwarder and relay rounds and take the median of
+    // the per-round ratios: drift on a shared machine hits all alike.
     let rounds = if common::quick() { 1 } else { 5 };
-    let (mut did, mut rid) = (1u64, 1u64);
-    let mut ratios: Vec<[f64; 6]> = Vec::new();
+    let (mut did, mut fid, mut rid) = (1u64, 1u64, 1u64);
+    // Per round, per payload: relay / direct, forwarder / direct, relay /
+    // forwarder, each as [round trip p50, p99, throughput].
+    let mut ratios: Vec<Vec<[[f64; 3]; 3]>> = Vec::new();
     let mut last = None;
     for _ in 0..rounds {
         let d = echo_suite(&direct_stream, &ComputeWire, &mut did, rounds);
+        let f = echo_suite(&floor_stream, &ComputeWire, &mut fid, rounds);
         let r = echo_suite(&relay_stream, &ControlWire, &mut rid, rounds);
-        let q = |i: usize| {
+        let q = |x: &common::Figures, y: &common::Figures| {
             [
-                r[i].rt_p50.as_secs_f64() / d[i].rt_p50.as_secs_f64(),
-                r[i].rt_p99.as_secs_f64() / d[i].rt_p99.as_secs_f64(),
-                r[i].pipe_rps / d[i].pipe_rps,
+                x.rt_p50.as_secs_f64() / y.rt_p50.as_secs_f64(),
+                x.rt_p99.as_secs_f64() / y.rt_p99.as_secs_f64(),
+                x.pipe_rps / y.pipe_rps,
             ]
         };
-        let (a, b) = (q(0), q(1));
-        ratios.push([a[0], a[1], a[2], b[0], b[1], b[2]]);
-        last = Some((d, r));
+        ratios.push(
+            (0..d.len()).map(|i| [q(&r[i], &d[i]), q(&f[i], &d[i]), q(&r[i], &f[i])]).collect(),
+        );
+        last = Some((d, f, r));
     }
-    let (direct, relay) = last.expect("at least one round");
+    let (direct, floor, relay) = last.expect("at least one round");
     print_table("direct (client -> compute), last round:", &direct);
+    print_table("forwarder (client -> forwarder -> compute), last round:", &floor);
     print_table("relay (client -> weaver -> compute), last round:", &relay);
-    let median = |k: usize| {
-        let mut v: Vec<f64> = ratios.iter().map(|r| r[k]).collect();
+    let median = |payload: usize, pair: usize, k: usize| {
+        let mut v: Vec<f64> = ratios.iter().map(|r| r[payload][pair][k]).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    println!("ratios relay / direct, median of {rounds} interleaved rounds:");
+    println!("ratios, median of {rounds} interleaved rounds:");
     for (i, f) in direct.iter().enumerate() {
         println!(
-            "{:>9}  round trip p50 {:.2}x (goal <= 2.0x), p99 {:.2}x | throughput with {} in flight {:.2}x (goal >= 0.8x)",
+            "{:>9}  relay / direct: round trip p50 {:.2}x (goal <= 2.0x), p99 {:.2}x | throughput with {} in flight {:.2}x (goal >= 0.8x)",
             f.label,
-            median(3 * i),
-            median(3 * i + 1),
+            median(i, 0, 0),
+            median(i, 0, 1),
             common::WINDOW,
-            median(3 * i + 2)
+            median(i, 0, 2)
         );
+        for (pair, name) in [(1, "forwarder / direct"), (2, "relay / forwarder")] {
+            println!(
+                "{:>9}  {name}: round trip p50 {:.2}x, p99 {:.2}x | throughput {:.2}x",
+                "",
+                median(i, pair, 0),
+                median(i, pair, 1),
+                median(i, pair, 2)
+            );
+        }
     }
-    cpu_per_request(&direct_stream, direct_child.0.id(), &relay_stream, &rt);
+    cpu_per_request(&[
+        Path {
+            name: "direct",
+            stream: &direct_stream,
+            wire: &ComputeWire,
+            procs: vec![("compute", direct_child.0.id())],
+        },
+        Path {
+            name: "fwd",
+            stream: &floor_stream,
+            wire: &ComputeWire,
+            procs: vec![("forwarder", forwarder.0.id()), ("compute", floor_compute.0.id())],
+        },
+        Path { name: "relay", stream: &relay_stream, wire: &ControlWire, procs: weaver_procs(&rt) },
+    ]);
+    drop(floor_stream);
+    drop(forwarder);
     fd_payloads(&direct_stream, &rt);
     drop(relay_stream);
     let _ = Command::new(WEAVER)
@@ -155,62 +213,60 @@ fn cpu_of_self() -> Duration {
     Duration::from_micros(us(u.ru_utime) + us(u.ru_stime))
 }
 
-/// Where the time of 64 B echoes with 64 in flight goes: CPU per request
-/// of each process (the client, weaver, compute) and the wall time per
-/// request, direct then relayed, twice each. The relay's throughput ratio
-/// is bound by what weaver adds to the same two cores.
-fn cpu_per_request(
-    direct: &UnixStream,
-    direct_compute: u32,
-    relay: &UnixStream,
-    rt: &std::path::Path,
-) {
+/// One way to compute for `cpu_per_request`: the stream the bench writes
+/// to, its wire, and the processes between the bench and the echo whose
+/// CPU time counts.
+struct Path<'a> {
+    name: &'static str,
+    stream: &'a UnixStream,
+    wire: &'a dyn EchoWire,
+    procs: Vec<(&'static str, u32)>,
+}
+
+/// weaver and its compute process (when it is found), by pid.
+fn weaver_procs(rt: &std::path::Path) -> Vec<(&'static str, u32)> {
     let (daemon, _) = weaver::pidfile::read(&rt.join("weaver.pid")).expect("weaver's pid file");
     let children = std::fs::read_to_string(format!("/proc/{daemon}/task/{daemon}/children"))
         .unwrap_or_default();
-    let relay_compute =
-        children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()).find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "compute-daemon")
-        });
-    let n = common::iterations(200_000);
-    println!("CPU per request, 64 B echoes with {} in flight, {n} per run:", common::WINDOW);
-    if relay_compute.is_none() {
+    let compute = children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()).find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm"))
+            .is_ok_and(|c| c.trim() == "compute-daemon")
+    });
+    if compute.is_none() {
         println!("  (weaver's compute process not found: the relay lines leave it out)");
     }
+    let mut v = vec![("weaver", daemon)];
+    v.extend(compute.map(|p| ("compute", p)));
+    v
+}
+
+/// Where the time of 64 B echoes with 64 in flight goes: CPU per request
+/// of each process (the client, weaver or the forwarder, compute) and the
+/// wall time per request, for each path in turn, twice. The relay's
+/// throughput ratio is bound by what weaver adds to the same two cores.
+fn cpu_per_request(paths: &[Path]) {
+    let n = common::iterations(200_000);
+    println!("CPU per request, 64 B echoes with {} in flight, {n} per run:", common::WINDOW);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let (mut did, mut rid) = (1u64 << 40, 1u64 << 40);
+    let mut ids = vec![1u64 << 40; paths.len()];
     for _ in 0..2 {
-        for relayed in [false, true] {
-            let procs: Vec<(&str, u32)> = if relayed {
-                let mut v = vec![("weaver", daemon)];
-                v.extend(relay_compute.map(|p| ("compute", p)));
-                v
-            } else {
-                vec![("compute", direct_compute)]
-            };
-            let before: Vec<u64> = procs.iter().map(|&(_, p)| common::cpu_ns(p)).collect();
+        for (path, id) in paths.iter().zip(ids.iter_mut()) {
+            let before: Vec<u64> = path.procs.iter().map(|&(_, p)| common::cpu_ns(p)).collect();
             let me = cpu_of_self();
-            let elapsed = if relayed {
-                let e = common::pipelined(relay, relay, &ControlWire, 64, common::WINDOW, n, rid);
-                rid += n as u64;
-                e
-            } else {
-                let e = common::pipelined(direct, direct, &ComputeWire, 64, common::WINDOW, n, did);
-                did += n as u64;
-                e
-            }
-            .expect("pipelined echo");
+            let elapsed =
+                common::pipelined(path.stream, path.stream, path.wire, 64, common::WINDOW, n, *id)
+                    .expect("pipelined echo");
+            *id += n as u64;
             let client = cpu_of_self() - me;
             let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
             let mut line = format!(
                 "  {:<6} wall {:.2} us, client {:.2} us",
-                if relayed { "relay" } else { "direct" },
+                path.name,
                 per(elapsed),
                 per(client)
             );
             let mut total = per(client);
-            for (&(name, p), b) in procs.iter().zip(before) {
+            for (&(name, p), b) in path.procs.iter().zip(before) {
                 let c = per(Duration::from_nanos(common::cpu_ns(p).saturating_sub(b)));
                 total += c;
                 line += &format!(", {name} {c:.2} us");
@@ -219,6 +275,86 @@ fn cpu_per_request(
                 "{line}: {total:.2} us of CPU, {:.2} us of the {cores} cores' time idle or elsewhere",
                 (cores * per(elapsed) - total).max(0.0)
             );
+        }
+    }
+}
+
+/// Start this bench again as the forwarder between a new socket pair's far
+/// end and `compute`; the near end is the bench's. The child is killed and
+/// reaped when its guard drops, as a compute daemon's is.
+fn spawn_forwarder(compute: UnixStream) -> (common::ComputeChild, UnixStream) {
+    use std::os::unix::process::CommandExt;
+    let (near, far) = UnixStream::pair().expect("socketpair");
+    let (a, b) = (far.as_raw_fd(), compute.as_raw_fd());
+    let mut cmd = Command::new(std::env::current_exe().expect("the bench's path"));
+    cmd.env(FORWARD_ENV, format!("{a},{b}")).stdin(Stdio::null());
+    // SAFETY: between fork and exec only fcntl, which is async-signal-safe,
+    // on two fds this process owns: they stay open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in [a, b] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = common::ComputeChild(cmd.spawn().expect("start the forwarder"));
+    (child, near)
+}
+
+/// The forwarder: moves bytes between sockets `a` and `b` both ways and
+/// does nothing else, as a minimal proxy would: `poll` both, read what one
+/// has (64 KiB at most) and write it to the other, keeping what the other
+/// would not take until it is writable (and reading no more that way
+/// meanwhile). Exits when either side closes.
+fn forward(a: i32, b: i32) -> ! {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the two fds were inherited for this and nothing else owns them.
+    let mut socks = unsafe { [UnixStream::from_raw_fd(a), UnixStream::from_raw_fd(b)] };
+    for s in &socks {
+        s.set_nonblocking(true).expect("non-blocking");
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    // Bytes read from side i and not yet written to the other.
+    let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    loop {
+        let mut pf = [0, 1].map(|i| libc::pollfd {
+            fd: socks[i].as_raw_fd(),
+            events: (if pending[i].is_empty() { libc::POLLIN } else { 0 })
+                | (if pending[1 - i].is_empty() { 0 } else { libc::POLLOUT }),
+            revents: 0,
+        });
+        // SAFETY: pf is a live array of two pollfds.
+        if unsafe { libc::poll(pf.as_mut_ptr(), 2, -1) } < 0 {
+            assert_eq!(io::Error::last_os_error().kind(), io::ErrorKind::Interrupted, "poll");
+            continue;
+        }
+        for i in 0..2 {
+            let (from, to) = (i, 1 - i);
+            if !pending[from].is_empty() && pf[to].revents & libc::POLLOUT != 0 {
+                match socks[to].write(&pending[from]) {
+                    Ok(w) => drop(pending[from].drain(..w)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => std::process::exit(0),
+                }
+            }
+            if pending[from].is_empty() && pf[from].revents != 0 {
+                let n = match socks[from].read(&mut buf) {
+                    Ok(0) => std::process::exit(0),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => std::process::exit(0),
+                };
+                let w = match socks[to].write(&buf[..n]) {
+                    Ok(w) => w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(_) => std::process::exit(0),
+                };
+                pending[from].extend_from_slice(&buf[w..n]);
+            }
         }
     }
 }

@@ -104,7 +104,7 @@ pub fn pipelined<Wr, Rd, W>(
 where
     Wr: Write + Send,
     Rd: Read,
-    W: EchoWire,
+    W: EchoWire + ?Sized,
 {
     assert!(window > 0);
     let body = payload(payload_len);
