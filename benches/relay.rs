@@ -9,7 +9,7 @@
 //!   machine (forwarder / direct) and what weaver adds to it (relay /
 //!   forwarder) are told apart;
 //! - where the time of 64 B echoes with 64 in flight goes: CPU per request
-//!   of the client, weaver and compute, direct and relayed;
+//!   of the client, weaver or the forwarder, and compute, on each path;
 //! - payloads by fd (1 MiB, 16 MiB, 64 MiB, a sealed memfd passed on):
 //!   round trip p50 and throughput with 8 in flight (goal: within 1.1x of
 //!   direct from 16 MiB on), twice: the transport alone (one memfd, filled
