@@ -247,8 +247,18 @@ interval = "100ms"
     let pid = env.compute_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)
         .unwrap();
+    // Unhealthy from the moment it is lost; "exiting" until its exit is
+    // reaped, then "failed".
     let r = wait_status(&env, addr, "/health", 503);
-    let c = check(&r.json(), "compute");
+    assert_eq!(check(&r.json(), "compute")["ok"], false, "{}", r.text());
+    let mut v = Value::Null;
+    let failed = wait_for(LIMIT, || {
+        let r = get(addr, "/health");
+        v = r.json();
+        r.status == 503 && check(&v, "compute")["state"] == "failed"
+    });
+    assert!(failed, "compute never reported failed: {v}");
+    let c = check(&v, "compute");
     assert_eq!((c["ok"].clone(), c["state"].clone()), (Value::Bool(false), "failed".into()));
     assert!(c["reason"].as_str().unwrap().contains("compute is failed"), "{c}");
     let out = env.run(&["health", "--json"]);
