@@ -17,7 +17,9 @@
 //!   request that does not grow with the size), then end to end (the
 //!   client fills a fresh memfd per request and reads every byte of the
 //!   reply, the same work on both sides; what the relay adds is its
-//!   fixed cost, small against the bytes' own).
+//!   fixed cost, small against the bytes' own);
+//! - 64 B with 64 in flight with compute under SCHED_BATCH (`[compute]
+//!   scheduling = "batch"`), relayed and direct, against the default;
 //!
 //! `WEAVER_BENCH_QUICK=1` shrinks the iteration counts.
 
@@ -101,19 +103,7 @@ fn main() {
     }
     let dir = tempfile::Builder::new().prefix("wvr").tempdir_in("/tmp").unwrap();
     let rt = dir.path().join("rt");
-    let st = Command::new(WEAVER)
-        .args(["status", "--wait"])
-        .env("WEAVER_RUNTIME_DIR", &rt)
-        // Revisions of the bench daemon, beside its runtime dir.
-        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
-        .env("WEAVER_COMPUTE_BIN", COMPUTE)
-        .env("WEAVER_LOG", "warn")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "weaver did not start");
-    let client = Client::connect(&rt.join("control.sock"), false).unwrap().unwrap();
-    let relay_stream = client.into_stream();
+    let relay_stream = start_weaver(&rt, None);
     let (direct_child, direct_stream, _hello) = spawn_compute(COMPUTE, dir.path());
     let floor_dir = dir.path().join("floor");
     std::fs::create_dir(&floor_dir).unwrap();
@@ -191,14 +181,105 @@ fn main() {
     drop(floor_stream);
     drop(forwarder);
     fd_payloads(&direct_stream, &rt);
+    sched_batch(dir.path(), &direct_stream, &relay_stream);
     drop(relay_stream);
+    stop_weaver(&rt);
+}
+
+/// Start a bench weaver in runtime dir `rt` (its revisions beside it),
+/// with `config` as its weaver.toml if given; a connection to it.
+fn start_weaver(rt: &std::path::Path, config: Option<&std::path::Path>) -> UnixStream {
+    let mut cmd = Command::new(WEAVER);
+    cmd.args(["status", "--wait"])
+        .env("WEAVER_RUNTIME_DIR", rt)
+        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
+        .env("WEAVER_COMPUTE_BIN", COMPUTE)
+        .env("WEAVER_LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(c) = config {
+        cmd.env("WEAVER_CONFIG", c);
+    }
+    assert!(cmd.status().unwrap().success(), "weaver did not start");
+    Client::connect(&rt.join("control.sock"), false).unwrap().unwrap().into_stream()
+}
+
+fn stop_weaver(rt: &std::path::Path) {
     let _ = Command::new(WEAVER)
         .arg("shutdown")
-        .env("WEAVER_RUNTIME_DIR", &rt)
-        // Revisions of the bench daemon, beside its runtime dir.
+        .env("WEAVER_RUNTIME_DIR", rt)
         .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
         .stdout(Stdio::null())
         .status();
+}
+
+/// Put every thread of `pid` under SCHED_BATCH, as `[compute] scheduling =
+/// "batch"` does for weaver's compute (threads it starts later inherit it
+/// from the first).
+fn set_batch(pid: u32) {
+    let param = libc::sched_param { sched_priority: 0 };
+    let tids = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the compute's threads");
+    let mut tids: Vec<i32> =
+        tids.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    for t in tids {
+        // SAFETY: sets a policy; `param` is a live struct.
+        let r = unsafe { libc::sched_setscheduler(t, libc::SCHED_BATCH, &param) };
+        assert_eq!(r, 0, "SCHED_BATCH for thread {t}: {}", io::Error::last_os_error());
+    }
+}
+
+/// 64 B echoes with 64 in flight with compute under SCHED_BATCH: a second
+/// weaver run with `[compute] scheduling = "batch"`, and a second direct
+/// compute put under the same policy, against the default ones (`direct`,
+/// `relay`), interleaved. A compute that wakes no longer preempts whoever
+/// woke it (weaver, or the client on the direct path), and both paths gain:
+/// the relay's gain is weaver's to give, the ratio is against a direct path
+/// with the same policy.
+fn sched_batch(dir: &std::path::Path, direct: &UnixStream, relay: &UnixStream) {
+    let cfg = dir.join("batch.toml");
+    std::fs::write(&cfg, "[compute]\nscheduling = \"batch\"\n").unwrap();
+    let rt = dir.join("batch-rt");
+    let relay_b = start_weaver(&rt, Some(&cfg));
+    let compute_dir = dir.join("batch-direct");
+    std::fs::create_dir(&compute_dir).unwrap();
+    let (child, direct_b, _) = spawn_compute(COMPUTE, &compute_dir);
+    set_batch(child.0.id());
+    let (rounds, n) = (if common::quick() { 1 } else { 3 }, common::iterations(100_000));
+    let mut id = 1u64 << 50;
+    let mut rate = |s: &UnixStream, wire: &dyn EchoWire| {
+        let t = common::pipelined(s, s, wire, 64, common::WINDOW, n, id).expect("pipelined echo");
+        id += n as u64;
+        n as f64 / t.as_secs_f64()
+    };
+    // Per round: [direct, relay, direct batch, relay batch] requests/s.
+    let mut runs: Vec<[f64; 4]> = Vec::new();
+    for _ in 0..rounds {
+        runs.push([
+            rate(direct, &ComputeWire),
+            rate(relay, &ControlWire),
+            rate(&direct_b, &ComputeWire),
+            rate(&relay_b, &ControlWire),
+        ]);
+    }
+    let median = |f: &dyn Fn(&[f64; 4]) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "compute under SCHED_BATCH ([compute] scheduling = \"batch\"), 64 B with {} in flight, {n} per run, median of {rounds} interleaved rounds:",
+        common::WINDOW
+    );
+    println!(
+        "  relay {:.0} req/s, {:.2}x the default relay | direct {:.0} req/s, {:.2}x the default direct | relay / direct, both batch: {:.2}x",
+        median(&|r| r[3]),
+        median(&|r| r[3] / r[1]),
+        median(&|r| r[2]),
+        median(&|r| r[2] / r[0]),
+        median(&|r| r[3] / r[2])
+    );
+    drop(relay_b);
+    stop_weaver(&rt);
 }
 
 /// CPU time of this process so far, threads that ended included.

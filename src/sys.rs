@@ -74,12 +74,21 @@ pub struct ChildSetup {
     pub die_with_parent: bool,
     /// The open-file limit weaver was started with, if it raised its own.
     pub nofile: Option<libc::rlimit>,
+    /// Run under `SCHED_BATCH` (`[compute] scheduling = "batch"`); the
+    /// threads it starts inherit it. If the kernel refuses, the child runs
+    /// as before: the caller checks and says so.
+    pub sched_batch: bool,
 }
 
 impl ChildSetup {
     /// The set-up every supervised process, hook and probe gets.
     pub fn supervised() -> ChildSetup {
-        ChildSetup { contained: true, die_with_parent: true, nofile: crate::daemon::child_nofile() }
+        ChildSetup {
+            contained: true,
+            die_with_parent: true,
+            nofile: crate::daemon::child_nofile(),
+            sched_batch: false,
+        }
     }
 
     /// Apply to `cmd`: its own process group, the original open-file limit,
@@ -101,8 +110,9 @@ impl ChildSetup {
             _ => None,
         };
         // SAFETY: only async-signal-safe calls (open, write, close,
-        // setrlimit, prctl, getppid, umask, _exit) run between fork and
-        // exec; `join` was allocated before the fork and is only read.
+        // setrlimit, sched_setscheduler, prctl, getppid, umask, _exit) run
+        // between fork and exec; `join` was allocated before the fork and
+        // is only read.
         unsafe {
             cmd.pre_exec(move || {
                 // Out of the daemon's cgroup before anything can fork.
@@ -116,6 +126,10 @@ impl ChildSetup {
                 // select() users break above 1024 descriptors.
                 if let Some(lim) = self.nofile {
                     libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+                if self.sched_batch {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
                 }
                 if self.die_with_parent {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {

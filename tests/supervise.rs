@@ -1054,6 +1054,49 @@ command = ["sh", "-c", "echo one; echo two >&2; exec sleep 3121"]
     assert!(seen.iter().all(|e| e["time_ms"].as_u64().unwrap() > 1_700_000_000_000));
 }
 
+/// The scheduling policy of every thread of `pid` (its main thread first).
+fn thread_policies(pid: u32) -> Vec<i32> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    // SAFETY: a plain query of a thread's policy; no memory.
+    tids.iter().map(|&t| unsafe { libc::sched_getscheduler(t) }).collect()
+}
+
+#[test]
+fn compute_runs_under_its_sections_scheduling_policy_and_a_reload_changes_it() {
+    let s = sup("");
+    let first = s.env.compute_pid();
+    let before = thread_policies(first);
+    // The I/O thread and at least one worker.
+    assert!(before.len() >= 2, "{before:?}");
+    assert!(before.iter().all(|&p| p == libc::SCHED_OTHER), "{before:?}");
+    s.write_config("[compute]\nscheduling = \"batch\"\n");
+    s.env.ok(&["reload"]);
+    let mut second = first;
+    let restarted = wait_for(secs(10), || {
+        second = s.env.compute_pid();
+        second != first
+    });
+    assert!(restarted, "a changed [compute] restarts compute\nlog:\n{}", s.env.log());
+    let after = thread_policies(second);
+    assert!(after.len() >= 2, "{after:?}");
+    assert!(after.iter().all(|&p| p == libc::SCHED_BATCH), "every thread: {after:?}");
+    let daemon = s.env.daemon_pid().expect("weaver runs");
+    assert_eq!(thread_policies(daemon), [libc::SCHED_OTHER], "weaver itself is left as it was");
+    // An unknown policy: the error says where and what to write.
+    s.write_config("[compute]\nscheduling = \"bach\"\n");
+    let out = s.env.run(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("weaver.toml:2:14"), "{err}");
+    assert!(err.contains("unknown scheduling \"bach\": use normal or batch"), "{err}");
+    assert!(err.contains("(did you mean \"batch\"?)"), "{err}");
+    assert_eq!(s.env.compute_pid(), second, "nothing changed");
+}
+
 #[test]
 fn shell_work_dir_pid_file_and_the_compute_section_are_honoured() {
     let s = sup("");

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
+use log::warn;
+
 use super::lifecycle::Liveness;
-use crate::supervise::config::{ComputeSpec, RestartPolicy};
+use crate::supervise::config::{ComputeSpec, RestartPolicy, Scheduling};
 use crate::sys::ChildSetup;
 
 /// How compute is run: `[compute]` in weaver.toml, or the defaults.
@@ -21,6 +23,7 @@ pub struct Launch {
     pub workers: Option<u32>,
     pub policy: RestartPolicy,
     pub liveness: Liveness,
+    pub scheduling: Scheduling,
 }
 
 impl Launch {
@@ -29,7 +32,15 @@ impl Launch {
     pub fn defaults(bin: PathBuf, workers: Option<u32>) -> Launch {
         let d = ComputeSpec::default();
         let liveness = Liveness { interval: d.ping_interval, timeout: d.ping_timeout };
-        Launch { bin, args: Vec::new(), env: d.env, workers, policy: d.restart, liveness }
+        Launch {
+            bin,
+            args: Vec::new(),
+            env: d.env,
+            workers,
+            policy: d.restart,
+            liveness,
+            scheduling: d.scheduling,
+        }
     }
 
     /// The defaults (`--compute-bin`, `--compute-workers`, the bundled
@@ -42,7 +53,15 @@ impl Launch {
         };
         let workers = if workers_flag { self.workers } else { spec.workers.or(self.workers) };
         let liveness = Liveness { interval: spec.ping_interval, timeout: spec.ping_timeout };
-        Launch { bin, args, env: spec.env.clone(), workers, policy: spec.restart, liveness }
+        Launch {
+            bin,
+            args,
+            env: spec.env.clone(),
+            workers,
+            policy: spec.restart,
+            liveness,
+            scheduling: spec.scheduling,
+        }
     }
 }
 
@@ -67,7 +86,8 @@ pub fn spawn(l: &Launch, socket: &Path) -> io::Result<Child> {
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).current_dir("/");
     let nofile = crate::daemon::child_nofile();
-    ChildSetup { contained: true, die_with_parent: false, nofile }.apply(&mut cmd);
+    let sched_batch = l.scheduling == Scheduling::Batch;
+    ChildSetup { contained: true, die_with_parent: false, nofile, sched_batch }.apply(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -78,6 +98,13 @@ pub fn spawn(l: &Launch, socket: &Path) -> io::Result<Child> {
             ),
         )
     })?;
+    if sched_batch && !runs_batch(child.id()) {
+        warn!(
+            "compute (pid {}) runs under the normal scheduling policy: the kernel refused \
+             SCHED_BATCH ([compute] scheduling = \"batch\")",
+            child.id()
+        );
+    }
     // Reaped by the reactor's waitpid loop, never through `child`.
     Ok(Child {
         pid: child.id(),
@@ -86,4 +113,11 @@ pub fn spawn(l: &Launch, socket: &Path) -> io::Result<Child> {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
     })
+}
+
+/// Whether `pid` runs under `SCHED_BATCH` (its main thread; the policy set
+/// before exec is every later thread's).
+pub fn runs_batch(pid: u32) -> bool {
+    // SAFETY: a plain query of another process's policy; no memory.
+    unsafe { libc::sched_getscheduler(pid as libc::pid_t) == libc::SCHED_BATCH }
 }

@@ -20,6 +20,7 @@
 //! workers = 4
 //! ping_interval = "5s"                      # PING a connected compute; 0: never
 //! ping_timeout = "5s"                       # no PONG in time: hung, killed, restarted
+//! scheduling = "batch"                      # SCHED_BATCH; default "normal" (SCHED_OTHER)
 //! max_restarts = 0                          # + the other restart fields
 //!
 //! [[process]]
@@ -127,7 +128,7 @@ mod parse;
 pub use model::{
     AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
     HookSpec, Hooks, HttpSpec, InstanceSpec, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe,
-    RestartPolicy, RunMode, StartPolicy, StdinMode,
+    RestartPolicy, RunMode, Scheduling, StartPolicy, StdinMode,
 };
 pub(crate) use parse::{did_you_mean, suggest};
 pub use parse::{load, locate, parse, ConfigError, ConfigErrors};

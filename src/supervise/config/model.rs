@@ -77,6 +77,30 @@ pub struct ComputeSpec {
     /// A compute that has not answered a PING this long is hung: it is
     /// killed and restarted.
     pub ping_timeout: Duration,
+    /// The CPU scheduling policy compute runs under.
+    pub scheduling: Scheduling,
+}
+
+/// `[compute] scheduling = "normal" | "batch"`: the Linux scheduling
+/// policy of compute and every thread it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// `SCHED_OTHER` (the default), as weaver itself runs.
+    #[default]
+    Normal,
+    /// `SCHED_BATCH`: the same share of the CPU, but a compute thread that
+    /// wakes does not preempt the task running on its core; it runs when
+    /// that task sleeps or its slice ends. weaver wakes compute by writing
+    /// requests and then goes on to finish its turn, so compute no longer
+    /// cuts that turn in two (see docs/performance.md for the figures).
+    /// On a core busy with other work compute may wait up to a slice (a
+    /// few milliseconds) for it.
+    Batch,
+}
+
+impl Scheduling {
+    /// The values `scheduling` takes, as written in `weaver.toml`.
+    pub const NAMES: [&'static str; 2] = ["normal", "batch"];
 }
 
 impl ComputeSpec {
@@ -95,6 +119,7 @@ impl Default for ComputeSpec {
             restart: RestartPolicy::COMPUTE,
             ping_interval: Self::DEFAULT_PING_INTERVAL,
             ping_timeout: Self::DEFAULT_PING_TIMEOUT,
+            scheduling: Scheduling::Normal,
         }
     }
 }

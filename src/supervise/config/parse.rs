@@ -17,7 +17,7 @@ use super::expand::INSTANCE;
 use super::model::{
     AliveCheck, AliveDetector, ComputeSpec, Condition, Config, Dependency, FailureMode, HookKind,
     HookSpec, Hooks, HttpSpec, OutputSpec, ProcessSpec, ReadyCheck, ReadyProbe, RestartPolicy,
-    RunMode, StartPolicy, StdinMode,
+    RunMode, Scheduling, StartPolicy, StdinMode,
 };
 use crate::supervise::duration::parse_duration;
 use crate::supervise::graph::{cycle_path, find_cycles};
@@ -167,7 +167,8 @@ const RESTART_KEYS: &[&str] = &[
     "stable_after",
     "max_restarts",
 ];
-const COMPUTE_KEYS: &[&str] = &["command", "env", "workers", "ping_interval", "ping_timeout"];
+const COMPUTE_KEYS: &[&str] =
+    &["command", "env", "workers", "ping_interval", "ping_timeout", "scheduling"];
 const PROCESS_KEYS: &[&str] = &[
     "name",
     "command",
@@ -657,7 +658,27 @@ impl<'a> Parser<'a> {
             Some(d) => d,
             None => ComputeSpec::DEFAULT_PING_TIMEOUT,
         };
-        ComputeSpec { command, env, workers, restart, ping_interval, ping_timeout }
+        let scheduling = self.scheduling(tbl);
+        ComputeSpec { command, env, workers, restart, ping_interval, ping_timeout, scheduling }
+    }
+
+    /// `scheduling = "normal" | "batch"`.
+    fn scheduling(&mut self, tbl: Tbl<'_>) -> Scheduling {
+        let Some(f) = self.field(tbl, "scheduling") else { return Scheduling::Normal };
+        match self.string(tbl, "scheduling").as_deref() {
+            Some("normal") => Scheduling::Normal,
+            Some("batch") => Scheduling::Batch,
+            Some(other) => {
+                let hint = suggest(other, Scheduling::NAMES);
+                let msg = format!(
+                    "unknown scheduling \"{other}\": use normal or batch{}",
+                    did_you_mean(hint)
+                );
+                self.invalid(f, msg);
+                Scheduling::Normal
+            }
+            None => Scheduling::Normal,
+        }
     }
 
     fn http(&mut self, tbl: Tbl<'_>) -> Option<HttpSpec> {
@@ -1054,7 +1075,6 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// Rules about one process as a whole.
     /// `stdin = "null" | "pipe"`.
     fn stdin(&mut self, tbl: Tbl<'_>) -> StdinMode {
         let Some(f) = self.field(tbl, "stdin") else { return StdinMode::Null };
@@ -1072,6 +1092,7 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Rules about one process as a whole.
     fn process_rules(&mut self, tbl: Tbl<'_>, spec: &mut ProcessSpec) {
         let what = tbl.what;
         if spec.detached && spec.stdin == StdinMode::Pipe {
