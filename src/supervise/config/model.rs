@@ -100,7 +100,8 @@ pub enum Scheduling {
 
 impl Scheduling {
     /// The values `scheduling` takes, as written in `weaver.toml`.
-    pub const NAMES: [&'static str; 2] = ["normal", "batch"];
+    pub const CHOICES: [(&'static str, Scheduling); 2] =
+        [("normal", Scheduling::Normal), ("batch", Scheduling::Batch)];
 }
 
 impl ComputeSpec {
@@ -431,7 +432,8 @@ pub enum StdinMode {
 
 impl StdinMode {
     /// The values `stdin` takes, as written in `weaver.toml`.
-    pub const NAMES: [&'static str; 2] = ["null", "pipe"];
+    pub const CHOICES: [(&'static str, StdinMode); 2] =
+        [("null", StdinMode::Null), ("pipe", StdinMode::Pipe)];
 }
 
 impl ProcessSpec {

@@ -658,27 +658,30 @@ impl<'a> Parser<'a> {
             Some(d) => d,
             None => ComputeSpec::DEFAULT_PING_TIMEOUT,
         };
-        let scheduling = self.scheduling(tbl);
+        let scheduling = self.choice(tbl, "scheduling", &Scheduling::CHOICES, Scheduling::Normal);
         ComputeSpec { command, env, workers, restart, ping_interval, ping_timeout, scheduling }
     }
 
-    /// `scheduling = "normal" | "batch"`.
-    fn scheduling(&mut self, tbl: Tbl<'_>) -> Scheduling {
-        let Some(f) = self.field(tbl, "scheduling") else { return Scheduling::Normal };
-        match self.string(tbl, "scheduling").as_deref() {
-            Some("normal") => Scheduling::Normal,
-            Some("batch") => Scheduling::Batch,
-            Some(other) => {
-                let hint = suggest(other, Scheduling::NAMES);
-                let msg = format!(
-                    "unknown scheduling \"{other}\": use normal or batch{}",
-                    did_you_mean(hint)
-                );
-                self.invalid(f, msg);
-                Scheduling::Normal
-            }
-            None => Scheduling::Normal,
+    /// `key = "<a name in choices>"`: its value (`default` when the key is
+    /// missing); another string is an error naming the choices.
+    fn choice<T: Copy>(
+        &mut self,
+        tbl: Tbl<'_>,
+        key: &str,
+        choices: &[(&'static str, T)],
+        default: T,
+    ) -> T {
+        let Some(f) = self.field(tbl, key) else { return default };
+        let Some(given) = self.string(tbl, key) else { return default };
+        if let Some(&(_, v)) = choices.iter().find(|(n, _)| *n == given) {
+            return v;
         }
+        let names: Vec<&str> = choices.iter().map(|&(n, _)| n).collect();
+        let hint = suggest(&given, names.iter().copied());
+        let msg =
+            format!("unknown {key} \"{given}\": use {}{}", names.join(" or "), did_you_mean(hint));
+        self.invalid(f, msg);
+        default
     }
 
     fn http(&mut self, tbl: Tbl<'_>) -> Option<HttpSpec> {
@@ -1077,19 +1080,7 @@ impl<'a> Parser<'a> {
 
     /// `stdin = "null" | "pipe"`.
     fn stdin(&mut self, tbl: Tbl<'_>) -> StdinMode {
-        let Some(f) = self.field(tbl, "stdin") else { return StdinMode::Null };
-        match self.string(tbl, "stdin").as_deref() {
-            Some("null") => StdinMode::Null,
-            Some("pipe") => StdinMode::Pipe,
-            Some(other) => {
-                let hint = suggest(other, StdinMode::NAMES);
-                let msg =
-                    format!("unknown stdin \"{other}\": use null or pipe{}", did_you_mean(hint));
-                self.invalid(f, msg);
-                StdinMode::Null
-            }
-            None => StdinMode::Null,
-        }
+        self.choice(tbl, "stdin", &StdinMode::CHOICES, StdinMode::Null)
     }
 
     /// Rules about one process as a whole.
