@@ -35,6 +35,7 @@ use std::process::{Command, Stdio};
 use common::{echo_suite, print_table, spawn_compute, ComputeWire, EchoWire};
 use weaver::client::Client;
 use weaver::frame;
+use weaver::pidfile::{self, PidRecord};
 use weaver::protocol::{self, ClientMsg, Request, Response, ServerMsg};
 
 const WEAVER: &str = env!("CARGO_BIN_EXE_weaver");
@@ -102,8 +103,8 @@ fn main() {
         forward(a, b);
     }
     let dir = tempfile::Builder::new().prefix("wvr").tempdir_in("/tmp").unwrap();
-    let rt = dir.path().join("rt");
-    let relay_stream = start_weaver(&rt, None);
+    let daemon = BenchWeaver::start(dir.path(), "default", "");
+    let relay_stream = daemon.connect();
     let (direct_child, direct_stream, _hello) = spawn_compute(COMPUTE, dir.path());
     let floor_dir = dir.path().join("floor");
     std::fs::create_dir(&floor_dir).unwrap();
@@ -139,9 +140,7 @@ fn main() {
     print_table("forwarder (client -> forwarder -> compute), last round:", &floor);
     print_table("relay (client -> weaver -> compute), last round:", &relay);
     let median = |payload: usize, pair: usize, k: usize| {
-        let mut v: Vec<f64> = ratios.iter().map(|r| r[payload][pair][k]).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        common::median(&mut ratios.iter().map(|r| r[payload][pair][k]).collect::<Vec<_>>())
     };
     println!("ratios, median of {rounds} interleaved rounds:");
     for (i, f) in direct.iter().enumerate() {
@@ -176,40 +175,56 @@ fn main() {
             wire: &ComputeWire,
             procs: vec![("forwarder", forwarder.0.id()), ("compute", floor_compute.0.id())],
         },
-        Path { name: "relay", stream: &relay_stream, wire: &ControlWire, procs: weaver_procs(&rt) },
+        Path {
+            name: "relay",
+            stream: &relay_stream,
+            wire: &ControlWire,
+            procs: weaver_procs(&daemon.rt),
+        },
     ]);
     drop(floor_stream);
     drop(forwarder);
-    fd_payloads(&direct_stream, &rt);
+    fd_payloads(&direct_stream, &daemon.rt);
     sched_batch(dir.path(), &direct_stream, &relay_stream);
-    drop(relay_stream);
-    stop_weaver(&rt);
 }
 
-/// Start a bench weaver in runtime dir `rt` (its revisions beside it),
-/// with `config` as its weaver.toml if given; a connection to it.
-fn start_weaver(rt: &std::path::Path, config: Option<&std::path::Path>) -> UnixStream {
-    let mut cmd = Command::new(WEAVER);
-    cmd.args(["status", "--wait"])
-        .env("WEAVER_RUNTIME_DIR", rt)
-        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
-        .env("WEAVER_COMPUTE_BIN", COMPUTE)
-        .env("WEAVER_LOG", "warn")
-        .stdout(Stdio::null());
-    if let Some(c) = config {
-        cmd.env("WEAVER_CONFIG", c);
+/// A bench weaver of its own in `dir/<name>/` (runtime dir `rt`, its
+/// revisions beside it) reading weaver.toml `toml`, started with compute
+/// connected; stopped when dropped, with the benches' shutdown deadline and
+/// backstop.
+struct BenchWeaver {
+    rt: std::path::PathBuf,
+    config: std::path::PathBuf,
+    rec: Option<PidRecord>,
+}
+
+impl BenchWeaver {
+    fn start(dir: &std::path::Path, name: &str, toml: &str) -> BenchWeaver {
+        let base = dir.join(name);
+        std::fs::create_dir(&base).unwrap();
+        let config = base.join("weaver.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut d = BenchWeaver { rt: base.join("rt"), config, rec: None };
+        common::run_ok(d.weaver(&["status", "--wait"]));
+        d.rec = pidfile::live_pid(&d.rt.join("weaver.pid")).and_then(PidRecord::of);
+        d
     }
-    assert!(cmd.status().unwrap().success(), "weaver did not start");
-    Client::connect(&rt.join("control.sock"), false).unwrap().unwrap().into_stream()
+
+    fn weaver(&self, args: &[&str]) -> Command {
+        let mut c = common::weaver_with_config(WEAVER, COMPUTE, &self.rt, &self.config);
+        c.args(args);
+        c
+    }
+
+    fn connect(&self) -> UnixStream {
+        Client::connect(&self.rt.join("control.sock"), false).unwrap().unwrap().into_stream()
+    }
 }
 
-fn stop_weaver(rt: &std::path::Path) {
-    let _ = Command::new(WEAVER)
-        .arg("shutdown")
-        .env("WEAVER_RUNTIME_DIR", rt)
-        .env("WEAVER_STATE_DIR", rt.with_file_name("state"))
-        .stdout(Stdio::null())
-        .status();
+impl Drop for BenchWeaver {
+    fn drop(&mut self) {
+        common::stop_daemon(self.weaver(&["--no-start", "shutdown"]), self.rec);
+    }
 }
 
 /// Put every thread of `pid` under SCHED_BATCH, as `[compute] scheduling =
@@ -217,11 +232,7 @@ fn stop_weaver(rt: &std::path::Path) {
 /// from the first).
 fn set_batch(pid: u32) {
     let param = libc::sched_param { sched_priority: 0 };
-    let tids = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the compute's threads");
-    let mut tids: Vec<i32> =
-        tids.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    tids.sort_unstable();
-    for t in tids {
+    for t in common::thread_ids(pid) {
         // SAFETY: sets a policy; `param` is a live struct.
         let r = unsafe { libc::sched_setscheduler(t, libc::SCHED_BATCH, &param) };
         assert_eq!(r, 0, "SCHED_BATCH for thread {t}: {}", io::Error::last_os_error());
@@ -236,10 +247,8 @@ fn set_batch(pid: u32) {
 /// the relay's gain is weaver's to give, the ratio is against a direct path
 /// with the same policy.
 fn sched_batch(dir: &std::path::Path, direct: &UnixStream, relay: &UnixStream) {
-    let cfg = dir.join("batch.toml");
-    std::fs::write(&cfg, "[compute]\nscheduling = \"batch\"\n").unwrap();
-    let rt = dir.join("batch-rt");
-    let relay_b = start_weaver(&rt, Some(&cfg));
+    let daemon = BenchWeaver::start(dir, "batch", "[compute]\nscheduling = \"batch\"\n");
+    let relay_b = daemon.connect();
     let compute_dir = dir.join("batch-direct");
     std::fs::create_dir(&compute_dir).unwrap();
     let (child, direct_b, _) = spawn_compute(COMPUTE, &compute_dir);
@@ -261,11 +270,8 @@ fn sched_batch(dir: &std::path::Path, direct: &UnixStream, relay: &UnixStream) {
             rate(&relay_b, &ControlWire),
         ]);
     }
-    let median = |f: &dyn Fn(&[f64; 4]) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median =
+        |f: &dyn Fn(&[f64; 4]) -> f64| common::median(&mut runs.iter().map(f).collect::<Vec<_>>());
     println!(
         "compute under SCHED_BATCH ([compute] scheduling = \"batch\"), 64 B with {} in flight, {n} per run, median of {rounds} interleaved rounds:",
         common::WINDOW
@@ -278,8 +284,6 @@ fn sched_batch(dir: &std::path::Path, direct: &UnixStream, relay: &UnixStream) {
         median(&|r| r[2] / r[0]),
         median(&|r| r[3] / r[2])
     );
-    drop(relay_b);
-    stop_weaver(&rt);
 }
 
 /// CPU time of this process so far, threads that ended included.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cpu_ns, percentile, proc_status_kb, quick, run_ok, timed};
+use common::{cpu_ns, median, percentile, proc_status_kb, quick, run_ok, timed};
 use weaver::pidfile::{self, PidRecord};
 
 const WEAVER: &str = env!("CARGO_BIN_EXE_weaver");
@@ -320,11 +320,6 @@ struct Respawn {
 
 fn p50_p99(v: &mut [Duration]) -> (Duration, Duration) {
     (percentile(v, 50.0), percentile(v, 99.0))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A process that exits at once, restarted with no delay: the gap from

@@ -193,16 +193,30 @@ pub fn timed(c: std::process::Command) -> Duration {
     t.elapsed()
 }
 
+/// The thread ids of `pid`, lowest (its main thread) first.
+pub fn thread_ids(pid: u32) -> Vec<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    let mut tids: Vec<i32> =
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    tids
+}
+
 /// CPU time of every thread of `pid` in nanoseconds (first field of each
 /// thread's schedstat).
 pub fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task").flatten() {
-        if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
-            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
-    }
-    total
+    thread_ids(pid)
+        .into_iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The median of `v` (sorted in place; the upper one of an even count).
+pub fn median(v: &mut [f64]) -> f64 {
+    assert!(!v.is_empty());
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// A `kB` (or count) field of /proc/PID/status, e.g. "VmRSS".
