@@ -5,9 +5,9 @@
 //! what to deliver.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::daemon::ids::IdMap;
-use std::time::Instant;
 
 use crate::fdpass::Payload;
 use crate::protocol::{ErrorKind, ErrorReply};
@@ -48,7 +48,7 @@ struct Entry {
     sent: bool,
     /// The request's `--timeout`, while its deadline is armed.
     timeout_ms: Option<u64>,
-    /// The op's name, for the metrics ([`Mux::set_label`]).
+    /// The op's name, for the metrics.
     label: String,
     /// When it was taken.
     since: Instant,
@@ -173,12 +173,14 @@ impl Mux {
         self.queue.len()
     }
 
-    /// Accept a request into the queue, or refuse it as busy.
+    /// Accept a request into the queue, or refuse it as busy. `label`: the
+    /// op's name for the metrics (`op` may be its code already).
     pub fn submit(
         &mut self,
         client: ClientId,
         tag: u64,
         op: OpRef,
+        label: String,
         payload: impl Into<Payload>,
         now: Instant,
     ) -> Result<u64, ErrorReply> {
@@ -188,6 +190,8 @@ impl Mux {
             || (self.queued_bytes + len > self.limits.queue_bytes && !self.queue.is_empty())
         {
             self.stats.busy_rejected += 1;
+            let outcome = crate::daemon::tally::outcome(Err(ErrorKind::Busy));
+            self.tally.record(&label, outcome, None);
             return Err(err(
                 ErrorKind::Busy,
                 format!(
@@ -203,10 +207,7 @@ impl Mux {
             id,
             Entry {
                 owner: Some((client, tag)),
-                label: match &op {
-                    OpRef::Name(n) => n.clone(),
-                    OpRef::Code(_) => String::new(),
-                },
+                label,
                 op,
                 payload,
                 len,
@@ -224,13 +225,6 @@ impl Mux {
     pub fn set_timeout(&mut self, id: u64, ms: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.timeout_ms = Some(ms);
-        }
-    }
-
-    /// Name request `id`'s op in the metrics (the name itself is kept).
-    pub fn set_label(&mut self, id: u64, op: String) {
-        if let Some(e) = self.entries.get_mut(&id) {
-            e.label = op;
         }
     }
 
@@ -395,6 +389,17 @@ mod tests {
         Mux::new(Limits { window: 2, window_bytes: 100, queue_len: 3, queue_bytes: 1000 })
     }
 
+    /// Submit `op` by name, labelled with it.
+    fn sub(
+        m: &mut Mux,
+        client: ClientId,
+        tag: u64,
+        op: &str,
+        p: Vec<u8>,
+    ) -> Result<u64, ErrorReply> {
+        m.submit(client, tag, op.into(), op.to_string(), p, Instant::now())
+    }
+
     fn ok(m: &mut Mux, id: u64, data: &[u8]) -> Deliver {
         match m.complete(id, status::OK, data.to_vec(), Instant::now()) {
             Completion::Deliver(d) => d,
@@ -405,8 +410,8 @@ mod tests {
     #[test]
     fn ids_are_fresh_and_replies_route_out_of_order() {
         let mut m = small();
-        let a = m.submit(1, 10, "sleep".into(), b"ms=5".to_vec(), Instant::now()).unwrap();
-        let b = m.submit(2, 20, "echo".into(), b"x".to_vec(), Instant::now()).unwrap();
+        let a = sub(&mut m, 1, 10, "sleep", b"ms=5".to_vec()).unwrap();
+        let b = sub(&mut m, 2, 20, "echo", b"x".to_vec()).unwrap();
         assert!(b > a);
         assert_eq!(m.next_send().unwrap().id, a);
         assert_eq!(m.next_send().unwrap().payload, b"x");
@@ -426,19 +431,20 @@ mod tests {
     fn window_and_queue_are_bounded() {
         let mut m = small();
         for t in 0..3 {
-            m.submit(1, t, "echo".into(), vec![0; 10], Instant::now()).unwrap();
+            sub(&mut m, 1, t, "echo", vec![0; 10]).unwrap();
         }
-        let e = m.submit(1, 9, "echo".into(), vec![], Instant::now()).unwrap_err();
+        let e = sub(&mut m, 1, 9, "echo", vec![]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Busy);
         assert_eq!(m.stats.busy_rejected, 1);
+        assert_eq!(m.tally.get("echo", "busy"), 1, "the refusal is counted under its op");
         assert!(m.next_send().is_some());
         assert!(m.next_send().is_some());
         assert!(m.next_send().is_none(), "window of 2");
         assert_eq!((m.in_flight(), m.queued()), (2, 1));
         // Byte window: a big request waits until the link is empty.
         let mut m = small();
-        m.submit(1, 1, "echo".into(), vec![0; 60], Instant::now()).unwrap();
-        m.submit(1, 2, "echo".into(), vec![0; 60], Instant::now()).unwrap();
+        sub(&mut m, 1, 1, "echo", vec![0; 60]).unwrap();
+        sub(&mut m, 1, 2, "echo", vec![0; 60]).unwrap();
         let first = m.next_send().unwrap().id;
         assert!(m.next_send().is_none(), "60+60 > 100 bytes");
         ok(&mut m, first, b"");
@@ -448,10 +454,10 @@ mod tests {
     #[test]
     fn a_leaving_client_cancels_sent_and_drops_queued() {
         let mut m = small();
-        let a = m.submit(1, 1, "sleep".into(), vec![], Instant::now()).unwrap();
-        let _b = m.submit(1, 2, "sleep".into(), vec![], Instant::now()).unwrap();
-        let c = m.submit(1, 3, "sleep".into(), vec![], Instant::now()).unwrap();
-        let other = m.submit(2, 1, "echo".into(), vec![], Instant::now()).unwrap_err();
+        let a = sub(&mut m, 1, 1, "sleep", vec![]).unwrap();
+        let _b = sub(&mut m, 1, 2, "sleep", vec![]).unwrap();
+        let c = sub(&mut m, 1, 3, "sleep", vec![]).unwrap();
+        let other = sub(&mut m, 2, 1, "echo", vec![]).unwrap_err();
         assert_eq!(other.kind, ErrorKind::Busy);
         m.next_send();
         m.next_send();
@@ -466,9 +472,9 @@ mod tests {
     #[test]
     fn timeouts_and_compute_death() {
         let mut m = small();
-        let a = m.submit(1, 1, "sleep".into(), vec![], Instant::now()).unwrap();
-        let b = m.submit(1, 2, "echo".into(), vec![], Instant::now()).unwrap();
-        let q = m.submit(1, 3, "echo".into(), vec![], Instant::now()).unwrap();
+        let a = sub(&mut m, 1, 1, "sleep", vec![]).unwrap();
+        let b = sub(&mut m, 1, 2, "echo", vec![]).unwrap();
+        let q = sub(&mut m, 1, 3, "echo", vec![]).unwrap();
         m.set_timeout(a, 50);
         m.set_timeout(q, 1);
         assert!(m.expire(b).is_none(), "no deadline, nothing to expire");

@@ -103,14 +103,12 @@ mod tests {
         let mut m = Mux::new(Limits::default());
         // Timed with the readings it is given (the turns' clock).
         let taken = std::time::Instant::now();
-        let id = m.submit(1, 1, OpRef::Code(1), vec![], taken).unwrap();
-        m.set_label(id, "echo".into());
+        let id = m.submit(1, 1, OpRef::Code(1), "echo".into(), vec![], taken).unwrap();
         m.next_send().unwrap();
         m.complete(id, crate::wire::status::OK, vec![], taken + Duration::from_millis(30));
         assert_eq!(m.tally.buckets[6], 1, "30 ms after it was taken: the 50 ms bucket");
-        let id = m
-            .submit(1, 2, OpRef::Name("render".into()), vec![], std::time::Instant::now())
-            .unwrap();
+        let id =
+            m.submit(1, 2, OpRef::Name("render".into()), "render".into(), vec![], taken).unwrap();
         m.set_timeout(id, 5);
         m.expire(id).unwrap();
         assert_eq!(m.tally.get("echo", "ok"), 1);

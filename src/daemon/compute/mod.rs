@@ -314,16 +314,12 @@ impl Compute {
     /// Take a client's request for compute, or say why not.
     pub fn submit(&mut self, r: Submit, now: Instant, fx: &mut Effects) -> Result<(), ErrorReply> {
         let Submit { client, tag, op, payload, timeout_ms } = r;
-        let tally = |mux: &mut crate::daemon::mux::Mux, e: ErrorReply| {
-            mux.tally.record(&op, crate::daemon::tally::outcome(Err(e.kind)), None);
+        let code = self.check_submit(&op, &payload, now).map_err(|e| {
+            self.mux.tally.record(&op, crate::daemon::tally::outcome(Err(e.kind)), None);
             e
-        };
-        let code = self.check_submit(&op, &payload, now).map_err(|e| tally(&mut self.mux, e))?;
-        let id = self
-            .mux
-            .submit(client, tag, code, payload, now)
-            .map_err(|e| tally(&mut self.mux, e))?;
-        self.mux.set_label(id, op);
+        })?;
+        // The mux counts its own refusals.
+        let id = self.mux.submit(client, tag, code, op, payload, now)?;
         if let Some(ms) = timeout_ms {
             self.mux.set_timeout(id, ms);
             fx.push(Effect::Arm { at: now + Duration::from_millis(ms), timer: Timer::Request(id) });
