@@ -117,7 +117,7 @@ pub fn spawn(l: &Launch, socket: &Path) -> io::Result<Child> {
 
 /// Whether `pid` runs under `SCHED_BATCH` (its main thread; the policy set
 /// before exec is every later thread's).
-pub fn runs_batch(pid: u32) -> bool {
+fn runs_batch(pid: u32) -> bool {
     // SAFETY: a plain query of another process's policy; no memory.
     unsafe { libc::sched_getscheduler(pid as libc::pid_t) == libc::SCHED_BATCH }
 }
